@@ -1,0 +1,418 @@
+//! The facade library users call: load config, show the manifest, resolve, deliver.
+//!
+//! ```no_run
+//! # async fn demo() -> broker_core::Result<()> {
+//! use broker_core::{Broker, RequestContext};
+//! let broker = Broker::discover(&std::env::current_dir().unwrap(), None)?;
+//! for entry in broker.manifest()?.entries {
+//!     println!("{} -> {} ({})", entry.credential, entry.destinations[0].target, entry.badge);
+//! }
+//! let delivery = broker.deliver(&["api".to_string()], &RequestContext::new()).await?;
+//! // delivery.env() holds (VAR, value) pairs for a child process; files live in delivery.scratch().
+//! # Ok(()) }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::config::{Config, CredentialSpec, DeliveryKind, EgressConfig, Source, format_duration};
+use crate::egress::{self, Badge, Destination};
+use crate::provider::{Check, Request, RequestContext, ResolveRef, Rotation};
+use crate::registry::{BackendContext, ProviderDescriptor, Registry};
+use crate::scratch::ScratchDir;
+use crate::{Credential, CredentialProvider, Error, ErrorKind, Reference, Result, SecretValue};
+
+/// A loaded broker: config plus the providers it needs.
+pub struct Broker {
+    config: Config,
+    registry: Registry,
+    providers: BTreeMap<&'static str, Arc<dyn CredentialProvider>>,
+}
+
+/// One row of the egress manifest. Secret-free by construction: built from config only.
+#[derive(Debug, Clone, Serialize)]
+pub struct ManifestEntry {
+    /// The credential's name.
+    pub credential: String,
+    /// Its reference.
+    pub reference: Reference,
+    /// The backend serving it.
+    pub backend: &'static str,
+    /// `resolve` or `mint`.
+    pub source: Source,
+    /// Where a request goes.
+    pub destinations: Vec<Destination>,
+    /// The widest badge among the destinations.
+    pub badge: Badge,
+    /// The variable the task sees.
+    pub delivered_as: String,
+    /// Env or file.
+    pub kind: DeliveryKind,
+    /// Requested lifetime, for minted credentials.
+    pub ttl: Option<String>,
+    /// Whether the egress gate lets it through.
+    pub allowed: bool,
+}
+
+/// The egress manifest: what would leave the machine, and to where.
+#[derive(Debug, Clone, Serialize)]
+pub struct Manifest {
+    /// The config file.
+    pub config: PathBuf,
+    /// The egress settings.
+    pub egress: EgressConfig,
+    /// One entry per credential, in file order.
+    pub entries: Vec<ManifestEntry>,
+}
+
+/// Health of one backend, for `broker doctor`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendReport {
+    /// The backend.
+    pub backend: &'static str,
+    /// Its schemes.
+    pub schemes: Vec<&'static str>,
+    /// Whether the config has a `backends.<name>` section.
+    pub configured: bool,
+    /// Whether any credential uses it.
+    pub used: bool,
+    /// The health check, when it was run (only for used backends the gate allows).
+    pub ok: Option<bool>,
+    /// What was found. Never a value.
+    pub detail: String,
+}
+
+/// Values ready for a child process: environment pairs and the scratch dir holding files.
+pub struct Delivery {
+    env: Vec<(String, SecretValue)>,
+    secrets: Vec<(String, SecretValue)>,
+    scratch: Option<ScratchDir>,
+}
+
+impl Delivery {
+    /// `(VARIABLE, value)` pairs to set in the child (file credentials hold their path).
+    pub fn env(&self) -> &[(String, SecretValue)] {
+        &self.env
+    }
+    /// `(credential name, value)` for every secret value delivered, for redaction.
+    pub fn secrets(&self) -> &[(String, SecretValue)] {
+        &self.secrets
+    }
+    /// The scratch dir, if any credential was delivered as a file.
+    pub fn scratch(&self) -> Option<&ScratchDir> {
+        self.scratch.as_ref()
+    }
+    /// Wipes the scratch dir now (it is also wiped on drop).
+    pub fn wipe(&mut self) -> std::io::Result<()> {
+        match &mut self.scratch {
+            Some(s) => s.wipe(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field("scratch", &self.scratch)
+            .finish()
+    }
+}
+
+impl Broker {
+    /// Finds the config (`explicit`, or `.broker.yml` walking up from `cwd`) and loads it with
+    /// the backends compiled into this binary.
+    pub fn discover(cwd: &Path, explicit: Option<&Path>) -> Result<Broker> {
+        let path = match explicit {
+            Some(p) => p.to_path_buf(),
+            None => Config::discover(cwd).ok_or_else(|| {
+                Error::invalid_config(format!("no .broker.yml in {} or any parent directory", cwd.display()))
+                    .with_hint("create one (see examples/quickstart/.broker.yml) or pass --config PATH")
+            })?,
+        };
+        Self::load(&path)
+    }
+
+    /// Loads the config at `path` with the backends compiled into this binary.
+    pub fn load(path: &Path) -> Result<Broker> {
+        let registry = Registry::global().clone();
+        let config = Config::load(path, &registry)?;
+        Self::new(config, registry)
+    }
+
+    /// Builds providers for every backend the config uses or configures. Factories do no I/O,
+    /// so this validates backend settings without touching a network.
+    pub fn new(config: Config, registry: Registry) -> Result<Broker> {
+        let mut providers = BTreeMap::new();
+        let mut needed: Vec<&'static ProviderDescriptor> = Vec::new();
+        for spec in &config.credentials {
+            needed.push(registry.require_scheme(spec.reference.scheme())?);
+        }
+        for name in config.backends.keys() {
+            needed.extend(registry.by_name(name));
+        }
+        for d in needed {
+            if providers.contains_key(d.name) {
+                continue;
+            }
+            let ctx = BackendContext {
+                name: d.name,
+                settings: config.backends.get(d.name),
+                base_dir: config.base_dir(),
+            };
+            providers.insert(d.name, (d.factory)(&ctx)?);
+        }
+        Ok(Broker { config, registry, providers })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    fn provider_for(&self, reference: &Reference) -> Result<(&'static ProviderDescriptor, Arc<dyn CredentialProvider>)> {
+        let d = self.registry.require_scheme(reference.scheme()).map_err(|e| e.with_reference(reference))?;
+        match self.providers.get(d.name) {
+            Some(p) => Ok((d, p.clone())),
+            None => {
+                let ctx = BackendContext { name: d.name, settings: None, base_dir: self.config.base_dir() };
+                Ok((d, (d.factory)(&ctx)?))
+            }
+        }
+    }
+
+    /// Where `reference` would send data, with the broker's badge rules applied. No I/O.
+    pub fn destinations(&self, reference: &Reference) -> Result<Vec<Destination>> {
+        let (_, provider) = self.provider_for(reference)?;
+        let dests = provider
+            .egress(reference, self.config.base_dir())
+            .map_err(|e| e.with_reference(reference))?;
+        Ok(dests
+            .into_iter()
+            .map(|d| egress::classify(d, &self.config.egress.self_hosted))
+            .collect())
+    }
+
+    /// The egress manifest. Resolves nothing.
+    pub fn manifest(&self) -> Result<Manifest> {
+        let mut entries = Vec::new();
+        for spec in &self.config.credentials {
+            let (d, _) = self.provider_for(&spec.reference)?;
+            let destinations = self.destinations(&spec.reference).map_err(|e| e.with_credential(&spec.name))?;
+            let badge = destinations.iter().map(|d| d.badge).max().unwrap_or(Badge::Local);
+            entries.push(ManifestEntry {
+                credential: spec.name.clone(),
+                reference: spec.reference.clone(),
+                backend: d.name,
+                source: spec.source,
+                allowed: destinations.iter().all(|d| self.config.egress.permits(d.badge)),
+                destinations,
+                badge,
+                delivered_as: spec.env_var.clone(),
+                kind: spec.kind,
+                ttl: spec.ttl.map(format_duration),
+            });
+        }
+        Ok(Manifest { config: self.config.path().to_path_buf(), egress: self.config.egress.clone(), entries })
+    }
+
+    /// Refuses `reference` before any I/O if a destination's badge is not allowed.
+    pub fn gate(&self, reference: &Reference) -> Result<()> {
+        for dest in self.destinations(reference)? {
+            if !self.config.egress.permits(dest.badge) {
+                let why = if self.config.egress.enabled {
+                    format!("egress to {} destinations is not allowed", dest.badge)
+                } else {
+                    "egress is disabled".to_string()
+                };
+                let hint = if self.config.egress.enabled {
+                    format!("add `{}` to `egress.allow` in {} after reviewing `broker audit`", dest.badge, self.config.path().display())
+                } else {
+                    format!("set `egress.enabled: true` in {} after reviewing `broker audit`", self.config.path().display())
+                };
+                return Err(Error::new(ErrorKind::EgressDenied, format!("{why}; this would reach {dest}"))
+                    .with_reference(reference)
+                    .with_hint(hint));
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves (or mints) the credential `name` for one request.
+    pub async fn resolve(&self, name: &str, context: &RequestContext) -> Result<Credential> {
+        let spec = self.config.require_credential(name)?;
+        self.resolve_spec(spec, context).await.map_err(|e| e.with_credential(name).with_reference(&spec.reference))
+    }
+
+    async fn resolve_spec(&self, spec: &CredentialSpec, context: &RequestContext) -> Result<Credential> {
+        self.gate(&spec.reference)?;
+        let (_, provider) = self.provider_for(&spec.reference)?;
+        let request = Request::new(&spec.reference, self.config.base_dir(), context)
+            .with_credential(&spec.name)
+            .with_spec(spec)
+            .with_nested(self);
+        match spec.source {
+            Source::Resolve => provider.resolve(&request).await,
+            Source::Mint => provider.mint(&request).await,
+        }
+    }
+
+    /// Resolves `names` (every credential when empty) and prepares them for a child process:
+    /// env values, and 0600 files in a fresh scratch dir for `kind: file`.
+    /// On any failure nothing is returned and the scratch dir is already wiped.
+    pub async fn deliver(&self, names: &[String], context: &RequestContext) -> Result<Delivery> {
+        let specs: Vec<&CredentialSpec> = if names.is_empty() {
+            self.config.credentials.iter().collect()
+        } else {
+            names.iter().map(|n| self.config.require_credential(n)).collect::<Result<_>>()?
+        };
+        // Gate everything before resolving anything: a refusal does no I/O at all.
+        for spec in &specs {
+            self.gate(&spec.reference).map_err(|e| e.with_credential(&spec.name))?;
+        }
+        let mut delivery = Delivery { env: Vec::new(), secrets: Vec::new(), scratch: None };
+        for spec in specs {
+            let credential = self.resolve(&spec.name, context).await?;
+            for value in credential.values() {
+                delivery.secrets.push((spec.name.clone(), value.clone()));
+            }
+            match spec.kind {
+                DeliveryKind::Env => delivery.env.push((spec.env_var.clone(), credential.value().clone())),
+                DeliveryKind::File => {
+                    if delivery.scratch.is_none() {
+                        delivery.scratch = Some(ScratchDir::create()?);
+                    }
+                    let scratch = delivery.scratch.as_ref().ok_or_else(|| Error::internal("scratch dir missing"))?;
+                    let path = scratch.write_secret(&spec.name, credential.value()).map_err(|e| e.with_credential(&spec.name))?;
+                    let path = path.into_os_string().into_string().map_err(|_| Error::internal("scratch path is not UTF-8"))?;
+                    delivery.env.push((spec.env_var.clone(), SecretValue::from(path)));
+                }
+            }
+            for (var, value) in credential.companions() {
+                delivery.env.push((var.clone(), value.clone()));
+            }
+        }
+        Ok(delivery)
+    }
+
+    /// Rotates the stored key material behind credential `name`.
+    pub async fn rotate(&self, name: &str, context: &RequestContext) -> Result<Rotation> {
+        let spec = self.config.require_credential(name)?;
+        let attach = |e: Error| e.with_credential(name).with_reference(&spec.reference);
+        self.gate(&spec.reference).map_err(attach)?;
+        let (_, provider) = self.provider_for(&spec.reference).map_err(attach)?;
+        let request = Request::new(&spec.reference, self.config.base_dir(), context)
+            .with_credential(&spec.name)
+            .with_spec(spec)
+            .with_nested(self);
+        provider.rotate(&request).await.map_err(attach)
+    }
+
+    /// Revokes `lease_id` through `backend`, or through the one configured backend that can
+    /// revoke when `backend` is `None`.
+    pub async fn revoke(&self, lease_id: &str, backend: Option<&str>) -> Result<()> {
+        let name = match backend {
+            Some(b) => {
+                self.registry.by_name(b).ok_or_else(|| Error::invalid_config(format!("unknown backend `{b}`")))?;
+                b.to_string()
+            }
+            None => {
+                let revokers: Vec<&str> = self
+                    .providers
+                    .keys()
+                    .filter(|n| self.registry.by_name(n).is_some_and(|d| d.capabilities.revoke))
+                    .copied()
+                    .collect();
+                match revokers.as_slice() {
+                    [one] => one.to_string(),
+                    [] => {
+                        let used: Vec<&str> = self.providers.keys().copied().collect();
+                        return Err(Error::unsupported("revoke").with_hint(format!(
+                            "none of the configured backends ({}) issues revocable leases",
+                            if used.is_empty() { "none".to_string() } else { used.join(", ") }
+                        )));
+                    }
+                    many => {
+                        return Err(Error::invalid_config("more than one backend can revoke leases")
+                            .with_hint(format!("pass --backend with one of: {}", many.join(", "))));
+                    }
+                }
+            }
+        };
+        let provider = match self.providers.get(name.as_str()) {
+            Some(p) => p.clone(),
+            None => {
+                let d = self.registry.by_name(&name).ok_or_else(|| Error::internal("backend vanished"))?;
+                (d.factory)(&BackendContext { name: d.name, settings: None, base_dir: self.config.base_dir() })?
+            }
+        };
+        provider.revoke(lease_id).await
+    }
+
+    /// Health of every compiled-in backend. Checks run only for backends a credential uses and
+    /// the egress gate allows; nothing is resolved, no value is returned.
+    pub async fn doctor(&self) -> Vec<BackendReport> {
+        let mut reports = Vec::new();
+        for d in self.registry.descriptors() {
+            let used_by: Vec<&CredentialSpec> = self
+                .config
+                .credentials
+                .iter()
+                .filter(|c| d.schemes.contains(&c.reference.scheme()))
+                .collect();
+            let configured = self.config.backends.contains_key(d.name);
+            let mut report = BackendReport {
+                backend: d.name,
+                schemes: d.schemes.to_vec(),
+                configured,
+                used: !used_by.is_empty(),
+                ok: None,
+                detail: String::new(),
+            };
+            let gated = used_by.iter().find_map(|c| self.gate(&c.reference).err());
+            match (self.providers.get(d.name), gated) {
+                (_, Some(e)) => report.detail = format!("not checked: {}", e.message()),
+                (None, None) => report.detail = "compiled in; not used by this config".into(),
+                (Some(p), None) => {
+                    let Check { ok, detail } = p.check(self).await;
+                    report.ok = Some(ok);
+                    report.detail = detail;
+                }
+            }
+            reports.push(report);
+        }
+        reports
+    }
+}
+
+#[async_trait]
+impl ResolveRef for Broker {
+    async fn resolve_ref(&self, reference: &Reference, purpose: &str) -> Result<SecretValue> {
+        let attach = |e: Error| {
+            let msg = format!("{} (resolving {purpose})", e.message());
+            let mut out = Error::new(e.kind(), msg).with_reference(reference).retryable(e.is_retryable());
+            if let Some(h) = e.hint() {
+                out = out.with_hint(h.to_string());
+            }
+            out
+        };
+        self.gate(reference).map_err(attach)?;
+        let (_, provider) = self.provider_for(reference).map_err(attach)?;
+        let context = RequestContext::new();
+        let request = Request::new(reference, self.config.base_dir(), &context)
+            .with_credential(purpose)
+            .with_nested(self);
+        let credential = provider.resolve(&request).await.map_err(attach)?;
+        Ok(credential.value().clone())
+    }
+}

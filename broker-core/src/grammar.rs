@@ -1,0 +1,417 @@
+//! The grammar of every scheme the product knows, whether or not its backend is compiled in.
+//!
+//! A reference is `scheme:opaque` or `scheme://target`, then an optional `?query` and an optional
+//! `#field`. This table fixes, per scheme, which shape it takes, whether it resolves or mints,
+//! which query keys it accepts, whether it takes a field selector, and how its target is checked.
+//! `docs/references.md` lists the same forms, each as a doc-test.
+
+/// What a scheme's references are used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// `ref:` only: read a stored secret.
+    Resolve,
+    /// `mint:` only: create a short-lived credential.
+    Mint,
+    /// Either (Vault paths: KV reads and dynamic secrets).
+    Both,
+}
+
+/// Which query keys a scheme takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryKeys {
+    /// No `?query` at all.
+    None,
+    /// Only these keys.
+    Only(&'static [&'static str]),
+    /// Any key (parameters passed through to the backend).
+    Any,
+}
+
+/// A problem found in a target: byte offset within the target, and why.
+pub type TargetError = (usize, String);
+
+/// The grammar of one scheme.
+#[derive(Debug, Clone, Copy)]
+pub struct SchemeGrammar {
+    /// The scheme, e.g. `vault`.
+    pub scheme: &'static str,
+    /// The form as documentation shows it, e.g. `vault:MOUNT/PATH[#field]`.
+    pub form: &'static str,
+    /// `scheme://target` (true) or `scheme:target` (false).
+    pub hierarchical: bool,
+    /// Resolve, mint, or both.
+    pub operation: Operation,
+    /// Whether `#field` is accepted.
+    pub field: bool,
+    /// Which query keys are accepted.
+    pub query: QueryKeys,
+    /// The backend (and cargo feature) that implements the scheme.
+    pub backend: &'static str,
+    /// Checks the target.
+    pub validate: fn(&str) -> Result<(), TargetError>,
+}
+
+/// Every scheme of the product.
+pub const GRAMMAR: &[SchemeGrammar] = &[
+    SchemeGrammar {
+        scheme: "env",
+        form: "env:NAME",
+        hierarchical: false,
+        operation: Operation::Resolve,
+        field: false,
+        query: QueryKeys::None,
+        backend: "env",
+        validate: env_name,
+    },
+    SchemeGrammar {
+        scheme: "sops",
+        form: "sops:FILE[#key.path][?format=yaml|json|dotenv|ini|binary]",
+        hierarchical: false,
+        operation: Operation::Resolve,
+        field: true,
+        query: QueryKeys::Only(&["format"]),
+        backend: "sops",
+        validate: file_path,
+    },
+    SchemeGrammar {
+        scheme: "age",
+        form: "age:FILE",
+        hierarchical: false,
+        operation: Operation::Resolve,
+        field: false,
+        query: QueryKeys::None,
+        backend: "age",
+        validate: file_path,
+    },
+    SchemeGrammar {
+        scheme: "agenix",
+        form: "agenix:FILE",
+        hierarchical: false,
+        operation: Operation::Resolve,
+        field: false,
+        query: QueryKeys::None,
+        backend: "age",
+        validate: file_path,
+    },
+    SchemeGrammar {
+        scheme: "vault",
+        form: "vault:MOUNT/PATH[#field][?version=N|PARAM=VALUE...]",
+        hierarchical: false,
+        operation: Operation::Both,
+        field: true,
+        query: QueryKeys::Any,
+        backend: "vault",
+        validate: vault_path,
+    },
+    SchemeGrammar {
+        scheme: "aws-sm",
+        form: "aws-sm://SECRET_ID[#field][?version-stage=S|version-id=V&region=R]",
+        hierarchical: true,
+        operation: Operation::Resolve,
+        field: true,
+        query: QueryKeys::Only(&["version-stage", "version-id", "region"]),
+        backend: "aws",
+        validate: aws_secret_id,
+    },
+    SchemeGrammar {
+        scheme: "aws-sts",
+        form: "aws-sts://ROLE_ARN[?PARAM=VALUE...]",
+        hierarchical: true,
+        operation: Operation::Mint,
+        field: false,
+        query: QueryKeys::Any,
+        backend: "aws",
+        validate: aws_role_arn,
+    },
+    SchemeGrammar {
+        scheme: "gcp-sm",
+        form: "gcp-sm://PROJECT/SECRET[/VERSION][#field]",
+        hierarchical: true,
+        operation: Operation::Resolve,
+        field: true,
+        query: QueryKeys::None,
+        backend: "gcp",
+        validate: gcp_secret,
+    },
+    SchemeGrammar {
+        scheme: "gcp-iam",
+        form: "gcp-iam://SA_EMAIL[?PARAM=VALUE...]",
+        hierarchical: true,
+        operation: Operation::Mint,
+        field: false,
+        query: QueryKeys::Any,
+        backend: "gcp",
+        validate: gcp_service_account,
+    },
+    SchemeGrammar {
+        scheme: "azurekv",
+        form: "azurekv://VAULT/NAME[/VERSION][#field]",
+        hierarchical: true,
+        operation: Operation::Resolve,
+        field: true,
+        query: QueryKeys::None,
+        backend: "azure",
+        validate: azure_secret,
+    },
+    SchemeGrammar {
+        scheme: "azure-token",
+        form: "azure-token://TENANT/CLIENT[?scope=SCOPE]",
+        hierarchical: true,
+        operation: Operation::Mint,
+        field: false,
+        query: QueryKeys::Any,
+        backend: "azure",
+        validate: azure_client,
+    },
+];
+
+/// The grammar of `scheme`, if the product knows it.
+pub fn lookup(scheme: &str) -> Option<&'static SchemeGrammar> {
+    GRAMMAR.iter().find(|g| g.scheme == scheme)
+}
+
+fn err<T>(at: usize, why: impl Into<String>) -> Result<T, TargetError> {
+    Err((at, why.into()))
+}
+
+fn env_name(t: &str) -> Result<(), TargetError> {
+    for (i, c) in t.char_indices() {
+        let ok = c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit());
+        if !ok {
+            return err(
+                i,
+                format!("`{c}` is not allowed in a variable name (letters, digits, `_`; not starting with a digit)"),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn file_path(t: &str) -> Result<(), TargetError> {
+    if t.ends_with('/') {
+        return err(t.len() - 1, "a file path must not end with `/`");
+    }
+    Ok(())
+}
+
+/// Counts `/`-separated segments, refusing empty ones and `.`/`..`.
+fn path_segments(t: &str) -> Result<usize, TargetError> {
+    let mut start = 0;
+    let mut count = 0;
+    for seg in t.split('/') {
+        if seg.is_empty() {
+            let why = if start == 0 {
+                "path must not start with `/`"
+            } else {
+                "empty path segment (`//` or trailing `/`)"
+            };
+            return err(start.min(t.len().saturating_sub(1)), why);
+        }
+        if seg == "." || seg == ".." {
+            return err(start, format!("`{seg}` is not allowed as a path segment"));
+        }
+        count += 1;
+        start += seg.len() + 1;
+    }
+    Ok(count)
+}
+
+fn vault_path(t: &str) -> Result<(), TargetError> {
+    if path_segments(t)? < 2 {
+        return err(t.len(), "expected MOUNT/PATH (at least two segments), e.g. secret/data/app");
+    }
+    Ok(())
+}
+
+fn aws_secret_id(t: &str) -> Result<(), TargetError> {
+    if let Some(rest) = t.strip_prefix("arn:") {
+        let parts: Vec<&str> = rest.splitn(6, ':').collect();
+        if parts.len() < 6 || parts[1] != "secretsmanager" || parts[4] != "secret" || parts[5].is_empty() {
+            return err(0, "expected arn:PARTITION:secretsmanager:REGION:ACCOUNT:secret:NAME");
+        }
+        if parts[2].is_empty() {
+            return err(0, "the secret ARN has no region");
+        }
+        return Ok(());
+    }
+    if t.len() > 512 {
+        return err(512, "a secret name has at most 512 characters");
+    }
+    for (i, c) in t.char_indices() {
+        if !(c.is_ascii_alphanumeric() || "/_+=.@-".contains(c)) {
+            return err(i, format!("`{c}` is not allowed in a secret name (letters, digits, /_+=.@-)"));
+        }
+    }
+    Ok(())
+}
+
+fn aws_role_arn(t: &str) -> Result<(), TargetError> {
+    const SHAPE: &str = "expected a role ARN: arn:aws:iam::ACCOUNT_ID:role/NAME";
+    let Some(rest) = t.strip_prefix("arn:") else {
+        return err(0, SHAPE);
+    };
+    let parts: Vec<&str> = rest.splitn(5, ':').collect();
+    if parts.len() != 5 || !["aws", "aws-cn", "aws-us-gov"].contains(&parts[0]) || parts[1] != "iam" {
+        return err(0, SHAPE);
+    }
+    if !parts[2].is_empty() {
+        return err(4 + parts[0].len() + 5, "an IAM ARN has no region (`iam::`)");
+    }
+    let account_at = 4 + parts[0].len() + 6;
+    if parts[3].len() != 12 || !parts[3].bytes().all(|b| b.is_ascii_digit()) {
+        return err(account_at, "the account id must be 12 digits");
+    }
+    let resource_at = account_at + 13;
+    let Some(role) = parts[4].strip_prefix("role/") else {
+        return err(resource_at, "the resource must be `role/NAME`");
+    };
+    let name = role.rsplit('/').next().unwrap_or_default();
+    if name.is_empty() || name.len() > 64 {
+        return err(resource_at + 5, "a role name has 1 to 64 characters");
+    }
+    for (i, c) in role.char_indices() {
+        if !(c.is_ascii_alphanumeric() || "+=,.@_-/".contains(c)) {
+            return err(resource_at + 5 + i, format!("`{c}` is not allowed in a role name"));
+        }
+    }
+    Ok(())
+}
+
+fn gcp_secret(t: &str) -> Result<(), TargetError> {
+    let segs: Vec<&str> = t.split('/').collect();
+    if !(2..=3).contains(&segs.len()) {
+        return err(0, "expected PROJECT/SECRET or PROJECT/SECRET/VERSION");
+    }
+    let project = segs[0];
+    let numeric = !project.is_empty() && project.bytes().all(|b| b.is_ascii_digit());
+    let named = (6..=30).contains(&project.len())
+        && project.starts_with(|c: char| c.is_ascii_lowercase())
+        && project.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !project.ends_with('-');
+    if !(numeric || named) {
+        return err(0, "a project is a project number or an id of 6-30 lowercase letters, digits and hyphens");
+    }
+    let secret_at = project.len() + 1;
+    let secret = segs[1];
+    if secret.is_empty()
+        || secret.len() > 255
+        || !secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return err(secret_at, "a secret id has 1-255 letters, digits, `_` or `-`");
+    }
+    if let Some(version) = segs.get(2) {
+        let ok = *version == "latest"
+            || (!version.is_empty() && version.bytes().all(|b| b.is_ascii_digit()) && !version.starts_with('0'));
+        if !ok {
+            return err(secret_at + secret.len() + 1, "a version is a positive number or `latest`");
+        }
+    }
+    Ok(())
+}
+
+fn gcp_service_account(t: &str) -> Result<(), TargetError> {
+    let Some((local, domain)) = t.split_once('@') else {
+        return err(0, "expected a service account email: NAME@PROJECT.iam.gserviceaccount.com");
+    };
+    if local.is_empty() || !local.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
+        return err(0, "the account name has letters, digits, `-`, `_` or `.`");
+    }
+    if !domain.ends_with(".gserviceaccount.com") {
+        return err(local.len() + 1, "the domain must end with .gserviceaccount.com");
+    }
+    Ok(())
+}
+
+fn is_guid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn azure_secret(t: &str) -> Result<(), TargetError> {
+    let segs: Vec<&str> = t.split('/').collect();
+    if !(2..=3).contains(&segs.len()) {
+        return err(0, "expected VAULT/NAME or VAULT/NAME/VERSION");
+    }
+    let vault = segs[0];
+    let vault_ok = (3..=24).contains(&vault.len())
+        && vault.starts_with(|c: char| c.is_ascii_alphabetic())
+        && vault.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !vault.ends_with('-')
+        && !vault.contains("--");
+    if !vault_ok {
+        return err(0, "a vault name has 3-24 letters, digits and single hyphens, starting with a letter");
+    }
+    let name_at = vault.len() + 1;
+    let name = segs[1];
+    if name.is_empty() || name.len() > 127 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return err(name_at, "a secret name has 1-127 letters, digits and hyphens");
+    }
+    if let Some(version) = segs.get(2) {
+        if version.len() != 32 || !version.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return err(name_at + name.len() + 1, "a version is 32 hex digits");
+        }
+    }
+    Ok(())
+}
+
+fn azure_client(t: &str) -> Result<(), TargetError> {
+    let Some((tenant, client)) = t.split_once('/') else {
+        return err(t.len(), "expected TENANT/CLIENT_ID");
+    };
+    let tenant_ok = is_guid(tenant)
+        || (tenant.contains('.')
+            && tenant.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'));
+    if !tenant_ok {
+        return err(0, "the tenant is a GUID or a domain such as contoso.onmicrosoft.com");
+    }
+    if !is_guid(client) {
+        return err(tenant.len() + 1, "the client id is a GUID");
+    }
+    Ok(())
+}
+
+/// Edit distance, for did-you-mean suggestions.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The closest candidate within a small edit distance, if any.
+pub fn did_you_mean<'a>(input: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(input, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3) && *d < c.len().max(input.len()))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(did_you_mean("vualt", ["env", "vault", "sops"]), Some("vault"));
+        assert_eq!(did_you_mean("aws-ms", ["aws-sm", "aws-sts"]), Some("aws-sm"));
+        assert_eq!(did_you_mean("zzzzzz", ["env", "vault"]), None);
+    }
+
+    #[test]
+    fn schemes_are_unique_and_sorted_by_backend_docs() {
+        let mut seen = std::collections::HashSet::new();
+        for g in GRAMMAR {
+            assert!(seen.insert(g.scheme), "duplicate {}", g.scheme);
+        }
+    }
+}

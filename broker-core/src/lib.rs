@@ -1,0 +1,56 @@
+//! Core of the credential broker.
+//!
+//! A config names *references* (`vault:secret/data/staging#token`), never values. The broker
+//! resolves or mints the value just in time, hands it to one task as an environment variable
+//! or a 0600 file, and wipes it when the task ends. Nothing leaves the machine unless egress is
+//! enabled, and [`Broker::manifest`] shows, without resolving anything, what would leave and to
+//! where.
+//!
+//! - [`Reference`]: the reference grammar ([`grammar`] has every scheme).
+//! - [`CredentialProvider`]: the trait each backend implements; backends register a
+//!   [`ProviderDescriptor`] with `inventory`.
+//! - [`SecretValue`], [`Credential`]: values, zeroized on drop, never printed.
+//! - [`Error`]: one error type with an [`ErrorKind`]; never holds a value.
+//! - [`config`]: `.broker.yml`; [`egress`]: destinations, badges and the gate;
+//!   [`scratch`]: per-task scratch dirs; [`Broker`]: the facade.
+//!
+//! This crate has no HTTP client or cloud SDK dependency; backends bring their own.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod broker;
+pub mod config;
+pub mod egress;
+mod error;
+pub mod grammar;
+pub mod provider;
+mod reference;
+pub mod registry;
+pub mod scratch;
+mod secret;
+
+pub use async_trait::async_trait;
+pub use inventory;
+
+pub use broker::{BackendReport, Broker, Delivery, Manifest, ManifestEntry};
+pub use config::{Config, CredentialSpec, DeliveryKind, Source};
+pub use egress::{Badge, Destination, Target};
+pub use error::{Error, ErrorKind, Result};
+pub use provider::{Check, CredentialProvider, Request, RequestContext, ResolveRef, Rotation};
+pub use reference::{FieldPath, FieldSegment, Reference};
+pub use registry::{BackendContext, Capabilities, ProviderDescriptor, Registry};
+pub use secret::{Credential, Lease, SecretValue};
+
+/// Selects `path` from a JSON document held in a secret; the result is a new secret (strings
+/// as their text, other values as compact JSON). Errors never contain the document.
+pub fn select_json(document: &SecretValue, path: &FieldPath) -> Result<SecretValue> {
+    let parsed: serde_json::Value = serde_json::from_slice(document.expose())
+        .map_err(|e| Error::not_found(format!("the secret is not a JSON document (line {}, column {}), so no field can be selected", e.line(), e.column())))?;
+    let node = path
+        .select(&parsed)
+        .ok_or_else(|| Error::not_found(format!("field `{path}` is not in the secret")))?;
+    Ok(match node {
+        serde_json::Value::String(s) => SecretValue::copy_from(s.as_bytes()),
+        other => SecretValue::new(serde_json::to_vec(other).map_err(|_| Error::internal("JSON re-encoding failed"))?),
+    })
+}

@@ -1,0 +1,170 @@
+//! The registry of compiled-in backends.
+//!
+//! Each backend crate submits a [`ProviderDescriptor`] with `inventory::submit!`. A crate that
+//! nothing references is never linked and its registration silently disappears, so binaries
+//! name every backend they want (`use broker_vault as _;`) and test that the registered schemes
+//! are the expected ones. Embedders can skip inventory and call [`Registry::register`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use crate::config::BackendSettings;
+use crate::egress::Badge;
+use crate::grammar;
+use crate::{CredentialProvider, Error, Result};
+
+/// What a backend can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    /// Reads stored secrets.
+    pub resolve: bool,
+    /// Mints short-lived credentials.
+    pub mint: bool,
+    /// Revokes leases.
+    pub revoke: bool,
+    /// Rotates stored key material.
+    pub rotate: bool,
+}
+
+/// Everything a factory gets to build a provider.
+pub struct BackendContext<'a> {
+    /// The backend's name (`vault`).
+    pub name: &'a str,
+    /// Its `backends.<name>` section, if the config has one.
+    pub settings: Option<&'a BackendSettings>,
+    /// The config file's directory.
+    pub base_dir: &'a Path,
+}
+
+impl BackendContext<'_> {
+    /// Parses the backend's section into `T` (with file and line in errors), or `T::default()`
+    /// when the config has none.
+    pub fn parse_settings<T: serde::de::DeserializeOwned + Default>(&self) -> Result<T> {
+        match self.settings {
+            Some(s) => s.parse(),
+            None => Ok(T::default()),
+        }
+    }
+    /// `path` made absolute against the config file's directory.
+    pub fn path(&self, path: &str) -> PathBuf {
+        crate::provider::resolve_path(self.base_dir, path)
+    }
+}
+
+/// Builds a provider from its settings.
+pub type Factory = fn(&BackendContext<'_>) -> Result<Arc<dyn CredentialProvider>>;
+
+/// A backend's registration.
+#[derive(Debug)]
+pub struct ProviderDescriptor {
+    /// The backend's name, also its cargo feature in `broker-cli` (`vault`).
+    pub name: &'static str,
+    /// The schemes it serves (`["age", "agenix"]`).
+    pub schemes: &'static [&'static str],
+    /// What it can do.
+    pub capabilities: Capabilities,
+    /// The badge of its destinations when nothing else is known.
+    pub default_badge: Badge,
+    /// Per-credential option keys it accepts besides the core ones (`["identity"]`).
+    pub credential_options: &'static [&'static str],
+    /// Builds the provider.
+    pub factory: Factory,
+}
+
+inventory::collect!(ProviderDescriptor);
+
+/// The backends of this process, sorted by name; immutable once built.
+#[derive(Debug, Default, Clone)]
+pub struct Registry {
+    by_name: BTreeMap<&'static str, &'static ProviderDescriptor>,
+    by_scheme: BTreeMap<&'static str, &'static ProviderDescriptor>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every descriptor submitted through `inventory` in this binary.
+    ///
+    /// # Panics
+    /// If two linked backends claim the same name or scheme: a build error, not a runtime one.
+    pub fn from_inventory() -> Self {
+        let mut registry = Registry::new();
+        let mut all: Vec<&'static ProviderDescriptor> = inventory::iter::<ProviderDescriptor>.into_iter().collect();
+        all.sort_by_key(|d| d.name);
+        for d in all {
+            if let Err(e) = registry.register(d) {
+                panic!("conflicting backend registrations: {e}");
+            }
+        }
+        registry
+    }
+
+    /// The process-wide registry built from `inventory`.
+    pub fn global() -> &'static Registry {
+        static GLOBAL: OnceLock<Registry> = OnceLock::new();
+        GLOBAL.get_or_init(Registry::from_inventory)
+    }
+
+    /// Adds a backend; refuses duplicate names and schemes.
+    pub fn register(&mut self, descriptor: &'static ProviderDescriptor) -> Result<()> {
+        if self.by_name.contains_key(descriptor.name) {
+            return Err(Error::internal(format!("backend `{}` registered twice", descriptor.name)));
+        }
+        for scheme in descriptor.schemes {
+            if let Some(other) = self.by_scheme.get(scheme) {
+                return Err(Error::internal(format!(
+                    "scheme `{scheme}` claimed by both `{}` and `{}`",
+                    other.name, descriptor.name
+                )));
+            }
+        }
+        self.by_name.insert(descriptor.name, descriptor);
+        for scheme in descriptor.schemes {
+            self.by_scheme.insert(scheme, descriptor);
+        }
+        Ok(())
+    }
+
+    /// The backend serving `scheme`.
+    pub fn for_scheme(&self, scheme: &str) -> Option<&'static ProviderDescriptor> {
+        self.by_scheme.get(scheme).copied()
+    }
+
+    /// The backend named `name`.
+    pub fn by_name(&self, name: &str) -> Option<&'static ProviderDescriptor> {
+        self.by_name.get(name).copied()
+    }
+
+    /// The backend serving `scheme`, or an error saying it is unknown or not compiled in.
+    pub fn require_scheme(&self, scheme: &str) -> Result<&'static ProviderDescriptor> {
+        if let Some(d) = self.for_scheme(scheme) {
+            return Ok(d);
+        }
+        let compiled = self.schemes().join(", ");
+        match grammar::lookup(scheme) {
+            Some(g) => Err(Error::not_configured(format!(
+                "scheme `{scheme}` is not compiled into this broker"
+            ))
+            .with_hint(format!(
+                "rebuild broker-cli with `--features {}`; compiled in: {compiled}",
+                g.backend
+            ))),
+            None => Err(Error::new(crate::ErrorKind::InvalidReference, format!("unknown scheme `{scheme}`"))
+                .with_hint(format!("schemes compiled in: {compiled}"))),
+        }
+    }
+
+    /// Compiled-in schemes, sorted.
+    pub fn schemes(&self) -> Vec<String> {
+        self.by_scheme.keys().map(|s| s.to_string()).collect()
+    }
+
+    /// Compiled-in backends, sorted by name.
+    pub fn descriptors(&self) -> impl Iterator<Item = &'static ProviderDescriptor> + '_ {
+        self.by_name.values().copied()
+    }
+}

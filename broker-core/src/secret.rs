@@ -1,0 +1,213 @@
+//! Types that hold secret values.
+//!
+//! A value lives in a [`SecretValue`] (a zeroize-on-drop heap buffer behind `secrecy`) from the
+//! moment a backend produces it until it is written into a child's environment or a 0600 file.
+//! None of these types implement `Serialize` or `Display`, and their `Debug` prints
+//! `[REDACTED]`. Reading the bytes takes an explicit [`SecretValue::expose`].
+
+use std::fmt;
+use std::time::SystemTime;
+
+use secrecy::{ExposeSecret, SecretBox};
+
+use crate::{Error, Result};
+
+/// One secret value: bytes, zeroized on drop, never printed.
+pub struct SecretValue(SecretBox<[u8]>);
+
+impl SecretValue {
+    /// Takes ownership of `bytes`. The caller's buffer is moved, not copied.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        SecretValue(SecretBox::new(bytes.into_boxed_slice()))
+    }
+
+    /// Copies `bytes` into a new secret. Prefer [`SecretValue::new`] when you own the buffer.
+    pub fn copy_from(bytes: &[u8]) -> Self {
+        Self::new(bytes.to_vec())
+    }
+
+    /// The value's bytes. Every call site is a place a value can escape: keep them few.
+    pub fn expose(&self) -> &[u8] {
+        self.0.expose_secret()
+    }
+
+    /// The value as UTF-8, or an error that does not contain the value.
+    pub fn expose_str(&self) -> Result<&str> {
+        std::str::from_utf8(self.expose())
+            .map_err(|_| Error::invalid_config("value is not valid UTF-8 text"))
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.expose().len()
+    }
+
+    /// Whether the value is empty.
+    pub fn is_empty(&self) -> bool {
+        self.expose().is_empty()
+    }
+}
+
+impl From<String> for SecretValue {
+    fn from(value: String) -> Self {
+        SecretValue::new(value.into_bytes())
+    }
+}
+
+impl From<Vec<u8>> for SecretValue {
+    fn from(value: Vec<u8>) -> Self {
+        SecretValue::new(value)
+    }
+}
+
+impl From<zeroize::Zeroizing<Vec<u8>>> for SecretValue {
+    fn from(mut value: zeroize::Zeroizing<Vec<u8>>) -> Self {
+        SecretValue::new(std::mem::take(&mut *value))
+    }
+}
+
+impl Clone for SecretValue {
+    fn clone(&self) -> Self {
+        Self::copy_from(self.expose())
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretValue([REDACTED])")
+    }
+}
+
+impl PartialEq for SecretValue {
+    /// Constant-time in the length of the shorter value.
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (self.expose(), other.expose());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+impl Eq for SecretValue {}
+
+/// A lease on a minted credential: how to revoke it and when it expires.
+///
+/// A lease id is a handle, not a secret (Vault lease ids, STS session names); backends must
+/// never use a secret as a lease id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The id `broker revoke` takes.
+    pub id: String,
+    /// When the credential stops working, if known.
+    pub expires_at: Option<SystemTime>,
+    /// Whether the lease can be renewed.
+    pub renewable: bool,
+}
+
+/// What a backend hands back: the value, companion values, and an optional lease.
+///
+/// The primary value is delivered under the credential's `as` name (as the variable's value,
+/// or as the content of a 0600 file whose path the variable holds). Companion values are
+/// extra environment variables a backend delivers alongside (the AWS key triple, say).
+pub struct Credential {
+    value: SecretValue,
+    companions: Vec<(String, SecretValue)>,
+    lease: Option<Lease>,
+}
+
+impl Credential {
+    /// A credential with one value and no lease.
+    pub fn new(value: SecretValue) -> Self {
+        Credential {
+            value,
+            companions: Vec::new(),
+            lease: None,
+        }
+    }
+
+    /// Adds a companion environment variable.
+    #[must_use]
+    pub fn with_companion(mut self, env_var: impl Into<String>, value: SecretValue) -> Self {
+        self.companions.push((env_var.into(), value));
+        self
+    }
+
+    /// Attaches a lease.
+    #[must_use]
+    pub fn with_lease(mut self, lease: Lease) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// The primary value.
+    pub fn value(&self) -> &SecretValue {
+        &self.value
+    }
+
+    /// Companion environment variables.
+    pub fn companions(&self) -> &[(String, SecretValue)] {
+        &self.companions
+    }
+
+    /// The lease, for minted credentials.
+    pub fn lease(&self) -> Option<&Lease> {
+        self.lease.as_ref()
+    }
+
+    /// Every value this credential holds (primary first), for building redactors.
+    pub fn values(&self) -> impl Iterator<Item = &SecretValue> {
+        std::iter::once(&self.value).chain(self.companions.iter().map(|(_, v)| v))
+    }
+}
+
+impl Clone for Credential {
+    fn clone(&self) -> Self {
+        Credential {
+            value: self.value.clone(),
+            companions: self.companions.clone(),
+            lease: self.lease.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("value", &self.value)
+            .field(
+                "companions",
+                &self.companions.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .field("lease", &self.lease)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CANARY: &str = "canary-7f3a9c-secret-value";
+
+    #[test]
+    fn debug_never_shows_the_value() {
+        let v = SecretValue::from(CANARY.to_string());
+        let c = Credential::new(v.clone()).with_companion("EXTRA", v.clone());
+        for text in [format!("{v:?}"), format!("{v:#?}"), format!("{c:?}"), format!("{c:#?}")] {
+            assert!(!text.contains(CANARY), "leaked in {text}");
+            assert!(!text.contains("canary"), "partial leak in {text}");
+        }
+        assert_eq!(v.expose(), CANARY.as_bytes());
+    }
+
+    #[test]
+    fn equality_compares_contents() {
+        assert_eq!(SecretValue::copy_from(b"abc"), SecretValue::copy_from(b"abc"));
+        assert_ne!(SecretValue::copy_from(b"abc"), SecretValue::copy_from(b"abd"));
+        assert_ne!(SecretValue::copy_from(b"abc"), SecretValue::copy_from(b"ab"));
+    }
+
+    #[test]
+    fn non_utf8_error_does_not_echo_bytes() {
+        let v = SecretValue::copy_from(&[0xff, 0xfe, b's', b'e', b'c']);
+        let err = v.expose_str().unwrap_err().to_string();
+        assert!(!err.contains("sec"));
+    }
+}
