@@ -1,1 +1,195 @@
-fn main() {}
+//! `broker`: the command-line front of the credential broker.
+//!
+//! Thin by design: parsing, output and process handling live here; everything else is
+//! `broker-core` and the backend crates linked through cargo features (see `backends.rs`).
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod backends;
+mod cli;
+mod exit;
+mod output;
+mod run;
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use broker_core::{Broker, Error, Reference, RequestContext};
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { 0 });
+        }
+    };
+    init_tracing();
+    // A run killed by SIGKILL leaves its scratch dir behind; any invocation cleans it up.
+    let swept = broker_core::scratch::sweep_stale();
+    for dir in &swept {
+        tracing::info!(dir = %dir.display(), "removed a scratch dir left by a process that is gone");
+    }
+    let json = wants_json(&cli.command);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::SOFTWARE);
+        }
+    };
+    match runtime.block_on(dispatch(cli, swept)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            report(&e, json);
+            ExitCode::from(exit::for_kind(e.kind()))
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BROKER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+fn wants_json(command: &Command) -> bool {
+    match command {
+        Command::Audit(a) => a.json,
+        Command::Doctor(a) => a.json,
+        Command::Check(a) => a.json,
+        Command::Rotate(a) => a.json,
+        _ => false,
+    }
+}
+
+/// Prints an error: one line, then a hint line if there is one (or one JSON object).
+fn report(e: &Error, json: bool) {
+    if json {
+        let value = serde_json::json!({ "error": output::error_json(e) });
+        eprintln!("{value}");
+        return;
+    }
+    eprintln!("error: {e}");
+    if let Some(hint) = e.hint() {
+        eprintln!("hint: {hint}");
+    }
+}
+
+fn load(config: Option<&Path>, dir: Option<&Path>) -> Result<Broker, Error> {
+    let cwd = match dir {
+        Some(d) => d.to_path_buf(),
+        None => std::env::current_dir()
+            .map_err(|e| Error::io("cannot read the working directory", &e))?,
+    };
+    Broker::discover(&cwd, config)
+}
+
+fn context(agent: Option<String>) -> RequestContext {
+    RequestContext {
+        agent_id: agent,
+        ..RequestContext::new()
+    }
+}
+
+async fn dispatch(cli: Cli, swept: Vec<PathBuf>) -> Result<u8, Error> {
+    let config = cli.config.as_deref();
+    match cli.command {
+        Command::Audit(args) => {
+            let broker = load(config, args.dir.as_deref())?;
+            let manifest = broker.manifest()?;
+            output::print_manifest(&manifest, args.json);
+            Ok(0)
+        }
+        Command::Doctor(args) => {
+            let broker = load(config, None);
+            output::print_doctor(broker.as_ref(), &swept, args.json).await
+        }
+        Command::Check(args) => check(&args.references, args.json),
+        Command::Run(args) => {
+            let broker = load(config, None)?;
+            run::run(&broker, &args.only, context(args.agent), &args.command).await
+        }
+        Command::Get(args) => {
+            let stdout = std::io::stdout();
+            if !args.reveal && !stdout.is_terminal() {
+                return Err(Error::new(
+                    broker_core::ErrorKind::PolicyDenied,
+                    format!("refusing to print credential `{}` to a pipe or file", args.name),
+                )
+                .with_hint("pass --reveal if you really mean to, or use `broker run` to hand it to a program"));
+            }
+            let broker = load(config, None)?;
+            let credential = broker.resolve(&args.name, &context(args.agent)).await?;
+            let mut out = stdout.lock();
+            out.write_all(credential.value().expose())
+                .and_then(|()| {
+                    if out.is_terminal() {
+                        out.write_all(b"\n")
+                    } else {
+                        Ok(())
+                    }
+                })
+                .and_then(|()| out.flush())
+                .map_err(|e| Error::io("cannot write to standard output", &e))?;
+            Ok(0)
+        }
+        Command::Rotate(args) => {
+            let broker = load(config, None)?;
+            let rotation = broker.rotate(&args.name, &context(None)).await?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "credential": args.name, "summary": rotation.summary, "version": rotation.version })
+                );
+            } else {
+                println!("rotated `{}`: {}", args.name, rotation.summary);
+            }
+            Ok(0)
+        }
+        Command::Revoke(args) => {
+            let broker = load(config, None)?;
+            broker.revoke(&args.lease, args.backend.as_deref()).await?;
+            println!("revoked {}", args.lease);
+            Ok(0)
+        }
+    }
+}
+
+/// `broker check`: parse each reference and confirm its backend is compiled in.
+fn check(references: &[String], json: bool) -> Result<u8, Error> {
+    let registry = broker_core::Registry::global();
+    let mut rows = Vec::new();
+    for text in references {
+        let reference: Reference = text.parse()?;
+        let backend = registry
+            .require_scheme(reference.scheme())
+            .map_err(|e| e.with_reference(&reference))?;
+        rows.push((reference, backend.name));
+    }
+    if json {
+        let list: Vec<_> = rows
+            .iter()
+            .map(|(r, b)| serde_json::json!({ "reference": r, "scheme": r.scheme(), "backend": b, "valid": true }))
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+    } else {
+        for (r, b) in rows {
+            println!("ok  {r}  ({b})");
+        }
+    }
+    Ok(0)
+}

@@ -131,8 +131,11 @@ impl Broker {
         let path = match explicit {
             Some(p) => p.to_path_buf(),
             None => Config::discover(cwd).ok_or_else(|| {
-                Error::invalid_config(format!("no .broker.yml in {} or any parent directory", cwd.display()))
-                    .with_hint("create one (see examples/quickstart/.broker.yml) or pass --config PATH")
+                Error::invalid_config(format!(
+                    "no .broker.yml in {} or any parent directory",
+                    cwd.display()
+                ))
+                .with_hint("create one (see examples/quickstart/.broker.yml) or pass --config PATH")
             })?,
         };
         Self::load(&path)
@@ -167,7 +170,11 @@ impl Broker {
             };
             providers.insert(d.name, (d.factory)(&ctx)?);
         }
-        Ok(Broker { config, registry, providers })
+        Ok(Broker {
+            config,
+            registry,
+            providers,
+        })
     }
 
     /// The config.
@@ -180,12 +187,22 @@ impl Broker {
         &self.registry
     }
 
-    fn provider_for(&self, reference: &Reference) -> Result<(&'static ProviderDescriptor, Arc<dyn CredentialProvider>)> {
-        let d = self.registry.require_scheme(reference.scheme()).map_err(|e| e.with_reference(reference))?;
+    fn provider_for(
+        &self,
+        reference: &Reference,
+    ) -> Result<(&'static ProviderDescriptor, Arc<dyn CredentialProvider>)> {
+        let d = self
+            .registry
+            .require_scheme(reference.scheme())
+            .map_err(|e| e.with_reference(reference))?;
         match self.providers.get(d.name) {
             Some(p) => Ok((d, p.clone())),
             None => {
-                let ctx = BackendContext { name: d.name, settings: None, base_dir: self.config.base_dir() };
+                let ctx = BackendContext {
+                    name: d.name,
+                    settings: None,
+                    base_dir: self.config.base_dir(),
+                };
                 Ok((d, (d.factory)(&ctx)?))
             }
         }
@@ -208,14 +225,22 @@ impl Broker {
         let mut entries = Vec::new();
         for spec in &self.config.credentials {
             let (d, _) = self.provider_for(&spec.reference)?;
-            let destinations = self.destinations(&spec.reference).map_err(|e| e.with_credential(&spec.name))?;
-            let badge = destinations.iter().map(|d| d.badge).max().unwrap_or(Badge::Local);
+            let destinations = self
+                .destinations(&spec.reference)
+                .map_err(|e| e.with_credential(&spec.name))?;
+            let badge = destinations
+                .iter()
+                .map(|d| d.badge)
+                .max()
+                .unwrap_or(Badge::Local);
             entries.push(ManifestEntry {
                 credential: spec.name.clone(),
                 reference: spec.reference.clone(),
                 backend: d.name,
                 source: spec.source,
-                allowed: destinations.iter().all(|d| self.config.egress.permits(d.badge)),
+                allowed: destinations
+                    .iter()
+                    .all(|d| self.config.egress.permits(d.badge)),
                 destinations,
                 badge,
                 delivered_as: spec.env_var.clone(),
@@ -223,7 +248,11 @@ impl Broker {
                 ttl: spec.ttl.map(format_duration),
             });
         }
-        Ok(Manifest { config: self.config.path().to_path_buf(), egress: self.config.egress.clone(), entries })
+        Ok(Manifest {
+            config: self.config.path().to_path_buf(),
+            egress: self.config.egress.clone(),
+            entries,
+        })
     }
 
     /// Refuses `reference` before any I/O if a destination's badge is not allowed.
@@ -236,13 +265,23 @@ impl Broker {
                     "egress is disabled".to_string()
                 };
                 let hint = if self.config.egress.enabled {
-                    format!("add `{}` to `egress.allow` in {} after reviewing `broker audit`", dest.badge, self.config.path().display())
+                    format!(
+                        "add `{}` to `egress.allow` in {} after reviewing `broker audit`",
+                        dest.badge,
+                        self.config.path().display()
+                    )
                 } else {
-                    format!("set `egress.enabled: true` in {} after reviewing `broker audit`", self.config.path().display())
+                    format!(
+                        "set `egress.enabled: true` in {} after reviewing `broker audit`",
+                        self.config.path().display()
+                    )
                 };
-                return Err(Error::new(ErrorKind::EgressDenied, format!("{why}; this would reach {dest}"))
-                    .with_reference(reference)
-                    .with_hint(hint));
+                return Err(Error::new(
+                    ErrorKind::EgressDenied,
+                    format!("{why}; this would reach {dest}"),
+                )
+                .with_reference(reference)
+                .with_hint(hint));
             }
         }
         Ok(())
@@ -251,10 +290,16 @@ impl Broker {
     /// Resolves (or mints) the credential `name` for one request.
     pub async fn resolve(&self, name: &str, context: &RequestContext) -> Result<Credential> {
         let spec = self.config.require_credential(name)?;
-        self.resolve_spec(spec, context).await.map_err(|e| e.with_credential(name).with_reference(&spec.reference))
+        self.resolve_spec(spec, context)
+            .await
+            .map_err(|e| e.with_credential(name).with_reference(&spec.reference))
     }
 
-    async fn resolve_spec(&self, spec: &CredentialSpec, context: &RequestContext) -> Result<Credential> {
+    async fn resolve_spec(
+        &self,
+        spec: &CredentialSpec,
+        context: &RequestContext,
+    ) -> Result<Credential> {
         self.gate(&spec.reference)?;
         let (_, provider) = self.provider_for(&spec.reference)?;
         let request = Request::new(&spec.reference, self.config.base_dir(), context)
@@ -274,28 +319,48 @@ impl Broker {
         let specs: Vec<&CredentialSpec> = if names.is_empty() {
             self.config.credentials.iter().collect()
         } else {
-            names.iter().map(|n| self.config.require_credential(n)).collect::<Result<_>>()?
+            names
+                .iter()
+                .map(|n| self.config.require_credential(n))
+                .collect::<Result<_>>()?
         };
         // Gate everything before resolving anything: a refusal does no I/O at all.
         for spec in &specs {
-            self.gate(&spec.reference).map_err(|e| e.with_credential(&spec.name))?;
+            self.gate(&spec.reference)
+                .map_err(|e| e.with_credential(&spec.name))?;
         }
-        let mut delivery = Delivery { env: Vec::new(), secrets: Vec::new(), scratch: None };
+        let mut delivery = Delivery {
+            env: Vec::new(),
+            secrets: Vec::new(),
+            scratch: None,
+        };
         for spec in specs {
             let credential = self.resolve(&spec.name, context).await?;
             for value in credential.values() {
                 delivery.secrets.push((spec.name.clone(), value.clone()));
             }
             match spec.kind {
-                DeliveryKind::Env => delivery.env.push((spec.env_var.clone(), credential.value().clone())),
+                DeliveryKind::Env => delivery
+                    .env
+                    .push((spec.env_var.clone(), credential.value().clone())),
                 DeliveryKind::File => {
                     if delivery.scratch.is_none() {
                         delivery.scratch = Some(ScratchDir::create()?);
                     }
-                    let scratch = delivery.scratch.as_ref().ok_or_else(|| Error::internal("scratch dir missing"))?;
-                    let path = scratch.write_secret(&spec.name, credential.value()).map_err(|e| e.with_credential(&spec.name))?;
-                    let path = path.into_os_string().into_string().map_err(|_| Error::internal("scratch path is not UTF-8"))?;
-                    delivery.env.push((spec.env_var.clone(), SecretValue::from(path)));
+                    let scratch = delivery
+                        .scratch
+                        .as_ref()
+                        .ok_or_else(|| Error::internal("scratch dir missing"))?;
+                    let path = scratch
+                        .write_secret(&spec.name, credential.value())
+                        .map_err(|e| e.with_credential(&spec.name))?;
+                    let path = path
+                        .into_os_string()
+                        .into_string()
+                        .map_err(|_| Error::internal("scratch path is not UTF-8"))?;
+                    delivery
+                        .env
+                        .push((spec.env_var.clone(), SecretValue::from(path)));
                 }
             }
             for (var, value) in credential.companions() {
@@ -323,14 +388,20 @@ impl Broker {
     pub async fn revoke(&self, lease_id: &str, backend: Option<&str>) -> Result<()> {
         let name = match backend {
             Some(b) => {
-                self.registry.by_name(b).ok_or_else(|| Error::invalid_config(format!("unknown backend `{b}`")))?;
+                self.registry
+                    .by_name(b)
+                    .ok_or_else(|| Error::invalid_config(format!("unknown backend `{b}`")))?;
                 b.to_string()
             }
             None => {
                 let revokers: Vec<&str> = self
                     .providers
                     .keys()
-                    .filter(|n| self.registry.by_name(n).is_some_and(|d| d.capabilities.revoke))
+                    .filter(|n| {
+                        self.registry
+                            .by_name(n)
+                            .is_some_and(|d| d.capabilities.revoke)
+                    })
                     .copied()
                     .collect();
                 match revokers.as_slice() {
@@ -339,12 +410,18 @@ impl Broker {
                         let used: Vec<&str> = self.providers.keys().copied().collect();
                         return Err(Error::unsupported("revoke").with_hint(format!(
                             "none of the configured backends ({}) issues revocable leases",
-                            if used.is_empty() { "none".to_string() } else { used.join(", ") }
+                            if used.is_empty() {
+                                "none".to_string()
+                            } else {
+                                used.join(", ")
+                            }
                         )));
                     }
                     many => {
-                        return Err(Error::invalid_config("more than one backend can revoke leases")
-                            .with_hint(format!("pass --backend with one of: {}", many.join(", "))));
+                        return Err(Error::invalid_config(
+                            "more than one backend can revoke leases",
+                        )
+                        .with_hint(format!("pass --backend with one of: {}", many.join(", "))));
                     }
                 }
             }
@@ -352,8 +429,15 @@ impl Broker {
         let provider = match self.providers.get(name.as_str()) {
             Some(p) => p.clone(),
             None => {
-                let d = self.registry.by_name(&name).ok_or_else(|| Error::internal("backend vanished"))?;
-                (d.factory)(&BackendContext { name: d.name, settings: None, base_dir: self.config.base_dir() })?
+                let d = self
+                    .registry
+                    .by_name(&name)
+                    .ok_or_else(|| Error::internal("backend vanished"))?;
+                (d.factory)(&BackendContext {
+                    name: d.name,
+                    settings: None,
+                    base_dir: self.config.base_dir(),
+                })?
             }
         };
         provider.revoke(lease_id).await
@@ -400,7 +484,9 @@ impl ResolveRef for Broker {
     async fn resolve_ref(&self, reference: &Reference, purpose: &str) -> Result<SecretValue> {
         let attach = |e: Error| {
             let msg = format!("{} (resolving {purpose})", e.message());
-            let mut out = Error::new(e.kind(), msg).with_reference(reference).retryable(e.is_retryable());
+            let mut out = Error::new(e.kind(), msg)
+                .with_reference(reference)
+                .retryable(e.is_retryable());
             if let Some(h) = e.hint() {
                 out = out.with_hint(h.to_string());
             }

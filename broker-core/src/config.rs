@@ -55,7 +55,11 @@ fn default_allow() -> Vec<Badge> {
 
 impl Default for EgressConfig {
     fn default() -> Self {
-        EgressConfig { enabled: false, allow: default_allow(), self_hosted: Vec::new() }
+        EgressConfig {
+            enabled: false,
+            allow: default_allow(),
+            self_hosted: Vec::new(),
+        }
     }
 }
 
@@ -154,14 +158,23 @@ impl BackendSettings {
     }
     /// Parses the section into the backend's settings type.
     pub fn parse<T: de::DeserializeOwned>(&self) -> Result<T> {
-        let seed = PickBackend::<T> { name: &self.name, _t: std::marker::PhantomData };
-        let parsed = serde_saphyr::with_deserializer_from_str_with_options(&self.source, options(), |d| {
-            seed.deserialize(d)
-        });
+        let seed = PickBackend::<T> {
+            name: &self.name,
+            _t: std::marker::PhantomData,
+        };
+        let parsed =
+            serde_saphyr::with_deserializer_from_str_with_options(&self.source, options(), |d| {
+                seed.deserialize(d)
+            });
         match parsed {
             Ok(Some(t)) => Ok(t),
-            Ok(None) => Err(Error::internal(format!("backend section `{}` vanished", self.name))),
-            Err(e) => Err(yaml_error(&self.file, &e).with_hint(format!("in `backends.{}`", self.name))),
+            Ok(None) => Err(Error::internal(format!(
+                "backend section `{}` vanished",
+                self.name
+            ))),
+            Err(e) => {
+                Err(yaml_error(&self.file, &e).with_hint(format!("in `backends.{}`", self.name)))
+            }
         }
     }
 }
@@ -187,7 +200,10 @@ impl Config {
     /// Finds the config file by walking up from `start`.
     pub fn discover(start: &Path) -> Option<PathBuf> {
         start.ancestors().find_map(|dir| {
-            CONFIG_FILE_NAMES.iter().map(|n| dir.join(n)).find(|p| p.is_file())
+            CONFIG_FILE_NAMES
+                .iter()
+                .map(|n| dir.join(n))
+                .find(|p| p.is_file())
         })
     }
 
@@ -205,7 +221,8 @@ impl Config {
         let raw: RawConfig = if text.trim().is_empty() {
             RawConfig::default()
         } else {
-            serde_saphyr::from_str_with_options(text, options()).map_err(|e| yaml_error(&path, &e))?
+            serde_saphyr::from_str_with_options(text, options())
+                .map_err(|e| yaml_error(&path, &e))?
         };
         let file: Arc<Path> = Arc::from(path.as_path());
         let source: Arc<str> = Arc::from(text);
@@ -217,17 +234,24 @@ impl Config {
                 let known: Vec<&str> = grammar::GRAMMAR.iter().map(|g| g.backend).collect();
                 let compiled: Vec<&str> = registry.descriptors().map(|d| d.name).collect();
                 let msg = if known.contains(&name.as_str()) {
-                    format!("{}: backend `{name}` is not compiled into this broker", at(line, col))
+                    format!("backend `{name}` is not compiled into this broker")
                 } else {
-                    let mut m = format!("{}: unknown backend `{name}`", at(line, col));
+                    let mut m = format!("unknown backend `{name}`");
                     if let Some(s) = grammar::did_you_mean(&name, known.iter().copied()) {
                         m.push_str(&format!("; did you mean `{s}`?"));
                     }
                     m
                 };
-                return Err(Error::invalid_config(msg).with_hint(format!("backends compiled in: {}", compiled.join(", "))));
+                return Err(Error::invalid_config(msg)
+                    .with_location(at(line, col))
+                    .with_hint(format!("backends compiled in: {}", compiled.join(", "))));
             }
-            let settings = BackendSettings { name: name.clone(), line, file: file.clone(), source: source.clone() };
+            let settings = BackendSettings {
+                name: name.clone(),
+                line,
+                file: file.clone(),
+                source: source.clone(),
+            };
             backends.insert(name, settings);
         }
 
@@ -236,20 +260,23 @@ impl Config {
             let spec = validate_credential(name, line, col, raw, registry, &at)?;
             if let Some(other) = credentials.iter().find(|c| c.env_var == spec.env_var) {
                 return Err(Error::invalid_config(format!(
-                    "{}: credential `{}` is delivered as `{}`, which credential `{}` already uses",
-                    at(line, col),
-                    spec.name,
-                    spec.env_var,
-                    other.name
+                    "delivered as `{}`, which credential `{}` already uses",
+                    spec.env_var, other.name
                 ))
+                .with_location(at(line, col))
+                .with_credential(&spec.name)
                 .with_hint("give one of them a different `as:`"));
             }
             credentials.push(spec);
         }
 
         Ok(Config {
-            policy: raw.policy.map(|p| crate::provider::resolve_path(&base_dir, &p)),
-            audit_path: raw.audit.map(|a| crate::provider::resolve_path(&base_dir, &a.path)),
+            policy: raw
+                .policy
+                .map(|p| crate::provider::resolve_path(&base_dir, &p)),
+            audit_path: raw
+                .audit
+                .map(|a| crate::provider::resolve_path(&base_dir, &a.path)),
             egress: raw.egress,
             credentials,
             backends,
@@ -274,11 +301,14 @@ impl Config {
     pub fn require_credential(&self, name: &str) -> Result<&CredentialSpec> {
         self.credential(name).ok_or_else(|| {
             let mut msg = format!("no credential named `{name}` in {}", self.path.display());
-            if let Some(s) = grammar::did_you_mean(name, self.credentials.iter().map(|c| c.name.as_str())) {
+            if let Some(s) =
+                grammar::did_you_mean(name, self.credentials.iter().map(|c| c.name.as_str()))
+            {
                 msg.push_str(&format!("; did you mean `{s}`?"));
             }
             let names: Vec<&str> = self.credentials.iter().map(|c| c.name.as_str()).collect();
-            Error::invalid_config(msg).with_hint(format!("declared credentials: {}", names.join(", ")))
+            Error::invalid_config(msg)
+                .with_hint(format!("declared credentials: {}", names.join(", ")))
         })
     }
 }
@@ -296,12 +326,19 @@ fn yaml_error(path: &Path, e: &serde_saphyr::Error) -> Error {
         Some(i) => &text[..i],
         None => &text,
     };
-    let message = message.replace(", expected one of", " (expected one of").to_string();
-    let message = if message.contains(" (expected one of") { format!("{message})") } else { message };
-    match e.location() {
-        Some(l) => Error::invalid_config(format!("{}:{}:{}: {message}", path.display(), l.line(), l.column())),
-        None => Error::invalid_config(format!("{}: {message}", path.display())),
-    }
+    let message = message
+        .replace(", expected one of", " (expected one of")
+        .to_string();
+    let message = if message.contains(" (expected one of") {
+        format!("{message})")
+    } else {
+        message
+    };
+    let location = match e.location() {
+        Some(l) => format!("{}:{}:{}", path.display(), l.line(), l.column()),
+        None => path.display().to_string(),
+    };
+    Error::invalid_config(message).with_location(location)
 }
 
 /// `ttl:` values: `90s`, `15m`, `1h30m`, `2d`, or a bare number of seconds.
@@ -325,9 +362,15 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
             'm' => 60,
             'h' => 3600,
             'd' => 86_400,
-            _ => return Err(format!("`{s}` is not a duration (use e.g. 90s, 15m, 1h30m)")),
+            _ => {
+                return Err(format!(
+                    "`{s}` is not a duration (use e.g. 90s, 15m, 1h30m)"
+                ));
+            }
         };
-        let n: u64 = number.parse().map_err(|_| format!("`{s}` is not a duration (a number must precede `{c}`)"))?;
+        let n: u64 = number
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration (a number must precede `{c}`)"))?;
         total = n
             .checked_mul(unit)
             .and_then(|v| total.checked_add(v))
@@ -335,7 +378,9 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
         number.clear();
     }
     if !number.is_empty() {
-        return Err(format!("`{s}` is not a duration (missing unit after {number})"));
+        return Err(format!(
+            "`{s}` is not a duration (missing unit after {number})"
+        ));
     }
     Ok(Duration::from_secs(total))
 }
@@ -355,7 +400,13 @@ pub fn format_duration(d: Duration) -> String {
 fn default_env_var(name: &str) -> String {
     let mut v: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
         .collect();
     if v.starts_with(|c: char| c.is_ascii_digit()) {
         v.insert(0, '_');
@@ -378,48 +429,80 @@ fn validate_credential(
     at: &dyn Fn(u64, u64) -> String,
 ) -> Result<CredentialSpec> {
     let here = at(line, col);
-    let fail = |l: u64, c: u64, msg: String| Error::invalid_config(format!("{}: credential `{name}`: {msg}", at(l, c)));
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+    let fail = |l: u64, c: u64, msg: String| {
+        Error::invalid_config(msg)
+            .with_location(at(l, c))
+            .with_credential(&name)
+    };
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
         return Err(Error::invalid_config(format!(
-            "{here}: credential name `{name}` must be letters, digits, `_` or `-`"
-        )));
+            "credential name `{name}` must be letters, digits, `_` or `-`"
+        ))
+        .with_location(here));
     }
     let (text, source) = match (raw.reference, raw.mint) {
         (Some(r), None) => (r, Source::Resolve),
         (None, Some(m)) => (m, Source::Mint),
         (Some(_), Some(m)) => {
-            return Err(fail(m.referenced.line(), m.referenced.column(), "give either `ref:` or `mint:`, not both".into()));
+            return Err(fail(
+                m.referenced.line(),
+                m.referenced.column(),
+                "give either `ref:` or `mint:`, not both".into(),
+            ));
         }
-        (None, None) => return Err(fail(line, col, "missing `ref:` (a stored secret) or `mint:` (a minted credential)".into())),
+        (None, None) => {
+            return Err(fail(
+                line,
+                col,
+                "missing `ref:` (a stored secret) or `mint:` (a minted credential)".into(),
+            ));
+        }
     };
     let (rl, rc) = (text.referenced.line(), text.referenced.column());
-    let reference: Reference = text.value.parse().map_err(|e: Error| {
-        let mut out = fail(rl, rc, e.to_string());
-        if let Some(h) = e.hint() {
-            out = out.with_hint(h.to_string());
-        }
-        out.with_reference(&text.value)
-    })?;
+    let reference: Reference = text
+        .value
+        .parse()
+        .map_err(|e: Error| e.with_location(at(rl, rc)).with_credential(&name))?;
     let descriptor = registry.require_scheme(reference.scheme()).map_err(|e| {
-        let mut out = fail(rl, rc, e.message().to_string()).with_reference(&reference);
-        if let Some(h) = e.hint() {
-            out = out.with_hint(h.to_string());
-        }
-        out
+        e.with_location(at(rl, rc))
+            .with_credential(&name)
+            .with_reference(&reference)
     })?;
     if let Some(g) = reference.grammar() {
         match (g.operation, source) {
             (Operation::Mint, Source::Resolve) => {
-                return Err(fail(rl, rc, format!("`{}` references mint credentials: write `mint:` instead of `ref:`", g.scheme)));
+                return Err(fail(
+                    rl,
+                    rc,
+                    format!(
+                        "`{}` references mint credentials: write `mint:` instead of `ref:`",
+                        g.scheme
+                    ),
+                ));
             }
             (Operation::Resolve, Source::Mint) => {
-                return Err(fail(rl, rc, format!("`{}` references are read, not minted: write `ref:` instead of `mint:`", g.scheme)));
+                return Err(fail(
+                    rl,
+                    rc,
+                    format!(
+                        "`{}` references are read, not minted: write `ref:` instead of `mint:`",
+                        g.scheme
+                    ),
+                ));
             }
             _ => {}
         }
     }
     if source == Source::Mint && !descriptor.capabilities.mint {
-        return Err(fail(rl, rc, format!("backend `{}` cannot mint", descriptor.name)));
+        return Err(fail(
+            rl,
+            rc,
+            format!("backend `{}` cannot mint", descriptor.name),
+        ));
     }
     let env_var = match raw.env_var {
         Some(v) if !is_env_var_name(&v.value) => {
@@ -435,14 +518,25 @@ fn validate_credential(
     let ttl = match raw.ttl {
         None => None,
         Some(t) if source == Source::Resolve => {
-            return Err(fail(t.referenced.line(), t.referenced.column(), "`ttl:` applies to `mint:` credentials only".into()));
+            return Err(fail(
+                t.referenced.line(),
+                t.referenced.column(),
+                "`ttl:` applies to `mint:` credentials only".into(),
+            ));
         }
-        Some(t) => Some(parse_duration(&t.value).map_err(|m| fail(t.referenced.line(), t.referenced.column(), m))?),
+        Some(t) => Some(
+            parse_duration(&t.value)
+                .map_err(|m| fail(t.referenced.line(), t.referenced.column(), m))?,
+        ),
     };
     let scope = match raw.scope {
         None => None,
         Some(s) if source == Source::Resolve => {
-            return Err(fail(s.referenced.line(), s.referenced.column(), "`scope:` applies to `mint:` credentials only".into()));
+            return Err(fail(
+                s.referenced.line(),
+                s.referenced.column(),
+                "`scope:` applies to `mint:` credentials only".into(),
+            ));
         }
         Some(s) => Some(s.value),
     };
@@ -450,13 +544,18 @@ fn validate_credential(
     for (key, (kl, kc), value) in raw.options {
         if !descriptor.credential_options.contains(&key.as_str()) {
             let mut msg = format!("unknown key `{key}`");
-            let candidates = CORE_KEYS.iter().copied().chain(descriptor.credential_options.iter().copied());
+            let candidates = CORE_KEYS
+                .iter()
+                .copied()
+                .chain(descriptor.credential_options.iter().copied());
             if let Some(s) = grammar::did_you_mean(&key, candidates) {
                 msg.push_str(&format!("; did you mean `{s}`?"));
             }
             let mut accepted: Vec<&str> = CORE_KEYS.to_vec();
             accepted.extend(descriptor.credential_options);
-            return Err(fail(kl, kc, msg).with_hint(format!("accepted keys: {}", accepted.join(", "))));
+            return Err(
+                fail(kl, kc, msg).with_hint(format!("accepted keys: {}", accepted.join(", ")))
+            );
         }
         options.insert(key, value);
     }
@@ -519,7 +618,10 @@ where
     while let Some(key) = map.next_key::<Spanned<String>>()? {
         let (l, c) = (key.referenced.line(), key.referenced.column());
         if out.iter().any(|(k, ..)| *k == key.value) {
-            return Err(de::Error::custom(format!("duplicate key `{}` at line {l}, column {c}", key.value)));
+            return Err(de::Error::custom(format!(
+                "duplicate key `{}` at line {l}, column {c}",
+                key.value
+            )));
         }
         let v = value(&mut map, &key.value, (l, c))?;
         out.push((key.value, l, c, v));
@@ -538,7 +640,9 @@ impl<'de> Visitor<'de> for CredentialsVisitor {
         Ok(RawCredentials::default())
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> std::result::Result<Self::Value, A::Error> {
-        Ok(RawCredentials(visit_spanned_map(map, |m, _, _| m.next_value::<RawCredential>())?))
+        Ok(RawCredentials(visit_spanned_map(map, |m, _, _| {
+            m.next_value::<RawCredential>()
+        })?))
     }
 }
 
@@ -560,7 +664,9 @@ impl<'de> Visitor<'de> for BackendNamesVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> std::result::Result<Self::Value, A::Error> {
         let entries = visit_spanned_map(map, |m, _, _| m.next_value::<IgnoredAny>())?;
-        Ok(BackendNames(entries.into_iter().map(|(k, l, c, _)| (k, l, c)).collect()))
+        Ok(BackendNames(
+            entries.into_iter().map(|(k, l, c, _)| (k, l, c)).collect(),
+        ))
     }
 }
 
@@ -578,7 +684,10 @@ impl<'de> Deserialize<'de> for RawCredential {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a credential: { ref | mint, as, kind, ttl, scope }")
             }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> std::result::Result<RawCredential, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> std::result::Result<RawCredential, A::Error> {
                 let mut raw = RawCredential::default();
                 visit_spanned_map(map, |m, key, position| {
                     match key {
@@ -588,7 +697,11 @@ impl<'de> Deserialize<'de> for RawCredential {
                         "kind" => raw.kind = Some(m.next_value()?),
                         "ttl" => {
                             let t = m.next_value::<Spanned<TtlText>>()?;
-                            raw.ttl = Some(Spanned { value: t.value.0, referenced: t.referenced, defined: t.defined });
+                            raw.ttl = Some(Spanned {
+                                value: t.value.0,
+                                referenced: t.referenced,
+                                defined: t.defined,
+                            });
                         }
                         "scope" => raw.scope = Some(m.next_value()?),
                         other => {
@@ -645,11 +758,15 @@ impl<'de, T: de::DeserializeOwned> DeserializeSeed<'de> for PickBackend<'_, T> {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a map")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Option<T>, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Option<T>, A::Error> {
                 let mut found = None;
                 while let Some(key) = map.next_key::<String>()? {
                     if key == "backends" {
-                        found = map.next_value_seed(Backends::<T>(self.0, std::marker::PhantomData))?;
+                        found =
+                            map.next_value_seed(Backends::<T>(self.0, std::marker::PhantomData))?;
                     } else {
                         map.next_value::<IgnoredAny>()?;
                     }
@@ -660,7 +777,10 @@ impl<'de, T: de::DeserializeOwned> DeserializeSeed<'de> for PickBackend<'_, T> {
         struct Backends<'a, T>(&'a str, std::marker::PhantomData<T>);
         impl<'de, T: de::DeserializeOwned> DeserializeSeed<'de> for Backends<'_, T> {
             type Value = Option<T>;
-            fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Option<T>, D::Error> {
+            fn deserialize<D: Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> std::result::Result<Option<T>, D::Error> {
                 d.deserialize_map(self)
             }
         }
@@ -669,7 +789,10 @@ impl<'de, T: de::DeserializeOwned> DeserializeSeed<'de> for PickBackend<'_, T> {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a map of backends")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Option<T>, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Option<T>, A::Error> {
                 let mut found = None;
                 while let Some(key) = map.next_key::<String>()? {
                     if key == self.0 {

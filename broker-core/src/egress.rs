@@ -73,16 +73,25 @@ pub struct Destination {
 impl Destination {
     /// The broker's environment (badge `local`).
     pub fn process_env() -> Self {
-        Destination { target: Target::ProcessEnv, badge: Badge::Local }
+        Destination {
+            target: Target::ProcessEnv,
+            badge: Badge::Local,
+        }
     }
     /// A local file (badge `local`).
     pub fn file(path: impl Into<PathBuf>) -> Self {
-        Destination { target: Target::File(path.into()), badge: Badge::Local }
+        Destination {
+            target: Target::File(path.into()),
+            badge: Badge::Local,
+        }
     }
     /// A network endpoint with the badge the backend would give it; the broker lowers it to
     /// `self-hosted` for loopback/private addresses and user-declared hosts.
     pub fn host(address: impl Into<String>, badge: Badge) -> Self {
-        Destination { target: Target::Host(address.into()), badge }
+        Destination {
+            target: Target::Host(address.into()),
+            badge,
+        }
     }
 }
 
@@ -154,7 +163,10 @@ mod tests {
     fn hosts() {
         assert_eq!(host_of("https://vault.internal:8200/v1"), "vault.internal");
         assert_eq!(host_of("http://[::1]:5000"), "::1");
-        assert_eq!(host_of("secretsmanager.us-east-1.amazonaws.com"), "secretsmanager.us-east-1.amazonaws.com");
+        assert_eq!(
+            host_of("secretsmanager.us-east-1.amazonaws.com"),
+            "secretsmanager.us-east-1.amazonaws.com"
+        );
         assert!(is_private_host("127.0.0.1"));
         assert!(is_private_host("10.1.2.3"));
         assert!(is_private_host("::1"));
@@ -165,11 +177,23 @@ mod tests {
 
     #[test]
     fn loopback_endpoint_is_self_hosted() {
-        let d = classify(Destination::host("http://127.0.0.1:5000", Badge::ManagedCloud), &[]);
+        let d = classify(
+            Destination::host("http://127.0.0.1:5000", Badge::ManagedCloud),
+            &[],
+        );
         assert_eq!(d.badge, Badge::SelfHosted);
-        let d = classify(Destination::host("https://secretsmanager.us-east-1.amazonaws.com", Badge::ManagedCloud), &[]);
+        let d = classify(
+            Destination::host(
+                "https://secretsmanager.us-east-1.amazonaws.com",
+                Badge::ManagedCloud,
+            ),
+            &[],
+        );
         assert_eq!(d.badge, Badge::ManagedCloud);
-        let d = classify(Destination::host("https://vault.corp.example:8200", Badge::ManagedCloud), &["*.corp.example".into()]);
+        let d = classify(
+            Destination::host("https://vault.corp.example:8200", Badge::ManagedCloud),
+            &["*.corp.example".into()],
+        );
         assert_eq!(d.badge, Badge::SelfHosted);
     }
 }

@@ -75,6 +75,7 @@ pub struct Error {
     credential: Option<String>,
     reference: Option<String>,
     hint: Option<String>,
+    location: Option<String>,
     retryable: bool,
 }
 
@@ -90,6 +91,7 @@ impl Error {
             credential: None,
             reference: None,
             hint: None,
+            location: None,
             retryable: kind == ErrorKind::Transient,
         }
     }
@@ -165,6 +167,12 @@ impl Error {
         self.hint = Some(hint.into());
         self
     }
+    /// Sets where in a file the problem is (`path:line:col`).
+    #[must_use]
+    pub fn with_location(mut self, location: impl Into<String>) -> Self {
+        self.location = Some(location.into());
+        self
+    }
     /// Sets whether retrying could help.
     #[must_use]
     pub fn retryable(mut self, retryable: bool) -> Self {
@@ -192,18 +200,43 @@ impl Error {
     pub fn hint(&self) -> Option<&str> {
         self.hint.as_deref()
     }
+    /// Where in a file the problem is, if known.
+    pub fn location(&self) -> Option<&str> {
+        self.location.as_deref()
+    }
     /// Whether retrying could help.
     pub fn is_retryable(&self) -> bool {
         self.retryable
     }
 
     fn render(&self) -> String {
-        match (&self.credential, &self.reference) {
-            (Some(c), Some(r)) => format!("credential `{c}` ({r}): {}", self.message),
-            (Some(c), None) => format!("credential `{c}`: {}", self.message),
-            (None, Some(r)) => format!("`{r}`: {}", self.message),
-            (None, None) => self.message.clone(),
+        let mut out = String::new();
+        if let Some(location) = &self.location {
+            out.push_str(location);
+            out.push_str(": ");
         }
+        let invalid_reference = self.kind == ErrorKind::InvalidReference;
+        match (&self.credential, &self.reference) {
+            (Some(c), Some(r)) if invalid_reference => {
+                out.push_str(&format!("credential `{c}`: invalid reference `{r}`"))
+            }
+            (Some(c), Some(r)) => out.push_str(&format!("credential `{c}` ({r})")),
+            (Some(c), None) => out.push_str(&format!("credential `{c}`")),
+            (None, Some(r)) if invalid_reference => {
+                out.push_str(&format!("invalid reference `{r}`"))
+            }
+            (None, Some(r)) => out.push_str(&format!("`{r}`")),
+            (None, None) => {}
+        }
+        if !out.is_empty() && !out.ends_with(": ") {
+            out.push_str(if self.message.starts_with("at column") {
+                " "
+            } else {
+                ": "
+            });
+        }
+        out.push_str(&self.message);
+        out
     }
 }
 

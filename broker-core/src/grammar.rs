@@ -180,7 +180,9 @@ fn env_name(t: &str) -> Result<(), TargetError> {
         if !ok {
             return err(
                 i,
-                format!("`{c}` is not allowed in a variable name (letters, digits, `_`; not starting with a digit)"),
+                format!(
+                    "`{c}` is not allowed in a variable name (letters, digits, `_`; not starting with a digit)"
+                ),
             );
         }
     }
@@ -218,7 +220,10 @@ fn path_segments(t: &str) -> Result<usize, TargetError> {
 
 fn vault_path(t: &str) -> Result<(), TargetError> {
     if path_segments(t)? < 2 {
-        return err(t.len(), "expected MOUNT/PATH (at least two segments), e.g. secret/data/app");
+        return err(
+            t.len(),
+            "expected MOUNT/PATH (at least two segments), e.g. secret/data/app",
+        );
     }
     Ok(())
 }
@@ -226,8 +231,15 @@ fn vault_path(t: &str) -> Result<(), TargetError> {
 fn aws_secret_id(t: &str) -> Result<(), TargetError> {
     if let Some(rest) = t.strip_prefix("arn:") {
         let parts: Vec<&str> = rest.splitn(6, ':').collect();
-        if parts.len() < 6 || parts[1] != "secretsmanager" || parts[4] != "secret" || parts[5].is_empty() {
-            return err(0, "expected arn:PARTITION:secretsmanager:REGION:ACCOUNT:secret:NAME");
+        if parts.len() < 6
+            || parts[1] != "secretsmanager"
+            || parts[4] != "secret"
+            || parts[5].is_empty()
+        {
+            return err(
+                0,
+                "expected arn:PARTITION:secretsmanager:REGION:ACCOUNT:secret:NAME",
+            );
         }
         if parts[2].is_empty() {
             return err(0, "the secret ARN has no region");
@@ -239,7 +251,10 @@ fn aws_secret_id(t: &str) -> Result<(), TargetError> {
     }
     for (i, c) in t.char_indices() {
         if !(c.is_ascii_alphanumeric() || "/_+=.@-".contains(c)) {
-            return err(i, format!("`{c}` is not allowed in a secret name (letters, digits, /_+=.@-)"));
+            return err(
+                i,
+                format!("`{c}` is not allowed in a secret name (letters, digits, /_+=.@-)"),
+            );
         }
     }
     Ok(())
@@ -251,7 +266,8 @@ fn aws_role_arn(t: &str) -> Result<(), TargetError> {
         return err(0, SHAPE);
     };
     let parts: Vec<&str> = rest.splitn(5, ':').collect();
-    if parts.len() != 5 || !["aws", "aws-cn", "aws-us-gov"].contains(&parts[0]) || parts[1] != "iam" {
+    if parts.len() != 5 || !["aws", "aws-cn", "aws-us-gov"].contains(&parts[0]) || parts[1] != "iam"
+    {
         return err(0, SHAPE);
     }
     if !parts[2].is_empty() {
@@ -271,7 +287,10 @@ fn aws_role_arn(t: &str) -> Result<(), TargetError> {
     }
     for (i, c) in role.char_indices() {
         if !(c.is_ascii_alphanumeric() || "+=,.@_-/".contains(c)) {
-            return err(resource_at + 5 + i, format!("`{c}` is not allowed in a role name"));
+            return err(
+                resource_at + 5 + i,
+                format!("`{c}` is not allowed in a role name"),
+            );
         }
     }
     Ok(())
@@ -286,24 +305,39 @@ fn gcp_secret(t: &str) -> Result<(), TargetError> {
     let numeric = !project.is_empty() && project.bytes().all(|b| b.is_ascii_digit());
     let named = (6..=30).contains(&project.len())
         && project.starts_with(|c: char| c.is_ascii_lowercase())
-        && project.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && project
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !project.ends_with('-');
     if !(numeric || named) {
-        return err(0, "a project is a project number or an id of 6-30 lowercase letters, digits and hyphens");
+        return err(
+            0,
+            "a project is a project number or an id of 6-30 lowercase letters, digits and hyphens",
+        );
     }
     let secret_at = project.len() + 1;
     let secret = segs[1];
     if secret.is_empty()
         || secret.len() > 255
-        || !secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        || !secret
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     {
-        return err(secret_at, "a secret id has 1-255 letters, digits, `_` or `-`");
+        return err(
+            secret_at,
+            "a secret id has 1-255 letters, digits, `_` or `-`",
+        );
     }
     if let Some(version) = segs.get(2) {
         let ok = *version == "latest"
-            || (!version.is_empty() && version.bytes().all(|b| b.is_ascii_digit()) && !version.starts_with('0'));
+            || (!version.is_empty()
+                && version.bytes().all(|b| b.is_ascii_digit())
+                && !version.starts_with('0'));
         if !ok {
-            return err(secret_at + secret.len() + 1, "a version is a positive number or `latest`");
+            return err(
+                secret_at + secret.len() + 1,
+                "a version is a positive number or `latest`",
+            );
         }
     }
     Ok(())
@@ -311,13 +345,23 @@ fn gcp_secret(t: &str) -> Result<(), TargetError> {
 
 fn gcp_service_account(t: &str) -> Result<(), TargetError> {
     let Some((local, domain)) = t.split_once('@') else {
-        return err(0, "expected a service account email: NAME@PROJECT.iam.gserviceaccount.com");
+        return err(
+            0,
+            "expected a service account email: NAME@PROJECT.iam.gserviceaccount.com",
+        );
     };
-    if local.is_empty() || !local.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
+    if local.is_empty()
+        || !local
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
         return err(0, "the account name has letters, digits, `-`, `_` or `.`");
     }
     if !domain.ends_with(".gserviceaccount.com") {
-        return err(local.len() + 1, "the domain must end with .gserviceaccount.com");
+        return err(
+            local.len() + 1,
+            "the domain must end with .gserviceaccount.com",
+        );
     }
     Ok(())
 }
@@ -325,7 +369,10 @@ fn gcp_service_account(t: &str) -> Result<(), TargetError> {
 fn is_guid(s: &str) -> bool {
     let groups: Vec<&str> = s.split('-').collect();
     groups.len() == 5
-        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn azure_secret(t: &str) -> Result<(), TargetError> {
@@ -336,16 +383,27 @@ fn azure_secret(t: &str) -> Result<(), TargetError> {
     let vault = segs[0];
     let vault_ok = (3..=24).contains(&vault.len())
         && vault.starts_with(|c: char| c.is_ascii_alphabetic())
-        && vault.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && vault
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         && !vault.ends_with('-')
         && !vault.contains("--");
     if !vault_ok {
-        return err(0, "a vault name has 3-24 letters, digits and single hyphens, starting with a letter");
+        return err(
+            0,
+            "a vault name has 3-24 letters, digits and single hyphens, starting with a letter",
+        );
     }
     let name_at = vault.len() + 1;
     let name = segs[1];
-    if name.is_empty() || name.len() > 127 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-        return err(name_at, "a secret name has 1-127 letters, digits and hyphens");
+    if name.is_empty()
+        || name.len() > 127
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return err(
+            name_at,
+            "a secret name has 1-127 letters, digits and hyphens",
+        );
     }
     if let Some(version) = segs.get(2) {
         if version.len() != 32 || !version.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -361,9 +419,14 @@ fn azure_client(t: &str) -> Result<(), TargetError> {
     };
     let tenant_ok = is_guid(tenant)
         || (tenant.contains('.')
-            && tenant.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'));
+            && tenant
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'));
     if !tenant_ok {
-        return err(0, "the tenant is a GUID or a domain such as contoso.onmicrosoft.com");
+        return err(
+            0,
+            "the tenant is a GUID or a domain such as contoso.onmicrosoft.com",
+        );
     }
     if !is_guid(client) {
         return err(tenant.len() + 1, "the client id is a GUID");
@@ -387,7 +450,10 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// The closest candidate within a small edit distance, if any.
-pub fn did_you_mean<'a>(input: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    input: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (edit_distance(input, c), c))
@@ -402,8 +468,14 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(did_you_mean("vualt", ["env", "vault", "sops"]), Some("vault"));
-        assert_eq!(did_you_mean("aws-ms", ["aws-sm", "aws-sts"]), Some("aws-sm"));
+        assert_eq!(
+            did_you_mean("vualt", ["env", "vault", "sops"]),
+            Some("vault")
+        );
+        assert_eq!(
+            did_you_mean("aws-ms", ["aws-sm", "aws-sts"]),
+            Some("aws-sm")
+        );
         assert_eq!(did_you_mean("zzzzzz", ["env", "vault"]), None);
     }
 

@@ -28,6 +28,8 @@ mod reference;
 pub mod registry;
 pub mod scratch;
 mod secret;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use async_trait::async_trait;
 pub use inventory;
@@ -44,13 +46,20 @@ pub use secret::{Credential, Lease, SecretValue};
 /// Selects `path` from a JSON document held in a secret; the result is a new secret (strings
 /// as their text, other values as compact JSON). Errors never contain the document.
 pub fn select_json(document: &SecretValue, path: &FieldPath) -> Result<SecretValue> {
-    let parsed: serde_json::Value = serde_json::from_slice(document.expose())
-        .map_err(|e| Error::not_found(format!("the secret is not a JSON document (line {}, column {}), so no field can be selected", e.line(), e.column())))?;
+    let parsed: serde_json::Value = serde_json::from_slice(document.expose()).map_err(|e| {
+        Error::not_found(format!(
+            "the secret is not a JSON document (line {}, column {}), so no field can be selected",
+            e.line(),
+            e.column()
+        ))
+    })?;
     let node = path
         .select(&parsed)
         .ok_or_else(|| Error::not_found(format!("field `{path}` is not in the secret")))?;
     Ok(match node {
         serde_json::Value::String(s) => SecretValue::copy_from(s.as_bytes()),
-        other => SecretValue::new(serde_json::to_vec(other).map_err(|_| Error::internal("JSON re-encoding failed"))?),
+        other => SecretValue::new(
+            serde_json::to_vec(other).map_err(|_| Error::internal("JSON re-encoding failed"))?,
+        ),
     })
 }

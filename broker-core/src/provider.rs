@@ -55,7 +55,10 @@ pub struct NoNestedRefs;
 #[async_trait]
 impl ResolveRef for NoNestedRefs {
     async fn resolve_ref(&self, reference: &Reference, purpose: &str) -> Result<SecretValue> {
-        Err(Error::not_configured(format!("nested reference for {purpose} cannot be resolved here")).with_reference(reference))
+        Err(Error::not_configured(format!(
+            "nested reference for {purpose} cannot be resolved here"
+        ))
+        .with_reference(reference))
     }
 }
 
@@ -155,11 +158,17 @@ pub struct Check {
 impl Check {
     /// A passing check.
     pub fn ok(detail: impl Into<String>) -> Self {
-        Check { ok: true, detail: detail.into() }
+        Check {
+            ok: true,
+            detail: detail.into(),
+        }
     }
     /// A failing check.
     pub fn failed(detail: impl Into<String>) -> Self {
-        Check { ok: false, detail: detail.into() }
+        Check {
+            ok: false,
+            detail: detail.into(),
+        }
     }
 }
 

@@ -51,7 +51,10 @@ impl Reference {
     }
     /// The value of query parameter `key`.
     pub fn query_param(&self, key: &str) -> Option<&str> {
-        self.query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.query
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
     /// The raw field selector after `#`.
     pub fn field(&self) -> Option<&str> {
@@ -124,8 +127,11 @@ fn invalid(input: &str, byte_at: usize, why: impl fmt::Display) -> Error {
         .take_while(|(i, _)| *i < byte_at)
         .count()
         + 1;
-    Error::new(ErrorKind::InvalidReference, format!("at column {column}: {why}"))
-        .with_reference(input)
+    Error::new(
+        ErrorKind::InvalidReference,
+        format!("at column {column}: {why}"),
+    )
+    .with_reference(input)
 }
 
 fn decode(input: &str, part: &str, offset: usize) -> Result<String> {
@@ -134,9 +140,15 @@ fn decode(input: &str, part: &str, offset: usize) -> Result<String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = part.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
+            let hex = part
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
             let Some(b) = hex else {
-                return Err(invalid(input, offset + i, "`%` must be followed by two hex digits"));
+                return Err(invalid(
+                    input,
+                    offset + i,
+                    "`%` must be followed by two hex digits",
+                ));
             };
             out.push(b);
             i += 3;
@@ -145,7 +157,8 @@ fn decode(input: &str, part: &str, offset: usize) -> Result<String> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| invalid(input, offset, "percent-encoding is not valid UTF-8"))
+    String::from_utf8(out)
+        .map_err(|_| invalid(input, offset, "percent-encoding is not valid UTF-8"))
 }
 
 /// The byte offset of a `?` in a field selector outside brackets and quotes.
@@ -195,9 +208,20 @@ impl FromStr for Reference {
             Some(i) => (&input[..i], Some((i + 1, &input[i + 1..]))),
             None => (input, None),
         };
-        if let Some((i, c)) = head.char_indices().find(|(_, c)| c.is_whitespace() || c.is_control()) {
-            let what = if c.is_whitespace() { "whitespace" } else { "a control character" };
-            return Err(invalid(input, i, format!("{what} is not allowed in a reference")));
+        if let Some((i, c)) = head
+            .char_indices()
+            .find(|(_, c)| c.is_whitespace() || c.is_control())
+        {
+            let what = if c.is_whitespace() {
+                "whitespace"
+            } else {
+                "a control character"
+            };
+            return Err(invalid(
+                input,
+                i,
+                format!("{what} is not allowed in a reference"),
+            ));
         }
         let (head, mut query) = match head.find('?') {
             Some(i) => (&head[..i], Some((i + 1, &head[i + 1..]))),
@@ -208,7 +232,11 @@ impl FromStr for Reference {
         let field = match field {
             Some((at, f)) => match top_level_question_mark(f) {
                 Some(q) if query.is_some() => {
-                    return Err(invalid(input, at + q, "query given twice (before and after `#`)"));
+                    return Err(invalid(
+                        input,
+                        at + q,
+                        "query given twice (before and after `#`)",
+                    ));
                 }
                 Some(q) => {
                     query = Some((at + q + 1, &f[q + 1..]));
@@ -219,23 +247,41 @@ impl FromStr for Reference {
             None => None,
         };
         if let Some((at, q)) = query {
-            if let Some((i, c)) = q.char_indices().find(|(_, c)| c.is_whitespace() || c.is_control()) {
-                let what = if c.is_whitespace() { "whitespace" } else { "a control character" };
-                return Err(invalid(input, at + i, format!("{what} is not allowed in a query")));
+            if let Some((i, c)) = q
+                .char_indices()
+                .find(|(_, c)| c.is_whitespace() || c.is_control())
+            {
+                let what = if c.is_whitespace() {
+                    "whitespace"
+                } else {
+                    "a control character"
+                };
+                return Err(invalid(
+                    input,
+                    at + i,
+                    format!("{what} is not allowed in a query"),
+                ));
             }
         }
         let Some(colon) = head.find(':') else {
-            return Err(invalid(input, 0, "missing scheme: expected SCHEME:TARGET such as env:NAME or vault:secret/app#key"));
+            return Err(invalid(
+                input,
+                0,
+                "missing scheme: expected SCHEME:TARGET such as env:NAME or vault:secret/app#key",
+            ));
         };
         let scheme = &head[..colon];
         if scheme.is_empty() {
             return Err(invalid(input, 0, "empty scheme before `:`"));
         }
-        if let Some((i, c)) = scheme
-            .char_indices()
-            .find(|(i, c)| !(c.is_ascii_lowercase() || (*i > 0 && (c.is_ascii_digit() || *c == '-'))))
-        {
-            return Err(invalid(input, i, format!("`{c}` is not allowed in a scheme (lowercase letters, digits, `-`)")));
+        if let Some((i, c)) = scheme.char_indices().find(|(i, c)| {
+            !(c.is_ascii_lowercase() || (*i > 0 && (c.is_ascii_digit() || *c == '-')))
+        }) {
+            return Err(invalid(
+                input,
+                i,
+                format!("`{c}` is not allowed in a scheme (lowercase letters, digits, `-`)"),
+            ));
         }
         let rest = &head[colon + 1..];
         let hierarchical = rest.starts_with("//");
@@ -245,25 +291,42 @@ impl FromStr for Reference {
         let grammar = grammar::lookup(scheme);
         match grammar {
             Some(g) if g.hierarchical && !hierarchical => {
-                return Err(invalid(input, colon + 1, format!("`{scheme}` references use `//`: write {}", g.form)));
+                return Err(invalid(
+                    input,
+                    colon + 1,
+                    format!("`{scheme}` references use `//`: write {}", g.form),
+                ));
             }
             Some(g) if !g.hierarchical && hierarchical => {
-                return Err(invalid(input, colon + 1, format!("`{scheme}` references take no `//`: write {}", g.form)));
+                return Err(invalid(
+                    input,
+                    colon + 1,
+                    format!("`{scheme}` references take no `//`: write {}", g.form),
+                ));
             }
             Some(_) => {}
-            None if crate::registry::Registry::global().schemes().iter().any(|s| s == scheme) => {}
+            None if crate::registry::Registry::global()
+                .schemes()
+                .iter()
+                .any(|s| s == scheme) => {}
             None => {
                 let (suggestion, list) = compiled_in_hint(scheme);
                 let mut why = format!("unknown scheme `{scheme}`");
                 if let Some(s) = suggestion {
                     why.push_str(&format!("; did you mean `{s}`?"));
                 }
-                return Err(invalid(input, 0, why).with_hint(format!("schemes compiled in: {list}")));
+                return Err(
+                    invalid(input, 0, why).with_hint(format!("schemes compiled in: {list}"))
+                );
             }
         }
         if target.is_empty() {
             let form = grammar.map_or("SCHEME:TARGET", |g| g.form);
-            return Err(invalid(input, target_at, format!("missing target after `{scheme}:`: write {form}")));
+            return Err(invalid(
+                input,
+                target_at,
+                format!("missing target after `{scheme}:`: write {form}"),
+            ));
         }
         if let Some(g) = grammar {
             (g.validate)(target).map_err(|(at, why)| invalid(input, target_at + at, why))?;
@@ -277,7 +340,11 @@ impl FromStr for Reference {
             let mut offset = at;
             for pair in q.split('&') {
                 let Some((k, v)) = pair.split_once('=') else {
-                    return Err(invalid(input, offset, format!("query parameter `{pair}` needs a value: KEY=VALUE")));
+                    return Err(invalid(
+                        input,
+                        offset,
+                        format!("query parameter `{pair}` needs a value: KEY=VALUE"),
+                    ));
                 };
                 if k.is_empty() {
                     return Err(invalid(input, offset, "empty query key"));
@@ -285,19 +352,30 @@ impl FromStr for Reference {
                 let key = decode(input, k, offset)?;
                 let value = decode(input, v, offset + k.len() + 1)?;
                 if params.iter().any(|(existing, _)| *existing == key) {
-                    return Err(invalid(input, offset, format!("query parameter `{key}` given twice")));
+                    return Err(invalid(
+                        input,
+                        offset,
+                        format!("query parameter `{key}` given twice"),
+                    ));
                 }
                 if let Some(g) = grammar {
                     match g.query {
                         QueryKeys::Any => {}
                         QueryKeys::None => {
-                            return Err(invalid(input, at - 1, format!("`{scheme}` references take no query parameters")));
+                            return Err(invalid(
+                                input,
+                                at - 1,
+                                format!("`{scheme}` references take no query parameters"),
+                            ));
                         }
                         QueryKeys::Only(keys) if !keys.contains(&key.as_str()) => {
                             return Err(invalid(
                                 input,
                                 offset,
-                                format!("unknown query parameter `{key}` for `{scheme}` (accepted: {})", keys.join(", ")),
+                                format!(
+                                    "unknown query parameter `{key}` for `{scheme}` (accepted: {})",
+                                    keys.join(", ")
+                                ),
                             ));
                         }
                         QueryKeys::Only(_) => {}
@@ -312,13 +390,21 @@ impl FromStr for Reference {
             None => None,
             Some((at, f)) => {
                 if grammar.is_some_and(|g| !g.field) {
-                    return Err(invalid(input, at - 1, format!("`{scheme}` references take no `#field`")));
+                    return Err(invalid(
+                        input,
+                        at - 1,
+                        format!("`{scheme}` references take no `#field`"),
+                    ));
                 }
                 if f.is_empty() {
                     return Err(invalid(input, at - 1, "empty field after `#`"));
                 }
                 if let Some((i, _)) = f.char_indices().find(|(_, c)| c.is_control()) {
-                    return Err(invalid(input, at + i, "a control character is not allowed in a field"));
+                    return Err(invalid(
+                        input,
+                        at + i,
+                        "a control character is not allowed in a field",
+                    ));
                 }
                 FieldPath::parse(f).map_err(|(i, why)| invalid(input, at + i, why))?;
                 Some(f.to_string())
@@ -397,7 +483,9 @@ impl FieldPath {
         for seg in &self.0 {
             node = match (seg, node) {
                 (FieldSegment::Key(k), serde_json::Value::Object(map)) => map.get(k)?,
-                (FieldSegment::Key(k), serde_json::Value::Array(list)) => list.get(k.parse::<usize>().ok()?)?,
+                (FieldSegment::Key(k), serde_json::Value::Array(list)) => {
+                    list.get(k.parse::<usize>().ok()?)?
+                }
                 (FieldSegment::Index(i), serde_json::Value::Array(list)) => list.get(*i)?,
                 _ => return None,
             };
@@ -424,7 +512,10 @@ impl fmt::Display for FieldPath {
     }
 }
 
-fn parse_bracket(s: &str, open: usize) -> std::result::Result<(FieldSegment, usize), (usize, String)> {
+fn parse_bracket(
+    s: &str,
+    open: usize,
+) -> std::result::Result<(FieldSegment, usize), (usize, String)> {
     let inner_at = open + 1;
     let rest = &s[inner_at..];
     if let Some(quote) = rest.chars().next().filter(|c| *c == '"' || *c == '\'') {
@@ -454,7 +545,10 @@ fn parse_bracket(s: &str, open: usize) -> std::result::Result<(FieldSegment, usi
     let index = &rest[..close];
     match index.parse::<usize>() {
         Ok(n) if !index.starts_with('+') => Ok((FieldSegment::Index(n), inner_at + close + 1)),
-        _ => Err((inner_at, format!("`[{index}]` is not a list index; quote map keys: [\"{index}\"]"))),
+        _ => Err((
+            inner_at,
+            format!("`[{index}]` is not a list index; quote map keys: [\"{index}\"]"),
+        )),
     }
 }
 
@@ -469,11 +563,17 @@ mod tests {
     #[test]
     fn parts() {
         let r = ok("vault:secret/data/staging#token");
-        assert_eq!((r.scheme(), r.target(), r.field()), ("vault", "secret/data/staging", Some("token")));
+        assert_eq!(
+            (r.scheme(), r.target(), r.field()),
+            ("vault", "secret/data/staging", Some("token"))
+        );
         let r = ok("aws-sm://staging/api#db.password?version-stage=AWSPREVIOUS");
         assert_eq!(r.field(), Some("db.password"));
         assert_eq!(r.query_param("version-stage"), Some("AWSPREVIOUS"));
-        assert_eq!(r.to_string(), "aws-sm://staging/api?version-stage=AWSPREVIOUS#db.password");
+        assert_eq!(
+            r.to_string(),
+            "aws-sm://staging/api?version-stage=AWSPREVIOUS#db.password"
+        );
         let r = ok("aws-sm://staging/api?version-stage=AWSPREVIOUS&region=eu-west-1#db.password");
         assert_eq!(r.query_param("region"), Some("eu-west-1"));
         assert_eq!(r.field(), Some("db.password"));
@@ -484,7 +584,10 @@ mod tests {
     fn query_round_trips_with_encoding() {
         let r = ok("vault:pki/issue/web?common_name=a.example&alt_names=b%20c%26d");
         assert_eq!(r.query_param("alt_names"), Some("b c&d"));
-        assert_eq!(r.to_string(), "vault:pki/issue/web?common_name=a.example&alt_names=b%20c%26d");
+        assert_eq!(
+            r.to_string(),
+            "vault:pki/issue/web?common_name=a.example&alt_names=b%20c%26d"
+        );
         assert_eq!(ok(&r.to_string()), r);
     }
 
@@ -492,16 +595,34 @@ mod tests {
     fn field_paths() {
         use FieldSegment::*;
         let k = |s: &str| Key(s.to_string());
-        assert_eq!(FieldPath::parse("a.b.c").unwrap().0, vec![k("a"), k("b"), k("c")]);
-        assert_eq!(FieldPath::parse("a.list[0]").unwrap().0, vec![k("a"), k("list"), Index(0)]);
-        assert_eq!(FieldPath::parse(r#"["a.b"]["c"]"#).unwrap().0, vec![k("a.b"), k("c")]);
-        assert_eq!(FieldPath::parse("/a~1b/0").unwrap().0, vec![k("a/b"), k("0")]);
+        assert_eq!(
+            FieldPath::parse("a.b.c").unwrap().0,
+            vec![k("a"), k("b"), k("c")]
+        );
+        assert_eq!(
+            FieldPath::parse("a.list[0]").unwrap().0,
+            vec![k("a"), k("list"), Index(0)]
+        );
+        assert_eq!(
+            FieldPath::parse(r#"["a.b"]["c"]"#).unwrap().0,
+            vec![k("a.b"), k("c")]
+        );
+        assert_eq!(
+            FieldPath::parse("/a~1b/0").unwrap().0,
+            vec![k("a/b"), k("0")]
+        );
         assert!(FieldPath::parse("a..b").is_err());
         assert!(FieldPath::parse("a[x]").is_err());
         assert!(FieldPath::parse("a[0]b").is_err());
         let doc: serde_json::Value = serde_json::json!({"a": {"list": ["x", "y"]}});
-        assert_eq!(FieldPath::parse("a.list[1]").unwrap().select(&doc), Some(&serde_json::json!("y")));
-        assert_eq!(FieldPath::parse("/a/list/0").unwrap().select(&doc), Some(&serde_json::json!("x")));
+        assert_eq!(
+            FieldPath::parse("a.list[1]").unwrap().select(&doc),
+            Some(&serde_json::json!("y"))
+        );
+        assert_eq!(
+            FieldPath::parse("/a/list/0").unwrap().select(&doc),
+            Some(&serde_json::json!("x"))
+        );
         assert_eq!(FieldPath::parse("a.nope").unwrap().select(&doc), None);
     }
 }

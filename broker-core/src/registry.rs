@@ -93,7 +93,8 @@ impl Registry {
     /// If two linked backends claim the same name or scheme: a build error, not a runtime one.
     pub fn from_inventory() -> Self {
         let mut registry = Registry::new();
-        let mut all: Vec<&'static ProviderDescriptor> = inventory::iter::<ProviderDescriptor>.into_iter().collect();
+        let mut all: Vec<&'static ProviderDescriptor> =
+            inventory::iter::<ProviderDescriptor>.into_iter().collect();
         all.sort_by_key(|d| d.name);
         for d in all {
             if let Err(e) = registry.register(d) {
@@ -112,7 +113,10 @@ impl Registry {
     /// Adds a backend; refuses duplicate names and schemes.
     pub fn register(&mut self, descriptor: &'static ProviderDescriptor) -> Result<()> {
         if self.by_name.contains_key(descriptor.name) {
-            return Err(Error::internal(format!("backend `{}` registered twice", descriptor.name)));
+            return Err(Error::internal(format!(
+                "backend `{}` registered twice",
+                descriptor.name
+            )));
         }
         for scheme in descriptor.schemes {
             if let Some(other) = self.by_scheme.get(scheme) {
@@ -153,8 +157,11 @@ impl Registry {
                 "rebuild broker-cli with `--features {}`; compiled in: {compiled}",
                 g.backend
             ))),
-            None => Err(Error::new(crate::ErrorKind::InvalidReference, format!("unknown scheme `{scheme}`"))
-                .with_hint(format!("schemes compiled in: {compiled}"))),
+            None => Err(Error::new(
+                crate::ErrorKind::InvalidReference,
+                format!("unknown scheme `{scheme}`"),
+            )
+            .with_hint(format!("schemes compiled in: {compiled}"))),
         }
     }
 

@@ -23,7 +23,8 @@ pub fn scratch_roots() -> Vec<PathBuf> {
     if let Some(xdg) = std::env::var_os("XDG_RUNTIME_DIR") {
         let p = PathBuf::from(xdg);
         if let Ok(m) = fs::metadata(&p) {
-            if m.is_dir() && m.uid() == rustix::process::getuid().as_raw() && m.mode() & 0o077 == 0 {
+            if m.is_dir() && m.uid() == rustix::process::getuid().as_raw() && m.mode() & 0o077 == 0
+            {
                 roots.push(p);
             }
         }
@@ -58,14 +59,24 @@ impl ScratchDir {
 
     /// Creates a scratch dir under `root`.
     pub fn create_in(root: &Path) -> Result<ScratchDir> {
-        let name = format!("{DIR_PREFIX}{}-{:016x}", std::process::id(), rand::random::<u64>());
+        let name = format!(
+            "{DIR_PREFIX}{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        );
         let path = root.join(name);
-        DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .map_err(|e| Error::io(format_args!("cannot create scratch dir in {}", root.display()), &e))?;
+        DirBuilder::new().mode(0o700).create(&path).map_err(|e| {
+            Error::io(
+                format_args!("cannot create scratch dir in {}", root.display()),
+                &e,
+            )
+        })?;
         let dir = ScratchDir { path, wiped: false };
-        let marker = format!("{} {}\n", std::process::id(), process_start_time(std::process::id()).unwrap_or(0));
+        let marker = format!(
+            "{} {}\n",
+            std::process::id(),
+            process_start_time(std::process::id()).unwrap_or(0)
+        );
         dir.create_file(MARKER, marker.as_bytes())?;
         Ok(dir)
     }
@@ -133,7 +144,9 @@ fn wipe_dir(dir: &Path) -> io::Result<()> {
     match fs::read_dir(dir) {
         Ok(entries) => {
             for entry in entries.flatten() {
-                let Ok(meta) = fs::symlink_metadata(entry.path()) else { continue };
+                let Ok(meta) = fs::symlink_metadata(entry.path()) else {
+                    continue;
+                };
                 if meta.is_file() {
                     if let Ok(mut f) = OpenOptions::new()
                         .write(true)
@@ -179,13 +192,18 @@ fn owner_alive(marker: &str) -> bool {
 
 /// Removes scratch dirs under every root whose owner process is gone; returns what it removed.
 pub fn sweep_stale() -> Vec<PathBuf> {
-    scratch_roots().iter().flat_map(|root| sweep_stale_in(root)).collect()
+    scratch_roots()
+        .iter()
+        .flat_map(|root| sweep_stale_in(root))
+        .collect()
 }
 
 /// [`sweep_stale`] for one root.
 pub fn sweep_stale_in(root: &Path) -> Vec<PathBuf> {
     let mut removed = Vec::new();
-    let Ok(entries) = fs::read_dir(root) else { return removed };
+    let Ok(entries) = fs::read_dir(root) else {
+        return removed;
+    };
     let me = rustix::process::getuid().as_raw();
     for entry in entries.flatten() {
         let path = entry.path();
@@ -221,7 +239,6 @@ pub fn mode_of(path: &Path) -> io::Result<u32> {
     Ok(fs::symlink_metadata(path)?.permissions().mode() & 0o7777)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,11 +248,19 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let dir = ScratchDir::create_in(root.path()).unwrap();
         assert_eq!(mode_of(dir.path()).unwrap(), 0o700);
-        let p = dir.write_secret("token", &SecretValue::copy_from(b"canary-scratch")).unwrap();
+        let p = dir
+            .write_secret("token", &SecretValue::copy_from(b"canary-scratch"))
+            .unwrap();
         assert_eq!(mode_of(&p).unwrap(), 0o600);
         assert_eq!(fs::read(&p).unwrap(), b"canary-scratch");
-        assert!(dir.write_secret("token", &SecretValue::copy_from(b"x")).is_err(), "O_EXCL");
-        let p2 = dir.replace_secret("token", &SecretValue::copy_from(b"rotated")).unwrap();
+        assert!(
+            dir.write_secret("token", &SecretValue::copy_from(b"x"))
+                .is_err(),
+            "O_EXCL"
+        );
+        let p2 = dir
+            .replace_secret("token", &SecretValue::copy_from(b"rotated"))
+            .unwrap();
         assert_eq!(p, p2);
         assert_eq!(fs::read(&p).unwrap(), b"rotated");
         assert_eq!(mode_of(&p).unwrap(), 0o600);
@@ -251,7 +276,10 @@ mod tests {
         let victim = root.path().join("victim");
         fs::write(&victim, b"untouched").unwrap();
         std::os::unix::fs::symlink(&victim, dir.path().join("token")).unwrap();
-        assert!(dir.write_secret("token", &SecretValue::copy_from(b"x")).is_err());
+        assert!(
+            dir.write_secret("token", &SecretValue::copy_from(b"x"))
+                .is_err()
+        );
         assert_eq!(fs::read(&victim).unwrap(), b"untouched");
     }
 

@@ -190,7 +190,12 @@ mod tests {
     fn debug_never_shows_the_value() {
         let v = SecretValue::from(CANARY.to_string());
         let c = Credential::new(v.clone()).with_companion("EXTRA", v.clone());
-        for text in [format!("{v:?}"), format!("{v:#?}"), format!("{c:?}"), format!("{c:#?}")] {
+        for text in [
+            format!("{v:?}"),
+            format!("{v:#?}"),
+            format!("{c:?}"),
+            format!("{c:#?}"),
+        ] {
             assert!(!text.contains(CANARY), "leaked in {text}");
             assert!(!text.contains("canary"), "partial leak in {text}");
         }
@@ -199,9 +204,18 @@ mod tests {
 
     #[test]
     fn equality_compares_contents() {
-        assert_eq!(SecretValue::copy_from(b"abc"), SecretValue::copy_from(b"abc"));
-        assert_ne!(SecretValue::copy_from(b"abc"), SecretValue::copy_from(b"abd"));
-        assert_ne!(SecretValue::copy_from(b"abc"), SecretValue::copy_from(b"ab"));
+        assert_eq!(
+            SecretValue::copy_from(b"abc"),
+            SecretValue::copy_from(b"abc")
+        );
+        assert_ne!(
+            SecretValue::copy_from(b"abc"),
+            SecretValue::copy_from(b"abd")
+        );
+        assert_ne!(
+            SecretValue::copy_from(b"abc"),
+            SecretValue::copy_from(b"ab")
+        );
     }
 
     #[test]

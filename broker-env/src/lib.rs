@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use broker_core::{
-    Badge, BackendContext, Capabilities, Credential, CredentialProvider, Destination, Error, ProviderDescriptor,
-    Reference, Request, Result, SecretValue, async_trait,
+    BackendContext, Badge, Capabilities, Credential, CredentialProvider, Destination, Error,
+    ProviderDescriptor, Reference, Request, Result, SecretValue, async_trait,
 };
 
 /// The scheme this backend serves.
@@ -29,9 +29,13 @@ impl CredentialProvider for EnvProvider {
     async fn resolve(&self, request: &Request<'_>) -> Result<Credential> {
         let name = request.reference.target();
         match std::env::var_os(name) {
-            Some(value) => Ok(Credential::new(SecretValue::new(value.into_encoded_bytes()))),
-            None => Err(Error::not_found(format!("environment variable `{name}` is not set"))
-                .with_reference(request.reference)),
+            Some(value) => Ok(Credential::new(SecretValue::new(
+                value.into_encoded_bytes(),
+            ))),
+            None => Err(
+                Error::not_found(format!("environment variable `{name}` is not set"))
+                    .with_reference(request.reference),
+            ),
         }
     }
 }
@@ -41,10 +45,15 @@ fn build(_: &BackendContext<'_>) -> Result<Arc<dyn CredentialProvider>> {
 }
 
 /// This backend's registration.
-pub static DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
+pub const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
     name: "env",
     schemes: &[SCHEME],
-    capabilities: Capabilities { resolve: true, mint: false, revoke: false, rotate: false },
+    capabilities: Capabilities {
+        resolve: true,
+        mint: false,
+        revoke: false,
+        rotate: false,
+    },
     default_badge: Badge::Local,
     credential_options: &[],
     factory: build,

@@ -1,0 +1,13 @@
+//! The backends linked into this binary, one cargo feature each.
+//!
+//! `inventory` only sees crates that are linked, so each enabled backend is named here.
+//! `tests/registry.rs` asserts the registered schemes equal the enabled features.
+
+#[cfg(feature = "env")]
+use broker_env as _;
+
+/// The cargo features (backend names) this binary was built with, sorted.
+pub const ENABLED: &[&str] = &[
+    #[cfg(feature = "env")]
+    "env",
+];

@@ -1,0 +1,114 @@
+//! Command-line definitions.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Credentials for agents and ops tools, resolved just in time, delivered to one task, wiped.
+#[derive(Debug, Parser)]
+#[command(name = "broker", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The config file (default: .broker.yml in the working directory or a parent).
+    #[arg(long, global = true, env = "BROKER_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show what would leave this machine, and to where, without resolving anything.
+    #[command(args_conflicts_with_subcommands = true)]
+    Audit(AuditArgs),
+    /// Show which backends are compiled in, configured, reachable and authenticated.
+    Doctor(JsonArg),
+    /// Parse and validate references offline.
+    Check(CheckArgs),
+    /// Run a command with its credentials delivered, then wipe them.
+    Run(RunArgs),
+    /// Print one credential's value (to a terminal, or with --reveal).
+    Get(GetArgs),
+    /// Replace the stored key material behind a credential.
+    Rotate(RotateArgs),
+    /// Revoke a lease before it expires.
+    Revoke(RevokeArgs),
+}
+
+/// `--json`.
+#[derive(Debug, Args)]
+pub struct JsonArg {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `broker audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Directory to look for .broker.yml in (and its parents); default: the working directory.
+    pub dir: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `broker check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// References to check, e.g. `vault:secret/data/app#token`.
+    #[arg(required = true, value_name = "REF")]
+    pub references: Vec<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `broker run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Deliver only these credentials (comma-separated names); default: all.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub only: Vec<String>,
+    /// The agent's identity, for policy and the audit log.
+    #[arg(long, env = "BROKER_AGENT_ID", value_name = "ID")]
+    pub agent: Option<String>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+/// `broker get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The credential's name in the config.
+    pub name: String,
+    /// Print even when standard output is not a terminal.
+    #[arg(long)]
+    pub reveal: bool,
+    /// The agent's identity, for policy and the audit log.
+    #[arg(long, env = "BROKER_AGENT_ID", value_name = "ID")]
+    pub agent: Option<String>,
+}
+
+/// `broker rotate`.
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// The credential's name in the config.
+    pub name: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `broker revoke`.
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// The lease id printed when the credential was minted.
+    pub lease: String,
+    /// The backend that issued the lease (needed when several can revoke).
+    #[arg(long)]
+    pub backend: Option<String>,
+}

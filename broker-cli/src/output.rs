@@ -1,0 +1,221 @@
+//! Human tables and JSON for `audit` and `doctor`. Nothing here ever sees a value.
+
+use std::path::PathBuf;
+
+use broker_core::{Broker, Error, Manifest};
+use serde_json::json;
+
+use crate::exit;
+
+/// An error as JSON, for `--json` modes.
+pub fn error_json(e: &Error) -> serde_json::Value {
+    json!({
+        "kind": e.kind().as_str(),
+        "message": e.to_string(),
+        "credential": e.credential(),
+        "reference": e.reference(),
+        "hint": e.hint(),
+        "retryable": e.is_retryable(),
+        "exit_code": exit::for_kind(e.kind()),
+    })
+}
+
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}", w = *w))
+            .collect();
+        out.push_str(parts.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// `broker audit`.
+pub fn print_manifest(manifest: &Manifest, as_json: bool) {
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(manifest).unwrap_or_else(|_| "{}".into())
+        );
+        return;
+    }
+    println!("config: {}", manifest.config.display());
+    let egress = &manifest.egress;
+    if egress.enabled {
+        let allow: Vec<&str> = egress.allow.iter().map(|b| b.as_str()).collect();
+        println!("egress: enabled (allowed: {})", allow.join(", "));
+    } else {
+        println!("egress: disabled (only local credentials resolve)");
+    }
+    if manifest.entries.is_empty() {
+        println!("\nno credentials declared");
+        return;
+    }
+    let rows: Vec<Vec<String>> = manifest
+        .entries
+        .iter()
+        .map(|e| {
+            let dests: Vec<String> = e
+                .destinations
+                .iter()
+                .map(|d| d.target.to_string())
+                .collect();
+            let delivered = match e.kind {
+                broker_core::DeliveryKind::Env => format!("${}", e.delivered_as),
+                broker_core::DeliveryKind::File => format!("${} (file)", e.delivered_as),
+            };
+            let source = match (&e.source, &e.ttl) {
+                (broker_core::Source::Mint, Some(ttl)) => format!("mint {ttl}"),
+                (broker_core::Source::Mint, None) => "mint".into(),
+                (broker_core::Source::Resolve, _) => "read".into(),
+            };
+            vec![
+                e.credential.clone(),
+                e.reference.to_string(),
+                e.backend.to_string(),
+                source,
+                dests.join(", "),
+                e.badge.to_string(),
+                delivered,
+                if e.allowed {
+                    "allowed".into()
+                } else {
+                    "refused".into()
+                },
+            ]
+        })
+        .collect();
+    println!();
+    print!(
+        "{}",
+        table(
+            &[
+                "CREDENTIAL",
+                "REFERENCE",
+                "BACKEND",
+                "SOURCE",
+                "DESTINATION",
+                "BADGE",
+                "DELIVERED AS",
+                "GATE"
+            ],
+            &rows
+        )
+    );
+    let leaving = manifest
+        .entries
+        .iter()
+        .filter(|e| e.badge != broker_core::Badge::Local)
+        .count();
+    println!(
+        "\n{} credential(s); {} stay on this machine, {} would leave it",
+        manifest.entries.len(),
+        manifest.entries.len() - leaving,
+        leaving
+    );
+}
+
+/// `broker doctor`. Without a config it still lists what is compiled in.
+pub async fn print_doctor(
+    broker: Result<&Broker, &Error>,
+    swept: &[PathBuf],
+    as_json: bool,
+) -> Result<u8, Error> {
+    let (reports, config_status) = match broker {
+        Ok(b) => (
+            b.doctor().await,
+            Ok(b.config().path().display().to_string()),
+        ),
+        Err(e) if e.message().starts_with("no .broker.yml") => (Vec::new(), Err(None)),
+        Err(e) => (Vec::new(), Err(Some(e))),
+    };
+    let compiled: Vec<&str> = crate::backends::ENABLED.to_vec();
+    let failing = reports.iter().filter(|r| r.ok == Some(false)).count();
+    if as_json {
+        let value = json!({
+            "compiled_in": compiled,
+            "schemes": broker_core::Registry::global().schemes(),
+            "config": config_status.as_ref().ok(),
+            "config_error": config_status.as_ref().err().and_then(|e| e.map(error_json)),
+            "backends": reports,
+            "swept_scratch_dirs": swept,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
+    } else {
+        println!("compiled in: {}", compiled.join(", "));
+        match &config_status {
+            Ok(path) => println!("config: {path}"),
+            Err(None) => println!(
+                "config: none found (run in a directory with .broker.yml, or pass --config)"
+            ),
+            Err(Some(e)) => println!("config: invalid: {e}"),
+        }
+        if !reports.is_empty() {
+            let rows: Vec<Vec<String>> = reports
+                .iter()
+                .map(|r| {
+                    let status = match r.ok {
+                        Some(true) => "ok",
+                        Some(false) => "FAILED",
+                        None => "-",
+                    };
+                    vec![
+                        r.backend.to_string(),
+                        r.schemes.join(","),
+                        if r.configured {
+                            "yes".into()
+                        } else {
+                            "no".into()
+                        },
+                        if r.used { "yes".into() } else { "no".into() },
+                        status.to_string(),
+                        r.detail.clone(),
+                    ]
+                })
+                .collect();
+            println!();
+            print!(
+                "{}",
+                table(
+                    &[
+                        "BACKEND",
+                        "SCHEMES",
+                        "CONFIGURED",
+                        "USED",
+                        "STATUS",
+                        "DETAIL"
+                    ],
+                    &rows
+                )
+            );
+        }
+        for dir in swept {
+            println!(
+                "swept a stale scratch dir left by a dead run: {}",
+                dir.display()
+            );
+        }
+    }
+    match config_status {
+        Err(Some(e)) => Ok(exit::for_kind(e.kind())),
+        _ if failing > 0 => Ok(exit::UNAVAILABLE),
+        _ => Ok(0),
+    }
+}

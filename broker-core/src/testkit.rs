@@ -1,0 +1,237 @@
+//! Test support shared by every backend's tests (feature `testkit`): finding and starting the
+//! real peer servers, canary assertions, and the conformance suite each backend runs.
+//!
+//! Peers are looked up in `$BROKER_PEERS_BIN`, then the project's venv
+//! (`$HOME/.cache/broker-venv/bin`, made by `cargo xtask setup`), then `PATH`. A missing peer
+//! skips the test with a printed reason, except under `CI`, where it fails.
+#![allow(clippy::print_stderr, clippy::unwrap_used, missing_docs)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{CredentialProvider, ErrorKind, Reference, Request, RequestContext, ResolveRef};
+
+/// The project's venv bin dir.
+pub fn venv_bin() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/broker-venv/bin"))
+}
+
+/// Finds peer binary `name`.
+pub fn find_peer(name: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(d) = std::env::var_os("BROKER_PEERS_BIN") {
+        dirs.push(d.into());
+    }
+    dirs.extend(venv_bin());
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// Finds peer `name`, or explains the skip (and fails under `CI`).
+pub fn require_peer(name: &str) -> Option<PathBuf> {
+    match find_peer(name) {
+        Some(p) => Some(p),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("test peer `{name}` is not installed; CI must run `cargo xtask setup` first")
+        }
+        None => {
+            eprintln!("skipping: test peer `{name}` is not installed (run `cargo xtask setup`)");
+            None
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something accepts connections on `127.0.0.1:port`.
+pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// A peer server process, killed (with its process group) on drop.
+pub struct PeerProcess {
+    child: Child,
+    /// The port it listens on.
+    pub port: u16,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+impl PeerProcess {
+    /// Starts `command` (already given its args) with output to a log file, and waits for
+    /// `port`. Panics with the log's tail if it does not come up within 60 s.
+    pub fn start(mut command: Command, port: u16, log_name: &str) -> PeerProcess {
+        use std::os::unix::process::CommandExt;
+        let log = std::env::temp_dir().join(format!("broker-peer-{log_name}-{port}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .process_group(0);
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {log_name}: {e}"));
+        let mut peer = PeerProcess { child, port, log };
+        if !wait_for_port(port, Duration::from_secs(60)) {
+            let tail = std::fs::read_to_string(&peer.log).unwrap_or_default();
+            let _ = peer.child.kill();
+            panic!("{log_name} did not listen on port {port} within 60 s; log:\n{tail}");
+        }
+        peer
+    }
+
+    /// The base URL `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PeerProcess {
+    fn drop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::TERM);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asserts `text` contains none of `canaries` (nor a 12-byte prefix of one).
+#[track_caller]
+pub fn assert_no_canary(what: &str, text: &str, canaries: &[&str]) {
+    for canary in canaries {
+        assert!(
+            !text.contains(canary),
+            "{what} leaked a canary value: {text}"
+        );
+        if canary.len() > 16 {
+            assert!(
+                !text.contains(&canary[..12]),
+                "{what} leaked part of a canary value: {text}"
+            );
+        }
+    }
+}
+
+/// What one backend's conformance run needs. Every reference is resolved with `provider`.
+pub struct Conformance<'a> {
+    pub provider: &'a dyn CredentialProvider,
+    pub base_dir: &'a Path,
+    pub nested: &'a dyn ResolveRef,
+    /// A reference to a plain string secret, and its value.
+    pub string: (&'a str, &'a [u8]),
+    /// A reference selecting one field of a JSON (or structured) secret, and the field's value
+    /// (`None` only for schemes without `#field`).
+    pub field: Option<(&'a str, &'a [u8])>,
+    /// A reference to a secret that does not exist.
+    pub missing: &'a str,
+    /// A reference to an existing secret that `provider_with_wrong_credential` cannot read,
+    /// with that provider (wrong key, bad token, denied identity).
+    pub wrong_credential: Option<(&'a dyn CredentialProvider, &'a str)>,
+    /// Malformed references for this scheme.
+    pub malformed: &'a [&'a str],
+    /// Values that must never appear in errors or Debug output.
+    pub canaries: &'a [&'a str],
+}
+
+impl Conformance<'_> {
+    async fn resolve(
+        &self,
+        provider: &dyn CredentialProvider,
+        text: &str,
+    ) -> crate::Result<crate::Credential> {
+        let reference: Reference = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
+        let ctx = RequestContext::new();
+        let req = Request::new(&reference, self.base_dir, &ctx)
+            .with_credential("conformance")
+            .with_nested(self.nested);
+        provider.resolve(&req).await
+    }
+
+    /// Runs the suite; panics on the first failure.
+    pub async fn run(&self) {
+        let resolve = |p, t| self.resolve(p, t);
+        let (text, want) = self.string;
+        let got = resolve(self.provider, text)
+            .await
+            .unwrap_or_else(|e| panic!("string {text}: {e}"));
+        assert_eq!(got.value().expose(), want, "string secret {text}");
+        assert_no_canary("Debug of a credential", &format!("{got:?}"), self.canaries);
+
+        if let Some((text, want)) = self.field {
+            let got = resolve(self.provider, text)
+                .await
+                .unwrap_or_else(|e| panic!("field {text}: {e}"));
+            assert_eq!(got.value().expose(), want, "field {text}");
+        }
+
+        let err = resolve(self.provider, self.missing)
+            .await
+            .expect_err("missing secret must fail");
+        assert_eq!(err.kind(), ErrorKind::NotFound, "missing secret: {err}");
+        assert!(
+            !err.is_retryable(),
+            "a missing secret is not retryable: {err}"
+        );
+        assert_no_canary(
+            "missing-secret error",
+            &format!("{err} {err:?}"),
+            self.canaries,
+        );
+
+        if let Some((provider, text)) = self.wrong_credential {
+            let err = resolve(provider, text)
+                .await
+                .expect_err("wrong credential must fail");
+            assert!(
+                matches!(
+                    err.kind(),
+                    ErrorKind::PermissionDenied
+                        | ErrorKind::AuthenticationFailed
+                        | ErrorKind::Integrity
+                ),
+                "wrong credential gave {:?}: {err}",
+                err.kind()
+            );
+            assert!(
+                !err.is_retryable(),
+                "a wrong credential is not retryable: {err}"
+            );
+            assert_no_canary(
+                "wrong-credential error",
+                &format!("{err} {err:?}"),
+                self.canaries,
+            );
+        }
+
+        for text in self.malformed {
+            let err = text
+                .parse::<Reference>()
+                .expect_err(&format!("{text} must not parse"));
+            assert_eq!(err.kind(), ErrorKind::InvalidReference, "{text}: {err}");
+            assert!(
+                err.to_string().contains("column"),
+                "{text}: error must say where: {err}"
+            );
+        }
+    }
+}
