@@ -1,0 +1,306 @@
+//! The `broker` binary: exact stderr and exit codes, delivery, and the scratch dir on every
+//! exit path (normal, child failure, SIGTERM to the broker, SIGKILL + sweep).
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const CANARY: &str = "canary-cli-5e8a0d13f7b2";
+
+/// A temp dir with a `.broker.yml`, and a private `XDG_RUNTIME_DIR` so the test can see the
+/// scratch dirs `broker run` creates.
+struct Fixture {
+    dir: tempfile::TempDir,
+    runtime: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new(config: &str) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(".broker.yml"), config).unwrap();
+        let runtime = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(runtime.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        Fixture { dir, runtime }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_broker"));
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env("XDG_RUNTIME_DIR", self.runtime.path())
+            .env("DEMO_TOKEN", CANARY)
+            .env_remove("BROKER_CONFIG")
+            .env_remove("BROKER_LOG")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn scratch_dirs(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.runtime.path()).unwrap().map(|e| e.unwrap().path()).collect()
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+const CONFIG: &str = r#"credentials:
+  api: { ref: "env:DEMO_TOKEN", as: API_TOKEN }
+  key: { ref: "env:DEMO_TOKEN", as: KEY_FILE, kind: file }
+"#;
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn assert_clean(o: &Output) {
+    let all = stdout(o) + &stderr(o);
+    assert!(!all.contains(CANARY), "canary in broker output: {all}");
+}
+
+/// The schemes of the backends this test binary's features enable, sorted.
+fn compiled_schemes() -> Vec<&'static str> {
+    let mut s: Vec<&str> = Vec::new();
+    if cfg!(feature = "age") {
+        s.extend(["age", "agenix"]);
+    }
+    if cfg!(feature = "aws") {
+        s.extend(["aws-sm", "aws-sts"]);
+    }
+    if cfg!(feature = "env") {
+        s.push("env");
+    }
+    if cfg!(feature = "sops") {
+        s.push("sops");
+    }
+    if cfg!(feature = "vault") {
+        s.push("vault");
+    }
+    s.sort();
+    s
+}
+
+#[test]
+fn registered_schemes_equal_enabled_features() {
+    let f = Fixture::new(CONFIG);
+    let out = f.run(&["doctor", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let schemes: Vec<&str> = doc["schemes"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    assert_eq!(schemes, compiled_schemes());
+}
+
+#[test]
+fn run_delivers_env_and_file_and_wipes() {
+    let f = Fixture::new(CONFIG);
+    let script = r#"test "$API_TOKEN" = "$DEMO_TOKEN" || exit 10
+        test "$(cat "$KEY_FILE")" = "$DEMO_TOKEN" || exit 11
+        test "$(stat -c %a "$KEY_FILE")" = 600 || exit 12
+        test "$(stat -c %a "$(dirname "$KEY_FILE")")" = 700 || exit 13
+        echo "$KEY_FILE" > delivered-path"#;
+    let out = f.run(&["run", "--", "sh", "-c", script]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_clean(&out);
+    let path = std::fs::read_to_string(f.path("delivered-path")).unwrap();
+    assert!(path.trim().starts_with(f.runtime.path().to_str().unwrap()), "{path}");
+    assert!(!Path::new(path.trim()).exists());
+    assert_eq!(f.scratch_dirs(), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn run_passes_the_child_exit_code_through_and_wipes() {
+    let f = Fixture::new(CONFIG);
+    let out = f.run(&["run", "--", "sh", "-c", "cat \"$KEY_FILE\" > /dev/null; exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(stderr(&out), "");
+    assert_eq!(f.scratch_dirs(), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn run_only_delivers_the_named_credentials() {
+    let f = Fixture::new(CONFIG);
+    let out = f.run(&["run", "--only", "api", "--", "sh", "-c", "test -z \"${KEY_FILE:-}\" && test -n \"$API_TOKEN\""]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(f.scratch_dirs(), Vec::<PathBuf>::new());
+}
+
+fn wait_for(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "timed out waiting for {}", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigterm_to_the_broker_reaches_the_child_and_wipes() {
+    let f = Fixture::new(CONFIG);
+    let script = "echo \"$KEY_FILE\" > started; trap 'echo got-term > trapped; exit 0' TERM; while :; do sleep 0.05; done";
+    let mut child = f.cmd(&["run", "--", "sh", "-c", script]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_for(&f.path("started"));
+    assert_eq!(f.scratch_dirs().len(), 1);
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + 15));
+    assert_eq!(std::fs::read_to_string(f.path("trapped")).unwrap(), "got-term\n");
+    assert_eq!(f.scratch_dirs(), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn sigkill_leaves_a_dir_that_the_next_invocation_sweeps() {
+    let f = Fixture::new(CONFIG);
+    let script = "echo \"$KEY_FILE\" > started; exec sleep 30";
+    let mut child = f.cmd(&["run", "--", "sh", "-c", script]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    wait_for(&f.path("started"));
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    child.wait().unwrap();
+    let left = f.scratch_dirs();
+    assert_eq!(left.len(), 1, "SIGKILL cannot be caught: the dir stays until swept");
+    // Stop the orphaned `sleep` (it is in its own process group, led by the `sh` we exec'd).
+    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+
+    let out = f.run(&["doctor"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains(&format!("swept a stale scratch dir left by a dead run: {}", left[0].display())), "{}", stdout(&out));
+    assert_eq!(f.scratch_dirs(), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn run_errors_are_one_line_and_leave_nothing() {
+    let f = Fixture::new("credentials:\n  key: { ref: \"env:DEMO_TOKEN\", kind: file }\n  gone: { ref: \"env:BROKER_TEST_UNSET\" }\n");
+    let out = f.run(&["run", "--", "true"]);
+    assert_eq!(out.status.code(), Some(69));
+    assert_eq!(
+        stderr(&out),
+        "error: credential `gone` (env:BROKER_TEST_UNSET): environment variable `BROKER_TEST_UNSET` is not set\n"
+    );
+    // `key` was written before `gone` failed; nothing may remain.
+    assert_eq!(f.scratch_dirs(), Vec::<PathBuf>::new());
+
+    let out = f.run(&["run", "--only", "key", "--", "/nonexistent/cmd"]);
+    assert_eq!(out.status.code(), Some(127));
+    assert_eq!(stderr(&out), "error: cannot run `/nonexistent/cmd`: No such file or directory (os error 2)\n");
+    assert_eq!(f.scratch_dirs(), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn get_refuses_a_pipe_without_reveal() {
+    let f = Fixture::new(CONFIG);
+    let out = f.run(&["get", "api"]);
+    assert_eq!(out.status.code(), Some(77));
+    assert_eq!(
+        stderr(&out),
+        "error: refusing to print credential `api` to a pipe or file\nhint: pass --reveal if you really mean to, or use `broker run` to hand it to a program\n"
+    );
+    assert_eq!(stdout(&out), "");
+    let out = f.run(&["get", "api", "--reveal"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(stdout(&out), CANARY);
+}
+
+#[test]
+fn check_reports_the_first_bad_reference() {
+    let f = Fixture::new(CONFIG);
+    let out = f.run(&["check", "env:GOOD", "vualt:secret/app", "env:1BAD"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert_eq!(stdout(&out), "");
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: invalid reference `vualt:secret/app` at column 1: unknown scheme `vualt`; did you mean `vault`?\nhint: schemes compiled in: {}\n",
+            compiled_schemes().join(", ")
+        )
+    );
+    let out = f.run(&["check", "env:GOOD", "env:ALSO_GOOD"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(stdout(&out), "ok  env:GOOD  (env)\nok  env:ALSO_GOOD  (env)\n");
+}
+
+#[test]
+fn config_errors_name_the_line() {
+    let f = Fixture::new("credentials:\n  api: { ref: \"env:X\", colour: red }\n");
+    let out = f.run(&["audit"]);
+    assert_eq!(out.status.code(), Some(78));
+    let file = f.path(".broker.yml");
+    assert_eq!(
+        stderr(&out),
+        format!("error: {}:2:24: credential `api`: unknown key `colour`\nhint: accepted keys: ref, mint, as, kind, ttl, scope, tenant\n", file.display())
+    );
+    let out = f.run(&["audit", "--json"]);
+    assert_eq!(out.status.code(), Some(78));
+    let err: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(err["error"]["kind"], "invalid_config");
+    assert_eq!(err["error"]["credential"], "api");
+    assert_eq!(err["error"]["exit_code"], 78);
+}
+
+#[test]
+fn missing_config_is_a_config_error() {
+    let f = Fixture::new("");
+    std::fs::remove_file(f.path(".broker.yml")).unwrap();
+    let out = f.run(&["audit"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: no .broker.yml in {} or any parent directory\nhint: create one (see examples/quickstart/.broker.yml) or pass --config PATH\n",
+            f.dir.path().display()
+        )
+    );
+}
+
+#[test]
+fn audit_lists_the_manifest_without_resolving() {
+    // DEMO_TOKEN is removed: audit must not need it.
+    let f = Fixture::new(CONFIG);
+    let out = f.cmd(&["audit"]).env_remove("DEMO_TOKEN").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("egress: disabled (only local credentials resolve)"), "{text}");
+    assert!(text.contains("api         env:DEMO_TOKEN  env      read    process env  local  $API_TOKEN        allowed"), "{text}");
+    assert!(text.contains("2 credential(s); 2 stay on this machine, 0 would leave it"), "{text}");
+    let out = f.cmd(&["audit", "--json"]).env_remove("DEMO_TOKEN").output().unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["entries"][1]["kind"], "file");
+    assert_eq!(doc["entries"][1]["badge"], "local");
+    assert_eq!(doc["egress"]["enabled"], false);
+}
+
+#[cfg(feature = "vault")]
+#[test]
+fn egress_off_refuses_a_remote_credential_before_any_connection() {
+    // Port 9 (discard) on loopback: nothing listens, and nothing must try.
+    let f = Fixture::new(
+        "backends:\n  vault: { address: \"https://vault.corp.example:8200\" }\ncredentials:\n  db: { ref: \"vault:secret/data/app#url\" }\n",
+    );
+    let out = f.run(&["run", "--", "true"]);
+    assert_eq!(out.status.code(), Some(77));
+    let file = f.path(".broker.yml");
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: credential `db` (vault:secret/data/app#url): egress is disabled; this would reach https://vault.corp.example:8200 (self-hosted)\nhint: set `egress.enabled: true` in {} after reviewing `broker audit`\n",
+            file.display()
+        )
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let f = Fixture::new(CONFIG);
+    let out = f.run(&["run"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).starts_with("error: the following required arguments were not provided:"), "{}", stderr(&out));
+}
