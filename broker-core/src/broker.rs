@@ -340,6 +340,7 @@ impl Broker {
                 delivery.secrets.push((spec.name.clone(), value.clone()));
             }
             match spec.kind {
+                DeliveryKind::Env if !credential.delivers_primary_env() => {}
                 DeliveryKind::Env => delivery
                     .env
                     .push((spec.env_var.clone(), credential.value().clone())),
@@ -358,6 +359,11 @@ impl Broker {
                         .into_os_string()
                         .into_string()
                         .map_err(|_| Error::internal("scratch path is not UTF-8"))?;
+                    for var in credential.path_vars() {
+                        if *var != spec.env_var {
+                            delivery.env.push((var.clone(), SecretValue::from(path.clone())));
+                        }
+                    }
                     delivery
                         .env
                         .push((spec.env_var.clone(), SecretValue::from(path)));

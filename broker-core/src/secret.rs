@@ -106,10 +106,16 @@ pub struct Lease {
 /// The primary value is delivered under the credential's `as` name (as the variable's value,
 /// or as the content of a 0600 file whose path the variable holds). Companion values are
 /// extra environment variables a backend delivers alongside (the AWS key triple, say).
+/// A backend whose companions are the whole delivery can mark the credential
+/// [`companions_only`](Credential::companions_only) (for `kind: env`), and can name extra
+/// variables that receive the file's path (for `kind: file`) with
+/// [`with_path_var`](Credential::with_path_var).
 pub struct Credential {
     value: SecretValue,
     companions: Vec<(String, SecretValue)>,
     lease: Option<Lease>,
+    env_primary: bool,
+    path_vars: Vec<String>,
 }
 
 impl Credential {
@@ -119,7 +125,35 @@ impl Credential {
             value,
             companions: Vec::new(),
             lease: None,
+            env_primary: true,
+            path_vars: Vec::new(),
         }
+    }
+
+    /// For `kind: env`: deliver only the companions, not the primary value under the
+    /// credential's `as` variable (the primary value still feeds redaction and `broker get`).
+    #[must_use]
+    pub fn companions_only(mut self) -> Self {
+        self.env_primary = false;
+        self
+    }
+
+    /// For `kind: file`: `env_var` also holds the path of the file (e.g.
+    /// `AWS_SHARED_CREDENTIALS_FILE`).
+    #[must_use]
+    pub fn with_path_var(mut self, env_var: impl Into<String>) -> Self {
+        self.path_vars.push(env_var.into());
+        self
+    }
+
+    /// Whether `kind: env` delivers the primary value under the `as` variable.
+    pub fn delivers_primary_env(&self) -> bool {
+        self.env_primary
+    }
+
+    /// Extra variables that hold the file's path for `kind: file`.
+    pub fn path_vars(&self) -> &[String] {
+        &self.path_vars
     }
 
     /// Adds a companion environment variable.
@@ -163,6 +197,8 @@ impl Clone for Credential {
             value: self.value.clone(),
             companions: self.companions.clone(),
             lease: self.lease.clone(),
+            env_primary: self.env_primary,
+            path_vars: self.path_vars.clone(),
         }
     }
 }
@@ -176,6 +212,8 @@ impl fmt::Debug for Credential {
                 &self.companions.iter().map(|(k, _)| k).collect::<Vec<_>>(),
             )
             .field("lease", &self.lease)
+            .field("env_primary", &self.env_primary)
+            .field("path_vars", &self.path_vars)
             .finish()
     }
 }
