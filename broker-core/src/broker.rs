@@ -11,6 +11,10 @@
 //! // delivery.env() holds (VAR, value) pairs for a child process; files live in delivery.scratch().
 //! # Ok(()) }
 //! ```
+//!
+//! Every `resolve`, `deliver`, `rotate` and `revoke` passes the runtime layers in this order:
+//! policy → egress gate → lease cache → retry(timeout(provider)) → audit record (fsynced before
+//! the credential is returned). See the `layers` module source and `docs/runtime.md`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,6 +35,7 @@ pub struct Broker {
     config: Config,
     registry: Registry,
     providers: BTreeMap<&'static str, Arc<dyn CredentialProvider>>,
+    pub(crate) runtime: crate::layers::Runtime,
 }
 
 /// One row of the egress manifest. Secret-free by construction: built from config only.
@@ -170,10 +175,12 @@ impl Broker {
             };
             providers.insert(d.name, (d.factory)(&ctx)?);
         }
+        let runtime = crate::layers::Runtime::from_config(&config)?;
         Ok(Broker {
             config,
             registry,
             providers,
+            runtime,
         })
     }
 
@@ -187,7 +194,7 @@ impl Broker {
         &self.registry
     }
 
-    fn provider_for(
+    pub(crate) fn provider_for(
         &self,
         reference: &Reference,
     ) -> Result<(&'static ProviderDescriptor, Arc<dyn CredentialProvider>)> {
@@ -287,55 +294,39 @@ impl Broker {
         Ok(())
     }
 
-    /// Resolves (or mints) the credential `name` for one request.
+    /// Resolves (or mints) the credential `name` for one request, through policy, the egress
+    /// gate, the lease cache, retry and the audit log (in that order).
     pub async fn resolve(&self, name: &str, context: &RequestContext) -> Result<Credential> {
-        let spec = self.config.require_credential(name)?;
-        self.resolve_spec(spec, context)
-            .await
-            .map_err(|e| e.with_credential(name).with_reference(&spec.reference))
-    }
-
-    async fn resolve_spec(
-        &self,
-        spec: &CredentialSpec,
-        context: &RequestContext,
-    ) -> Result<Credential> {
-        self.gate(&spec.reference)?;
-        let (_, provider) = self.provider_for(&spec.reference)?;
-        let request = Request::new(&spec.reference, self.config.base_dir(), context)
-            .with_credential(&spec.name)
-            .with_spec(spec)
-            .with_nested(self);
-        match spec.source {
-            Source::Resolve => provider.resolve(&request).await,
-            Source::Mint => provider.mint(&request).await,
-        }
+        let spec = self
+            .authorize(name, None, context)
+            .map_err(|e| e.with_credential(name))?;
+        self.issue(spec, context).await
     }
 
     /// Resolves `names` (every credential when empty) and prepares them for a child process:
     /// env values, and 0600 files in a fresh scratch dir for `kind: file`.
     /// On any failure nothing is returned and the scratch dir is already wiped.
     pub async fn deliver(&self, names: &[String], context: &RequestContext) -> Result<Delivery> {
-        let specs: Vec<&CredentialSpec> = if names.is_empty() {
-            self.config.credentials.iter().collect()
+        let names: Vec<&str> = if names.is_empty() {
+            self.config.credentials.iter().map(|c| c.name.as_str()).collect()
         } else {
-            names
-                .iter()
-                .map(|n| self.config.require_credential(n))
-                .collect::<Result<_>>()?
+            names.iter().map(String::as_str).collect()
         };
-        // Gate everything before resolving anything: a refusal does no I/O at all.
-        for spec in &specs {
-            self.gate(&spec.reference)
-                .map_err(|e| e.with_credential(&spec.name))?;
-        }
+        // Policy and gate for everything before resolving anything: a refusal does no I/O.
+        let specs: Vec<&CredentialSpec> = names
+            .iter()
+            .map(|n| {
+                self.authorize(n, None, context)
+                    .map_err(|e| e.with_credential(*n))
+            })
+            .collect::<Result<_>>()?;
         let mut delivery = Delivery {
             env: Vec::new(),
             secrets: Vec::new(),
             scratch: None,
         };
         for spec in specs {
-            let credential = self.resolve(&spec.name, context).await?;
+            let credential = self.issue(spec, context).await?;
             for value in credential.values() {
                 delivery.secrets.push((spec.name.clone(), value.clone()));
             }
@@ -378,20 +369,40 @@ impl Broker {
 
     /// Rotates the stored key material behind credential `name`.
     pub async fn rotate(&self, name: &str, context: &RequestContext) -> Result<Rotation> {
-        let spec = self.config.require_credential(name)?;
+        use crate::{audit::EventKind, policy::Action};
+        let spec = self
+            .authorize(name, Some(Action::Rotate), context)
+            .map_err(|e| e.with_credential(name))?;
         let attach = |e: Error| e.with_credential(name).with_reference(&spec.reference);
-        self.gate(&spec.reference).map_err(attach)?;
         let (_, provider) = self.provider_for(&spec.reference).map_err(attach)?;
         let request = Request::new(&spec.reference, self.config.base_dir(), context)
             .with_credential(&spec.name)
             .with_spec(spec)
             .with_nested(self);
-        provider.rotate(&request).await.map_err(attach)
+        let event = self.action_event(EventKind::Rotation, Action::Rotate, Some(spec), context);
+        // Not retried: a rotation that timed out may have happened.
+        let rotation = self
+            .guarded(false, event, |_| provider.rotate(&request))
+            .await
+            .map_err(attach)?;
+        Ok(rotation)
     }
 
     /// Revokes `lease_id` through `backend`, or through the one configured backend that can
-    /// revoke when `backend` is `None`.
+    /// revoke when `backend` is `None`. Same as [`Broker::revoke_as`] with a fresh context.
     pub async fn revoke(&self, lease_id: &str, backend: Option<&str>) -> Result<()> {
+        self.revoke_as(lease_id, backend, &RequestContext::new())
+            .await
+    }
+
+    /// Revokes `lease_id` on behalf of `context`'s agent: policy (`revoke`), retry, audit.
+    pub async fn revoke_as(
+        &self,
+        lease_id: &str,
+        backend: Option<&str>,
+        context: &RequestContext,
+    ) -> Result<()> {
+        use crate::{audit::EventKind, policy::Action};
         let name = match backend {
             Some(b) => {
                 self.registry
@@ -446,7 +457,12 @@ impl Broker {
                 })?
             }
         };
-        provider.revoke(lease_id).await
+        self.decide_revoke(lease_id, &name, context)?;
+        let mut event = self.action_event(EventKind::Revocation, Action::Revoke, None, context);
+        event.backend = Some(name.clone());
+        event.lease_id = Some(lease_id.to_string());
+        event.outcome = Some("revoked".into());
+        self.guarded(true, event, |_| provider.revoke(lease_id)).await
     }
 
     /// Health of every compiled-in backend. Checks run only for backends a credential uses and

@@ -10,7 +10,9 @@
 //! backends:
 //!   vault: { address: "https://vault.internal:8200" }
 //! policy: policy.cedar
-//! audit: { path: .broker/audit.jsonl }
+//! tenant: team-a
+//! audit: { path: .broker/audit.jsonl, fsync: true }
+//! alert: { command: "logger -t broker-alert" }
 //! ```
 //!
 //! Every error names the file, line and column. Unknown keys are errors. A reference whose
@@ -125,6 +127,8 @@ pub struct CredentialSpec {
     pub scope: Option<Scope>,
     /// Backend-specific options (`identity:` for age, say). Settings, never values.
     pub options: BTreeMap<String, serde_json::Value>,
+    /// The tenant the credential belongs to (`tenant:`; default: the config's `tenant:`).
+    pub tenant: Option<String>,
     /// The line the credential starts on.
     pub line: u64,
 }
@@ -135,6 +139,21 @@ pub struct CredentialSpec {
 pub struct AuditConfig {
     /// Where the JSONL log goes, relative to the config file.
     pub path: String,
+    /// Whether each record is fsynced before the credential is handed out. Default true.
+    #[serde(default = "default_true")]
+    pub fsync: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The `alert:` section: what runs when a request fails closed.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertConfig {
+    /// A shell command (`sh -c`) run with the alert event's JSON on stdin. Never a value.
+    pub command: String,
 }
 
 /// One `backends.<name>` section, kept as source so the backend parses it into its own type
@@ -194,6 +213,12 @@ pub struct Config {
     pub policy: Option<PathBuf>,
     /// The audit log file, absolute.
     pub audit_path: Option<PathBuf>,
+    /// Whether audit records are fsynced before a credential is handed out (`audit.fsync`).
+    pub audit_fsync: bool,
+    /// The tenant this config's agents belong to (`tenant:`).
+    pub tenant: Option<String>,
+    /// The alert hook (`alert:`).
+    pub alert: Option<AlertConfig>,
 }
 
 impl Config {
@@ -274,9 +299,12 @@ impl Config {
             policy: raw
                 .policy
                 .map(|p| crate::provider::resolve_path(&base_dir, &p)),
+            audit_fsync: raw.audit.as_ref().is_none_or(|a| a.fsync),
             audit_path: raw
                 .audit
                 .map(|a| crate::provider::resolve_path(&base_dir, &a.path)),
+            tenant: raw.tenant,
+            alert: raw.alert,
             egress: raw.egress,
             credentials,
             backends,
@@ -568,11 +596,12 @@ fn validate_credential(
         ttl,
         scope,
         options,
+        tenant: raw.tenant,
         line,
     })
 }
 
-const CORE_KEYS: &[&str] = &["ref", "mint", "as", "kind", "ttl", "scope"];
+const CORE_KEYS: &[&str] = &["ref", "mint", "as", "kind", "ttl", "scope", "tenant"];
 
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -587,6 +616,10 @@ struct RawConfig {
     policy: Option<String>,
     #[serde(default)]
     audit: Option<AuditConfig>,
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    alert: Option<AlertConfig>,
 }
 
 #[derive(Default)]
@@ -603,6 +636,7 @@ struct RawCredential {
     kind: Option<DeliveryKind>,
     ttl: Option<Spanned<String>>,
     scope: Option<Spanned<Scope>>,
+    tenant: Option<String>,
     options: Vec<(String, (u64, u64), serde_json::Value)>,
 }
 
@@ -704,6 +738,7 @@ impl<'de> Deserialize<'de> for RawCredential {
                             });
                         }
                         "scope" => raw.scope = Some(m.next_value()?),
+                        "tenant" => raw.tenant = Some(m.next_value()?),
                         other => {
                             let v: serde_json::Value = m.next_value()?;
                             raw.options.push((other.to_string(), position, v));

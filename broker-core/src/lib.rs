@@ -18,14 +18,19 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod audit;
 mod broker;
+mod layers;
 pub mod config;
 pub mod egress;
 mod error;
 pub mod grammar;
+pub mod lease;
+pub mod policy;
 pub mod provider;
 mod reference;
 pub mod registry;
+pub mod retry;
 pub mod scratch;
 mod secret;
 #[cfg(feature = "testkit")]
@@ -35,6 +40,7 @@ pub use async_trait::async_trait;
 pub use inventory;
 
 pub use broker::{BackendReport, Broker, Delivery, Manifest, ManifestEntry};
+pub use layers::Refreshed;
 pub use config::{Config, CredentialSpec, DeliveryKind, Source};
 pub use egress::{Badge, Destination, Target};
 pub use error::{Error, ErrorKind, Result};

@@ -1,0 +1,606 @@
+//! The hash-chained audit log.
+//!
+//! One JSON object per line (`audit.path`, created 0600). The first line is a header with
+//! `seq: 0` and a random 256-bit `genesis`; every later record carries `seq` (one more than the
+//! line before) and `prev`, the hex SHA-256 of the previous line's bytes (without its newline),
+//! so the first record chains to the header and through it to the genesis. Editing, dropping,
+//! reordering or inserting a line breaks the chain at that point; [`verify`] names the first
+//! bad `seq`.
+//!
+//! Truncating the tail leaves a valid chain, so each append also rewrites a checkpoint beside
+//! the log (`<log>.checkpoint`: last `seq` and its digest). [`verify`] compares the log's end
+//! with it. The checkpoint is not a MAC: someone who can rewrite both files can forge a shorter
+//! history; ship the log off the machine when that matters.
+//!
+//! Appends take an exclusive `flock` on the log, so several processes can share it without
+//! forking the chain. The record is fsynced (unless `audit.fsync: false`) before the broker
+//! hands out a credential; if it cannot be written the request is refused.
+//!
+//! Records hold names, references, scopes, ids, times and outcomes — never a value: the
+//! [`Event`] type has no field that could hold a [`SecretValue`](crate::SecretValue).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{Error, ErrorKind, Result};
+
+/// The log format version written in the header.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// How serious an event is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Routine: grants, issuances, revocations.
+    Info,
+    /// Refusals and failures that need no one's attention.
+    Warning,
+    /// Fail-closed outcomes someone should look at (retries exhausted, refresh failed past
+    /// expiry). Also runs `alert.command`.
+    Alert,
+}
+
+/// What a record is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A policy or egress decision (granted or denied).
+    Decision,
+    /// A credential handed to a caller.
+    Issuance,
+    /// A cached credential re-minted (or a failed refresh).
+    Refresh,
+    /// A lease revoked.
+    Revocation,
+    /// Stored key material rotated.
+    Rotation,
+    /// A request that failed after the decision.
+    Failure,
+    /// Something else worth recording (e.g. output redaction disabled for a run).
+    Notice,
+}
+
+/// One audit event, before it gets its `seq`, `prev` and `timestamp`. Secret-free by
+/// construction: every field is a name, an id, a reference, a time or an outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// What the record is about.
+    pub event: EventKind,
+    /// How serious it is.
+    pub severity: Severity,
+    /// The agent that asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// The tenant of the broker's config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// The request's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The task's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    /// `resolve`, `mint`, `revoke`, `rotate`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// The credential's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    /// Its reference (never a value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// The backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// The requested scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<serde_json::Value>,
+    /// The requested lifetime, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u64>,
+    /// When the credential expires (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiry: Option<String>,
+    /// The lease id (a handle, never a secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_id: Option<String>,
+    /// `granted` or `denied`, for decisions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
+    /// Why: the policy ids that decided, the gate's reason, the error message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `issued`, `cached`, `refreshed`, `stale`, `failed`, `revoked`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// The error kind, for failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<String>,
+    /// How many provider attempts were made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+}
+
+impl Event {
+    /// An event of `kind` and `severity` with every other field empty.
+    pub fn new(kind: EventKind, severity: Severity) -> Self {
+        Event {
+            event: kind,
+            severity,
+            agent_id: None,
+            tenant: None,
+            request_id: None,
+            task_id: None,
+            action: None,
+            credential: None,
+            reference: None,
+            backend: None,
+            scope: None,
+            ttl: None,
+            expiry: None,
+            lease_id: None,
+            decision: None,
+            reason: None,
+            outcome: None,
+            error_kind: None,
+            attempts: None,
+        }
+    }
+}
+
+/// A record as written: the event plus its place in the chain.
+#[derive(Debug, Clone, Serialize)]
+struct Record<'a> {
+    seq: u64,
+    prev: &'a str,
+    timestamp: String,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
+#[derive(Debug, Serialize)]
+struct Header {
+    seq: u64,
+    event: &'static str,
+    version: u32,
+    genesis: String,
+    timestamp: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Checkpoint {
+    seq: u64,
+    digest: String,
+}
+
+/// RFC 3339 text for `t` (UTC, seconds precision or better).
+pub fn rfc3339(t: SystemTime) -> String {
+    let t: time::OffsetDateTime = t.into();
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}
+
+/// Lower-case hex SHA-256 of `bytes`.
+pub fn digest(bytes: &[u8]) -> String {
+    let d = Sha256::digest(bytes);
+    let mut out = String::with_capacity(64);
+    for b in d {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// The checkpoint file kept beside `log`.
+pub fn checkpoint_path(log: &Path) -> PathBuf {
+    let mut name = log.file_name().unwrap_or_default().to_os_string();
+    name.push(".checkpoint");
+    log.with_file_name(name)
+}
+
+/// Audit log settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditOptions {
+    /// Whether each append is fsynced before returning. Default true.
+    pub fsync: bool,
+}
+
+impl Default for AuditOptions {
+    fn default() -> Self {
+        AuditOptions { fsync: true }
+    }
+}
+
+/// Where the writer last left the log, to avoid rereading it on every append.
+#[derive(Debug, Default)]
+struct Tail {
+    len: u64,
+    seq: u64,
+    digest: String,
+}
+
+/// An append-only, hash-chained audit log shared safely by threads and processes.
+#[derive(Debug)]
+pub struct AuditLog {
+    path: PathBuf,
+    options: AuditOptions,
+    tail: Mutex<Option<Tail>>,
+}
+
+impl AuditLog {
+    /// A log at `path`; nothing is opened until the first append.
+    pub fn new(path: impl Into<PathBuf>, options: AuditOptions) -> Self {
+        AuditLog {
+            path: path.into(),
+            options,
+            tail: Mutex::new(None),
+        }
+    }
+
+    /// The log file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn fail(&self, what: &str, e: &std::io::Error) -> Error {
+        Error::new(
+            ErrorKind::Io,
+            format!("cannot {what} audit log {}: {e}", self.path.display()),
+        )
+        .with_hint("the request was refused because it could not be recorded; fix the log's path or permissions")
+    }
+
+    /// Appends `event` (timestamped `now`) and returns its `seq`. Fsynced before returning
+    /// when [`AuditOptions::fsync`] is set. An error means nothing reliable was recorded: the
+    /// caller must refuse the request.
+    pub fn append(&self, event: &Event, now: SystemTime) -> Result<u64> {
+        let mut cached = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(parent) = self.path.parent()
+            && !parent.as_os_str().is_empty()
+            && !parent.exists()
+        {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| self.fail("create the directory of", &e))?;
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&self.path)
+            .map_err(|e| self.fail("open", &e))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| self.fail("lock", &std::io::Error::from(e)))?;
+        let result = self.append_locked(&mut file, &mut cached, event, now);
+        let _ = rustix::fs::flock(&file, rustix::fs::FlockOperation::Unlock);
+        if result.is_err() {
+            *cached = None;
+        }
+        result
+    }
+
+    fn append_locked(
+        &self,
+        file: &mut File,
+        cached: &mut Option<Tail>,
+        event: &Event,
+        now: SystemTime,
+    ) -> Result<u64> {
+        let len = file.metadata().map_err(|e| self.fail("read", &e))?.len();
+        let mut tail = match cached.take() {
+            Some(t) if t.len == len => t,
+            _ => self.read_tail(file, len)?,
+        };
+        let mut buf = Vec::with_capacity(512);
+        if tail.len == 0 {
+            let header = Header {
+                seq: 0,
+                event: "header",
+                version: FORMAT_VERSION,
+                genesis: format!(
+                    "{:032x}{:032x}",
+                    rand::random::<u128>(),
+                    rand::random::<u128>()
+                ),
+                timestamp: rfc3339(now),
+            };
+            let line = serde_json::to_vec(&header)
+                .map_err(|_| Error::internal("cannot encode the audit header"))?;
+            tail.digest = digest(&line);
+            tail.seq = 0;
+            buf.extend_from_slice(&line);
+            buf.push(b'\n');
+        }
+        let seq = tail.seq + 1;
+        let record = Record {
+            seq,
+            prev: &tail.digest,
+            timestamp: rfc3339(now),
+            event,
+        };
+        let line = serde_json::to_vec(&record)
+            .map_err(|_| Error::internal("cannot encode an audit record"))?;
+        let new_digest = digest(&line);
+        buf.extend_from_slice(&line);
+        buf.push(b'\n');
+        file.write_all(&buf).map_err(|e| self.fail("write", &e))?;
+        if self.options.fsync {
+            file.sync_data().map_err(|e| self.fail("sync", &e))?;
+        }
+        let checkpoint = Checkpoint {
+            seq,
+            digest: new_digest.clone(),
+        };
+        self.write_checkpoint(&checkpoint)?;
+        *cached = Some(Tail {
+            len: len + buf.len() as u64,
+            seq,
+            digest: new_digest,
+        });
+        Ok(seq)
+    }
+
+    /// Finds the last line's seq and digest by reading the end of the file.
+    fn read_tail(&self, file: &mut File, len: u64) -> Result<Tail> {
+        if len == 0 {
+            return Ok(Tail::default());
+        }
+        let mut window: u64 = 4096;
+        loop {
+            let start = len.saturating_sub(window);
+            file.seek(SeekFrom::Start(start))
+                .map_err(|e| self.fail("read", &e))?;
+            let mut bytes = Vec::with_capacity((len - start) as usize);
+            Read::take(&mut *file, len - start)
+                .read_to_end(&mut bytes)
+                .map_err(|e| self.fail("read", &e))?;
+            let body = match bytes.last() {
+                Some(b'\n') => &bytes[..bytes.len() - 1],
+                _ => {
+                    return Err(Error::integrity(format!(
+                        "audit log {} ends in a partial record; run `broker audit verify`",
+                        self.path.display()
+                    )));
+                }
+            };
+            let line = match body.iter().rposition(|b| *b == b'\n') {
+                Some(i) => &body[i + 1..],
+                None if start == 0 => body,
+                None => {
+                    window *= 4;
+                    continue;
+                }
+            };
+            let seq = serde_json::from_slice::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.get("seq").and_then(serde_json::Value::as_u64))
+                .ok_or_else(|| {
+                    Error::integrity(format!(
+                        "the last record of audit log {} is unreadable; run `broker audit verify`",
+                        self.path.display()
+                    ))
+                })?;
+            return Ok(Tail {
+                len,
+                seq,
+                digest: digest(line),
+            });
+        }
+    }
+
+    fn write_checkpoint(&self, checkpoint: &Checkpoint) -> Result<()> {
+        let path = checkpoint_path(&self.path);
+        let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+        tmp_name.push(".tmp");
+        let tmp = path.with_file_name(tmp_name);
+        let body = serde_json::to_vec(checkpoint)
+            .map_err(|_| Error::internal("cannot encode the audit checkpoint"))?;
+        let write = || -> std::io::Result<()> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&tmp)?;
+            f.write_all(&body)?;
+            f.write_all(b"\n")?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| self.fail("update the checkpoint of", &e))
+    }
+}
+
+/// What [`verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verification {
+    /// The log.
+    pub path: PathBuf,
+    /// Records after the header.
+    pub records: u64,
+    /// The last good seq.
+    pub last_seq: u64,
+    /// Whether a checkpoint file exists and agrees with the log.
+    pub checkpoint: CheckpointStatus,
+    /// The first problem, if any.
+    pub problem: Option<Problem>,
+}
+
+impl Verification {
+    /// Whether the chain is intact and the checkpoint does not show a truncation.
+    pub fn is_ok(&self) -> bool {
+        self.problem.is_none()
+    }
+}
+
+/// How the checkpoint compares with the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointStatus {
+    /// It names the log's last record.
+    Matches,
+    /// It names an earlier record (a crash between the append and the checkpoint update).
+    Behind,
+    /// There is none.
+    Missing,
+    /// It disagrees with the log (see the problem).
+    Mismatch,
+}
+
+/// The first place the chain breaks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// The first bad seq.
+    pub seq: u64,
+    /// The line of the file it was found on (1-based).
+    pub line: u64,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Recomputes the chain of the log at `path` and compares its end with the checkpoint.
+/// I/O errors are errors; a broken chain is a [`Verification`] with a [`Problem`].
+pub fn verify(path: &Path) -> Result<Verification> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::io(format_args!("cannot read audit log {}", path.display()), &e))?;
+    let mut out = Verification {
+        path: path.to_path_buf(),
+        records: 0,
+        last_seq: 0,
+        checkpoint: CheckpointStatus::Missing,
+        problem: None,
+    };
+    let bad = |seq: u64, line: u64, reason: String| Some(Problem { seq, line, reason });
+    if bytes.is_empty() {
+        out.problem = bad(0, 1, "the log is empty: its header is missing".into());
+        return Ok(out);
+    }
+    let (body, partial) = match bytes.last() {
+        Some(b'\n') => (&bytes[..bytes.len() - 1], false),
+        _ => (&bytes[..], true),
+    };
+    let mut prev_digest = String::new();
+    let mut expected: u64 = 0;
+    for line in body.split(|b| *b == b'\n') {
+        let lineno = expected + 1;
+        let value: serde_json::Value = match serde_json::from_slice(line) {
+            Ok(v) => v,
+            Err(_) => {
+                out.problem = bad(expected, lineno, "not a JSON record".into());
+                return Ok(out);
+            }
+        };
+        let seq = value.get("seq").and_then(serde_json::Value::as_u64);
+        if expected == 0 {
+            let header_ok = seq == Some(0)
+                && value.get("event").and_then(|v| v.as_str()) == Some("header")
+                && value
+                    .get("genesis")
+                    .and_then(|v| v.as_str())
+                    .is_some_and(|g| g.len() == 64);
+            if !header_ok {
+                out.problem = bad(
+                    0,
+                    lineno,
+                    "the header record (seq 0, genesis) is missing or altered".into(),
+                );
+                return Ok(out);
+            }
+        } else {
+            match seq {
+                Some(s) if s == expected => {}
+                Some(s) => {
+                    let what = if s > expected {
+                        format!("expected seq {expected}, found {s}: a record was dropped or moved")
+                    } else {
+                        format!(
+                            "expected seq {expected}, found {s}: a record was inserted or moved"
+                        )
+                    };
+                    out.problem = bad(expected, lineno, what);
+                    return Ok(out);
+                }
+                None => {
+                    out.problem = bad(expected, lineno, "the record has no seq".into());
+                    return Ok(out);
+                }
+            }
+            let prev = value.get("prev").and_then(|v| v.as_str()).unwrap_or("");
+            if prev != prev_digest {
+                out.problem = bad(
+                    expected - 1,
+                    lineno - 1,
+                    format!(
+                        "seq {} does not match the digest recorded by seq {expected}: it was edited",
+                        expected - 1
+                    ),
+                );
+                return Ok(out);
+            }
+        }
+        prev_digest = digest(line);
+        out.last_seq = expected;
+        out.records = expected;
+        expected += 1;
+    }
+    if partial {
+        out.problem = bad(
+            out.last_seq,
+            out.last_seq + 1,
+            "the last line has no newline: a partial write".into(),
+        );
+        return Ok(out);
+    }
+    let cp_path = checkpoint_path(path);
+    match std::fs::read(&cp_path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(Error::io(
+                format_args!("cannot read checkpoint {}", cp_path.display()),
+                &e,
+            ));
+        }
+        Ok(text) => match serde_json::from_slice::<Checkpoint>(&text) {
+            Err(_) => {
+                out.checkpoint = CheckpointStatus::Mismatch;
+                out.problem = bad(
+                    out.last_seq,
+                    out.last_seq + 1,
+                    format!("checkpoint {} is unreadable", cp_path.display()),
+                );
+            }
+            Ok(cp) if cp.seq > out.last_seq => {
+                out.checkpoint = CheckpointStatus::Mismatch;
+                out.problem = bad(
+                    out.last_seq + 1,
+                    out.last_seq + 2,
+                    format!(
+                        "the log ends at seq {} but the checkpoint records seq {}: records were cut from the end",
+                        out.last_seq, cp.seq
+                    ),
+                );
+            }
+            Ok(cp) if cp.seq == out.last_seq && cp.digest != prev_digest => {
+                out.checkpoint = CheckpointStatus::Mismatch;
+                out.problem = bad(
+                    out.last_seq,
+                    out.last_seq + 1,
+                    format!(
+                        "seq {} does not match the checkpoint's digest: it was edited",
+                        out.last_seq
+                    ),
+                );
+            }
+            Ok(cp) if cp.seq == out.last_seq => out.checkpoint = CheckpointStatus::Matches,
+            Ok(_) => out.checkpoint = CheckpointStatus::Behind,
+        },
+    }
+    Ok(out)
+}

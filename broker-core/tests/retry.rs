@@ -1,0 +1,162 @@
+//! Retry: full-jitter backoff, at most 3 retries, retryable errors only, per-attempt timeout,
+//! fail closed with an alert (audit record of severity `alert` and `alert.command`).
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod runtime_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker_core::retry::{self, RetryPolicy};
+use broker_core::{Error, ErrorKind, RequestContext};
+use runtime_support::*;
+
+fn fixture(target: &str, extra: &str) -> Fixture {
+    Fixture::new(&format!(
+        "credentials:\n  api: {{ ref: \"scripted:{target}\" }}\naudit: {{ path: audit.jsonl }}\n{extra}"
+    ))
+}
+
+#[test]
+fn backoff_ceilings_double_up_to_the_cap_and_jitter_stays_below_them() {
+    let p = RetryPolicy {
+        base_delay: Duration::from_millis(100),
+        max_delay: Duration::from_millis(500),
+        ..RetryPolicy::default()
+    };
+    assert_eq!(p.ceiling(0), Duration::from_millis(100));
+    assert_eq!(p.ceiling(1), Duration::from_millis(200));
+    assert_eq!(p.ceiling(2), Duration::from_millis(400));
+    assert_eq!(p.ceiling(3), Duration::from_millis(500));
+    assert_eq!(p.ceiling(40), Duration::from_millis(500));
+    assert_eq!(p.delay(2, 0.0), Duration::ZERO);
+    assert_eq!(p.delay(2, 0.5), Duration::from_millis(200));
+    assert!(p.delay(2, 0.9999) < Duration::from_millis(400));
+}
+
+#[tokio::test]
+async fn two_failures_then_success_is_three_calls() {
+    let s = script("retry-2", Script::default());
+    s.fail_next([Error::transient("503"), Error::transient("503")]);
+    let f = fixture("retry-2", "");
+    let sleeper = Arc::new(CountingSleeper::default());
+    let broker = f.broker().unwrap().with_retry(fast_retry(), sleeper.clone());
+    let c = broker.resolve("api", &RequestContext::new()).await.unwrap();
+    assert!(c.value().expose_str().unwrap().starts_with(CANARY));
+    assert_eq!(s.calls(), 3);
+    let delays = sleeper.0.lock().unwrap().clone();
+    assert_eq!(delays.len(), 2);
+    assert!(delays[0] < Duration::from_millis(100) && delays[1] < Duration::from_millis(200));
+    let lines = audit_lines(&f.path("audit.jsonl"));
+    let issued = lines.last().unwrap();
+    assert_eq!(issued["event"], "issuance");
+    assert_eq!(issued["attempts"], 3);
+}
+
+#[tokio::test]
+async fn four_failures_is_four_calls_then_an_error_and_an_alert() {
+    let s = script("retry-4", Script::default());
+    s.fail_next((0..4).map(|_| Error::transient("upstream returned 503")));
+    let alert_out = tempfile::tempdir().unwrap();
+    let alert_file = alert_out.path().join("alert.json");
+    let f = fixture(
+        "retry-4",
+        &format!("alert: {{ command: \"cat > '{}'\" }}\n", alert_file.display()),
+    );
+    let sleeper = Arc::new(CountingSleeper::default());
+    let broker = f.broker().unwrap().with_retry(fast_retry(), sleeper.clone());
+    let err = broker
+        .resolve("api", &RequestContext::new())
+        .await
+        .unwrap_err();
+    assert_eq!(s.calls(), 4);
+    assert_eq!(sleeper.0.lock().unwrap().len(), 3);
+    assert_eq!(err.kind(), ErrorKind::Transient);
+    assert_eq!(
+        err.to_string(),
+        "credential `api` (scripted:retry-4): upstream returned 503 (gave up after 4 attempts)"
+    );
+    let lines = audit_lines(&f.path("audit.jsonl"));
+    let last = lines.last().unwrap();
+    assert_eq!(last["event"], "failure");
+    assert_eq!(last["severity"], "alert");
+    assert_eq!(last["attempts"], 4);
+    assert_eq!(last["error_kind"], "transient");
+    let alert: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&alert_file).unwrap()).unwrap();
+    assert_eq!(alert["severity"], "alert");
+    assert_eq!(alert["credential"], "api");
+    assert_eq!(alert["reference"], "scripted:retry-4");
+    assert!(alert["timestamp"].is_string());
+    assert!(!alert.to_string().contains(CANARY));
+}
+
+#[tokio::test]
+async fn a_non_retryable_error_is_one_call_and_no_alert() {
+    let s = script("retry-nf", Script::default());
+    s.fail_next([Error::not_found("no such secret")]);
+    let alert_out = tempfile::tempdir().unwrap();
+    let alert_file = alert_out.path().join("alert.json");
+    let f = fixture(
+        "retry-nf",
+        &format!("alert: {{ command: \"cat > '{}'\" }}\n", alert_file.display()),
+    );
+    let sleeper = Arc::new(CountingSleeper::default());
+    let broker = f.broker().unwrap().with_retry(fast_retry(), sleeper.clone());
+    let err = broker
+        .resolve("api", &RequestContext::new())
+        .await
+        .unwrap_err();
+    assert_eq!(s.calls(), 1);
+    assert!(sleeper.0.lock().unwrap().is_empty());
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    let lines = audit_lines(&f.path("audit.jsonl"));
+    assert_eq!(lines.last().unwrap()["severity"], "warning");
+    assert!(!alert_file.exists());
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_attempt_has_a_timeout_and_a_hang_fails_closed() {
+    let s = script(
+        "hang",
+        Script {
+            hang: true,
+            ..Script::default()
+        },
+    );
+    let f = fixture("hang", "");
+    let policy = RetryPolicy {
+        timeout: Duration::from_secs(2),
+        ..RetryPolicy::default()
+    };
+    let broker = f
+        .broker()
+        .unwrap()
+        .with_retry(policy, Arc::new(CountingSleeper::default()));
+    let err = broker
+        .resolve("api", &RequestContext::new())
+        .await
+        .unwrap_err();
+    assert_eq!(s.calls(), 4);
+    assert_eq!(err.kind(), ErrorKind::Transient);
+    assert_eq!(err.message(), "timed out after 2s (gave up after 4 attempts)");
+}
+
+#[tokio::test]
+async fn more_than_three_retries_are_never_made() {
+    let policy = RetryPolicy {
+        max_retries: 10,
+        ..RetryPolicy::default()
+    };
+    let sleeper = CountingSleeper::default();
+    let mut calls = 0;
+    let failure = retry::retry(&policy, &sleeper, |_| {
+        calls += 1;
+        async { Err::<(), _>(Error::transient("throttled")) }
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(calls, 4);
+    assert_eq!(failure.attempts, 4);
+    assert!(failure.exhausted);
+}
