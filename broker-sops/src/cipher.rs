@@ -94,7 +94,11 @@ pub(crate) fn decrypt(value: &str, key: &[u8], aad: &str) -> Result<Node, Cipher
             .map_err(|_| CipherError::Type(format!("a {} value is not UTF-8", enc.kind)))
     };
     Ok(match enc.kind.as_str() {
-        "str" => Node::Str(text()?),
+        // Go strings may hold any bytes (binary files): keep non-UTF-8 text as bytes.
+        "str" => match std::str::from_utf8(&plain) {
+            Ok(s) => Node::Str(s.to_string()),
+            Err(_) => Node::Bytes(plain.to_vec()),
+        },
         "comment" => Node::Comment(text()?),
         "bytes" => Node::Bytes(plain.to_vec()),
         "int" | "int64" => Node::Int(
