@@ -57,7 +57,6 @@ pub(crate) fn data_key(meta: &Metadata, ring: &KeyRing) -> Result<Zeroizing<Vec<
                 }
                 MasterKey::Pgp { .. } => {
                     pgp = true;
-                    tried.push(key.describe());
                 }
                 other => remote.push(other),
             }
@@ -79,15 +78,7 @@ pub(crate) fn data_key(meta: &Metadata, ring: &KeyRing) -> Result<Zeroizing<Vec<
         }
         return Ok(parts.remove(0));
     }
-    if ring.age.is_empty() && remote.is_empty() && !pgp {
-        return Err(Error::not_configured(
-            "no age identity found to decrypt the sops data key",
-        )
-        .with_hint(
-            "set SOPS_AGE_KEY_FILE or SOPS_AGE_KEY, put keys in ~/.config/sops/age/keys.txt, \
-             or set backends.sops.age_key_file",
-        ));
-    }
+    let has_age = meta.all_keys().any(|k| matches!(k, MasterKey::Age { .. }));
     let mut msg = String::from("no local key decrypts the sops data key");
     if meta.key_groups.len() > 1 {
         msg.push_str(&format!(
@@ -98,39 +89,40 @@ pub(crate) fn data_key(meta: &Metadata, ring: &KeyRing) -> Result<Zeroizing<Vec<
         ));
     }
     if !tried.is_empty() {
-        msg.push_str(&format!("; file keys tried: {}", tried.join(", ")));
+        msg.push_str(&format!("; file keys: {}", tried.join(", ")));
     }
     let mut notes = ring.sources.clone();
     notes.extend(ring.notes.iter().cloned());
     if !notes.is_empty() {
         msg.push_str(&format!("; identities from: {}", notes.join(", ")));
     }
-    if !remote.is_empty() && parts.is_empty() && ring.age.is_empty() && !pgp {
-        let k = remote[0];
-        return Err(Error::new(
-            ErrorKind::Unsupported,
+    let mut unsupported: Vec<String> = remote
+        .iter()
+        .map(|k| {
             format!(
-                "this sops file needs a {} master key ({}); decrypting it comes with the {} backend",
+                "{} ({}; comes with the {} backend)",
                 k.kind(),
                 k.describe(),
                 k.comes_with().unwrap_or("matching")
-            ),
+            )
+        })
+        .collect();
+    if pgp {
+        unsupported.push("pgp (not supported by this broker yet)".into());
+    }
+    if !unsupported.is_empty() {
+        msg.push_str(&format!("; master keys not usable here: {}", unsupported.join(", ")));
+    }
+    if has_age && ring.age.is_empty() {
+        return Err(Error::not_configured(msg).with_hint(
+            "set SOPS_AGE_KEY_FILE or SOPS_AGE_KEY, put keys in ~/.config/sops/age/keys.txt, \
+             or set backends.sops.age_key_file",
         ));
     }
-    if !remote.is_empty() {
-        let kinds: Vec<String> = remote
-            .iter()
-            .map(|k| format!("{} (comes with the {} backend)", k.kind(), k.comes_with().unwrap_or("matching")))
-            .collect();
-        msg.push_str(&format!("; not supported yet: {}", kinds.join(", ")));
+    if has_age {
+        return Err(Error::new(ErrorKind::PermissionDenied, msg));
     }
-    let kind = if pgp && ring.age.is_empty() {
-        msg.push_str("; pgp master keys are not supported yet");
-        ErrorKind::Unsupported
-    } else {
-        ErrorKind::PermissionDenied
-    };
-    Err(Error::new(kind, msg))
+    Err(Error::new(ErrorKind::Unsupported, msg))
 }
 
 fn path_text(path: &[String]) -> String {
