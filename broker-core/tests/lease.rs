@@ -20,7 +20,10 @@ const NO_JITTER: RefreshPolicy = RefreshPolicy {
 #[test]
 fn margin_is_the_larger_of_a_fifth_and_a_minute() {
     let p = RefreshPolicy::default();
-    assert_eq!(p.margin(Duration::from_secs(3600)), Duration::from_secs(720));
+    assert_eq!(
+        p.margin(Duration::from_secs(3600)),
+        Duration::from_secs(720)
+    );
     assert_eq!(p.margin(Duration::from_secs(600)), Duration::from_secs(120));
     assert_eq!(p.margin(Duration::from_secs(240)), Duration::from_secs(60));
     // Never more than half the lifetime, so short credentials are still reused.
@@ -94,7 +97,9 @@ async fn a_hundred_concurrent_callers_share_one_mint() {
     for _ in 0..100 {
         let b = broker.clone();
         tasks.push(tokio::spawn(async move {
-            b.resolve("db", &RequestContext::new()).await.map(|c| c.value().clone())
+            b.resolve("db", &RequestContext::new())
+                .await
+                .map(|c| c.value().clone())
         }));
     }
     tokio::task::yield_now().await;
@@ -182,15 +187,24 @@ async fn the_cache_itself_reports_how_it_served() {
             })
         }
     };
-    assert_eq!(cache.get(&key, fetch(1)).await.unwrap().served, Served::Fetched);
-    assert_eq!(cache.get(&key, fetch(2)).await.unwrap().served, Served::Cached);
+    assert_eq!(
+        cache.get(&key, fetch(1)).await.unwrap().served,
+        Served::Fetched
+    );
+    assert_eq!(
+        cache.get(&key, fetch(2)).await.unwrap().served,
+        Served::Cached
+    );
     clock.advance(Duration::from_secs(500));
     let l = cache.get(&key, fetch(3)).await.unwrap();
     assert_eq!(l.served, Served::Refreshed);
     assert_eq!(l.credential.value().expose(), &[3]);
     // A different scope is a different entry.
     let other = CacheKey::new("k", "");
-    assert_eq!(cache.get(&other, fetch(4)).await.unwrap().served, Served::Fetched);
+    assert_eq!(
+        cache.get(&other, fetch(4)).await.unwrap().served,
+        Served::Fetched
+    );
     assert_eq!(cache.len(), 2);
     clock.advance(Duration::from_secs(10_000));
     assert_eq!(cache.evict_expired(), 2);

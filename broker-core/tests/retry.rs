@@ -40,7 +40,10 @@ async fn two_failures_then_success_is_three_calls() {
     s.fail_next([Error::transient("503"), Error::transient("503")]);
     let f = fixture("retry-2", "");
     let sleeper = Arc::new(CountingSleeper::default());
-    let broker = f.broker().unwrap().with_retry(fast_retry(), sleeper.clone());
+    let broker = f
+        .broker()
+        .unwrap()
+        .with_retry(fast_retry(), sleeper.clone());
     let c = broker.resolve("api", &RequestContext::new()).await.unwrap();
     assert!(c.value().expose_str().unwrap().starts_with(CANARY));
     assert_eq!(s.calls(), 3);
@@ -61,10 +64,16 @@ async fn four_failures_is_four_calls_then_an_error_and_an_alert() {
     let alert_file = alert_out.path().join("alert.json");
     let f = fixture(
         "retry-4",
-        &format!("alert: {{ command: \"cat > '{}'\" }}\n", alert_file.display()),
+        &format!(
+            "alert: {{ command: \"cat > '{}'\" }}\n",
+            alert_file.display()
+        ),
     );
     let sleeper = Arc::new(CountingSleeper::default());
-    let broker = f.broker().unwrap().with_retry(fast_retry(), sleeper.clone());
+    let broker = f
+        .broker()
+        .unwrap()
+        .with_retry(fast_retry(), sleeper.clone());
     let err = broker
         .resolve("api", &RequestContext::new())
         .await
@@ -99,10 +108,16 @@ async fn a_non_retryable_error_is_one_call_and_no_alert() {
     let alert_file = alert_out.path().join("alert.json");
     let f = fixture(
         "retry-nf",
-        &format!("alert: {{ command: \"cat > '{}'\" }}\n", alert_file.display()),
+        &format!(
+            "alert: {{ command: \"cat > '{}'\" }}\n",
+            alert_file.display()
+        ),
     );
     let sleeper = Arc::new(CountingSleeper::default());
-    let broker = f.broker().unwrap().with_retry(fast_retry(), sleeper.clone());
+    let broker = f
+        .broker()
+        .unwrap()
+        .with_retry(fast_retry(), sleeper.clone());
     let err = broker
         .resolve("api", &RequestContext::new())
         .await
@@ -139,7 +154,10 @@ async fn each_attempt_has_a_timeout_and_a_hang_fails_closed() {
         .unwrap_err();
     assert_eq!(s.calls(), 4);
     assert_eq!(err.kind(), ErrorKind::Transient);
-    assert_eq!(err.message(), "timed out after 2s (gave up after 4 attempts)");
+    assert_eq!(
+        err.message(),
+        "timed out after 2s (gave up after 4 attempts)"
+    );
 }
 
 #[tokio::test]

@@ -126,7 +126,9 @@ impl CredentialProvider for Scripted {
 }
 
 fn local(_: &BackendContext<'_>) -> Result<Arc<dyn CredentialProvider>> {
-    Ok(Arc::new(Scripted { badge: Badge::Local }))
+    Ok(Arc::new(Scripted {
+        badge: Badge::Local,
+    }))
 }
 fn cloud(_: &BackendContext<'_>) -> Result<Arc<dyn CredentialProvider>> {
     Ok(Arc::new(Scripted {
