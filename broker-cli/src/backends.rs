@@ -5,9 +5,13 @@
 
 #[cfg(feature = "env")]
 use broker_env as _;
+#[cfg(feature = "vault")]
+use broker_vault as _;
 
 /// The cargo features (backend names) this binary was built with, sorted.
 pub const ENABLED: &[&str] = &[
     #[cfg(feature = "env")]
     "env",
+    #[cfg(feature = "vault")]
+    "vault",
 ];

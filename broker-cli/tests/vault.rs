@@ -1,0 +1,130 @@
+//! `broker run` with `vault:` credentials (a KV field, a whole secret as a file, a minted child
+//! token) against a fresh OpenBao dev server; the broker authenticates with `$VAULT_TOKEN`.
+#![cfg(feature = "vault")]
+#![allow(clippy::unwrap_used, clippy::print_stderr, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use broker_core::testkit::{PeerProcess, assert_no_canary, free_port, require_peer};
+
+const DB_URL: &str = "postgres://app:canary-vault-cli-51f0@db/app";
+const ROOT: &str = "canary-root-token-cli-8c1e";
+
+struct Bao {
+    peer: PeerProcess,
+    bin: PathBuf,
+    home: tempfile::TempDir,
+}
+
+impl Bao {
+    fn start() -> Option<Bao> {
+        let bin = require_peer("bao")?;
+        let port = free_port();
+        let home = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(&bin);
+        cmd.args([
+            "server",
+            "-dev",
+            &format!("-dev-root-token-id={ROOT}"),
+            &format!("-dev-listen-address=127.0.0.1:{port}"),
+        ])
+        .env("HOME", home.path());
+        let peer = PeerProcess::start(cmd, port, "bao-cli");
+        let bao = Bao { peer, bin, home };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !bao.cmd(&["status"]).output().unwrap().status.success() {
+            assert!(Instant::now() < deadline, "bao did not become ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(bao)
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.args(args)
+            .env("BAO_ADDR", self.peer.url())
+            .env("BAO_TOKEN", ROOT)
+            .env("HOME", self.home.path())
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn bao(&self, args: &[&str]) {
+        let out = self.cmd(args).output().unwrap();
+        assert!(out.status.success(), "bao {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
+fn broker(bao: &Bao, dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_broker"))
+        .args(args)
+        .current_dir(dir)
+        .env("VAULT_TOKEN", ROOT)
+        .env("HOME", bao.home.path())
+        .env("PATH", format!("{}:{}", bao.bin.parent().unwrap().display(), std::env::var("PATH").unwrap_or_default()))
+        .env_remove("VAULT_ADDR")
+        .env_remove("BAO_TOKEN")
+        .env_remove("BAO_ADDR")
+        .output()
+        .unwrap()
+}
+
+const CHILD: &str = r#"
+[ "$DATABASE_URL" = "$1" ] && echo db-ok
+grep -q '"user":"alice"' "$APP_JSON" && echo file-ok
+[ "$(stat -c %a "$APP_JSON")" = 600 ] && echo file-mode-ok
+BAO_ADDR="$2" BAO_TOKEN="$CHILD_TOKEN" bao token lookup -format=json > /dev/null && echo token-ok
+exit 7
+"#;
+
+#[test]
+fn run_with_vault_credentials() {
+    let Some(bao) = Bao::start() else { return };
+    bao.bao(&["kv", "put", "secret/staging", &format!("url={DB_URL}"), "user=alice"]);
+    let dir = tempfile::tempdir().unwrap();
+    let url = bao.peer.url();
+    std::fs::write(
+        dir.path().join(".broker.yml"),
+        format!(
+            r#"egress: {{ enabled: true }}
+backends:
+  vault: {{ address: "{url}" }}
+credentials:
+  db:  {{ ref: "vault:secret/staging#url", as: DATABASE_URL }}
+  app: {{ ref: "vault:secret/data/staging", as: APP_JSON, kind: file }}
+  ci:  {{ mint: "vault:auth/token/create?policies=default&num_uses=3", ttl: 10m, as: CHILD_TOKEN }}
+"#
+        ),
+    )
+    .unwrap();
+
+    let audit = broker(&bao, dir.path(), &["audit", "--json"]);
+    assert!(audit.status.success(), "{}", text(&audit));
+    let manifest: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
+    for entry in manifest["entries"].as_array().unwrap() {
+        assert_eq!(entry["backend"], "vault");
+        assert_eq!(entry["badge"], "self-hosted", "{entry}");
+        assert!(entry["destinations"].to_string().contains(&url), "{entry}");
+    }
+
+    let out = broker(&bao, dir.path(), &["run", "--", "sh", "-c", CHILD, "child", DB_URL, &url]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(7), "{all}");
+    for want in ["db-ok", "file-ok", "file-mode-ok", "token-ok"] {
+        assert!(all.contains(want), "missing {want}: {all}");
+    }
+    assert_no_canary("broker run output", &all, &[DB_URL, ROOT]);
+
+    // Without egress the same config is refused before any request.
+    let cfg = std::fs::read_to_string(dir.path().join(".broker.yml")).unwrap();
+    std::fs::write(dir.path().join(".broker.yml"), cfg.replace("enabled: true", "enabled: false")).unwrap();
+    let out = broker(&bao, dir.path(), &["run", "--", "true"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("egress"), "{}", text(&out));
+}
