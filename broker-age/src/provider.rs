@@ -1,0 +1,463 @@
+//! The provider: finding identities, resolving and rotating age files.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use broker_core::provider::resolve_path;
+use broker_core::{
+    Check, Credential, CredentialProvider, Destination, Error, ErrorKind, Reference, Request,
+    ResolveRef, Result, Rotation, SecretValue, async_trait,
+};
+use zeroize::Zeroizing;
+
+use crate::crypto::{self, Failure};
+use crate::keys::{self, Identity, Recipient};
+use crate::settings::{IdentityList, IdentitySpec, RecipientList, Settings};
+
+/// The environment variable naming identity files when none is configured (several paths
+/// separated by `:`, like `PATH`).
+pub const IDENTITY_ENV: &str = "AGE_IDENTITY_FILE";
+
+/// The agenix default identities, relative to `$HOME`, tried in this order.
+pub const DEFAULT_IDENTITIES: &[&str] = &[".ssh/id_ed25519", ".ssh/id_rsa"];
+
+/// Identity files larger than this are refused (age itself caps identity files at 16 MiB).
+const MAX_IDENTITY_BYTES: u64 = 1 << 20;
+
+/// Where the environment comes from: the process, or fixed values (tests and embedders).
+#[derive(Debug, Clone, Default)]
+enum Environment {
+    #[default]
+    Process,
+    Fixed {
+        identity_file: Option<OsString>,
+        home: Option<PathBuf>,
+    },
+}
+
+/// The age/agenix provider. Holds settings only (paths, references and public keys), never
+/// key material or values: keys are read on each request and dropped (zeroized) after it.
+#[derive(Debug, Clone, Default)]
+pub struct AgeProvider {
+    settings: Settings,
+    recipients: Vec<String>,
+    env: Environment,
+    base_dir: Option<PathBuf>,
+}
+
+impl AgeProvider {
+    /// A provider with `settings`. Validates the recipients (public keys) without any I/O.
+    pub fn new(settings: Settings) -> Result<Self> {
+        for (i, r) in settings.recipients.0.iter().enumerate() {
+            keys::parse_recipient(r, &format!("backends.age.recipients[{i}]"))?;
+        }
+        Ok(AgeProvider {
+            recipients: settings.recipients.0.clone(),
+            settings,
+            env: Environment::Process,
+            base_dir: None,
+        })
+    }
+
+    /// Sets the directory relative identity paths are resolved against when there is no
+    /// request (for `check`); the factory sets it to the config file's directory.
+    #[must_use]
+    pub fn with_base_dir(mut self, base_dir: impl Into<PathBuf>) -> Self {
+        self.base_dir = Some(base_dir.into());
+        self
+    }
+
+    /// Uses fixed values instead of the process environment: `identity_file` stands for
+    /// `$AGE_IDENTITY_FILE` and `home` for `$HOME` (where the agenix defaults are looked up).
+    /// For embedders that sandbox the broker, and for tests.
+    #[must_use]
+    pub fn with_environment(
+        mut self,
+        identity_file: Option<OsString>,
+        home: Option<PathBuf>,
+    ) -> Self {
+        self.env = Environment::Fixed {
+            identity_file,
+            home,
+        };
+        self
+    }
+
+    fn env_identity_file(&self) -> Option<OsString> {
+        match &self.env {
+            Environment::Process => std::env::var_os(IDENTITY_ENV),
+            Environment::Fixed { identity_file, .. } => identity_file.clone(),
+        }
+        .filter(|v| !v.is_empty())
+    }
+
+    fn home(&self) -> Option<PathBuf> {
+        match &self.env {
+            Environment::Process => std::env::var_os("HOME").map(PathBuf::from),
+            Environment::Fixed { home, .. } => home.clone(),
+        }
+        .filter(|h| !h.as_os_str().is_empty())
+    }
+
+    /// `path` against `base`, expanding `~/` with this provider's home.
+    fn path(&self, base: &Path, path: &str) -> PathBuf {
+        match (path.strip_prefix("~/"), &self.env) {
+            (Some(rest), Environment::Fixed { .. }) => match self.home() {
+                Some(home) => home.join(rest),
+                None => base.join(path),
+            },
+            _ => resolve_path(base, path),
+        }
+    }
+
+    /// The age file a reference names.
+    fn file(&self, reference: &Reference, base: &Path) -> PathBuf {
+        self.path(base, reference.target())
+    }
+
+    /// Where the identities for `request` come from, in the documented order.
+    fn sources(&self, option: Option<&serde_json::Value>, base: &Path) -> Result<Vec<Source>> {
+        let configured = match option {
+            Some(v) => IdentityList::from_option(v)?,
+            None => self.settings.identity.clone(),
+        };
+        if !configured.0.is_empty() {
+            return Ok(configured
+                .0
+                .into_iter()
+                .map(|spec| match spec {
+                    IdentitySpec::Path(p) => Source::File {
+                        path: self.path(base, &p),
+                        written: Some(p),
+                        required: true,
+                    },
+                    IdentitySpec::Ref(r) => Source::Reference(r),
+                })
+                .collect());
+        }
+        if let Some(value) = self.env_identity_file() {
+            let files: Vec<Source> = std::env::split_paths(&value)
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(|p| Source::File {
+                    path: std::path::absolute(&p).unwrap_or(p),
+                    written: None,
+                    required: true,
+                })
+                .collect();
+            if !files.is_empty() {
+                return Ok(files);
+            }
+        }
+        let home = self.home().ok_or_else(|| {
+            no_identity("no identity is configured, AGE_IDENTITY_FILE is unset and HOME is unset")
+        })?;
+        Ok(DEFAULT_IDENTITIES
+            .iter()
+            .map(|rel| Source::File {
+                path: home.join(rel),
+                written: None,
+                required: false,
+            })
+            .collect())
+    }
+
+    /// Loads every identity from `sources`. Returns the identities and the labels tried.
+    async fn load(
+        &self,
+        sources: &[Source],
+        nested: &dyn ResolveRef,
+    ) -> Result<(Vec<Identity>, Vec<String>)> {
+        let mut identities = Vec::new();
+        let mut tried = Vec::new();
+        for source in sources {
+            match source {
+                Source::File {
+                    path,
+                    written,
+                    required,
+                } => {
+                    let label = path.display().to_string();
+                    let content = match read_limited(path) {
+                        Ok(c) => c,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                            continue;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            let mut err = Error::not_configured(format!(
+                                "identity file {label} does not exist"
+                            ));
+                            if let Some(hint) = written.as_deref().and_then(reference_hint) {
+                                err = err.with_hint(hint);
+                            }
+                            return Err(err);
+                        }
+                        Err(e) => {
+                            return Err(Error::io(
+                                format_args!("cannot read identity file {label}"),
+                                &e,
+                            ));
+                        }
+                    };
+                    tried.push(label.clone());
+                    identities.extend(keys::parse_identities(&content, &label)?);
+                }
+                Source::Reference(reference) => {
+                    let label = format!("reference `{reference}`");
+                    let value = nested.resolve_ref(reference, "age identity").await?;
+                    tried.push(label.clone());
+                    identities.extend(keys::parse_identities(value.expose(), &label)?);
+                }
+            }
+        }
+        if identities.is_empty() {
+            let home_defaults: Vec<String> = sources
+                .iter()
+                .filter_map(|s| match s {
+                    Source::File { path, .. } => Some(path.display().to_string()),
+                    Source::Reference(_) => None,
+                })
+                .collect();
+            return Err(no_identity(format!(
+                "no age identity found (looked for {})",
+                home_defaults.join(", ")
+            )));
+        }
+        Ok((identities, tried))
+    }
+
+    async fn identities_for(&self, request: &Request<'_>) -> Result<(Vec<Identity>, Vec<String>)> {
+        let sources = self.sources(request.option("identity"), request.base_dir)?;
+        self.load(&sources, request.nested).await
+    }
+
+    /// Reads and decrypts the file behind `request`; returns the ciphertext, plaintext,
+    /// identities and the labels of the identity sources tried.
+    async fn open(&self, request: &Request<'_>) -> Result<Opened> {
+        if request.reference.field().is_some() {
+            return Err(Error::new(
+                ErrorKind::InvalidReference,
+                "age references take no #field: an age file holds one value",
+            ));
+        }
+        let path = self.file(request.reference, request.base_dir);
+        let label = path.display().to_string();
+        let ciphertext = std::fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                Error::not_found(format!("age file {label} does not exist"))
+            }
+            _ => Error::io(format_args!("cannot read age file {label}"), &e),
+        })?;
+        let (identities, tried) = self.identities_for(request).await?;
+        let plaintext = crypto::decrypt(&ciphertext, &identities)
+            .map_err(|f| crypto::failure_error(f, &label, &tried))?;
+        Ok(Opened {
+            path,
+            ciphertext,
+            plaintext,
+            identities,
+        })
+    }
+
+    fn configured_recipients(&self, request: &Request<'_>) -> Result<Option<Vec<Recipient>>> {
+        let (list, what) = match request.option("recipients") {
+            Some(v) => (RecipientList::from_option(v)?.0, "option `recipients`"),
+            None => (self.recipients.clone(), "backends.age.recipients"),
+        };
+        if list.is_empty() {
+            return Ok(None);
+        }
+        list.iter()
+            .enumerate()
+            .map(|(i, r)| keys::parse_recipient(r, &format!("{what}[{i}]")))
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+}
+
+/// One place identities come from.
+#[derive(Debug)]
+enum Source {
+    File {
+        path: PathBuf,
+        /// The path as written in the config, if it came from there.
+        written: Option<String>,
+        /// Whether a missing file is an error (configured) or skipped (agenix defaults).
+        required: bool,
+    },
+    Reference(Reference),
+}
+
+struct Opened {
+    path: PathBuf,
+    ciphertext: Vec<u8>,
+    plaintext: Zeroizing<Vec<u8>>,
+    identities: Vec<Identity>,
+}
+
+fn no_identity(message: impl Into<String>) -> Error {
+    Error::not_configured(message).with_hint(format!(
+        "set `identity:` on the credential or in backends.age, or {IDENTITY_ENV}; agenix users: ~/.ssh/id_ed25519 or ~/.ssh/id_rsa"
+    ))
+}
+
+/// A hint when an identity path written in the config looks like a reference.
+fn reference_hint(written: &str) -> Option<String> {
+    let reference: Reference = written.parse().ok()?;
+    Some(format!(
+        "a string is always a path; to read the key from `{reference}`, write `identity: {{ ref: \"{reference}\" }}`"
+    ))
+}
+
+/// Reads a key file (at most [`MAX_IDENTITY_BYTES`]) into a zeroizing buffer.
+fn read_limited(path: &Path) -> std::io::Result<Zeroizing<Vec<u8>>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    if len > MAX_IDENTITY_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "larger than 1 MiB, not a key file",
+        ));
+    }
+    let mut buf = Zeroizing::new(Vec::with_capacity(len as usize + 1));
+    file.take(MAX_IDENTITY_BYTES).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// Writes `bytes` to `path` atomically: a temp file in the same directory with `mode`,
+/// synced, renamed over `path`, then the directory synced.
+fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let label = path.display().to_string();
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let io = |what: &str, e: std::io::Error| Error::io(format_args!("{what} {label}"), &e);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| io("cannot create a temporary file next to", e))?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
+        .map_err(|e| io("cannot set permissions for", e))?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(|e| io("cannot write the new version of", e))?;
+    tmp.persist(path)
+        .map_err(|e| io("cannot replace", e.error))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl CredentialProvider for AgeProvider {
+    fn egress(&self, reference: &Reference, base_dir: &Path) -> Result<Vec<Destination>> {
+        Ok(vec![Destination::file(self.file(reference, base_dir))])
+    }
+
+    async fn resolve(&self, request: &Request<'_>) -> Result<Credential> {
+        let opened = self
+            .open(request)
+            .await
+            .map_err(|e| e.with_reference(request.reference))?;
+        Ok(Credential::new(SecretValue::from(opened.plaintext)))
+    }
+
+    async fn rotate(&self, request: &Request<'_>) -> Result<Rotation> {
+        let attach = |e: Error| e.with_reference(request.reference);
+        let configured = self.configured_recipients(request).map_err(attach)?;
+        let opened = self.open(request).await.map_err(attach)?;
+        // Rotate the real file, not a symlink pointing at it.
+        let path = std::fs::canonicalize(&opened.path).unwrap_or(opened.path.clone());
+        let label = path.display().to_string();
+        let (recipients, derived) = match configured {
+            Some(r) => (r, false),
+            None => {
+                let mut texts: Vec<String> = Vec::new();
+                for identity in &opened.identities {
+                    if !texts.contains(&identity.recipient)
+                        && keys::matches(&opened.ciphertext, identity)
+                    {
+                        texts.push(identity.recipient.clone());
+                    }
+                }
+                let stanzas = crypto::recipient_stanzas(&opened.ciphertext).unwrap_or(0);
+                if stanzas > texts.len() {
+                    return Err(Error::not_configured(format!(
+                        "{label} is encrypted to {stanzas} recipients but only {} can be derived from the identities here; rotating would lock the others out",
+                        texts.len()
+                    ))
+                    .with_hint("list every recipient under `recipients:` (on the credential or in backends.age)")
+                    .with_reference(request.reference));
+                }
+                let parsed = texts
+                    .iter()
+                    .map(|t| keys::parse_recipient(t, "derived recipient"))
+                    .collect::<Result<Vec<_>>>()
+                    .map_err(attach)?;
+                (parsed, true)
+            }
+        };
+        let armored = crypto::is_armored(&opened.ciphertext);
+        let fresh = crypto::encrypt(&opened.plaintext, &recipients, armored).map_err(attach)?;
+        if derived {
+            // The new file must open with the same identities before it replaces the old one.
+            let check = crypto::decrypt(&fresh, &opened.identities).map_err(|_: Failure| {
+                Error::internal("the re-encrypted file does not decrypt; nothing was written")
+            });
+            if check.map_err(attach)?.as_slice() != opened.plaintext.as_slice() {
+                return Err(attach(Error::internal(
+                    "the re-encrypted file does not round-trip; nothing was written",
+                )));
+            }
+        }
+        let mode = std::fs::metadata(&path)
+            .map(|m| m.permissions().mode())
+            .map_err(|e| attach(Error::io(format_args!("cannot stat {label}"), &e)))?;
+        write_atomically(&path, &fresh, mode).map_err(attach)?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or(label);
+        let n = recipients.len();
+        Ok(Rotation {
+            summary: format!(
+                "re-encrypted {name} to {n} recipient{} with a fresh file key ({}{})",
+                if n == 1 { "" } else { "s" },
+                if armored { "armored" } else { "binary" },
+                if derived {
+                    ", recipients derived from the identities"
+                } else {
+                    ""
+                }
+            ),
+            version: None,
+        })
+    }
+
+    async fn check(&self, nested: &dyn ResolveRef) -> Check {
+        let base = match &self.base_dir {
+            Some(b) => b.clone(),
+            None => std::env::current_dir().unwrap_or_default(),
+        };
+        let sources = match self.sources(None, &base) {
+            Ok(s) => s,
+            Err(e) => return Check::failed(e.to_string()),
+        };
+        match self.load(&sources, nested).await {
+            Ok((identities, tried)) => Check::ok(format!(
+                "{} identit{} from {}",
+                identities.len(),
+                if identities.len() == 1 { "y" } else { "ies" },
+                tried.join(", ")
+            )),
+            Err(e) => Check::failed(e.to_string()),
+        }
+    }
+}
