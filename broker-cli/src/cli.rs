@@ -48,8 +48,28 @@ pub struct JsonArg {
 /// `broker audit`.
 #[derive(Debug, Args)]
 pub struct AuditArgs {
+    /// `verify`; without one, the egress manifest.
+    #[command(subcommand)]
+    pub command: Option<AuditCommand>,
     /// Directory to look for .broker.yml in (and its parents); default: the working directory.
     pub dir: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `broker audit` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute the audit log's hash chain and compare its end with the checkpoint.
+    Verify(VerifyArgs),
+}
+
+/// `broker audit verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The audit log (default: `audit.path` from the config).
+    pub path: Option<PathBuf>,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,

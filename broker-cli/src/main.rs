@@ -68,7 +68,10 @@ fn init_tracing() {
 
 fn wants_json(command: &Command) -> bool {
     match command {
-        Command::Audit(a) => a.json,
+        Command::Audit(a) => match &a.command {
+            Some(cli::AuditCommand::Verify(v)) => v.json,
+            None => a.json,
+        },
         Command::Doctor(a) => a.json,
         Command::Check(a) => a.json,
         Command::Rotate(a) => a.json,
@@ -108,6 +111,26 @@ fn context(agent: Option<String>) -> RequestContext {
 async fn dispatch(cli: Cli, swept: Vec<PathBuf>) -> Result<u8, Error> {
     let config = cli.config.as_deref();
     match cli.command {
+        Command::Audit(cli::AuditArgs {
+            command: Some(cli::AuditCommand::Verify(v)),
+            ..
+        }) => {
+            let path = match v.path {
+                Some(p) => p,
+                None => {
+                    let broker = load(config, None)?;
+                    broker.config().audit_path.clone().ok_or_else(|| {
+                        Error::invalid_config(format!(
+                            "no audit log configured in {}",
+                            broker.config().path().display()
+                        ))
+                        .with_hint("pass the log's PATH, or set `audit: { path: ... }` in the config")
+                    })?
+                }
+            };
+            let verification = broker_core::audit::verify(&path)?;
+            output::print_verification(&verification, v.json)
+        }
         Command::Audit(args) => {
             let broker = load(config, args.dir.as_deref())?;
             let manifest = broker.manifest()?;

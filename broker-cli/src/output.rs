@@ -219,3 +219,46 @@ pub async fn print_doctor(
         _ => Ok(0),
     }
 }
+
+/// `broker audit verify`: a one-line verdict; a broken chain is an integrity error.
+pub fn print_verification(
+    v: &broker_core::audit::Verification,
+    as_json: bool,
+) -> Result<u8, Error> {
+    use broker_core::audit::CheckpointStatus;
+    if as_json {
+        let value = json!({ "ok": v.is_ok(), "verification": v });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
+        return Ok(if v.is_ok() {
+            0
+        } else {
+            exit::for_kind(broker_core::ErrorKind::Integrity)
+        });
+    }
+    if let Some(p) = &v.problem {
+        return Err(Error::integrity(format!(
+            "audit log {} is broken at seq {} (line {}): {}",
+            v.path.display(),
+            p.seq,
+            p.line,
+            p.reason
+        ))
+        .with_hint("records were edited, dropped, reordered or cut; keep this file as evidence and start a new log"));
+    }
+    let checkpoint = match v.checkpoint {
+        CheckpointStatus::Matches => "checkpoint matches",
+        CheckpointStatus::Behind => "checkpoint is behind (an append was interrupted)",
+        CheckpointStatus::Missing => "no checkpoint file (tail truncation cannot be checked)",
+        CheckpointStatus::Mismatch => "checkpoint does not match",
+    };
+    println!(
+        "ok: {}: {} record(s), chain intact through seq {}; {checkpoint}",
+        v.path.display(),
+        v.records,
+        v.last_seq
+    );
+    Ok(0)
+}
