@@ -7,7 +7,7 @@
 //!   credential's `ttl` (15m..12h), with an inline session policy generated from its `scope`
 //!   ([`session_policy`]) and a `RoleSessionName` of agent id and request id
 //!   ([`session_name`]). Delivered as the `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` /
-//!   `AWS_SESSION_TOKEN` / `AWS_REGION` variables (`kind: env`, the default; the primary value
+//!   `AWS_SESSION_TOKEN` / `AWS_REGION` / `AWS_DEFAULT_REGION` variables (`kind: env`, the default; the primary value
 //!   is the `credential_process` JSON and is not set as a variable), or as a shared-credentials
 //!   file (`kind: file`, with `AWS_SHARED_CREDENTIALS_FILE` pointing at it).
 //! - **Rotate** `aws-sm://`: `RotateSecret` when the secret has a rotation function, else a

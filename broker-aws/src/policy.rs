@@ -221,6 +221,7 @@ pub fn session_name(agent_id: Option<&str>, request_id: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

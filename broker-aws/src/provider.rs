@@ -621,17 +621,18 @@ impl CredentialProvider for AwsProvider {
             expires_at: SystemTime::try_from(minted.expiration).ok(),
             renewable: false,
         };
-        let region = SecretValue::from(minted.region.clone());
         let credential = match kind {
             DeliveryKind::Env => Credential::new(process_json(&minted)?)
                 .companions_only()
                 .with_companion("AWS_ACCESS_KEY_ID", minted.access_key_id)
                 .with_companion("AWS_SECRET_ACCESS_KEY", minted.secret_access_key)
                 .with_companion("AWS_SESSION_TOKEN", minted.session_token)
-                .with_companion("AWS_REGION", region),
+                .with_plain_env("AWS_DEFAULT_REGION", &minted.region)
+                .with_plain_env("AWS_REGION", &minted.region),
             DeliveryKind::File => Credential::new(credentials_file(&minted))
                 .with_path_var(SHARED_CREDENTIALS_FILE_VAR)
-                .with_companion("AWS_REGION", region),
+                .with_plain_env("AWS_DEFAULT_REGION", &minted.region)
+                .with_plain_env("AWS_REGION", &minted.region),
         };
         Ok(credential.with_lease(lease))
     }

@@ -389,7 +389,6 @@ async fn mint_with_iam_enforced() {
             "AWS_ACCESS_KEY_ID",
             "AWS_SECRET_ACCESS_KEY",
             "AWS_SESSION_TOKEN",
-            "AWS_REGION"
         ]
     );
     let lease = minted.lease().unwrap();
@@ -475,7 +474,13 @@ async fn mint_with_iam_enforced() {
     );
     assert!(text.contains("\naws_secret_access_key = ") && text.contains("\naws_session_token = "));
     assert_eq!(minted.path_vars(), ["AWS_SHARED_CREDENTIALS_FILE"]);
-    assert_eq!(minted.companions().len(), 1);
+    assert!(minted.companions().is_empty());
+    let plain: Vec<&str> = minted
+        .plain_env()
+        .iter()
+        .map(|(k, v)| if v == "us-east-1" { k.as_str() } else { "?" })
+        .collect();
+    assert_eq!(plain, ["AWS_DEFAULT_REGION", "AWS_REGION"]);
 
     // ttl outside STS's range and invalid scopes are refused before any call.
     for (ttl, scope) in [
@@ -571,7 +576,10 @@ async fn web_identity_mint() {
     .unwrap();
     let mut reply = String::new();
     conn.read_to_string(&mut reply).unwrap();
-    assert!(reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200"), "{reply}");
+    assert!(
+        reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200"),
+        "{reply}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "fake.oidc.token-for-tests\n").unwrap();

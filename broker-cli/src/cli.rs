@@ -35,6 +35,8 @@ pub enum Command {
     Rotate(RotateArgs),
     /// Revoke a lease before it expires.
     Revoke(RevokeArgs),
+    /// Print an aws-sts:// credential as AWS `credential_process` JSON (for ~/.aws/config).
+    CredentialProcess(CredentialProcessArgs),
 }
 
 /// `--json`.
@@ -131,4 +133,14 @@ pub struct RevokeArgs {
     /// The backend that issued the lease (needed when several can revoke).
     #[arg(long)]
     pub backend: Option<String>,
+}
+
+/// `broker credential-process`.
+#[derive(Debug, Args)]
+pub struct CredentialProcessArgs {
+    /// The credential's name in the config (an `aws-sts://` mint credential).
+    pub name: String,
+    /// The agent's identity, for policy and the audit log.
+    #[arg(long, env = "BROKER_AGENT_ID", value_name = "ID")]
+    pub agent: Option<String>,
 }

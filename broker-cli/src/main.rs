@@ -8,6 +8,8 @@
 
 mod backends;
 mod cli;
+#[cfg(feature = "aws")]
+mod credential_process;
 mod exit;
 mod output;
 mod run;
@@ -183,6 +185,15 @@ async fn dispatch(cli: Cli, swept: Vec<PathBuf>) -> Result<u8, Error> {
             }
             Ok(0)
         }
+        #[cfg(feature = "aws")]
+        Command::CredentialProcess(args) => {
+            let broker = load(config, None)?;
+            credential_process::credential_process(&broker, &args.name, context(args.agent)).await
+        }
+        #[cfg(not(feature = "aws"))]
+        Command::CredentialProcess(_) => Err(Error::not_configured(
+            "credential-process needs the `aws` backend, which is not compiled in",
+        )),
         Command::Revoke(args) => {
             let broker = load(config, None)?;
             broker.revoke(&args.lease, args.backend.as_deref()).await?;

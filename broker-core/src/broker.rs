@@ -363,6 +363,11 @@ impl Broker {
             for (var, value) in credential.companions() {
                 delivery.env.push((var.clone(), value.clone()));
             }
+            for (var, value) in credential.plain_env() {
+                delivery
+                    .env
+                    .push((var.clone(), SecretValue::from(value.clone())));
+            }
         }
         Ok(delivery)
     }

@@ -116,6 +116,7 @@ pub struct Credential {
     lease: Option<Lease>,
     env_primary: bool,
     path_vars: Vec<String>,
+    plain_env: Vec<(String, String)>,
 }
 
 impl Credential {
@@ -127,6 +128,7 @@ impl Credential {
             lease: None,
             env_primary: true,
             path_vars: Vec::new(),
+            plain_env: Vec::new(),
         }
     }
 
@@ -144,6 +146,19 @@ impl Credential {
     pub fn with_path_var(mut self, env_var: impl Into<String>) -> Self {
         self.path_vars.push(env_var.into());
         self
+    }
+
+    /// Adds a non-secret environment variable delivered alongside (`AWS_REGION`, say): set in
+    /// the child but, unlike companions, never redacted from its output.
+    #[must_use]
+    pub fn with_plain_env(mut self, env_var: impl Into<String>, value: impl Into<String>) -> Self {
+        self.plain_env.push((env_var.into(), value.into()));
+        self
+    }
+
+    /// Non-secret environment variables delivered alongside.
+    pub fn plain_env(&self) -> &[(String, String)] {
+        &self.plain_env
     }
 
     /// Whether `kind: env` delivers the primary value under the `as` variable.
@@ -199,6 +214,7 @@ impl Clone for Credential {
             lease: self.lease.clone(),
             env_primary: self.env_primary,
             path_vars: self.path_vars.clone(),
+            plain_env: self.plain_env.clone(),
         }
     }
 }
@@ -214,6 +230,7 @@ impl fmt::Debug for Credential {
             .field("lease", &self.lease)
             .field("env_primary", &self.env_primary)
             .field("path_vars", &self.path_vars)
+            .field("plain_env", &self.plain_env)
             .finish()
     }
 }
