@@ -67,9 +67,14 @@ impl fmt::Display for ErrorKind {
 }
 
 /// The broker's error. Never holds a secret value.
+///
+/// Boxed, so `Result<T, Error>` stays one pointer wide on the happy path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}", self.render())]
-pub struct Error {
+pub struct Error(Box<Inner>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Inner {
     kind: ErrorKind,
     message: String,
     credential: Option<String>,
@@ -85,7 +90,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// A new error of `kind`. `message` must not contain a secret value.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error {
+        Error(Box::new(Inner {
             kind,
             message: message.into(),
             credential: None,
@@ -93,7 +98,7 @@ impl Error {
             hint: None,
             location: None,
             retryable: kind == ErrorKind::Transient,
-        }
+        }))
     }
 
     /// [`ErrorKind::InvalidConfig`].
@@ -148,75 +153,75 @@ impl Error {
     /// Names the credential this error concerns (kept if already set).
     #[must_use]
     pub fn with_credential(mut self, name: impl Into<String>) -> Self {
-        if self.credential.is_none() {
-            self.credential = Some(name.into());
+        if self.0.credential.is_none() {
+            self.0.credential = Some(name.into());
         }
         self
     }
     /// Names the reference this error concerns (kept if already set).
     #[must_use]
     pub fn with_reference(mut self, reference: impl fmt::Display) -> Self {
-        if self.reference.is_none() {
-            self.reference = Some(reference.to_string());
+        if self.0.reference.is_none() {
+            self.0.reference = Some(reference.to_string());
         }
         self
     }
     /// Adds a hint: what the user can do about it.
     #[must_use]
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
-        self.hint = Some(hint.into());
+        self.0.hint = Some(hint.into());
         self
     }
     /// Sets where in a file the problem is (`path:line:col`).
     #[must_use]
     pub fn with_location(mut self, location: impl Into<String>) -> Self {
-        self.location = Some(location.into());
+        self.0.location = Some(location.into());
         self
     }
     /// Sets whether retrying could help.
     #[must_use]
     pub fn retryable(mut self, retryable: bool) -> Self {
-        self.retryable = retryable;
+        self.0.retryable = retryable;
         self
     }
 
     /// The kind.
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.0.kind
     }
     /// The bare message, without credential or reference.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.0.message
     }
     /// The credential name, if known.
     pub fn credential(&self) -> Option<&str> {
-        self.credential.as_deref()
+        self.0.credential.as_deref()
     }
     /// The reference, if known.
     pub fn reference(&self) -> Option<&str> {
-        self.reference.as_deref()
+        self.0.reference.as_deref()
     }
     /// The hint, if any.
     pub fn hint(&self) -> Option<&str> {
-        self.hint.as_deref()
+        self.0.hint.as_deref()
     }
     /// Where in a file the problem is, if known.
     pub fn location(&self) -> Option<&str> {
-        self.location.as_deref()
+        self.0.location.as_deref()
     }
     /// Whether retrying could help.
     pub fn is_retryable(&self) -> bool {
-        self.retryable
+        self.0.retryable
     }
 
     fn render(&self) -> String {
         let mut out = String::new();
-        if let Some(location) = &self.location {
+        if let Some(location) = &self.0.location {
             out.push_str(location);
             out.push_str(": ");
         }
-        let invalid_reference = self.kind == ErrorKind::InvalidReference;
-        match (&self.credential, &self.reference) {
+        let invalid_reference = self.0.kind == ErrorKind::InvalidReference;
+        match (&self.0.credential, &self.0.reference) {
             (Some(c), Some(r)) if invalid_reference => {
                 out.push_str(&format!("credential `{c}`: invalid reference `{r}`"))
             }
@@ -229,13 +234,13 @@ impl Error {
             (None, None) => {}
         }
         if !out.is_empty() && !out.ends_with(": ") {
-            out.push_str(if self.message.starts_with("at column") {
+            out.push_str(if self.0.message.starts_with("at column") {
                 " "
             } else {
                 ": "
             });
         }
-        out.push_str(&self.message);
+        out.push_str(&self.0.message);
         out
     }
 }
