@@ -97,9 +97,23 @@ pub struct RunArgs {
     /// The agent's identity, for policy and the audit log.
     #[arg(long, env = "BROKER_AGENT_ID", value_name = "ID")]
     pub agent: Option<String>,
+    /// Do not redact the command's output (recorded in the audit log; the run is refused if
+    /// it cannot be recorded).
+    #[arg(long)]
+    pub no_redact: bool,
+    /// Seconds the command gets to exit after a forwarded signal before it is killed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub grace: u64,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<std::ffi::OsString>,
+}
+
+impl RunArgs {
+    /// The grace period after a forwarded signal.
+    pub fn grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.grace)
+    }
 }
 
 /// `broker get`.

@@ -11,6 +11,7 @@ mod cli;
 #[cfg(feature = "aws")]
 mod credential_process;
 mod exit;
+mod hygiene;
 mod output;
 mod run;
 
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
         }
     };
     init_tracing();
+    hygiene::install_panic_hook();
     // A run killed by SIGKILL leaves its scratch dir behind; any invocation cleans it up.
     let swept = broker_core::scratch::sweep_stale();
     for dir in &swept {
@@ -62,7 +64,8 @@ fn init_tracing() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Every log line goes through the redactor of the values this process holds.
+        .with_writer(hygiene::RedactedStderr)
         .with_target(false)
         .without_time()
         .try_init();
@@ -146,7 +149,7 @@ async fn dispatch(cli: Cli, swept: Vec<PathBuf>) -> Result<u8, Error> {
         Command::Check(args) => check(&args.references, args.json),
         Command::Run(args) => {
             let broker = load(config, None)?;
-            run::run(&broker, &args.only, context(args.agent), &args.command).await
+            run::run(&broker, &args, context(args.agent.clone())).await
         }
         Command::Get(args) => {
             let stdout = std::io::stdout();

@@ -28,6 +28,7 @@ pub mod grammar;
 pub mod lease;
 pub mod policy;
 pub mod provider;
+pub mod redact;
 mod reference;
 pub mod registry;
 pub mod retry;
