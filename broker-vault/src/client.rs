@@ -116,12 +116,11 @@ impl Failure {
                 "cannot reach Vault at {address} while {what} ({detail}; {attempts} attempts)"
             ))
             .with_hint("check `address` (or $VAULT_ADDR), the network, and TLS settings (ca_cert)"),
-            Failure::Status {
-                sealed: true,
-                ..
-            } => Error::transient(format!("Vault at {address} is sealed; cannot finish {what}"))
-                .retryable(false)
-                .with_hint("unseal it (`bao operator unseal` / `vault operator unseal`) and retry"),
+            Failure::Status { sealed: true, .. } => Error::transient(format!(
+                "Vault at {address} is sealed; cannot finish {what}"
+            ))
+            .retryable(false)
+            .with_hint("unseal it (`bao operator unseal` / `vault operator unseal`) and retry"),
             Failure::Status {
                 status,
                 safe_messages,
@@ -136,17 +135,29 @@ impl Failure {
                 match status {
                     400 => Error::invalid_config(format!("Vault rejected {what} ({detail})"))
                         .with_hint("check the path and the `?` parameters of the reference"),
-                    401 | 403 => Error::permission_denied(format!("Vault denied {what} ({detail})"))
-                        .with_hint("the broker's Vault token lacks a policy for this path, or has expired"),
+                    401 | 403 => Error::permission_denied(format!(
+                        "Vault denied {what} ({detail})"
+                    ))
+                    .with_hint(
+                        "the broker's Vault token lacks a policy for this path, or has expired",
+                    ),
                     404 => Error::not_found(format!("nothing at the path while {what} ({detail})")),
-                    405 => Error::new(ErrorKind::Unsupported, format!("Vault does not support {what} ({detail})")),
-                    412 => Error::new(ErrorKind::Transient, format!("Vault refused {what} ({detail})"))
-                        .retryable(false)
-                        .with_hint("a concurrent write changed the secret; retry the operation"),
+                    405 => Error::new(
+                        ErrorKind::Unsupported,
+                        format!("Vault does not support {what} ({detail})"),
+                    ),
+                    412 => Error::new(
+                        ErrorKind::Transient,
+                        format!("Vault refused {what} ({detail})"),
+                    )
+                    .retryable(false)
+                    .with_hint("a concurrent write changed the secret; retry the operation"),
                     429 | 500..=599 => Error::transient(format!(
                         "Vault failed while {what} ({detail}; gave up after {attempts} attempts)"
                     )),
-                    _ => Error::internal(format!("unexpected answer from Vault while {what} ({detail})")),
+                    _ => Error::internal(format!(
+                        "unexpected answer from Vault while {what} ({detail})"
+                    )),
                 }
             }
         }
@@ -238,9 +249,12 @@ impl std::fmt::Debug for Client {
 }
 
 fn read_pem(path: &Path, what: &str) -> Result<Zeroizing<Vec<u8>>, Error> {
-    std::fs::read(path)
-        .map(Zeroizing::new)
-        .map_err(|e| Error::io(format_args!("cannot read the Vault {what} {}", path.display()), &e))
+    std::fs::read(path).map(Zeroizing::new).map_err(|e| {
+        Error::io(
+            format_args!("cannot read the Vault {what} {}", path.display()),
+            &e,
+        )
+    })
 }
 
 fn tls_config(options: &ClientOptions) -> Result<rustls::ClientConfig, Error> {
@@ -257,7 +271,10 @@ fn tls_config(options: &ClientOptions) -> Result<rustls::ClientConfig, Error> {
             let mut count = 0;
             for cert in CertificateDer::pem_slice_iter(&pem) {
                 let cert = cert.map_err(|e| {
-                    Error::invalid_config(format!("{} is not a PEM certificate file: {e}", path.display()))
+                    Error::invalid_config(format!(
+                        "{} is not a PEM certificate file: {e}",
+                        path.display()
+                    ))
                 })?;
                 roots.add(cert).map_err(|e| {
                     Error::invalid_config(format!("bad CA certificate in {}: {e}", path.display()))
@@ -286,16 +303,19 @@ fn tls_config(options: &ClientOptions) -> Result<rustls::ClientConfig, Error> {
             let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
                 .collect::<Result<_, _>>()
                 .map_err(|e| {
-                    Error::invalid_config(format!("{} is not a PEM certificate file: {e}", cert_path.display()))
+                    Error::invalid_config(format!(
+                        "{} is not a PEM certificate file: {e}",
+                        cert_path.display()
+                    ))
                 })?;
             let key_pem = read_pem(key_path, "client key")?;
             // The parse error of a key file never quotes the key.
             let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| {
                 Error::invalid_config(format!("{} holds no PEM private key", key_path.display()))
             })?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .map_err(|e| Error::invalid_config(format!("client certificate and key do not fit: {e}")))
+            builder.with_client_auth_cert(certs, key).map_err(|e| {
+                Error::invalid_config(format!("client certificate and key do not fit: {e}"))
+            })
         }
         None => Ok(builder.with_no_client_auth()),
     }
@@ -307,8 +327,9 @@ impl Client {
         let mut headers = HeaderMap::new();
         headers.insert("X-Vault-Request", HeaderValue::from_static("true"));
         if let Some(ns) = &options.namespace {
-            let value = HeaderValue::from_str(ns)
-                .map_err(|_| Error::invalid_config(format!("namespace `{ns}` is not a valid header value")))?;
+            let value = HeaderValue::from_str(ns).map_err(|_| {
+                Error::invalid_config(format!("namespace `{ns}` is not a valid header value"))
+            })?;
             headers.insert("X-Vault-Namespace", value);
         }
         let builder = reqwest::Client::builder()
@@ -374,10 +395,11 @@ impl Client {
             Method::Put => self.http.put(&url),
         };
         if let Some(token) = token {
-            let mut value = HeaderValue::from_bytes(token.expose()).map_err(|_| Failure::Connect {
-                detail: "the Vault token is not a valid header value".into(),
-                attempts: attempt,
-            })?;
+            let mut value =
+                HeaderValue::from_bytes(token.expose()).map_err(|_| Failure::Connect {
+                    detail: "the Vault token is not a valid header value".into(),
+                    attempts: attempt,
+                })?;
             value.set_sensitive(true);
             req = req.header("X-Vault-Token", value);
         }

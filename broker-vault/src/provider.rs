@@ -269,7 +269,12 @@ impl VaultProvider {
     async fn renew(&self, s: &mut Session) -> Result<()> {
         let client = self.client()?;
         let reply = client
-            .send(Method::Post, "auth/token/renew-self", Some(&s.token), Some(b"{}"))
+            .send(
+                Method::Post,
+                "auth/token/renew-self",
+                Some(&s.token),
+                Some(b"{}"),
+            )
             .await
             .map_err(|f| f.into_error("renewing the broker's token", client.address()))?;
         let parsed: AuthReply = serde_json::from_slice(&reply.body)
@@ -280,7 +285,10 @@ impl VaultProvider {
         s.obtained = Instant::now();
         s.ttl = (auth.lease_duration > 0).then(|| Duration::from_secs(auth.lease_duration));
         s.renewable = auth.renewable;
-        tracing::debug!(ttl = auth.lease_duration, "renewed the broker's Vault token");
+        tracing::debug!(
+            ttl = auth.lease_duration,
+            "renewed the broker's Vault token"
+        );
         Ok(())
     }
 
@@ -297,8 +305,12 @@ impl VaultProvider {
 
     fn read_file(&self, path: &str, what: &str) -> Result<SecretValue> {
         let path = broker_core::provider::resolve_path(&self.inner.base_dir, path);
-        let bytes = std::fs::read(&path)
-            .map_err(|e| Error::io(format_args!("cannot read the {what} {}", path.display()), &e))?;
+        let bytes = std::fs::read(&path).map_err(|e| {
+            Error::io(
+                format_args!("cannot read the {what} {}", path.display()),
+                &e,
+            )
+        })?;
         let mut bytes = Zeroizing::new(bytes);
         while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
             bytes.pop();
@@ -310,7 +322,10 @@ impl VaultProvider {
         match &self.inner.auth {
             Auth::Token { token_ref } => {
                 let (token, source) = match token_ref {
-                    Some(r) => (self.nested(nested, r, "token_ref").await?, format!("token_ref `{r}`")),
+                    Some(r) => (
+                        self.nested(nested, r, "token_ref").await?,
+                        format!("token_ref `{r}`"),
+                    ),
                     None => match std::env::var("VAULT_TOKEN").ok().filter(|t| !t.is_empty()) {
                         Some(t) => (SecretValue::from(t), "$VAULT_TOKEN".to_string()),
                         None => {
@@ -406,7 +421,12 @@ impl VaultProvider {
         let mount = self.inner.auth.mount().unwrap_or("token");
         let label = self.auth_label();
         let reply = match client
-            .send(Method::Post, &format!("auth/{mount}/login"), None, Some(body))
+            .send(
+                Method::Post,
+                &format!("auth/{mount}/login"),
+                None,
+                Some(body),
+            )
             .await
         {
             Ok(r) => r,
@@ -414,7 +434,9 @@ impl VaultProvider {
                 let e = f.into_error(&label, client.address());
                 return Err(Error::authentication_failed(format!(
                     "Vault {label} failed: {}",
-                    e.message().rsplit_once(" (").map_or("", |(_, d)| d.trim_end_matches(')'))
+                    e.message()
+                        .rsplit_once(" (")
+                        .map_or("", |(_, d)| d.trim_end_matches(')'))
                 ))
                 .with_hint(format!(
                     "check the {} role and credentials, and that auth/{mount} is enabled",
@@ -452,10 +474,12 @@ impl VaultProvider {
                     renewable: v["data"]["renewable"].as_bool().unwrap_or(false),
                 })
             }
-            Err(f) if matches!(f.status(), Some(400 | 401 | 403)) => Err(Error::authentication_failed(
-                format!("Vault rejected the broker's token (token auth, from {source})"),
-            )
-            .with_hint("the token is wrong, expired or revoked; get a new one (`vault login`)")),
+            Err(f) if matches!(f.status(), Some(400 | 401 | 403)) => {
+                Err(Error::authentication_failed(format!(
+                    "Vault rejected the broker's token (token auth, from {source})"
+                ))
+                .with_hint("the token is wrong, expired or revoked; get a new one (`vault login`)"))
+            }
             Err(f) => Err(f.into_error("looking up the broker's token", client.address())),
         }
     }
@@ -487,10 +511,10 @@ impl VaultProvider {
     // ---- KV ------------------------------------------------------------------------------
 
     async fn mount_for(&self, nested: &dyn ResolveRef, target: &str) -> Result<Mount> {
-        if let Ok(cache) = self.inner.mounts.lock() {
-            if let Some(m) = cache.iter().find(|m| target.starts_with(&m.path)) {
-                return Ok(m.clone());
-            }
+        if let Ok(cache) = self.inner.mounts.lock()
+            && let Some(m) = cache.iter().find(|m| target.starts_with(&m.path))
+        {
+            return Ok(m.clone());
         }
         let client = self.client()?;
         let path = format!("sys/internal/ui/mounts/{target}");
@@ -572,26 +596,28 @@ impl VaultProvider {
             }
         };
         let what = format!("reading `{api}`");
-        let reply = match self.call(nested, Method::Get, &api, None).await {
-            Ok(r) => r,
-            Err(CallError::Http(f)) if f.status() == Some(404) && mount.kv == Some(2) => {
-                if let Some(e) = deleted_version_error(&f.body_json()) {
-                    return Err(e);
+        let reply =
+            match self.call(nested, Method::Get, &api, None).await {
+                Ok(r) => r,
+                Err(CallError::Http(f)) if f.status() == Some(404) && mount.kv == Some(2) => {
+                    if let Some(e) = deleted_version_error(&f.body_json()) {
+                        return Err(e);
+                    }
+                    if for_rotate {
+                        return Ok((Value::Object(Default::default()), Some(0)));
+                    }
+                    return Err(Error::not_found(format!("no secret at `{api}`")).with_hint(
+                        format!("list what exists with `bao kv list {}`", mount.path),
+                    ));
                 }
-                if for_rotate {
-                    return Ok((Value::Object(Default::default()), Some(0)));
+                Err(CallError::Http(f)) if f.status() == Some(404) => {
+                    if for_rotate {
+                        return Ok((Value::Object(Default::default()), None));
+                    }
+                    return Err(Error::not_found(format!("no secret at `{api}`")));
                 }
-                return Err(Error::not_found(format!("no secret at `{api}`"))
-                    .with_hint(format!("list what exists with `bao kv list {}`", mount.path)));
-            }
-            Err(CallError::Http(f)) if f.status() == Some(404) => {
-                if for_rotate {
-                    return Ok((Value::Object(Default::default()), None));
-                }
-                return Err(Error::not_found(format!("no secret at `{api}`")));
-            }
-            Err(e) => return Err(e.into_error(&what, client.address())),
-        };
+                Err(e) => return Err(e.into_error(&what, client.address())),
+            };
         let mut v = reply.json()?;
         let data = v.get_mut("data").map(Value::take).unwrap_or(Value::Null);
         if mount.kv == Some(2) {
@@ -610,20 +636,20 @@ impl VaultProvider {
     }
 
     fn deliver_whole(request: &Request<'_>, secret: &Value) -> Result<SecretValue> {
-        if let Some(spec) = request.spec {
-            if spec.kind == DeliveryKind::Env {
-                let fields: Vec<&str> = secret
-                    .as_object()
-                    .map(|o| o.keys().map(String::as_str).collect())
-                    .unwrap_or_default();
-                return Err(Error::invalid_config(
+        if let Some(spec) = request.spec
+            && spec.kind == DeliveryKind::Env
+        {
+            let fields: Vec<&str> = secret
+                .as_object()
+                .map(|o| o.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            return Err(Error::invalid_config(
                     "a Vault secret is a map of fields; an environment variable needs one field",
                 )
                 .with_hint(format!(
                     "add `#FIELD` to the reference (fields: {}), or set `kind: file` to get the whole secret as JSON",
                     fields.join(", ")
                 )));
-            }
         }
         to_secret(secret)
     }
@@ -647,13 +673,19 @@ impl VaultProvider {
                 }
                 "num_uses" => {
                     let n: u64 = v.parse().map_err(|_| {
-                        Error::new(ErrorKind::InvalidReference, format!("`num_uses={v}` is not a number"))
+                        Error::new(
+                            ErrorKind::InvalidReference,
+                            format!("`num_uses={v}` is not a number"),
+                        )
                     })?;
                     body.insert("num_uses".into(), n.into());
                 }
                 "renewable" => {
                     let b: bool = v.parse().map_err(|_| {
-                        Error::new(ErrorKind::InvalidReference, format!("`renewable={v}` is not true or false"))
+                        Error::new(
+                            ErrorKind::InvalidReference,
+                            format!("`renewable={v}` is not true or false"),
+                        )
                     })?;
                     body.insert("renewable".into(), b.into());
                 }
@@ -678,15 +710,14 @@ impl VaultProvider {
             .await
             .as_ref()
             .and_then(Session::remaining)
+            && ttl > remaining
         {
-            if ttl > remaining {
-                tracing::warn!(
-                    requested = ttl.as_secs(),
-                    capped = remaining.as_secs(),
-                    "child token TTL capped to the broker's own token"
-                );
-                ttl = remaining;
-            }
+            tracing::warn!(
+                requested = ttl.as_secs(),
+                capped = remaining.as_secs(),
+                "child token TTL capped to the broker's own token"
+            );
+            ttl = remaining;
         }
         body.insert("ttl".into(), secs(ttl).into());
         body.insert("explicit_max_ttl".into(), secs(ttl).into());
@@ -824,10 +855,14 @@ fn deleted_version_error(body: &Option<Value>) -> Option<Error> {
                 .with_hint("a destroyed version cannot be recovered; read another `?version=`"),
         );
     }
-    if meta["deletion_time"].as_str().is_some_and(|t| !t.is_empty()) {
+    if meta["deletion_time"]
+        .as_str()
+        .is_some_and(|t| !t.is_empty())
+    {
         return Some(
-            Error::not_found(format!("version {version} of the secret is deleted"))
-                .with_hint("undelete it (`bao kv undelete -versions=N`) or read another `?version=`"),
+            Error::not_found(format!("version {version} of the secret is deleted")).with_hint(
+                "undelete it (`bao kv undelete -versions=N`) or read another `?version=`",
+            ),
         );
     }
     None
@@ -864,7 +899,9 @@ impl CredentialProvider for VaultProvider {
                         ErrorKind::InvalidReference,
                         format!("unknown parameter `{k}` for a Vault read"),
                     )
-                    .with_hint("reads accept `?version=N` (KV v2); parameters of `mint:` go with mint"),
+                    .with_hint(
+                        "reads accept `?version=N` (KV v2); parameters of `mint:` go with mint",
+                    ),
                 ));
             }
         }
@@ -909,8 +946,14 @@ impl CredentialProvider for VaultProvider {
     }
 
     async fn revoke(&self, lease_id: &str) -> Result<()> {
-        if lease_id.is_empty() || lease_id.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(Error::invalid_config(format!("`{lease_id}` is not a lease id")));
+        if lease_id.is_empty()
+            || lease_id
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(Error::invalid_config(format!(
+                "`{lease_id}` is not a lease id"
+            )));
         }
         let nested = NoNestedRefs;
         let client = self.client()?;
@@ -923,7 +966,10 @@ impl CredentialProvider for VaultProvider {
             let (mount, serial) = rest.rsplit_once('/').ok_or_else(|| {
                 Error::invalid_config(format!("`{lease_id}` is not pki-serial:MOUNT/SERIAL"))
             })?;
-            (format!("{mount}/revoke"), serde_json::json!({ "serial_number": serial }))
+            (
+                format!("{mount}/revoke"),
+                serde_json::json!({ "serial_number": serial }),
+            )
         } else {
             (
                 "sys/leases/revoke".to_string(),
@@ -939,9 +985,7 @@ impl CredentialProvider for VaultProvider {
         self.call(&nested, method, &path, Some(&body))
             .await
             .map(|_| ())
-            .map_err(|e| {
-                e.into_error(&format!("revoking lease `{lease_id}`"), client.address())
-            })
+            .map_err(|e| e.into_error(&format!("revoking lease `{lease_id}`"), client.address()))
     }
 
     async fn rotate(&self, request: &Request<'_>) -> Result<Rotation> {
@@ -976,7 +1020,10 @@ impl CredentialProvider for VaultProvider {
             .as_object_mut()
             .ok_or_else(|| attach(Error::internal("the stored secret is not a map")))?;
         let value = generate_value();
-        obj.insert(field.clone(), Value::String(value.expose_str()?.to_string()));
+        obj.insert(
+            field.clone(),
+            Value::String(value.expose_str()?.to_string()),
+        );
         let client = self.client()?;
         let target = reference.target();
         if mount.kv == Some(2) {
@@ -988,7 +1035,9 @@ impl CredentialProvider for VaultProvider {
             let reply = self
                 .call(request.nested, Method::Post, &path, Some(&body))
                 .await
-                .map_err(|e| attach(e.into_error(&format!("writing `{path}`"), client.address())))?;
+                .map_err(|e| {
+                    attach(e.into_error(&format!("writing `{path}`"), client.address()))
+                })?;
             let new_version = reply.json()?["data"]["version"].as_u64();
             Ok(Rotation {
                 summary: format!(
@@ -1000,7 +1049,9 @@ impl CredentialProvider for VaultProvider {
             let body = json_body(&secret)?;
             self.call(request.nested, Method::Post, target, Some(&body))
                 .await
-                .map_err(|e| attach(e.into_error(&format!("writing `{target}`"), client.address())))?;
+                .map_err(|e| {
+                    attach(e.into_error(&format!("writing `{target}`"), client.address()))
+                })?;
             Ok(Rotation {
                 summary: format!(
                     "overwrote `{target}` with a generated `{field}`; KV v1 keeps no history, the previous value is gone"
@@ -1016,15 +1067,20 @@ impl CredentialProvider for VaultProvider {
             Err(e) => return Check::failed(e.to_string()),
         };
         let address = client.address().to_string();
-        match client.send(Method::Get, "sys/seal-status", None, None).await {
+        match client
+            .send(Method::Get, "sys/seal-status", None, None)
+            .await
+        {
             Ok(reply) => {
-                if let Ok(v) = reply.json() {
-                    if v["sealed"].as_bool() == Some(true) {
-                        return Check::failed(format!("Vault at {address} is sealed"));
-                    }
+                if let Ok(v) = reply.json()
+                    && v["sealed"].as_bool() == Some(true)
+                {
+                    return Check::failed(format!("Vault at {address} is sealed"));
                 }
             }
-            Err(f) => return Check::failed(f.into_error("checking seal status", &address).to_string()),
+            Err(f) => {
+                return Check::failed(f.into_error("checking seal status", &address).to_string());
+            }
         }
         match self.token(nested).await {
             Ok(_) => {

@@ -114,7 +114,10 @@ impl Auth {
     /// Every nested reference of this method, for validation.
     pub fn references(&self) -> Vec<(&'static str, &str)> {
         match self {
-            Auth::Token { token_ref } => token_ref.iter().map(|r| ("token_ref", r.as_str())).collect(),
+            Auth::Token { token_ref } => token_ref
+                .iter()
+                .map(|r| ("token_ref", r.as_str()))
+                .collect(),
             Auth::Approle {
                 role_id_ref,
                 secret_id_ref,

@@ -1,5 +1,5 @@
 //! The shared conformance suite and canary checks against a real OpenBao dev server.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::result_large_err, clippy::unwrap_used)]
 
 mod common;
 
@@ -42,7 +42,10 @@ path "sys/internal/ui/mounts/*" { capabilities = ["read"] }"#,
         base_dir: dev.base(),
         nested: &refs,
         string: ("vault:secret/conf#token", CANARY.as_bytes()),
-        field: Some(("vault:secret/data/conf#nested.inner", NESTED_CANARY.as_bytes())),
+        field: Some((
+            "vault:secret/data/conf#nested.inner",
+            NESTED_CANARY.as_bytes(),
+        )),
         missing: "vault:secret/absent#token",
         wrong_credential: Some((&wrong, "vault:secret/conf#token")),
         malformed: &[
@@ -59,12 +62,19 @@ path "sys/internal/ui/mounts/*" { capabilities = ["read"] }"#,
     .await;
 
     // Debug of the providers never shows the token.
-    assert_no_canary("provider Debug", &format!("{provider:?} {wrong:?}"), &canaries);
+    assert_no_canary(
+        "provider Debug",
+        &format!("{provider:?} {wrong:?}"),
+        &canaries,
+    );
     // A missing field lists field names, never values.
     let err = common::resolve(&provider, &refs, dev.base(), "vault:secret/conf#nope")
         .await
         .unwrap_err();
     assert_eq!(err.kind(), broker_core::ErrorKind::NotFound);
-    assert!(err.to_string().contains("nested, token") || err.hint().unwrap().contains("nested, token"), "{err:?}");
+    assert!(
+        err.to_string().contains("nested, token") || err.hint().unwrap().contains("nested, token"),
+        "{err:?}"
+    );
     assert_no_canary("missing field", &format!("{err} {err:?}"), &canaries);
 }

@@ -93,7 +93,12 @@ impl Dev {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
         assert!(
             out.status.success(),
@@ -113,7 +118,12 @@ impl Dev {
     /// A token with `policy` (written from `hcl`), TTL `ttl`.
     pub fn token_with_policy(&self, name: &str, hcl: &str, ttl: &str) -> String {
         self.bao_stdin(&["policy", "write", name, "-"], hcl);
-        let v = self.bao_json(&["token", "create", &format!("-policy={name}"), &format!("-ttl={ttl}")]);
+        let v = self.bao_json(&[
+            "token",
+            "create",
+            &format!("-policy={name}"),
+            &format!("-ttl={ttl}"),
+        ]);
         v["auth"]["client_token"].as_str().unwrap().to_string()
     }
 
@@ -148,7 +158,12 @@ pub struct Refs(pub HashMap<String, String>);
 
 impl Refs {
     pub fn with(pairs: &[(&str, &str)]) -> Refs {
-        Refs(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        Refs(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
     }
     pub fn root() -> Refs {
         Refs::with(&[("env:BROKER_VAULT_TEST_TOKEN", ROOT)])
@@ -161,14 +176,23 @@ impl ResolveRef for Refs {
         self.0
             .get(&reference.to_string())
             .map(|v| SecretValue::copy_from(v.as_bytes()))
-            .ok_or_else(|| Error::not_found(format!("no test value for {purpose}")).with_reference(reference))
+            .ok_or_else(|| {
+                Error::not_found(format!("no test value for {purpose}")).with_reference(reference)
+            })
     }
 }
 
-pub async fn resolve(p: &dyn CredentialProvider, refs: &Refs, base: &Path, text: &str) -> Result<Credential> {
+pub async fn resolve(
+    p: &dyn CredentialProvider,
+    refs: &Refs,
+    base: &Path,
+    text: &str,
+) -> Result<Credential> {
     let reference: Reference = text.parse().unwrap();
     let ctx = RequestContext::new();
-    let req = Request::new(&reference, base, &ctx).with_credential("t").with_nested(refs);
+    let req = Request::new(&reference, base, &ctx)
+        .with_credential("t")
+        .with_nested(refs);
     p.resolve(&req).await
 }
 
