@@ -171,6 +171,7 @@ impl AgeProvider {
     ) -> Result<(Vec<Identity>, Vec<String>)> {
         let mut identities = Vec::new();
         let mut tried = Vec::new();
+        let mut skipped: Option<Error> = None;
         for source in sources {
             match source {
                 Source::File {
@@ -200,8 +201,20 @@ impl AgeProvider {
                             ));
                         }
                     };
-                    tried.push(label.clone());
-                    identities.extend(keys::parse_identities(&content, &label)?);
+                    match keys::parse_identities(&content, &label) {
+                        Ok(found) => {
+                            tried.push(label);
+                            identities.extend(found);
+                        }
+                        // A default key the agenix way (not configured) that cannot be used,
+                        // say a passphrase-protected ~/.ssh/id_ed25519, is skipped when
+                        // another default works; its error is reported when none does.
+                        Err(e) if !required => {
+                            tried.push(format!("{label} (skipped: {})", e.kind()));
+                            skipped.get_or_insert(e);
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 Source::Reference(reference) => {
                     let label = format!("reference `{reference}`");
@@ -212,6 +225,9 @@ impl AgeProvider {
             }
         }
         if identities.is_empty() {
+            if let Some(e) = skipped {
+                return Err(e);
+            }
             let home_defaults: Vec<String> = sources
                 .iter()
                 .filter_map(|s| match s {

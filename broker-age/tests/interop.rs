@@ -245,3 +245,40 @@ async fn rotate_follows_symlinks() {
         secret.as_bytes()
     );
 }
+
+#[tokio::test]
+async fn unusable_default_key_is_skipped_when_another_default_works() {
+    let Some(t) = tools() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    t.ssh("ed25519", &home.join(".ssh/id_ed25519"), "a passphrase");
+    let p = provider(Settings::default(), Some(&home));
+    let secret = canary("skip");
+    let other = t.x25519(&dir.path().join("unrelated.txt"));
+    t.encrypt(
+        secret.as_bytes(),
+        &[&other],
+        false,
+        &dir.path().join("s.age"),
+    );
+
+    // Only the protected key: its own error, not "no identity".
+    let err = resolve(&p, "agenix:s.age", dir.path()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert!(err.to_string().contains("passphrase-protected"), "{err}");
+
+    // With a usable id_rsa next to it, the protected key is skipped (and listed as such).
+    let rsa = t.ssh("rsa", &home.join(".ssh/id_rsa"), "");
+    t.encrypt(secret.as_bytes(), &[&rsa], false, &dir.path().join("r.age"));
+    let got = resolve(&p, "agenix:r.age", dir.path()).await.unwrap();
+    assert_eq!(got.value().expose(), secret.as_bytes());
+    let err = resolve(&p, "agenix:s.age", dir.path()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    assert!(
+        err.to_string()
+            .contains("id_ed25519 (skipped: unsupported)"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("id_rsa"), "{err}");
+}
