@@ -487,8 +487,7 @@ pub fn verify(path: &Path) -> Result<Verification> {
         _ => (&bytes[..], true),
     };
     let mut prev_digest = String::new();
-    let mut expected: u64 = 0;
-    for line in body.split(|b| *b == b'\n') {
+    for (expected, line) in (0u64..).zip(body.split(|b| *b == b'\n')) {
         let lineno = expected + 1;
         let value: serde_json::Value = match serde_json::from_slice(line) {
             Ok(v) => v,
@@ -548,7 +547,6 @@ pub fn verify(path: &Path) -> Result<Verification> {
         prev_digest = digest(line);
         out.last_seq = expected;
         out.records = expected;
-        expected += 1;
     }
     if partial {
         out.problem = bad(

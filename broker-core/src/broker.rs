@@ -297,9 +297,7 @@ impl Broker {
     /// Resolves (or mints) the credential `name` for one request, through policy, the egress
     /// gate, the lease cache, retry and the audit log (in that order).
     pub async fn resolve(&self, name: &str, context: &RequestContext) -> Result<Credential> {
-        let spec = self
-            .authorize(name, None, context)
-            .map_err(|e| e.with_credential(name))?;
+        let spec = self.authorize(name, None, context)?;
         self.issue(spec, context).await
     }
 
@@ -315,10 +313,7 @@ impl Broker {
         // Policy and gate for everything before resolving anything: a refusal does no I/O.
         let specs: Vec<&CredentialSpec> = names
             .iter()
-            .map(|n| {
-                self.authorize(n, None, context)
-                    .map_err(|e| e.with_credential(*n))
-            })
+            .map(|n| self.authorize(n, None, context))
             .collect::<Result<_>>()?;
         let mut delivery = Delivery {
             env: Vec::new(),
@@ -375,9 +370,7 @@ impl Broker {
     /// Rotates the stored key material behind credential `name`.
     pub async fn rotate(&self, name: &str, context: &RequestContext) -> Result<Rotation> {
         use crate::{audit::EventKind, policy::Action};
-        let spec = self
-            .authorize(name, Some(Action::Rotate), context)
-            .map_err(|e| e.with_credential(name))?;
+        let spec = self.authorize(name, Some(Action::Rotate), context)?;
         let attach = |e: Error| e.with_credential(name).with_reference(&spec.reference);
         let (_, provider) = self.provider_for(&spec.reference).map_err(attach)?;
         let request = Request::new(&spec.reference, self.config.base_dir(), context)

@@ -314,7 +314,11 @@ impl Broker {
                 }),
             )
         } else {
-            spec.and_then(|s| self.gate(&s.reference).err())
+            spec.and_then(|s| {
+                self.gate(&s.reference)
+                    .err()
+                    .map(|e| e.with_credential(&s.name))
+            })
         };
         event.severity = if refusal.is_some() {
             Severity::Warning
