@@ -53,7 +53,11 @@ impl Bao {
 
     fn bao(&self, args: &[&str]) {
         let out = self.cmd(args).output().unwrap();
-        assert!(out.status.success(), "bao {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "bao {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -67,7 +71,14 @@ fn broker(bao: &Bao, dir: &Path, args: &[&str]) -> Output {
         .current_dir(dir)
         .env("VAULT_TOKEN", ROOT)
         .env("HOME", bao.home.path())
-        .env("PATH", format!("{}:{}", bao.bin.parent().unwrap().display(), std::env::var("PATH").unwrap_or_default()))
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bao.bin.parent().unwrap().display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
         .env_remove("VAULT_ADDR")
         .env_remove("BAO_TOKEN")
         .env_remove("BAO_ADDR")
@@ -86,7 +97,13 @@ exit 7
 #[test]
 fn run_with_vault_credentials() {
     let Some(bao) = Bao::start() else { return };
-    bao.bao(&["kv", "put", "secret/staging", &format!("url={DB_URL}"), "user=alice"]);
+    bao.bao(&[
+        "kv",
+        "put",
+        "secret/staging",
+        &format!("url={DB_URL}"),
+        "user=alice",
+    ]);
     let dir = tempfile::tempdir().unwrap();
     let url = bao.peer.url();
     std::fs::write(
@@ -113,7 +130,11 @@ credentials:
         assert!(entry["destinations"].to_string().contains(&url), "{entry}");
     }
 
-    let out = broker(&bao, dir.path(), &["run", "--", "sh", "-c", CHILD, "child", DB_URL, &url]);
+    let out = broker(
+        &bao,
+        dir.path(),
+        &["run", "--", "sh", "-c", CHILD, "child", DB_URL, &url],
+    );
     let all = text(&out);
     assert_eq!(out.status.code(), Some(7), "{all}");
     for want in ["db-ok", "file-ok", "file-mode-ok", "token-ok"] {
@@ -123,7 +144,11 @@ credentials:
 
     // Without egress the same config is refused before any request.
     let cfg = std::fs::read_to_string(dir.path().join(".broker.yml")).unwrap();
-    std::fs::write(dir.path().join(".broker.yml"), cfg.replace("enabled: true", "enabled: false")).unwrap();
+    std::fs::write(
+        dir.path().join(".broker.yml"),
+        cfg.replace("enabled: true", "enabled: false"),
+    )
+    .unwrap();
     let out = broker(&bao, dir.path(), &["run", "--", "true"]);
     assert!(!out.status.success());
     assert!(text(&out).contains("egress"), "{}", text(&out));

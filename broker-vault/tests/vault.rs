@@ -706,3 +706,51 @@ fn egress_badges() {
     .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidConfig);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn namespace_header() {
+    let Some(dev) = Dev::start() else { return };
+    dev.bao(&["namespace", "create", "team-a"]);
+    let ns = |args: &[&str]| {
+        let out = dev
+            .command(args)
+            .env("BAO_NAMESPACE", "team-a")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ns(&["secrets", "enable", "-path=secret", "-version=2", "kv"]);
+    ns(&["kv", "put", "secret/app", "token=in-team-a"]);
+    dev.bao(&["kv", "put", "secret/app", "token=in-root"]);
+    let refs = Refs::root();
+    let p = VaultProvider::new(
+        broker_vault::Settings {
+            namespace: Some("team-a".into()),
+            ..dev.settings(Auth::Token {
+                token_ref: Some("env:BROKER_VAULT_TEST_TOKEN".into()),
+            })
+        },
+        dev.base(),
+    )
+    .unwrap();
+    assert_eq!(
+        value(
+            &resolve(&p, &refs, dev.base(), "vault:secret/app#token")
+                .await
+                .unwrap()
+        ),
+        "in-team-a"
+    );
+    assert_eq!(
+        value(
+            &resolve(&dev.provider(), &refs, dev.base(), "vault:secret/app#token")
+                .await
+                .unwrap()
+        ),
+        "in-root"
+    );
+}
