@@ -37,8 +37,11 @@ fn quickstart_audit_then_run() {
     assert_eq!(run.status.code(), Some(0), "{out}");
     assert!(out.contains("task: API_TOKEN is set (27 bytes), DB_PASSWORD is set (29 bytes)"), "{out}");
     assert!(out.contains("(mode 600, 3 lines)"), "{out}");
+    // The task prints its token; `broker run` redacts it.
+    assert!(out.contains("task: oops, printing the token: [REDACTED:api]"), "{out}");
     for value in DEMO_VALUES {
         assert!(!text.contains(value), "audit printed a value");
+        assert!(!out.contains(value), "run printed a value: {out}");
     }
     assert_eq!(std::fs::read_dir(runtime.path()).unwrap().count(), 0, "scratch dir left behind");
 }
