@@ -72,13 +72,54 @@ pub enum Failure {
         /// How many attempts were made.
         attempts: u32,
     },
-    /// No answer: connection refused, TLS failure, timeout.
+    /// No answer: connection refused, timeout.
     Connect {
         /// A value-free description.
         detail: String,
         /// How many attempts were made.
         attempts: u32,
     },
+    /// The TLS handshake failed: the server's certificate is not trusted, or the server
+    /// refused the client (certificate). Retrying cannot help.
+    Tls {
+        /// A value-free description (rustls's error).
+        detail: String,
+        /// Which side's certificate was the problem, if known.
+        cause: TlsCause,
+    },
+}
+
+/// Why a TLS handshake failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsCause {
+    /// The server's certificate was not accepted (untrusted issuer, wrong name, expired).
+    ServerCertificate,
+    /// The server refused the client's certificate, or its absence (mTLS).
+    ClientCertificate,
+    /// Anything else (no common protocol version or cipher suite, ...).
+    Other,
+}
+
+impl TlsCause {
+    fn of(e: &rustls::Error) -> TlsCause {
+        use rustls::AlertDescription as A;
+        match e {
+            rustls::Error::InvalidCertificate(_)
+            | rustls::Error::NoCertificatesPresented
+            | rustls::Error::UnsupportedNameType => TlsCause::ServerCertificate,
+            rustls::Error::AlertReceived(
+                A::CertificateRequired
+                | A::BadCertificate
+                | A::UnsupportedCertificate
+                | A::CertificateRevoked
+                | A::CertificateExpired
+                | A::CertificateUnknown
+                | A::UnknownCA
+                | A::AccessDenied,
+            ) => TlsCause::ClientCertificate,
+            _ => TlsCause::Other,
+        }
+    }
 }
 
 impl Failure {
@@ -86,7 +127,7 @@ impl Failure {
     pub fn status(&self) -> Option<u16> {
         match self {
             Failure::Status { status, .. } => Some(*status),
-            Failure::Connect { .. } => None,
+            Failure::Connect { .. } | Failure::Tls { .. } => None,
         }
     }
 
@@ -97,6 +138,7 @@ impl Failure {
                 !sealed && (*status == 429 || (500..600).contains(status))
             }
             Failure::Connect { .. } => true,
+            Failure::Tls { .. } => false,
         }
     }
 
@@ -104,7 +146,7 @@ impl Failure {
     pub fn body_json(&self) -> Option<serde_json::Value> {
         match self {
             Failure::Status { body, .. } => serde_json::from_slice(body).ok(),
-            Failure::Connect { .. } => None,
+            Failure::Connect { .. } | Failure::Tls { .. } => None,
         }
     }
 
@@ -116,6 +158,34 @@ impl Failure {
                 "cannot reach Vault at {address} while {what} ({detail}; {attempts} attempts)"
             ))
             .with_hint("check `address` (or $VAULT_ADDR), the network, and TLS settings (ca_cert)"),
+            Failure::Tls {
+                detail,
+                cause: TlsCause::ClientCertificate,
+            } => Error::authentication_failed(format!(
+                "TLS handshake with Vault at {address} failed while {what}: the server refused \
+                 the client certificate ({detail}; 1 attempt)"
+            ))
+            .with_hint(
+                "the listener requires a client certificate: set `client_cert` and `client_key` \
+                 (or $VAULT_CLIENT_CERT/$VAULT_CLIENT_KEY) to one signed by a CA it trusts",
+            ),
+            Failure::Tls {
+                detail,
+                cause: TlsCause::ServerCertificate,
+            } => Error::invalid_config(format!(
+                "TLS handshake with Vault at {address} failed while {what}: the server's \
+                 certificate was not accepted ({detail}; 1 attempt)"
+            ))
+            .with_hint(
+                "set `ca_cert` (or $VAULT_CACERT) to the CA that signed the server's certificate, \
+                 and check that `address` names a host the certificate is for",
+            ),
+            Failure::Tls { detail, .. } => Error::invalid_config(format!(
+                "TLS handshake with Vault at {address} failed while {what} ({detail}; 1 attempt)"
+            ))
+            .with_hint(
+                "check the TLS settings (ca_cert, client_cert, client_key) and the listener",
+            ),
             Failure::Status { sealed: true, .. } => Error::transient(format!(
                 "Vault at {address} is sealed; cannot finish {what}"
             ))
@@ -408,15 +478,15 @@ impl Client {
                 .header("Content-Type", "application/json")
                 .body(body.to_vec());
         }
-        let resp = req.send().await.map_err(|e| Failure::Connect {
-            detail: describe(&e),
-            attempts: attempt,
-        })?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| transport_failure(&e, attempt))?;
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| Failure::Connect {
-            detail: describe(&e),
-            attempts: attempt,
-        })?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| transport_failure(&e, attempt))?;
         let body = Zeroizing::new(bytes.to_vec());
         if (200..300).contains(&status) {
             return Ok(Reply { body });
@@ -429,6 +499,42 @@ impl Client {
             body,
             attempts: attempt,
         })
+    }
+}
+
+/// A transport error as a failure: TLS errors (found as a `rustls::Error` in the source chain,
+/// also inside an `io::Error`) are not retried; the rest are connection failures.
+fn transport_failure(e: &reqwest::Error, attempt: u32) -> Failure {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(tls) = rustls_error(s) {
+            return Failure::Tls {
+                detail: tls.to_string(),
+                cause: TlsCause::of(tls),
+            };
+        }
+        source = s.source();
+    }
+    Failure::Connect {
+        detail: describe(e),
+        attempts: attempt,
+    }
+}
+
+/// `e` as a `rustls::Error`, looking inside (nested) `io::Error`s, whose `source()` skips
+/// the error they wrap.
+fn rustls_error<'a>(mut e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    loop {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => e = inner,
+            None => return None,
+        }
     }
 }
 

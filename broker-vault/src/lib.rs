@@ -14,8 +14,8 @@
 //! - **auth**: token (`token_ref`, `$VAULT_TOKEN`, `~/.vault-token`), AppRole, JWT, Kubernetes;
 //!   the broker's own token is renewed before it expires and re-obtained once after a 403.
 //! - **failures**: 5xx, 429 and connection errors are retried (≤ 3 retries, exponential
-//!   backoff with jitter), then fail closed; 400/403/404 are not retried; a sealed server is
-//!   its own error.
+//!   backoff with jitter), then fail closed; 400/403/404 and TLS failures are not retried; a
+//!   sealed server is its own error.
 //!
 //! See `docs/backends/vault.md`.
 #![forbid(unsafe_code)]
