@@ -92,7 +92,7 @@ fn load(text: &str) -> Result<Config> {
 
 fn error(text: &str) -> String {
     let e = load(text).and_then(|c| Broker::new(c, registry())).map(|_| ()).unwrap_err();
-    assert!(matches!(e.kind(), ErrorKind::InvalidConfig | ErrorKind::InvalidReference), "{e}");
+    assert!(matches!(e.kind(), ErrorKind::InvalidConfig | ErrorKind::InvalidReference | ErrorKind::NotConfigured), "{e}");
     e.to_string()
 }
 
