@@ -637,7 +637,7 @@ impl CredentialProvider for AwsProvider {
         Ok(credential.with_lease(lease))
     }
 
-    async fn revoke(&self, lease_id: &str) -> Result<()> {
+    async fn revoke(&self, lease_id: &str, _nested: &dyn ResolveRef) -> Result<()> {
         let _ = lease_id;
         Err(Error::new(
             ErrorKind::Unsupported,

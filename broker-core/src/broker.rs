@@ -460,7 +460,7 @@ impl Broker {
         event.backend = Some(name.clone());
         event.lease_id = Some(lease_id.to_string());
         event.outcome = Some("revoked".into());
-        self.guarded(true, event, |_| provider.revoke(lease_id)).await
+        self.guarded(true, event, |_| provider.revoke(lease_id, self)).await
     }
 
     /// Health of every compiled-in backend. Checks run only for backends a credential uses and

@@ -187,9 +187,9 @@ pub trait CredentialProvider: Send + Sync {
         Err(Error::unsupported("mint"))
     }
 
-    /// Ends a lease early.
-    async fn revoke(&self, lease_id: &str) -> Result<()> {
-        let _ = lease_id;
+    /// Ends a lease early. `nested` resolves the backend's own auth material.
+    async fn revoke(&self, lease_id: &str, nested: &dyn ResolveRef) -> Result<()> {
+        let _ = (lease_id, nested);
         Err(Error::unsupported("revoke"))
     }
 

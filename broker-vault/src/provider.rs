@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use broker_core::provider::NoNestedRefs;
 use broker_core::{
     Badge, Check, Credential, CredentialProvider, DeliveryKind, Destination, Error, ErrorKind,
     FieldSegment, Lease, Reference, Request, ResolveRef, Result, Rotation, SecretValue,
@@ -945,7 +944,7 @@ impl CredentialProvider for VaultProvider {
         result.map_err(|e| e.with_reference(request.reference))
     }
 
-    async fn revoke(&self, lease_id: &str) -> Result<()> {
+    async fn revoke(&self, lease_id: &str, nested: &dyn ResolveRef) -> Result<()> {
         if lease_id.is_empty()
             || lease_id
                 .chars()
@@ -955,7 +954,6 @@ impl CredentialProvider for VaultProvider {
                 "`{lease_id}` is not a lease id"
             )));
         }
-        let nested = NoNestedRefs;
         let client = self.client()?;
         let (path, body) = if let Some(accessor) = lease_id.strip_prefix("token-accessor:") {
             (
@@ -982,7 +980,7 @@ impl CredentialProvider for VaultProvider {
         } else {
             Method::Post
         };
-        self.call(&nested, method, &path, Some(&body))
+        self.call(nested, method, &path, Some(&body))
             .await
             .map(|_| ())
             .map_err(|e| e.into_error(&format!("revoking lease `{lease_id}`"), client.address()))

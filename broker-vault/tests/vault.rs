@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use broker_core::testkit::assert_no_canary;
 use broker_core::{CredentialProvider, ErrorKind, Reference, Request, RequestContext};
+use broker_core::provider::NoNestedRefs;
 use broker_vault::{Auth, VaultProvider};
 use common::{Dev, Refs, resolve, value, with_spec};
 
@@ -379,7 +380,7 @@ async fn child_token_mint_use_revoke() {
     );
     assert!(info["data"]["num_uses"].as_u64().unwrap() <= 5);
     assert_no_canary("credential Debug", &format!("{c:?}"), &[&token]);
-    p.revoke(&lease.id).await.unwrap();
+    p.revoke(&lease.id, &NoNestedRefs).await.unwrap();
     assert!(!token_works(&dev, &token));
     // Unknown parameters are refused before any request.
     let yaml = "egress: {enabled: true}\ncredentials:\n  ci: { mint: \"vault:auth/token/create?colour=red\", as: VAULT_TOKEN }\n";
@@ -445,7 +446,7 @@ async fn pki_certificate_mint_revoke() {
     );
     let cert = dev.bao_json(&["read", &format!("pki/cert/{serial}")]);
     assert_eq!(cert["data"]["revocation_time"].as_i64(), Some(0));
-    p.revoke(&lease.id).await.unwrap();
+    p.revoke(&lease.id, &NoNestedRefs).await.unwrap();
     let cert = dev.bao_json(&["read", &format!("pki/cert/{serial}")]);
     assert!(
         cert["data"]["revocation_time"].as_i64().unwrap() > 0,

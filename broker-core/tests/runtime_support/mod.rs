@@ -116,7 +116,7 @@ impl CredentialProvider for Scripted {
     async fn mint(&self, request: &Request<'_>) -> Result<Credential> {
         self.call(request, true).await
     }
-    async fn revoke(&self, lease_id: &str) -> Result<()> {
+    async fn revoke(&self, lease_id: &str, _nested: &dyn broker_core::ResolveRef) -> Result<()> {
         if lease_id.contains("missing") {
             Err(Error::not_found(format!("no lease `{lease_id}`")))
         } else {
