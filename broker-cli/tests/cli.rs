@@ -42,7 +42,10 @@ impl Fixture {
     }
 
     fn scratch_dirs(&self) -> Vec<PathBuf> {
-        std::fs::read_dir(self.runtime.path()).unwrap().map(|e| e.unwrap().path()).collect()
+        std::fs::read_dir(self.runtime.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -96,7 +99,12 @@ fn registered_schemes_equal_enabled_features() {
     let out = f.run(&["doctor", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let schemes: Vec<&str> = doc["schemes"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    let schemes: Vec<&str> = doc["schemes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
     assert_eq!(schemes, compiled_schemes());
 }
 
@@ -112,7 +120,10 @@ fn run_delivers_env_and_file_and_wipes() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_clean(&out);
     let path = std::fs::read_to_string(f.path("delivered-path")).unwrap();
-    assert!(path.trim().starts_with(f.runtime.path().to_str().unwrap()), "{path}");
+    assert!(
+        path.trim().starts_with(f.runtime.path().to_str().unwrap()),
+        "{path}"
+    );
     assert!(!Path::new(path.trim()).exists());
     assert_eq!(f.scratch_dirs(), Vec::<PathBuf>::new());
 }
@@ -120,7 +131,13 @@ fn run_delivers_env_and_file_and_wipes() {
 #[test]
 fn run_passes_the_child_exit_code_through_and_wipes() {
     let f = Fixture::new(CONFIG);
-    let out = f.run(&["run", "--", "sh", "-c", "cat \"$KEY_FILE\" > /dev/null; exit 7"]);
+    let out = f.run(&[
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "cat \"$KEY_FILE\" > /dev/null; exit 7",
+    ]);
     assert_eq!(out.status.code(), Some(7));
     assert_eq!(stderr(&out), "");
     assert_eq!(f.scratch_dirs(), Vec::<PathBuf>::new());
@@ -129,7 +146,15 @@ fn run_passes_the_child_exit_code_through_and_wipes() {
 #[test]
 fn run_only_delivers_the_named_credentials() {
     let f = Fixture::new(CONFIG);
-    let out = f.run(&["run", "--only", "api", "--", "sh", "-c", "test -z \"${KEY_FILE:-}\" && test -n \"$API_TOKEN\""]);
+    let out = f.run(&[
+        "run",
+        "--only",
+        "api",
+        "--",
+        "sh",
+        "-c",
+        "test -z \"${KEY_FILE:-}\" && test -n \"$API_TOKEN\"",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(f.scratch_dirs(), Vec::<PathBuf>::new());
 }
@@ -137,7 +162,11 @@ fn run_only_delivers_the_named_credentials() {
 fn wait_for(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !path.exists() {
-        assert!(Instant::now() < deadline, "timed out waiting for {}", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {}",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -146,14 +175,22 @@ fn wait_for(path: &Path) {
 fn sigterm_to_the_broker_reaches_the_child_and_wipes() {
     let f = Fixture::new(CONFIG);
     let script = "echo \"$KEY_FILE\" > started; trap 'echo got-term > trapped; exit 0' TERM; while :; do sleep 0.05; done";
-    let mut child = f.cmd(&["run", "--", "sh", "-c", script]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = f
+        .cmd(&["run", "--", "sh", "-c", script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     wait_for(&f.path("started"));
     assert_eq!(f.scratch_dirs().len(), 1);
     let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(128 + 15));
-    assert_eq!(std::fs::read_to_string(f.path("trapped")).unwrap(), "got-term\n");
+    assert_eq!(
+        std::fs::read_to_string(f.path("trapped")).unwrap(),
+        "got-term\n"
+    );
     assert_eq!(f.scratch_dirs(), Vec::<PathBuf>::new());
 }
 
@@ -161,25 +198,43 @@ fn sigterm_to_the_broker_reaches_the_child_and_wipes() {
 fn sigkill_leaves_a_dir_that_the_next_invocation_sweeps() {
     let f = Fixture::new(CONFIG);
     let script = "echo \"$KEY_FILE\" > started; exec sleep 30";
-    let mut child = f.cmd(&["run", "--", "sh", "-c", script]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = f
+        .cmd(&["run", "--", "sh", "-c", script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     wait_for(&f.path("started"));
     let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
     child.wait().unwrap();
     let left = f.scratch_dirs();
-    assert_eq!(left.len(), 1, "SIGKILL cannot be caught: the dir stays until swept");
+    assert_eq!(
+        left.len(),
+        1,
+        "SIGKILL cannot be caught: the dir stays until swept"
+    );
     // Stop the orphaned `sleep` (it is in its own process group, led by the `sh` we exec'd).
     let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
 
     let out = f.run(&["doctor"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stdout(&out).contains(&format!("swept a stale scratch dir left by a dead run: {}", left[0].display())), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&format!(
+            "swept a stale scratch dir left by a dead run: {}",
+            left[0].display()
+        )),
+        "{}",
+        stdout(&out)
+    );
     assert_eq!(f.scratch_dirs(), Vec::<PathBuf>::new());
 }
 
 #[test]
 fn run_errors_are_one_line_and_leave_nothing() {
-    let f = Fixture::new("credentials:\n  key: { ref: \"env:DEMO_TOKEN\", kind: file }\n  gone: { ref: \"env:BROKER_TEST_UNSET\" }\n");
+    let f = Fixture::new(
+        "credentials:\n  key: { ref: \"env:DEMO_TOKEN\", kind: file }\n  gone: { ref: \"env:BROKER_TEST_UNSET\" }\n",
+    );
     let out = f.run(&["run", "--", "true"]);
     assert_eq!(out.status.code(), Some(69));
     assert_eq!(
@@ -191,7 +246,10 @@ fn run_errors_are_one_line_and_leave_nothing() {
 
     let out = f.run(&["run", "--only", "key", "--", "/nonexistent/cmd"]);
     assert_eq!(out.status.code(), Some(127));
-    assert_eq!(stderr(&out), "error: cannot run `/nonexistent/cmd`: No such file or directory (os error 2)\n");
+    assert_eq!(
+        stderr(&out),
+        "error: cannot run `/nonexistent/cmd`: No such file or directory (os error 2)\n"
+    );
     assert_eq!(f.scratch_dirs(), Vec::<PathBuf>::new());
 }
 
@@ -225,7 +283,10 @@ fn check_reports_the_first_bad_reference() {
     );
     let out = f.run(&["check", "env:GOOD", "env:ALSO_GOOD"]);
     assert_eq!(out.status.code(), Some(0));
-    assert_eq!(stdout(&out), "ok  env:GOOD  (env)\nok  env:ALSO_GOOD  (env)\n");
+    assert_eq!(
+        stdout(&out),
+        "ok  env:GOOD  (env)\nok  env:ALSO_GOOD  (env)\n"
+    );
 }
 
 #[test]
@@ -236,7 +297,10 @@ fn config_errors_name_the_line() {
     let file = f.path(".broker.yml");
     assert_eq!(
         stderr(&out),
-        format!("error: {}:2:24: credential `api`: unknown key `colour`\nhint: accepted keys: ref, mint, as, kind, ttl, scope, tenant\n", file.display())
+        format!(
+            "error: {}:2:24: credential `api`: unknown key `colour`\nhint: accepted keys: ref, mint, as, kind, ttl, scope, tenant\n",
+            file.display()
+        )
     );
     let out = f.run(&["audit", "--json"]);
     assert_eq!(out.status.code(), Some(78));
@@ -268,10 +332,20 @@ fn audit_lists_the_manifest_without_resolving() {
     let out = f.cmd(&["audit"]).env_remove("DEMO_TOKEN").output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains("egress: disabled (only local credentials resolve)"), "{text}");
+    assert!(
+        text.contains("egress: disabled (only local credentials resolve)"),
+        "{text}"
+    );
     assert!(text.contains("api         env:DEMO_TOKEN  env      read    process env  local  $API_TOKEN        allowed"), "{text}");
-    assert!(text.contains("2 credential(s); 2 stay on this machine, 0 would leave it"), "{text}");
-    let out = f.cmd(&["audit", "--json"]).env_remove("DEMO_TOKEN").output().unwrap();
+    assert!(
+        text.contains("2 credential(s); 2 stay on this machine, 0 would leave it"),
+        "{text}"
+    );
+    let out = f
+        .cmd(&["audit", "--json"])
+        .env_remove("DEMO_TOKEN")
+        .output()
+        .unwrap();
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["entries"][1]["kind"], "file");
     assert_eq!(doc["entries"][1]["badge"], "local");
@@ -302,5 +376,9 @@ fn usage_errors_exit_2() {
     let f = Fixture::new(CONFIG);
     let out = f.run(&["run"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).starts_with("error: the following required arguments were not provided:"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("error: the following required arguments were not provided:"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -6,7 +6,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-const DEMO_VALUES: &[&str] = &["demo-api-token-not-a-secret", "demo-db-password-not-a-secret", "demo-deploy-key-not-a-secret"];
+const DEMO_VALUES: &[&str] = &[
+    "demo-api-token-not-a-secret",
+    "demo-db-password-not-a-secret",
+    "demo-deploy-key-not-a-secret",
+];
 
 fn broker(args: &[&str], runtime: &Path) -> std::process::Output {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
@@ -29,19 +33,41 @@ fn quickstart_audit_then_run() {
 
     let audit = broker(&["audit"], runtime.path());
     let text = String::from_utf8_lossy(&audit.stdout);
-    assert_eq!(audit.status.code(), Some(0), "{}", String::from_utf8_lossy(&audit.stderr));
-    assert!(text.contains("3 credential(s); 3 stay on this machine, 0 would leave it"), "{text}");
+    assert_eq!(
+        audit.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&audit.stderr)
+    );
+    assert!(
+        text.contains("3 credential(s); 3 stay on this machine, 0 would leave it"),
+        "{text}"
+    );
 
-    let run = broker(&["run", "--", "examples/quickstart/task.sh"], runtime.path());
-    let out = String::from_utf8_lossy(&run.stdout).into_owned() + &String::from_utf8_lossy(&run.stderr);
+    let run = broker(
+        &["run", "--", "examples/quickstart/task.sh"],
+        runtime.path(),
+    );
+    let out =
+        String::from_utf8_lossy(&run.stdout).into_owned() + &String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(0), "{out}");
-    assert!(out.contains("task: API_TOKEN is set (27 bytes), DB_PASSWORD is set (29 bytes)"), "{out}");
+    assert!(
+        out.contains("task: API_TOKEN is set (27 bytes), DB_PASSWORD is set (29 bytes)"),
+        "{out}"
+    );
     assert!(out.contains("(mode 600, 3 lines)"), "{out}");
     // The task prints its token; `broker run` redacts it.
-    assert!(out.contains("task: oops, printing the token: [REDACTED:api]"), "{out}");
+    assert!(
+        out.contains("task: oops, printing the token: [REDACTED:api]"),
+        "{out}"
+    );
     for value in DEMO_VALUES {
         assert!(!text.contains(value), "audit printed a value");
         assert!(!out.contains(value), "run printed a value: {out}");
     }
-    assert_eq!(std::fs::read_dir(runtime.path()).unwrap().count(), 0, "scratch dir left behind");
+    assert_eq!(
+        std::fs::read_dir(runtime.path()).unwrap().count(),
+        0,
+        "scratch dir left behind"
+    );
 }

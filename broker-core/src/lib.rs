@@ -37,6 +37,11 @@ mod secret;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+/// `docs/references.md`: every accepted reference form, run as doc-tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/references.md")]
+pub struct ReferencesDoc;
+
 pub use async_trait::async_trait;
 pub use inventory;
 

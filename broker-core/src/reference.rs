@@ -325,7 +325,10 @@ impl FromStr for Reference {
             return Err(invalid(
                 input,
                 target_at,
-                format!("missing target after `{scheme}:`: write {form}"),
+                format!(
+                    "missing target after `{scheme}{}`: write {form}",
+                    if hierarchical { "://" } else { ":" }
+                ),
             ));
         }
         if let Some(g) = grammar {

@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use broker_core::testkit::assert_no_canary;
 use broker_core::{
-    Badge, BackendContext, Broker, Capabilities, Config, Credential, CredentialProvider, Destination, ErrorKind,
-    ProviderDescriptor, Reference, Registry, Request, RequestContext, Result, SecretValue, async_trait,
+    BackendContext, Badge, Broker, Capabilities, Config, Credential, CredentialProvider,
+    Destination, ErrorKind, ProviderDescriptor, Reference, Registry, Request, RequestContext,
+    Result, SecretValue, async_trait,
 };
 
 const CANARY: &str = "canary-config-9d2f41c07be3";
@@ -44,7 +45,10 @@ struct RemoteSettings {
 #[async_trait]
 impl CredentialProvider for Remote {
     fn egress(&self, _: &Reference, _: &Path) -> Result<Vec<Destination>> {
-        Ok(vec![Destination::host(self.address.clone(), Badge::ManagedCloud)])
+        Ok(vec![Destination::host(
+            self.address.clone(),
+            Badge::ManagedCloud,
+        )])
     }
     async fn resolve(&self, _: &Request<'_>) -> Result<Credential> {
         REMOTE_CALLS.fetch_add(1, Ordering::SeqCst);
@@ -58,13 +62,22 @@ fn build_local(_: &BackendContext<'_>) -> Result<Arc<dyn CredentialProvider>> {
 
 fn build_remote(ctx: &BackendContext<'_>) -> Result<Arc<dyn CredentialProvider>> {
     let s: RemoteSettings = ctx.parse_settings()?;
-    Ok(Arc::new(Remote { address: s.address.unwrap_or_else(|| "https://vault.example.com:8200".into()) }))
+    Ok(Arc::new(Remote {
+        address: s
+            .address
+            .unwrap_or_else(|| "https://vault.example.com:8200".into()),
+    }))
 }
 
 static LOCAL: ProviderDescriptor = ProviderDescriptor {
     name: "env",
     schemes: &["env"],
-    capabilities: Capabilities { resolve: true, mint: false, revoke: false, rotate: false },
+    capabilities: Capabilities {
+        resolve: true,
+        mint: false,
+        revoke: false,
+        rotate: false,
+    },
     default_badge: Badge::Local,
     credential_options: &[],
     factory: build_local,
@@ -73,7 +86,12 @@ static LOCAL: ProviderDescriptor = ProviderDescriptor {
 static REMOTE: ProviderDescriptor = ProviderDescriptor {
     name: "vault",
     schemes: &["vault"],
-    capabilities: Capabilities { resolve: true, mint: true, revoke: true, rotate: false },
+    capabilities: Capabilities {
+        resolve: true,
+        mint: true,
+        revoke: true,
+        rotate: false,
+    },
     default_badge: Badge::SelfHosted,
     credential_options: &["role"],
     factory: build_remote,
@@ -91,8 +109,17 @@ fn load(text: &str) -> Result<Config> {
 }
 
 fn error(text: &str) -> String {
-    let e = load(text).and_then(|c| Broker::new(c, registry())).map(|_| ()).unwrap_err();
-    assert!(matches!(e.kind(), ErrorKind::InvalidConfig | ErrorKind::InvalidReference | ErrorKind::NotConfigured), "{e}");
+    let e = load(text)
+        .and_then(|c| Broker::new(c, registry()))
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::InvalidConfig | ErrorKind::InvalidReference | ErrorKind::NotConfigured
+        ),
+        "{e}"
+    );
     e.to_string()
 }
 
@@ -114,8 +141,14 @@ fn errors_name_file_line_and_column() {
             "egres: {}\n",
             "/cfg/.broker.yml:1:1: unknown field `egres` (expected one of egress, credentials, backends, policy, audit)",
         ),
-        ("credentials:\n  a: { ref: \"env:A\", colour: red }\n", "/cfg/.broker.yml:2:22: credential `a`: unknown key `colour`"),
-        ("credentials:\n  a: { ref: \"env:A\", rol: x }\n", "/cfg/.broker.yml:2:22: credential `a`: unknown key `rol`"),
+        (
+            "credentials:\n  a: { ref: \"env:A\", colour: red }\n",
+            "/cfg/.broker.yml:2:22: credential `a`: unknown key `colour`",
+        ),
+        (
+            "credentials:\n  a: { ref: \"env:A\", rol: x }\n",
+            "/cfg/.broker.yml:2:22: credential `a`: unknown key `rol`",
+        ),
         (
             "credentials:\n  a: { ref: \"vualt:x/y\" }\n",
             "/cfg/.broker.yml:2:13: credential `a`: invalid reference `vualt:x/y` at column 1: unknown scheme `vualt`; did you mean `vault`?",
@@ -124,12 +157,18 @@ fn errors_name_file_line_and_column() {
             "credentials:\n  a: { ref: \"aws-sm://x\" }\n",
             "/cfg/.broker.yml:2:13: credential `a` (aws-sm://x): scheme `aws-sm` is not compiled into this broker",
         ),
-        ("credentials:\n  a: { as: A }\n", "/cfg/.broker.yml:2:3: credential `a`: missing `ref:` (a stored secret) or `mint:` (a minted credential)"),
+        (
+            "credentials:\n  a: { as: A }\n",
+            "/cfg/.broker.yml:2:3: credential `a`: missing `ref:` (a stored secret) or `mint:` (a minted credential)",
+        ),
         (
             "credentials:\n  a: { ref: \"env:A\", mint: \"vault:auth/token/create\" }\n",
             "/cfg/.broker.yml:2:30: credential `a`: give either `ref:` or `mint:`, not both",
         ),
-        ("credentials:\n  a: { ref: \"env:A\", ttl: 5m }\n", "/cfg/.broker.yml:2:27: credential `a`: `ttl:` applies to `mint:` credentials only"),
+        (
+            "credentials:\n  a: { ref: \"env:A\", ttl: 5m }\n",
+            "/cfg/.broker.yml:2:27: credential `a`: `ttl:` applies to `mint:` credentials only",
+        ),
         (
             "credentials:\n  a: { mint: \"vault:auth/token/create\", ttl: 5x }\n",
             "/cfg/.broker.yml:2:47: credential `a`: `5x` is not a duration (use e.g. 90s, 15m, 1h30m)",
@@ -154,12 +193,30 @@ fn errors_name_file_line_and_column() {
             "credentials:\n  a: { ref: \"env:A\" }\n  a: { ref: \"env:B\" }\n",
             "/cfg/.broker.yml:3:3: duplicate key `a` at line 3, column 3",
         ),
-        ("backends:\n  vualt: {}\n", "/cfg/.broker.yml:2:3: unknown backend `vualt`; did you mean `vault`?"),
-        ("backends:\n  aws: {}\n", "/cfg/.broker.yml:2:3: backend `aws` is not compiled into this broker"),
-        ("backends:\n  vault: { adress: x }\n", "/cfg/.broker.yml:2:12: unknown field `adress` (expected address)"),
-        ("egress: { enabled: maybe }\n", "/cfg/.broker.yml:1:20: invalid boolean"),
-        ("egress: { allow: [public] }\n", "/cfg/.broker.yml:1:19: unknown variant `public` (expected one of local, self-hosted, managed-cloud)"),
-        ("credentials: [a, b]\n", "/cfg/.broker.yml:1:14: invalid type: sequence, expected a map of credential names to { ref | mint, as, kind, ttl, scope }"),
+        (
+            "backends:\n  vualt: {}\n",
+            "/cfg/.broker.yml:2:3: unknown backend `vualt`; did you mean `vault`?",
+        ),
+        (
+            "backends:\n  aws: {}\n",
+            "/cfg/.broker.yml:2:3: backend `aws` is not compiled into this broker",
+        ),
+        (
+            "backends:\n  vault: { adress: x }\n",
+            "/cfg/.broker.yml:2:12: unknown field `adress` (expected address)",
+        ),
+        (
+            "egress: { enabled: maybe }\n",
+            "/cfg/.broker.yml:1:20: invalid boolean",
+        ),
+        (
+            "egress: { allow: [public] }\n",
+            "/cfg/.broker.yml:1:19: unknown variant `public` (expected one of local, self-hosted, managed-cloud)",
+        ),
+        (
+            "credentials: [a, b]\n",
+            "/cfg/.broker.yml:1:14: invalid type: sequence, expected a map of credential names to { ref | mint, as, kind, ttl, scope }",
+        ),
     ];
     let mut failures = Vec::new();
     for (text, want) in cases {
@@ -174,14 +231,20 @@ fn errors_name_file_line_and_column() {
 #[test]
 fn backend_specific_keys_are_accepted_when_declared() {
     let c = load("credentials:\n  a: { ref: \"vault:secret/x\", role: ci }\n").unwrap();
-    assert_eq!(c.credential("a").unwrap().options["role"], serde_json::json!("ci"));
+    assert_eq!(
+        c.credential("a").unwrap().options["role"],
+        serde_json::json!("ci")
+    );
 }
 
 #[test]
 fn relative_paths_resolve_against_the_config_dir() {
     let c = load("policy: p.cedar\naudit: { path: .broker/audit.jsonl }\n").unwrap();
     assert_eq!(c.policy.as_deref(), Some(Path::new("/cfg/p.cedar")));
-    assert_eq!(c.audit_path.as_deref(), Some(Path::new("/cfg/.broker/audit.jsonl")));
+    assert_eq!(
+        c.audit_path.as_deref(),
+        Some(Path::new("/cfg/.broker/audit.jsonl"))
+    );
 }
 
 fn broker(text: &str) -> Broker {
@@ -190,7 +253,9 @@ fn broker(text: &str) -> Broker {
 
 #[tokio::test]
 async fn egress_off_refuses_remote_before_any_call() {
-    let b = broker("credentials:\n  local: { ref: \"env:A\" }\n  db: { ref: \"vault:secret/data/app#url\", as: DATABASE_URL }\n");
+    let b = broker(
+        "credentials:\n  local: { ref: \"env:A\" }\n  db: { ref: \"vault:secret/data/app#url\", as: DATABASE_URL }\n",
+    );
     let before = REMOTE_CALLS.load(Ordering::SeqCst);
     let err = b.resolve("db", &RequestContext::new()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::EgressDenied);
@@ -198,29 +263,60 @@ async fn egress_off_refuses_remote_before_any_call() {
         err.to_string(),
         "credential `db` (vault:secret/data/app#url): egress is disabled; this would reach https://vault.example.com:8200 (managed-cloud)"
     );
-    assert_eq!(err.hint(), Some("set `egress.enabled: true` in /cfg/.broker.yml after reviewing `broker audit`"));
+    assert_eq!(
+        err.hint(),
+        Some("set `egress.enabled: true` in /cfg/.broker.yml after reviewing `broker audit`")
+    );
     // Delivering everything is refused as a whole, also before any call.
     let err = b.deliver(&[], &RequestContext::new()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::EgressDenied);
-    assert_eq!(REMOTE_CALLS.load(Ordering::SeqCst), before, "the remote backend was called");
+    assert_eq!(
+        REMOTE_CALLS.load(Ordering::SeqCst),
+        before,
+        "the remote backend was called"
+    );
     // The local credential still resolves.
-    assert_eq!(b.resolve("local", &RequestContext::new()).await.unwrap().value().expose(), CANARY.as_bytes());
+    assert_eq!(
+        b.resolve("local", &RequestContext::new())
+            .await
+            .unwrap()
+            .value()
+            .expose(),
+        CANARY.as_bytes()
+    );
 }
 
 #[tokio::test]
 async fn egress_allow_list_is_per_badge() {
     let text = "egress: { enabled: true, allow: [self-hosted] }\ncredentials:\n  db: { ref: \"vault:secret/app#url\" }\n";
-    let err = broker(text).resolve("db", &RequestContext::new()).await.unwrap_err();
+    let err = broker(text)
+        .resolve("db", &RequestContext::new())
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::EgressDenied);
-    assert!(err.to_string().contains("egress to managed-cloud destinations is not allowed"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("egress to managed-cloud destinations is not allowed"),
+        "{err}"
+    );
 
     // A declared self-hosted host passes the same allow list.
     let text = "egress: { enabled: true, allow: [self-hosted], self_hosted: [\"*.example.com\"] }\ncredentials:\n  db: { ref: \"vault:secret/app#url\" }\n";
-    assert!(broker(text).resolve("db", &RequestContext::new()).await.is_ok());
+    assert!(
+        broker(text)
+            .resolve("db", &RequestContext::new())
+            .await
+            .is_ok()
+    );
 
     // Loopback is self-hosted by its address alone.
     let text = "egress: { enabled: true, allow: [self-hosted] }\nbackends:\n  vault: { address: \"http://127.0.0.1:8200\" }\ncredentials:\n  db: { ref: \"vault:secret/app#url\" }\n";
-    assert!(broker(text).resolve("db", &RequestContext::new()).await.is_ok());
+    assert!(
+        broker(text)
+            .resolve("db", &RequestContext::new())
+            .await
+            .is_ok()
+    );
 }
 
 #[test]
@@ -229,14 +325,31 @@ fn manifest_is_secret_free_and_complete() {
         "credentials:\n  api: { ref: \"env:A\", as: API_TOKEN }\n  key: { ref: \"env:B\", kind: file }\n  ci: { mint: \"vault:auth/token/create?policies=ci\", ttl: 10m }\n",
     );
     let m = b.manifest().unwrap();
-    let rows: Vec<(String, &str, Badge, bool, Option<String>)> =
-        m.entries.iter().map(|e| (e.credential.clone(), e.backend, e.badge, e.allowed, e.ttl.clone())).collect();
+    let rows: Vec<(String, &str, Badge, bool, Option<String>)> = m
+        .entries
+        .iter()
+        .map(|e| {
+            (
+                e.credential.clone(),
+                e.backend,
+                e.badge,
+                e.allowed,
+                e.ttl.clone(),
+            )
+        })
+        .collect();
     assert_eq!(
         rows,
         vec![
             ("api".into(), "env", Badge::Local, true, None),
             ("key".into(), "env", Badge::Local, true, None),
-            ("ci".into(), "vault", Badge::ManagedCloud, false, Some("10m".into())),
+            (
+                "ci".into(),
+                "vault",
+                Badge::ManagedCloud,
+                false,
+                Some("10m".into())
+            ),
         ]
     );
     let json = serde_json::to_string(&m).unwrap();
@@ -246,21 +359,33 @@ fn manifest_is_secret_free_and_complete() {
 
 #[tokio::test]
 async fn delivery_env_and_file() {
-    let b = broker("credentials:\n  api: { ref: \"env:A\" }\n  key: { ref: \"env:B\", kind: file, as: KEY_FILE }\n");
+    let b = broker(
+        "credentials:\n  api: { ref: \"env:A\" }\n  key: { ref: \"env:B\", kind: file, as: KEY_FILE }\n",
+    );
     let mut d = b.deliver(&[], &RequestContext::new()).await.unwrap();
-    let env: Vec<(&str, Vec<u8>)> = d.env().iter().map(|(k, v)| (k.as_str(), v.expose().to_vec())).collect();
+    let env: Vec<(&str, Vec<u8>)> = d
+        .env()
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.expose().to_vec()))
+        .collect();
     assert_eq!(env[0], ("API", CANARY.as_bytes().to_vec()));
     let path = String::from_utf8(env[1].1.clone()).unwrap();
     assert_eq!(env[1].0, "KEY_FILE");
     assert_eq!(std::fs::read(&path).unwrap(), CANARY.as_bytes());
-    assert_eq!(broker_core::scratch::mode_of(Path::new(&path)).unwrap(), 0o600);
+    assert_eq!(
+        broker_core::scratch::mode_of(Path::new(&path)).unwrap(),
+        0o600
+    );
     let dir = d.scratch().unwrap().path().to_path_buf();
     assert_no_canary("Debug of a delivery", &format!("{d:?}"), &[CANARY]);
     d.wipe().unwrap();
     assert!(!dir.exists());
 
     // Dropping a delivery wipes too.
-    let d = b.deliver(&["key".into()], &RequestContext::new()).await.unwrap();
+    let d = b
+        .deliver(&["key".into()], &RequestContext::new())
+        .await
+        .unwrap();
     let dir = d.scratch().unwrap().path().to_path_buf();
     drop(d);
     assert!(!dir.exists());
@@ -269,8 +394,14 @@ async fn delivery_env_and_file() {
 #[tokio::test]
 async fn unknown_names_get_a_suggestion() {
     let b = broker("credentials:\n  api-token: { ref: \"env:A\" }\n");
-    let err = b.resolve("api-tokn", &RequestContext::new()).await.unwrap_err();
-    assert_eq!(err.to_string(), "no credential named `api-tokn` in /cfg/.broker.yml; did you mean `api-token`?");
+    let err = b
+        .resolve("api-tokn", &RequestContext::new())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "no credential named `api-tokn` in /cfg/.broker.yml; did you mean `api-token`?"
+    );
     assert_eq!(err.hint(), Some("declared credentials: api-token"));
 }
 

@@ -14,7 +14,11 @@ use std::process::{Command, ExitCode};
 
 const REQUIREMENTS: &str = include_str!("../peers-requirements.txt");
 /// Debian packages the tests need: the `age` CLI (interop) and `ssh-keygen` (agenix keys).
-const APT_PACKAGES: &[(&str, &str)] = &[("age", "age"), ("age-keygen", "age"), ("ssh-keygen", "openssh-client")];
+const APT_PACKAGES: &[(&str, &str)] = &[
+    ("age", "age"),
+    ("age-keygen", "age"),
+    ("ssh-keygen", "openssh-client"),
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,7 +31,9 @@ fn main() -> ExitCode {
         "test" => setup().and_then(|venv| test(&venv, rest)),
         "bench" => setup().and_then(|venv| bench(&venv, rest)),
         _ => {
-            eprintln!("usage: cargo xtask <setup | test [CARGO TEST ARGS] | bench [CARGO BENCH ARGS]>");
+            eprintln!(
+                "usage: cargo xtask <setup | test [CARGO TEST ARGS] | bench [CARGO BENCH ARGS]>"
+            );
             return ExitCode::from(if task == "help" { 0 } else { 2 });
         }
     };
@@ -41,7 +47,10 @@ fn main() -> ExitCode {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 fn venv_dir() -> PathBuf {
@@ -54,28 +63,44 @@ fn venv_dir() -> PathBuf {
 
 fn run(cmd: &mut Command) -> Result<(), String> {
     let shown = format!("{cmd:?}");
-    let status = cmd.status().map_err(|e| format!("cannot run {shown}: {e}"))?;
-    if status.success() { Ok(()) } else { Err(format!("{shown} failed with {status}")) }
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run {shown}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{shown} failed with {status}"))
+    }
 }
 
 fn on_path(bin: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
 }
 
 /// Installs what the tests need; returns the venv's bin dir.
 fn setup() -> Result<PathBuf, String> {
-    let mut missing: Vec<&str> = APT_PACKAGES.iter().filter(|(bin, _)| !on_path(bin)).map(|(_, pkg)| *pkg).collect();
+    let mut missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .filter(|(bin, _)| !on_path(bin))
+        .map(|(_, pkg)| *pkg)
+        .collect();
     missing.dedup();
     if !missing.is_empty() {
         println!("xtask: installing Debian packages: {}", missing.join(" "));
         run(Command::new("apt-get").args(["update", "-qq"]))?;
-        run(Command::new("apt-get").args(["install", "-y", "-qq"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
 
     let venv = venv_dir();
     let bin = venv.join("bin");
     let stamp = venv.join(".broker-requirements");
-    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(REQUIREMENTS) && bin.join("python").is_file() {
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(REQUIREMENTS)
+        && bin.join("python").is_file()
+    {
         return Ok(bin);
     }
     if !bin.join("python").is_file() {
@@ -87,7 +112,8 @@ fn setup() -> Result<PathBuf, String> {
     run(Command::new(bin.join("pip"))
         .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
         .arg(&requirements))?;
-    std::fs::write(&stamp, REQUIREMENTS).map_err(|e| format!("cannot write {}: {e}", stamp.display()))?;
+    std::fs::write(&stamp, REQUIREMENTS)
+        .map_err(|e| format!("cannot write {}: {e}", stamp.display()))?;
     Ok(bin)
 }
 
