@@ -9,6 +9,8 @@ use broker_age as _;
 use broker_aws as _;
 #[cfg(feature = "env")]
 use broker_env as _;
+#[cfg(feature = "sops")]
+use broker_sops as _;
 #[cfg(feature = "vault")]
 use broker_vault as _;
 
@@ -20,6 +22,8 @@ pub const ENABLED: &[&str] = &[
     "aws",
     #[cfg(feature = "env")]
     "env",
+    #[cfg(feature = "sops")]
+    "sops",
     #[cfg(feature = "vault")]
     "vault",
 ];

@@ -29,9 +29,9 @@ struct Encrypted {
 }
 
 fn field<'a>(rest: &'a str, name: &str) -> Result<(&'a str, &'a str), CipherError> {
-    let rest = rest
-        .strip_prefix(name)
-        .ok_or(CipherError::Format("unexpected field order in ENC[...] value"))?;
+    let rest = rest.strip_prefix(name).ok_or(CipherError::Format(
+        "unexpected field order in ENC[...] value",
+    ))?;
     match rest.find(',') {
         Some(i) => Ok((&rest[..i], &rest[i + 1..])),
         None => Ok((rest, "")),

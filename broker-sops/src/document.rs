@@ -27,7 +27,10 @@ pub(crate) struct Decrypted {
 /// Parses `text` as `format` and reads its metadata.
 pub(crate) fn load(format: Format, text: &str) -> Result<(Loaded, Metadata), Error> {
     let loaded = store::load(format, text).map_err(|m| {
-        Error::new(ErrorKind::Integrity, format!("not a sops {} file: {m}", format.name()))
+        Error::new(
+            ErrorKind::Integrity,
+            format!("not a sops {} file: {m}", format.name()),
+        )
     })?;
     let meta = Metadata::parse(&loaded.meta)
         .map_err(|m| Error::new(ErrorKind::Integrity, format!("bad sops metadata: {m}")))?;
@@ -73,7 +76,10 @@ pub(crate) fn data_key(meta: &Metadata, ring: &KeyRing) -> Result<Zeroizing<Vec<
     if enough {
         if meta.key_groups.len() > 1 {
             return shamir::combine(&parts).map_err(|m| {
-                Error::new(ErrorKind::Integrity, format!("cannot recombine the data key: {m}"))
+                Error::new(
+                    ErrorKind::Integrity,
+                    format!("cannot recombine the data key: {m}"),
+                )
             });
         }
         return Ok(parts.remove(0));
@@ -111,7 +117,10 @@ pub(crate) fn data_key(meta: &Metadata, ring: &KeyRing) -> Result<Zeroizing<Vec<
         unsupported.push("pgp (not supported by this broker yet)".into());
     }
     if !unsupported.is_empty() {
-        msg.push_str(&format!("; master keys not usable here: {}", unsupported.join(", ")));
+        msg.push_str(&format!(
+            "; master keys not usable here: {}",
+            unsupported.join(", ")
+        ));
     }
     if has_age && ring.age.is_empty() {
         return Err(Error::not_configured(msg).with_hint(
@@ -134,7 +143,9 @@ fn cipher_error(e: CipherError, path: &[String]) -> Error {
     match e {
         CipherError::Authentication => Error::new(
             ErrorKind::Integrity,
-            format!("value at `{at}` failed AES-GCM authentication: the file was tampered with or the data key is wrong"),
+            format!(
+                "value at `{at}` failed AES-GCM authentication: the file was tampered with or the data key is wrong"
+            ),
         ),
         CipherError::Format(m) => Error::new(ErrorKind::Integrity, format!("value at `{at}`: {m}")),
         CipherError::Type(m) => Error::new(ErrorKind::Integrity, format!("value at `{at}`: {m}")),
@@ -178,7 +189,10 @@ impl Walker<'_> {
                         _ => {
                             return Err(Error::new(
                                 ErrorKind::Integrity,
-                                format!("value at `{}` should be encrypted but is not", path_text(path)),
+                                format!(
+                                    "value at `{}` should be encrypted but is not",
+                                    path_text(path)
+                                ),
                             ));
                         }
                     };
@@ -188,8 +202,13 @@ impl Walker<'_> {
             Mode::Encrypt => {
                 self.mac(node, encrypted);
                 if encrypted {
-                    let enc = cipher::encrypt(node, self.key, &aad).map_err(|e| cipher_error(e, path))?;
-                    *node = if is_comment { Node::Comment(enc) } else { Node::Str(enc) };
+                    let enc =
+                        cipher::encrypt(node, self.key, &aad).map_err(|e| cipher_error(e, path))?;
+                    *node = if is_comment {
+                        Node::Comment(enc)
+                    } else {
+                        Node::Str(enc)
+                    };
                 }
             }
         }
@@ -248,11 +267,10 @@ impl Walker<'_> {
                         top.push(c.clone());
                     }
                     self.value(v, path, stack, mode)?;
-                    if !is_comment {
-                        if let Some(top) = stack.last_mut() {
+                    if !is_comment
+                        && let Some(top) = stack.last_mut() {
                             top.clear();
                         }
-                    }
                 }
                 stack.pop();
             }
@@ -280,20 +298,35 @@ pub(crate) fn decrypt(format: Format, text: &str, ring: &KeyRing) -> Result<Decr
     if meta.mac_only_encrypted {
         walker.hash.update(MAC_ONLY_ENCRYPTED_INIT);
     }
-    walker.value(&mut data, &mut Vec::new(), &mut Vec::new(), &mut Mode::Decrypt)?;
+    walker.value(
+        &mut data,
+        &mut Vec::new(),
+        &mut Vec::new(),
+        &mut Mode::Decrypt,
+    )?;
     let computed = hex_upper(&walker.hash.finalize());
     let Some(mac) = &meta.mac else {
-        return Err(Error::new(ErrorKind::Integrity, "MAC mismatch: the file has no MAC"));
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            "MAC mismatch: the file has no MAC",
+        ));
     };
     let stored = cipher::decrypt_mac(mac, &key, &meta.lastmodified).map_err(|e| match e {
         CipherError::Authentication => Error::new(
             ErrorKind::Integrity,
             "MAC mismatch: the stored MAC failed authentication (tampered MAC or lastmodified)",
         ),
-        _ => Error::new(ErrorKind::Integrity, "MAC mismatch: the stored MAC is malformed"),
+        _ => Error::new(
+            ErrorKind::Integrity,
+            "MAC mismatch: the stored MAC is malformed",
+        ),
     })?;
     let equal = stored.len() == computed.len()
-        && stored.bytes().zip(computed.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0;
+        && stored
+            .bytes()
+            .zip(computed.bytes())
+            .fold(0u8, |a, (x, y)| a | (x ^ y))
+            == 0;
     if !equal {
         return Err(Error::new(
             ErrorKind::Integrity,
@@ -311,14 +344,18 @@ pub(crate) fn decrypt(format: Format, text: &str, ring: &KeyRing) -> Result<Decr
 fn now_rfc3339() -> String {
     let now = time::OffsetDateTime::now_utc();
     let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
-    now.format(&fmt).unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+    now.format(&fmt)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
 }
 
 /// Re-encrypts `doc` with a fresh data key wrapped to the same master keys; returns the new
 /// file bytes.
 pub(crate) fn rotate(format: Format, doc: &Decrypted) -> Result<Vec<u8>, Error> {
     let meta = &doc.meta;
-    if let Some(k) = meta.all_keys().find(|k| !matches!(k, MasterKey::Age { .. })) {
+    if let Some(k) = meta
+        .all_keys()
+        .find(|k| !matches!(k, MasterKey::Age { .. }))
+    {
         return Err(Error::new(
             ErrorKind::Unsupported,
             format!(
@@ -375,7 +412,12 @@ pub(crate) fn rotate(format: Format, doc: &Decrypted) -> Result<Vec<u8>, Error> 
     if meta.mac_only_encrypted {
         walker.hash.update(MAC_ONLY_ENCRYPTED_INIT);
     }
-    walker.value(&mut data, &mut Vec::new(), &mut Vec::new(), &mut Mode::Encrypt)?;
+    walker.value(
+        &mut data,
+        &mut Vec::new(),
+        &mut Vec::new(),
+        &mut Mode::Encrypt,
+    )?;
     let mac_hex = hex_upper(&walker.hash.finalize());
     let mac = cipher::encrypt(&Node::Str(mac_hex), &key, &lastmodified)
         .map_err(|_| Error::internal("MAC encryption failed"))?;

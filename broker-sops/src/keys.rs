@@ -50,11 +50,12 @@ impl KeyRing {
     }
 
     fn add_age_text(&mut self, text: &[u8], source: String) -> Result<(), Error> {
-        let file = age::IdentityFile::from_buffer(BufReader::new(text)).map_err(|_| {
-            Error::invalid_config(format!("{source} is not an age identity file"))
-        })?;
+        let file = age::IdentityFile::from_buffer(BufReader::new(text))
+            .map_err(|_| Error::invalid_config(format!("{source} is not an age identity file")))?;
         let ids = file.into_identities().map_err(|_| {
-            Error::invalid_config(format!("{source} holds an identity this broker cannot use (plugin?)"))
+            Error::invalid_config(format!(
+                "{source} holds an identity this broker cannot use (plugin?)"
+            ))
         })?;
         if ids.is_empty() {
             self.notes.push(format!("{source} holds no age identity"));
@@ -66,9 +67,13 @@ impl KeyRing {
     }
 
     fn add_ssh(&mut self, text: &[u8], path: &Path, source: String) {
-        match age::ssh::Identity::from_buffer(BufReader::new(text), Some(path.display().to_string())) {
+        match age::ssh::Identity::from_buffer(
+            BufReader::new(text),
+            Some(path.display().to_string()),
+        ) {
             Ok(age::ssh::Identity::Unencrypted(key)) => {
-                self.age.push(Box::new(age::ssh::Identity::Unencrypted(key)));
+                self.age
+                    .push(Box::new(age::ssh::Identity::Unencrypted(key)));
                 self.sources.push(source);
             }
             Ok(age::ssh::Identity::Encrypted(_)) => self.notes.push(format!(
@@ -111,7 +116,11 @@ impl KeyRing {
             Some(path) => {
                 let path = PathBuf::from(path);
                 let text = read(&path, "SOPS_AGE_SSH_PRIVATE_KEY_FILE")?;
-                ring.add_ssh(&text, &path, format!("SOPS_AGE_SSH_PRIVATE_KEY_FILE {}", path.display()));
+                ring.add_ssh(
+                    &text,
+                    &path,
+                    format!("SOPS_AGE_SSH_PRIVATE_KEY_FILE {}", path.display()),
+                );
             }
             None => {
                 for name in ["id_ed25519", "id_rsa"] {
@@ -128,11 +137,10 @@ impl KeyRing {
             .filter(|d| !d.is_empty())
             .map(PathBuf::from)
             .or_else(|| home.map(|h| h.join(".config")));
-        if let Some(path) = config_dir.map(|d| d.join("sops/age/keys.txt")) {
-            if let Ok(text) = read(&path, "age key file") {
+        if let Some(path) = config_dir.map(|d| d.join("sops/age/keys.txt"))
+            && let Ok(text) = read(&path, "age key file") {
                 ring.add_age_text(&text, path.display().to_string())?;
             }
-        }
         Ok(ring)
     }
 
@@ -143,8 +151,8 @@ impl KeyRing {
             return Ok(None);
         }
         let reader = age::armor::ArmoredReader::new(enc.trim_start().as_bytes());
-        let decryptor =
-            age::Decryptor::new(reader).map_err(|_| "the age-wrapped data key is corrupt".to_string())?;
+        let decryptor = age::Decryptor::new(reader)
+            .map_err(|_| "the age-wrapped data key is corrupt".to_string())?;
         match decryptor.decrypt(self.age.iter().map(|i| i.as_ref() as &dyn age::Identity)) {
             Ok(mut r) => {
                 let mut out = Zeroizing::new(Vec::new());
@@ -174,8 +182,9 @@ pub(crate) fn encrypt_age(recipient: &str, plain: &[u8]) -> Result<String, Strin
                 .map_err(|_| format!("`{recipient}` is not an SSH recipient"))?,
         )
     };
-    let encryptor = age::Encryptor::with_recipients(std::iter::once(boxed.as_ref() as &dyn age::Recipient))
-        .map_err(|_| "age encryption failed".to_string())?;
+    let encryptor =
+        age::Encryptor::with_recipients(std::iter::once(boxed.as_ref() as &dyn age::Recipient))
+            .map_err(|_| "age encryption failed".to_string())?;
     let mut out = Vec::new();
     let armored = age::armor::ArmoredWriter::wrap_output(&mut out, age::armor::Format::AsciiArmor)
         .map_err(|_| "age encryption failed".to_string())?;

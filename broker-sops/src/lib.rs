@@ -141,7 +141,10 @@ fn read_file(path: &Path) -> Result<String> {
         if e.kind() == std::io::ErrorKind::NotFound {
             Error::not_found(format!("sops file {} does not exist", path.display()))
         } else if e.kind() == std::io::ErrorKind::InvalidData {
-            Error::new(ErrorKind::Integrity, format!("sops file {} is not UTF-8 text", path.display()))
+            Error::new(
+                ErrorKind::Integrity,
+                format!("sops file {} is not UTF-8 text", path.display()),
+            )
         } else {
             Error::io(format_args!("cannot read sops file {}", path.display()), &e)
         }
@@ -152,8 +155,7 @@ fn read_file(path: &Path) -> Result<String> {
 /// entry point for the provider and its tests.
 fn open(path: &Path, format: Format, ring: &KeyRing) -> Result<document::Decrypted> {
     let text = read_file(path)?;
-    document::decrypt(format, &text, ring)
-        .map_err(|e| e.with_location(path.display().to_string()))
+    document::decrypt(format, &text, ring).map_err(|e| e.with_location(path.display().to_string()))
 }
 
 fn subtree(format: Format, node: &Node) -> Result<Vec<u8>> {
@@ -184,11 +186,10 @@ impl CredentialProvider for SopsProvider {
                 continue;
             }
             for key in group {
-                if let Some(d) = key.destination() {
-                    if !out.contains(&d) {
+                if let Some(d) = key.destination()
+                    && !out.contains(&d) {
                         out.push(d);
                     }
-                }
             }
         }
         Ok(out)
@@ -200,9 +201,9 @@ impl CredentialProvider for SopsProvider {
         let path = request.path(reference.target());
         let format = format_of(reference, &path).map_err(attach)?;
         let field = reference.field_path();
-        if field.is_none() && format != Format::Binary {
-            if let Some(spec) = request.spec {
-                if spec.kind == DeliveryKind::Env {
+        if field.is_none() && format != Format::Binary
+            && let Some(spec) = request.spec
+                && spec.kind == DeliveryKind::Env {
                     return Err(attach(
                         Error::invalid_config(format!(
                             "the whole {} document cannot be delivered as one environment variable",
@@ -214,8 +215,6 @@ impl CredentialProvider for SopsProvider {
                         )),
                     ));
                 }
-            }
-        }
         let ring = self.key_ring(request.nested).await.map_err(attach)?;
         let doc = open(&path, format, &ring).map_err(attach)?;
         let bytes: Vec<u8> = match &field {
@@ -232,7 +231,9 @@ impl CredentialProvider for SopsProvider {
                     subtree(format, node)?
                 } else {
                     tree::scalar_output(node).ok_or_else(|| {
-                        attach(Error::not_found(format!("`{fp}` is a comment, not a value")))
+                        attach(Error::not_found(format!(
+                            "`{fp}` is a comment, not a value"
+                        )))
                     })?
                 }
             }
@@ -251,8 +252,12 @@ impl CredentialProvider for SopsProvider {
         // Check our own output before replacing anything.
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| attach(Error::internal("rotated file is not UTF-8")))?;
-        let check = document::decrypt(format, text, &ring)
-            .map_err(|e| attach(Error::internal(format!("rotated file does not verify: {}", e.message()))))?;
+        let check = document::decrypt(format, text, &ring).map_err(|e| {
+            attach(Error::internal(format!(
+                "rotated file does not verify: {}",
+                e.message()
+            )))
+        })?;
         drop(check);
         write_atomically(&path, &bytes).map_err(attach)?;
         let keys = doc.meta.all_keys().count();
@@ -297,7 +302,8 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.broker-{:016x}.tmp", rand::random::<u64>()));
-    let io = |what: &str, e: std::io::Error| Error::io(format_args!("{what} {}", tmp.display()), &e);
+    let io =
+        |what: &str, e: std::io::Error| Error::io(format_args!("{what} {}", tmp.display()), &e);
     let perms = std::fs::metadata(path).map(|m| m.permissions()).ok();
     let result = (|| {
         let mut f = std::fs::OpenOptions::new()
@@ -306,7 +312,8 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
             .open(&tmp)
             .map_err(|e| io("cannot create", e))?;
         if let Some(p) = perms {
-            f.set_permissions(p).map_err(|e| io("cannot set permissions on", e))?;
+            f.set_permissions(p)
+                .map_err(|e| io("cannot set permissions on", e))?;
         }
         f.write_all(bytes).map_err(|e| io("cannot write", e))?;
         f.sync_all().map_err(|e| io("cannot sync", e))?;

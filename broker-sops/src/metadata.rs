@@ -43,8 +43,15 @@ impl MasterKey {
         Some(match self {
             MasterKey::Age { .. } | MasterKey::Pgp { .. } => return None,
             MasterKey::AwsKms { arn } => {
-                let region = arn.split(':').nth(3).filter(|r| !r.is_empty()).unwrap_or("us-east-1");
-                Destination::host(format!("https://kms.{region}.amazonaws.com"), Badge::ManagedCloud)
+                let region = arn
+                    .split(':')
+                    .nth(3)
+                    .filter(|r| !r.is_empty())
+                    .unwrap_or("us-east-1");
+                Destination::host(
+                    format!("https://kms.{region}.amazonaws.com"),
+                    Badge::ManagedCloud,
+                )
             }
             MasterKey::GcpKms { .. } => {
                 Destination::host("https://cloudkms.googleapis.com", Badge::ManagedCloud)
@@ -65,7 +72,9 @@ impl MasterKey {
             MasterKey::Pgp { fingerprint, .. } => format!("pgp {fingerprint}"),
             MasterKey::AwsKms { arn } => format!("AWS KMS {arn}"),
             MasterKey::GcpKms { resource_id } => format!("GCP KMS {resource_id}"),
-            MasterKey::AzureKv { vault_url, name } => format!("Azure Key Vault {vault_url} key {name}"),
+            MasterKey::AzureKv { vault_url, name } => {
+                format!("Azure Key Vault {vault_url} key {name}")
+            }
             MasterKey::HcVault { address, key } => format!("Vault transit {address} key {key}"),
         }
     }
@@ -87,7 +96,9 @@ pub(crate) struct Metadata {
 }
 
 fn text(meta: &Node, key: &str) -> Option<String> {
-    meta.get(key).and_then(Node::as_text).filter(|s| !s.is_empty())
+    meta.get(key)
+        .and_then(Node::as_text)
+        .filter(|s| !s.is_empty())
 }
 
 fn entries<'a>(group: &'a Node, key: &str) -> impl Iterator<Item = &'a Node> {
@@ -147,7 +158,8 @@ impl Metadata {
                 .transpose()
         };
         let mut m = Metadata {
-            lastmodified: text(meta, "lastmodified").ok_or("sops metadata has no `lastmodified`")?,
+            lastmodified: text(meta, "lastmodified")
+                .ok_or("sops metadata has no `lastmodified`")?,
             mac: text(meta, "mac"),
             unencrypted_suffix: text(meta, "unencrypted_suffix"),
             encrypted_suffix: text(meta, "encrypted_suffix"),
@@ -180,7 +192,9 @@ impl Metadata {
             m.unencrypted_suffix = Some("_unencrypted".into());
         }
         m.key_groups = match meta.get("key_groups") {
-            Some(Node::List(groups)) if !groups.is_empty() => groups.iter().map(parse_group).collect(),
+            Some(Node::List(groups)) if !groups.is_empty() => {
+                groups.iter().map(parse_group).collect()
+            }
             _ => vec![parse_group(meta)],
         };
         if m.key_groups.len() > 1 && m.shamir_threshold == 0 {
@@ -197,27 +211,24 @@ impl Metadata {
         is_comment: bool,
     ) -> bool {
         let mut encrypted = true;
-        if let Some(sfx) = &self.unencrypted_suffix {
-            if path.iter().any(|p| p.ends_with(sfx.as_str())) {
+        if let Some(sfx) = &self.unencrypted_suffix
+            && path.iter().any(|p| p.ends_with(sfx.as_str())) {
                 encrypted = false;
             }
-        }
         if let Some(sfx) = &self.encrypted_suffix {
             encrypted = path.iter().any(|p| p.ends_with(sfx.as_str()));
         }
-        if let Some(re) = &self.unencrypted_regex {
-            if path.iter().any(|p| re.is_match(p)) {
+        if let Some(re) = &self.unencrypted_regex
+            && path.iter().any(|p| re.is_match(p)) {
                 encrypted = false;
             }
-        }
         if let Some(re) = &self.encrypted_regex {
             encrypted = path.iter().any(|p| re.is_match(p));
         }
-        if let Some(re) = &self.unencrypted_comment_regex {
-            if comments.iter().flatten().any(|c| re.is_match(c)) {
+        if let Some(re) = &self.unencrypted_comment_regex
+            && comments.iter().flatten().any(|c| re.is_match(c)) {
                 encrypted = false;
             }
-        }
         if let Some(re) = &self.encrypted_comment_regex {
             let last_stack = comments.len().saturating_sub(1);
             let last_len = comments.last().map_or(0, Vec::len);
@@ -240,12 +251,11 @@ impl Metadata {
 pub(crate) fn set(meta: &mut Node, key: &str, value: Node) {
     if let Node::Map(items) = meta {
         for item in items.iter_mut() {
-            if let Item::Pair(k, v) = item {
-                if k == key {
+            if let Item::Pair(k, v) = item
+                && k == key {
                     *v = value;
                     return;
                 }
-            }
         }
         items.push(Item::Pair(key.to_string(), value));
     }

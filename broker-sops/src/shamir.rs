@@ -72,7 +72,11 @@ pub(crate) fn combine(parts: &[Zeroizing<Vec<u8>>]) -> Result<Zeroizing<Vec<u8>>
 }
 
 /// Splits `secret` into `parts` shares, any `threshold` of which recombine it.
-pub(crate) fn split(secret: &[u8], parts: usize, threshold: usize) -> Result<Vec<Zeroizing<Vec<u8>>>, String> {
+pub(crate) fn split(
+    secret: &[u8],
+    parts: usize,
+    threshold: usize,
+) -> Result<Vec<Zeroizing<Vec<u8>>>, String> {
     if !(2..=255).contains(&parts) || threshold < 2 || threshold > parts {
         return Err("invalid Shamir parameters".into());
     }
@@ -83,8 +87,10 @@ pub(crate) fn split(secret: &[u8], parts: usize, threshold: usize) -> Result<Vec
         xs.swap(i, j);
     }
     let xs = &xs[..parts];
-    let mut out: Vec<Zeroizing<Vec<u8>>> =
-        xs.iter().map(|_| Zeroizing::new(Vec::with_capacity(secret.len() + 1))).collect();
+    let mut out: Vec<Zeroizing<Vec<u8>>> = xs
+        .iter()
+        .map(|_| Zeroizing::new(Vec::with_capacity(secret.len() + 1)))
+        .collect();
     let mut coeffs = Zeroizing::new(vec![0u8; threshold]);
     for &s in secret {
         coeffs[0] = s;

@@ -155,7 +155,11 @@ fn list_element(list: &[Node], index: usize) -> Option<&Node> {
 /// an exponent.
 pub(crate) fn format_float(f: f64) -> String {
     if f.is_infinite() {
-        return if f > 0.0 { "+Inf".into() } else { "-Inf".into() };
+        return if f > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        };
     }
     format!("{f}")
 }

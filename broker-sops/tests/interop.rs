@@ -33,13 +33,23 @@ fn ssh_identity() -> PathBuf {
 /// Input/output type flags for a sops invocation on `file`.
 fn type_flags(file: &Path, binary: bool) -> Vec<String> {
     if binary {
-        vec!["--input-type".into(), "json".into(), "--output-type".into(), "binary".into()]
+        vec![
+            "--input-type".into(),
+            "json".into(),
+            "--output-type".into(),
+            "binary".into(),
+        ]
     } else {
         Vec::new()
     }
     .into_iter()
     .chain(if file.extension().is_some_and(|e| e == "env") {
-        vec!["--input-type".into(), "dotenv".into(), "--output-type".into(), "dotenv".into()]
+        vec![
+            "--input-type".into(),
+            "dotenv".into(),
+            "--output-type".into(),
+            "dotenv".into(),
+        ]
     } else {
         Vec::new()
     })
@@ -89,17 +99,19 @@ fn sops_encrypt(bin: &Path, dir: &Path, name: &str, plain: &str, flags: &[&str])
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .output()
         .unwrap();
-    assert!(out.status.success(), "sops encrypt {name}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "sops encrypt {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let path = dir.join(name);
     std::fs::write(&path, &out.stdout).unwrap();
     path
 }
 
 fn ssh_provider() -> SopsProvider {
-    SopsProvider::new(Settings::default(), fixtures()).with_env(env(&[(
-        "SOPS_AGE_SSH_PRIVATE_KEY_FILE",
-        &ssh_identity(),
-    )]))
+    SopsProvider::new(Settings::default(), fixtures())
+        .with_env(env(&[("SOPS_AGE_SSH_PRIVATE_KEY_FILE", &ssh_identity())]))
 }
 
 #[tokio::test]
@@ -119,7 +131,11 @@ async fn generated_by_sops_3_11_decrypt_like_sops() {
         assert_same_document(&file, &got, &sops_decrypt(&bin, &file, false));
     }
     let file = dir.join("secrets.bin.enc.json");
-    let got = resolve_ok(&age_provider(), &format!("sops:{}?format=binary", file.display())).await;
+    let got = resolve_ok(
+        &age_provider(),
+        &format!("sops:{}?format=binary", file.display()),
+    )
+    .await;
     assert_eq!(got, sops_decrypt(&bin, &file, true));
     assert_eq!(got, std::fs::read(dir.join("plain/secrets.bin")).unwrap());
 
@@ -148,14 +164,20 @@ async fn single_values_by_path() {
         assert_eq!(String::from_utf8(got).unwrap(), want, "#{field}");
     }
     let db = resolve_ok(&p, &format!("sops:{f}#db")).await;
-    assert!(String::from_utf8(db).unwrap().contains("password: s3cr3t-pa55"));
+    assert!(
+        String::from_utf8(db)
+            .unwrap()
+            .contains("password: s3cr3t-pa55")
+    );
     let got = resolve_ok(&p, "sops:generated-sops-3.11.0/secrets.enc.json#db.port").await;
     assert_eq!(got, b"5432");
     let got = resolve_ok(&p, "sops:generated-sops-3.11.0/secrets.enc.ini#api.key").await;
     assert_eq!(got, b"key-one");
     let got = resolve_ok(&p, "sops:generated-sops-3.11.0/secrets.enc.env#DB_PASSWORD").await;
     assert_eq!(got, b"s3cr3t-pa55");
-    let err = resolve(&p, &format!("sops:{f}#db.nope"), &fixtures()).await.unwrap_err();
+    let err = resolve(&p, &format!("sops:{f}#db.nope"), &fixtures())
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     assert!(err.to_string().contains("db.nope"), "{err}");
 }
@@ -171,8 +193,16 @@ async fn generated_cases_round_trip_through_rotate() {
     let ini = "; head\n[s1]\nk1 = v1\nk2 = 2\n\n[s2]\nk = x y z\n";
     let cases: Vec<(&str, &str, Vec<&str>)> = vec![
         ("full.yaml", yaml, vec![]),
-        ("regex.yaml", yaml, vec!["--encrypted-regex", "^(int|multi|list)$"]),
-        ("unregex.yaml", yaml, vec!["--unencrypted-regex", "^numbers$"]),
+        (
+            "regex.yaml",
+            yaml,
+            vec!["--encrypted-regex", "^(int|multi|list)$"],
+        ),
+        (
+            "unregex.yaml",
+            yaml,
+            vec!["--unencrypted-regex", "^numbers$"],
+        ),
         ("suffix.yaml", yaml, vec!["--encrypted-suffix", "_secret"]),
         ("maconly.yaml", yaml, vec!["--config", MAC_ONLY_RULE]),
         ("shamir.yaml", yaml, vec!["--config", SHAMIR_RULE]),
@@ -217,9 +247,14 @@ async fn rotate(p: &SopsProvider, file: &Path) {
     let reference: Reference = format!("sops:{}", file.display()).parse().unwrap();
     let ctx = RequestContext::new();
     let req = Request::new(&reference, Path::new("/"), &ctx);
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(file).unwrap().permissions());
-    let r = p.rotate(&req).await.unwrap_or_else(|e| panic!("rotate {}: {e}", file.display()));
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(file).unwrap().permissions());
+    let r = p
+        .rotate(&req)
+        .await
+        .unwrap_or_else(|e| panic!("rotate {}: {e}", file.display()));
     assert!(r.summary.contains("new data key"), "{}", r.summary);
-    let after = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(file).unwrap().permissions());
+    let after =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(file).unwrap().permissions());
     assert_eq!(mode, after, "rotate kept the file mode");
 }

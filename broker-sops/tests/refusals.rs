@@ -21,8 +21,10 @@ fn generated_yaml() -> String {
 async fn refused(text: &str, name: &str) -> broker_core::Error {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(name), text).unwrap();
-    let p = SopsProvider::new(Settings::default(), dir.path())
-        .with_env(env(&[("SOPS_AGE_KEY_FILE", &fixtures().join("keys/age-keys.txt"))]));
+    let p = SopsProvider::new(Settings::default(), dir.path()).with_env(env(&[(
+        "SOPS_AGE_KEY_FILE",
+        &fixtures().join("keys/age-keys.txt"),
+    )]));
     let err = resolve(&p, &format!("sops:{name}#db.password"), dir.path())
         .await
         .expect_err("tampered file must be refused");
@@ -31,7 +33,9 @@ async fn refused(text: &str, name: &str) -> broker_core::Error {
 }
 
 fn line_with<'a>(text: &'a str, key: &str) -> &'a str {
-    text.lines().find(|l| l.trim_start().starts_with(key)).unwrap()
+    text.lines()
+        .find(|l| l.trim_start().starts_with(key))
+        .unwrap()
 }
 
 #[tokio::test]
@@ -69,7 +73,10 @@ async fn tampering_is_refused() {
     assert!(err.to_string().contains("MAC mismatch"), "{err}");
 
     // An injected cleartext value (the unencrypted suffix keeps it in clear, the MAC covers it).
-    let injected = doc.replace("public_unencrypted:", "evil_unencrypted: 1\npublic_unencrypted:");
+    let injected = doc.replace(
+        "public_unencrypted:",
+        "evil_unencrypted: 1\npublic_unencrypted:",
+    );
     let err = refused(&injected, "inject.yaml").await;
     assert!(err.to_string().contains("MAC mismatch"), "{err}");
 
@@ -80,7 +87,11 @@ async fn tampering_is_refused() {
 
     // lastmodified is the MAC's AAD.
     let lm = line_with(&doc, "lastmodified:");
-    let err = refused(&doc.replace(lm, "    lastmodified: \"2030-01-01T00:00:00Z\""), "lm.yaml").await;
+    let err = refused(
+        &doc.replace(lm, "    lastmodified: \"2030-01-01T00:00:00Z\""),
+        "lm.yaml",
+    )
+    .await;
     assert!(err.to_string().contains("MAC mismatch"), "{err}");
 
     // No MAC at all.
@@ -92,9 +103,13 @@ async fn tampering_is_refused() {
 
 #[tokio::test]
 async fn upstream_no_mac_is_refused() {
-    let err = resolve(&age_provider(), "sops:upstream/functional-tests/res/no_mac.yaml", &fixtures())
-        .await
-        .unwrap_err();
+    let err = resolve(
+        &age_provider(),
+        "sops:upstream/functional-tests/res/no_mac.yaml",
+        &fixtures(),
+    )
+    .await
+    .unwrap_err();
     // Only a PGP key wraps it, so it stops before the MAC; never a value either way.
     assert!(
         matches!(err.kind(), ErrorKind::Integrity | ErrorKind::Unsupported),
@@ -116,46 +131,82 @@ async fn wrong_and_missing_keys() {
     let _ = other;
     let wrong = SopsProvider::new(Settings::default(), fixtures())
         .with_env(env(&[("SOPS_AGE_KEY_FILE", &other_file)]));
-    let err = resolve(&wrong, "sops:derived-age/example.age.yaml#myapp1", &fixtures())
-        .await
-        .unwrap_err();
+    let err = resolve(
+        &wrong,
+        "sops:derived-age/example.age.yaml#myapp1",
+        &fixtures(),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
-    assert!(err.to_string().contains("age1lzd99"), "names the file's keys: {err}");
+    assert!(
+        err.to_string().contains("age1lzd99"),
+        "names the file's keys: {err}"
+    );
 
-    let err = resolve(&keyless_provider(), "sops:derived-age/example.age.yaml#myapp1", &fixtures())
-        .await
-        .unwrap_err();
+    let err = resolve(
+        &keyless_provider(),
+        "sops:derived-age/example.age.yaml#myapp1",
+        &fixtures(),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotConfigured, "{err}");
-    assert!(err.hint().unwrap_or("").contains("SOPS_AGE_KEY_FILE"), "{err:?}");
+    assert!(
+        err.hint().unwrap_or("").contains("SOPS_AGE_KEY_FILE"),
+        "{err:?}"
+    );
 
     // The default location ~/.config/sops/age/keys.txt, and XDG_CONFIG_HOME.
     let home = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(home.path().join(".config/sops/age")).unwrap();
-    std::fs::copy(fixtures().join("keys/age-keys.txt"), home.path().join(".config/sops/age/keys.txt"))
-        .unwrap();
-    let p = SopsProvider::new(Settings::default(), fixtures()).with_env(env(&[("HOME", home.path())]));
-    assert_eq!(resolve_ok(&p, "sops:derived-age/example.age.yaml#app2.db.user").await, b"eve");
+    std::fs::copy(
+        fixtures().join("keys/age-keys.txt"),
+        home.path().join(".config/sops/age/keys.txt"),
+    )
+    .unwrap();
+    let p =
+        SopsProvider::new(Settings::default(), fixtures()).with_env(env(&[("HOME", home.path())]));
+    assert_eq!(
+        resolve_ok(&p, "sops:derived-age/example.age.yaml#app2.db.user").await,
+        b"eve"
+    );
     let p = SopsProvider::new(Settings::default(), fixtures())
         .with_env(env(&[("XDG_CONFIG_HOME", &home.path().join(".config"))]));
-    assert_eq!(resolve_ok(&p, "sops:derived-age/example.age.yaml#app2.db.user").await, b"eve");
+    assert_eq!(
+        resolve_ok(&p, "sops:derived-age/example.age.yaml#app2.db.user").await,
+        b"eve"
+    );
 
     // SOPS_AGE_KEY (the key text itself) and the age_key_file setting.
     let key_text = std::fs::read_to_string(fixtures().join("keys/age-keys.txt")).unwrap();
     let p = SopsProvider::new(Settings::default(), fixtures()).with_env(
-        [("SOPS_AGE_KEY".to_string(), key_text)].into_iter().collect(),
+        [("SOPS_AGE_KEY".to_string(), key_text)]
+            .into_iter()
+            .collect(),
     );
-    assert_eq!(resolve_ok(&p, "sops:derived-age/example.age.yaml#app2.db.user").await, b"eve");
+    assert_eq!(
+        resolve_ok(&p, "sops:derived-age/example.age.yaml#app2.db.user").await,
+        b"eve"
+    );
     let settings = Settings {
         age_key_file: Some("keys/age-keys.txt".into()),
         ..Settings::default()
     };
     let p = SopsProvider::new(settings, fixtures()).with_env(Default::default());
-    assert_eq!(resolve_ok(&p, "sops:derived-age/example.age.yaml#app2.db.user").await, b"eve");
+    assert_eq!(
+        resolve_ok(&p, "sops:derived-age/example.age.yaml#app2.db.user").await,
+        b"eve"
+    );
 
     // A named key file that does not exist is an error naming it.
-    let p = SopsProvider::new(Settings::default(), fixtures())
-        .with_env(env(&[("SOPS_AGE_KEY_FILE", Path::new("/nonexistent/keys.txt"))]));
-    let err = resolve(&p, "sops:derived-age/example.age.yaml#myapp1", &fixtures()).await.unwrap_err();
+    let p = SopsProvider::new(Settings::default(), fixtures()).with_env(env(&[(
+        "SOPS_AGE_KEY_FILE",
+        Path::new("/nonexistent/keys.txt"),
+    )]));
+    let err = resolve(&p, "sops:derived-age/example.age.yaml#myapp1", &fixtures())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("/nonexistent/keys.txt"), "{err}");
 }
 
@@ -185,12 +236,27 @@ async fn network_master_keys_are_egress_and_unsupported() {
     let reference: Reference = "sops:kms.yaml#secret".parse().unwrap();
     let dests = p.egress(&reference, dir.path()).unwrap();
     let text: Vec<String> = dests.iter().map(|d| format!("{d} {}", d.badge)).collect();
-    assert!(dests.iter().any(|d| d.badge == Badge::ManagedCloud), "{text:?}");
-    assert!(text.iter().any(|t| t.contains("kms.eu-west-1.amazonaws.com")), "{text:?}");
-    assert!(text.iter().any(|t| t.contains("vault.internal.example")), "{text:?}");
-    let err = resolve(&keyless_provider(), "sops:kms.yaml#secret", dir.path()).await.unwrap_err();
+    assert!(
+        dests.iter().any(|d| d.badge == Badge::ManagedCloud),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.contains("kms.eu-west-1.amazonaws.com")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter().any(|t| t.contains("vault.internal.example")),
+        "{text:?}"
+    );
+    let err = resolve(&keyless_provider(), "sops:kms.yaml#secret", dir.path())
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
-    assert!(err.to_string().contains("comes with the aws backend"), "{err}");
+    assert!(
+        err.to_string().contains("comes with the aws backend"),
+        "{err}"
+    );
 
     // A file that an age key opens stays local even if it also lists a KMS key in that group.
     let reference: Reference = "sops:derived-age/example.age.yaml".parse().unwrap();
@@ -205,9 +271,11 @@ async fn conformance() {
     let other = wrong_key.path().join("other.txt");
     std::fs::write(
         &other,
-        std::fs::read_to_string(base.join("upstream/age/keysource_test.go.extracted/mockOtherIdentity"))
-            .unwrap()
-            .trim(),
+        std::fs::read_to_string(
+            base.join("upstream/age/keysource_test.go.extracted/mockOtherIdentity"),
+        )
+        .unwrap()
+        .trim(),
     )
     .unwrap();
     let wrong = SopsProvider::new(Settings::default(), &base)
@@ -222,17 +290,33 @@ async fn conformance() {
             "sops:generated-sops-3.11.0/secrets.bin.enc.json?format=binary",
             &bin_plain,
         ),
-        field: Some(("sops:generated-sops-3.11.0/secrets.enc.yaml#db.password", b"s3cr3t-pa55")),
+        field: Some((
+            "sops:generated-sops-3.11.0/secrets.enc.yaml#db.password",
+            b"s3cr3t-pa55",
+        )),
         missing: "sops:generated-sops-3.11.0/does-not-exist.yaml#a",
-        wrong_credential: Some((&wrong, "sops:generated-sops-3.11.0/secrets.enc.yaml#db.password")),
-        malformed: &["sops:", "sops://x.yaml", "sops:x.yaml?fmt=json", "sops:x.yaml#a..b", "sops:x.yaml#a[x]"],
+        wrong_credential: Some((
+            &wrong,
+            "sops:generated-sops-3.11.0/secrets.enc.yaml#db.password",
+        )),
+        malformed: &[
+            "sops:",
+            "sops://x.yaml",
+            "sops:x.yaml?fmt=json",
+            "sops:x.yaml#a..b",
+            "sops:x.yaml#a[x]",
+        ],
         canaries: CANARIES,
     }
     .run()
     .await;
-    let err = resolve(&provider, "sops:generated-sops-3.11.0/secrets.enc.yaml?format=toml", &base)
-        .await
-        .unwrap_err();
+    let err = resolve(
+        &provider,
+        "sops:generated-sops-3.11.0/secrets.enc.yaml?format=toml",
+        &base,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidReference, "{err}");
     let dbg = format!("{provider:?}");
     assert_no_canary("Debug", &dbg, CANARIES);

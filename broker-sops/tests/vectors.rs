@@ -10,9 +10,18 @@ use common::*;
 
 /// The age-keyed vectors and their `expected/` twins.
 const AGE_VECTORS: &[(&str, &str)] = &[
-    ("derived-age/example.age.yaml", "expected/derived-age/example.age.yaml.decrypted"),
-    ("derived-age/example.age.json", "expected/derived-age/example.age.json.decrypted"),
-    ("derived-age/example.age.ini", "expected/derived-age/example.age.ini.decrypted"),
+    (
+        "derived-age/example.age.yaml",
+        "expected/derived-age/example.age.yaml.decrypted",
+    ),
+    (
+        "derived-age/example.age.json",
+        "expected/derived-age/example.age.json.decrypted",
+    ),
+    (
+        "derived-age/example.age.ini",
+        "expected/derived-age/example.age.ini.decrypted",
+    ),
     (
         "derived-age/examples_all_in_one_config_secret.age.json",
         "expected/derived-age/examples_all_in_one_config_secret.age.json.decrypted",

@@ -22,7 +22,10 @@ pub(crate) fn load(text: &str) -> Result<Loaded, String> {
         let (key, value) = (&line[..eq], &line[eq + 1..]);
         match key.strip_prefix("sops_") {
             Some(meta_key) => flat.push((meta_key.to_string(), value.to_string())),
-            None => data.push(Item::Pair(key.to_string(), Node::Str(value.replace("\\n", "\n")))),
+            None => data.push(Item::Pair(
+                key.to_string(),
+                Node::Str(value.replace("\\n", "\n")),
+            )),
         }
     }
     if flat.is_empty() {

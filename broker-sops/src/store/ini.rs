@@ -63,7 +63,9 @@ fn parse_sections(text: &str) -> Result<Vec<Section>, String> {
             continue;
         }
         let Some(eq) = line.find(['=', ':']) else {
-            return Err(format!("line {n} is neither a section, a comment nor KEY = VALUE"));
+            return Err(format!(
+                "line {n} is neither a section, a comment nor KEY = VALUE"
+            ));
         };
         let key = line[..eq].trim().to_string();
         let raw = line[eq + 1..].trim();
@@ -96,8 +98,7 @@ fn parse_sections(text: &str) -> Result<Vec<Section>, String> {
             let cut = raw
                 .char_indices()
                 .find(|(j, c)| {
-                    (*c == '#' || *c == ';')
-                        && raw[..*j].ends_with(|p: char| p.is_whitespace())
+                    (*c == '#' || *c == ';') && raw[..*j].ends_with(|p: char| p.is_whitespace())
                 })
                 .map(|(j, _)| j);
             match cut {
@@ -167,7 +168,12 @@ fn comment_lines(out: &mut String, c: &str) {
     }
 }
 
-fn section(out: &mut String, name: &str, comment: Option<&str>, keys: &[(String, String, Option<String>)]) {
+fn section(
+    out: &mut String,
+    name: &str,
+    comment: Option<&str>,
+    keys: &[(String, String, Option<String>)],
+) {
     if name == "DEFAULT" && keys.is_empty() && comment.is_none() {
         return;
     }
@@ -182,7 +188,11 @@ fn section(out: &mut String, name: &str, comment: Option<&str>, keys: &[(String,
         out.push_str(name);
         out.push_str("]\n");
     }
-    let width = keys.iter().map(|(k, _, _)| k.chars().count()).max().unwrap_or(0);
+    let width = keys
+        .iter()
+        .map(|(k, _, _)| k.chars().count())
+        .max()
+        .unwrap_or(0);
     for (k, v, c) in keys {
         if let Some(c) = c {
             comment_lines(out, c);

@@ -66,13 +66,7 @@ impl<'de> Deserialize<'de> for NodeDe {
 pub(crate) fn parse(text: &str) -> Result<Node, String> {
     serde_json::from_str::<NodeDe>(text)
         .map(|n| n.0)
-        .map_err(|e| {
-            format!(
-                "not valid JSON (line {}, column {})",
-                e.line(),
-                e.column()
-            )
-        })
+        .map_err(|e| format!("not valid JSON (line {}, column {})", e.line(), e.column()))
 }
 
 fn string(out: &mut String, s: &str) {

@@ -95,7 +95,12 @@ pub fn assert_same_document(file: &Path, got: &[u8], want: &[u8]) {
                 .map(|l| l.trim().to_string())
                 .collect()
         };
-        assert_eq!(comments(got), comments(want), "{}: comments differ", file.display());
+        assert_eq!(
+            comments(got),
+            comments(want),
+            "{}: comments differ",
+            file.display()
+        );
     } else {
         assert_eq!(
             String::from_utf8_lossy(got),
