@@ -134,5 +134,149 @@ fn bench(peers: &Path, extra: &[String]) -> Result<(), String> {
     run(cargo()
         .args(["bench", "--workspace", "--all-features"])
         .args(extra)
-        .env("BROKER_PEERS_BIN", peers))
+        .env("BROKER_PEERS_BIN", peers))?;
+    if extra.is_empty() {
+        processes(peers)?;
+    }
+    Ok(())
+}
+
+/// Whole-process timings: `broker get` against `sops decrypt --extract` and `age -d` on the
+/// same inputs (a 1,000-key sops YAML, a 1 MiB age file), each command run 20 times.
+fn processes(peers: &Path) -> Result<(), String> {
+    println!("\nxtask: whole-process comparison (release broker with the age and sops backends)");
+    run(cargo().args([
+        "build",
+        "--release",
+        "-q",
+        "-p",
+        "broker-cli",
+        "--no-default-features",
+        "--features",
+        "env,age,sops",
+    ]))?;
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    let broker = target.join("release/broker");
+    let dir = std::env::temp_dir().join(format!("broker-xtask-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let result = compare(peers, &broker, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn output(cmd: &mut Command) -> Result<Vec<u8>, String> {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {shown}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{shown} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(out.stdout)
+}
+
+fn mean_ms(runs: u32, mut cmd: impl FnMut() -> Command) -> Result<f64, String> {
+    output(&mut cmd())?; // warm the page cache
+    let start = std::time::Instant::now();
+    for _ in 0..runs {
+        output(&mut cmd())?;
+    }
+    Ok(start.elapsed().as_secs_f64() * 1000.0 / f64::from(runs))
+}
+
+fn compare(peers: &Path, broker: &Path, dir: &Path) -> Result<(), String> {
+    let key = dir.join("key.txt");
+    output(Command::new("age-keygen").arg("-o").arg(&key))?;
+    let key_text = std::fs::read_to_string(&key).map_err(|e| e.to_string())?;
+    let recipient = key_text
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .ok_or("age-keygen wrote no public key")?
+        .to_string();
+
+    let mut yaml = String::new();
+    for i in 0..1000 {
+        yaml.push_str(&format!("key{i}: value-{i}-{}\n", "x".repeat(24)));
+    }
+    std::fs::write(dir.join("plain.yaml"), yaml).map_err(|e| e.to_string())?;
+    let enc = output(
+        Command::new(peers.join("sops"))
+            .args(["--disable-version-check", "encrypt", "--age", &recipient])
+            .arg(dir.join("plain.yaml")),
+    )?;
+    std::fs::write(dir.join("big.enc.yaml"), enc).map_err(|e| e.to_string())?;
+
+    let blob: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(dir.join("blob"), blob).map_err(|e| e.to_string())?;
+    output(
+        Command::new("age")
+            .args(["-r", &recipient, "-o"])
+            .arg(dir.join("blob.age"))
+            .arg(dir.join("blob")),
+    )?;
+
+    std::fs::write(
+        dir.join(".broker.yml"),
+        "backends:\n  age: { identity: key.txt }\n  sops: { age_key_file: key.txt }\ncredentials:\n  one: { ref: \"sops:big.enc.yaml#key500\" }\n  blob: { ref: \"age:blob.age\" }\n",
+    )
+    .map_err(|e| e.to_string())?;
+
+    let config = dir.join(".broker.yml");
+    let runs = 20;
+    let broker_sops = mean_ms(runs, || {
+        let mut c = Command::new(broker);
+        c.arg("--config")
+            .arg(&config)
+            .args(["get", "one", "--reveal"]);
+        c
+    })?;
+    let sops = mean_ms(runs, || {
+        let mut c = Command::new(peers.join("sops"));
+        c.args([
+            "--disable-version-check",
+            "decrypt",
+            "--extract",
+            "[\"key500\"]",
+        ])
+        .arg(dir.join("big.enc.yaml"))
+        .env("SOPS_AGE_KEY_FILE", &key);
+        c
+    })?;
+    let broker_age = mean_ms(runs, || {
+        let mut c = Command::new(broker);
+        c.arg("--config")
+            .arg(&config)
+            .args(["get", "blob", "--reveal"]);
+        c
+    })?;
+    let age = mean_ms(runs, || {
+        let mut c = Command::new("age");
+        c.args(["-d", "-i"]).arg(&key).arg(dir.join("blob.age"));
+        c
+    })?;
+    println!(
+        "{:<46} {:>10} {:>10} {:>8}",
+        "input", "broker", "reference", "ratio"
+    );
+    println!(
+        "{:<46} {:>8.1}ms {:>8.1}ms {:>8.2}",
+        "sops YAML, 1,000 keys, one value (sops --extract)",
+        broker_sops,
+        sops,
+        broker_sops / sops
+    );
+    println!(
+        "{:<46} {:>8.1}ms {:>8.1}ms {:>8.2}",
+        "age file, 1 MiB (age -d)",
+        broker_age,
+        age,
+        broker_age / age
+    );
+    Ok(())
 }
