@@ -22,9 +22,6 @@
 //! [age]: https://age-encryption.org/v1
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
-// `broker_core::Error` (the project's one error type) is larger than clippy's 128-byte
-// threshold by design; whether to box it is a broker-core decision.
-#![allow(clippy::result_large_err)]
 
 mod crypto;
 mod keys;

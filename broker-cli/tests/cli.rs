@@ -365,7 +365,7 @@ fn egress_off_refuses_a_remote_credential_before_any_connection() {
     assert_eq!(
         stderr(&out),
         format!(
-            "error: credential `db` (vault:secret/data/app#url): egress is disabled; this would reach https://vault.corp.example:8200 (self-hosted)\nhint: set `egress.enabled: true` in {} after reviewing `broker audit`\n",
+            "error: credential `db` (vault:secret/data/app#url): egress is disabled; this would reach https://vault.corp.example:8200 (managed-cloud)\nhint: set `egress.enabled: true` in {} after reviewing `broker audit`\n",
             file.display()
         )
     );

@@ -354,19 +354,31 @@ fn yaml_error(path: &Path, e: &serde_saphyr::Error) -> Error {
         Some(i) => &text[..i],
         None => &text,
     };
-    let message = message
-        .replace(", expected one of", " (expected one of")
-        .to_string();
-    let message = if message.contains(" (expected one of") {
-        format!("{message})")
-    } else {
-        message
-    };
+    let message = readable_yaml_message(message);
     let location = match e.location() {
         Some(l) => format!("{}:{}:{}", path.display(), l.line(), l.column()),
         None => path.display().to_string(),
     };
     Error::invalid_config(message).with_location(location)
+}
+
+/// Rewrites parser wording for people: `(expected one of a, b)`, `duplicate key `x``.
+fn readable_yaml_message(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
+        let key = rest
+            .split(", set DuplicateKeyPolicy")
+            .next()
+            .unwrap_or(rest);
+        return format!("duplicate key `{key}`");
+    }
+    if message == "expected mapping start" {
+        return "expected a map (`key: value` lines)".to_string();
+    }
+    match message.split_once(", expected one of ") {
+        Some((head, list)) if list.contains(", ") => format!("{head} (expected one of {list})"),
+        Some((head, list)) => format!("{head} (expected `{list}`)"),
+        None => message.to_string(),
+    }
 }
 
 /// `ttl:` values: `90s`, `15m`, `1h30m`, `2d`, or a bare number of seconds.
@@ -682,7 +694,7 @@ impl<'de> Visitor<'de> for CredentialsVisitor {
 
 impl<'de> Deserialize<'de> for RawCredentials {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        d.deserialize_map(CredentialsVisitor)
+        d.deserialize_any(CredentialsVisitor)
     }
 }
 
@@ -706,7 +718,7 @@ impl<'de> Visitor<'de> for BackendNamesVisitor {
 
 impl<'de> Deserialize<'de> for BackendNames {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        d.deserialize_map(BackendNamesVisitor)
+        d.deserialize_any(BackendNamesVisitor)
     }
 }
 

@@ -1,7 +1,6 @@
 //! Resolve through the provider vs a bare HTTP GET of the same KV v2 secret on the same
 //! OpenBao dev server. Skips (prints why) when `bao` is not installed.
 #![allow(
-    clippy::result_large_err,
     clippy::unwrap_used,
     clippy::print_stderr,
     missing_docs

@@ -21,7 +21,6 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 // `broker_core::Error` is the shared error type of every backend; its size is core's choice.
-#![allow(clippy::result_large_err)]
 
 mod client;
 mod provider;

@@ -1,5 +1,5 @@
 //! The shared conformance suite and canary checks against a real OpenBao dev server.
-#![allow(clippy::result_large_err, clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

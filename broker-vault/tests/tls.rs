@@ -1,6 +1,6 @@
 //! TLS, mTLS and a sealed server against a real OpenBao with raft storage, initialised and
 //! unsealed over HTTPS (not `-dev`). The CA and the certificates are generated per test.
-#![allow(clippy::result_large_err, clippy::unwrap_used, clippy::print_stderr)]
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 mod common;
 

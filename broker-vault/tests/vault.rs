@@ -1,5 +1,5 @@
 //! KV, auth methods, failures, mint/revoke and rotate against a real OpenBao dev server.
-#![allow(clippy::result_large_err, clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

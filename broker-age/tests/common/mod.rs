@@ -1,5 +1,5 @@
 //! Helpers shared by the broker-age integration tests.
-#![allow(clippy::unwrap_used, clippy::result_large_err, dead_code, missing_docs)]
+#![allow(clippy::unwrap_used, dead_code, missing_docs)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
