@@ -507,7 +507,10 @@ async fn mint_with_iam_enforced() {
     }
 
     // revoke: Unsupported, with the alternative.
-    let err = provider.revoke(lease.id.as_str(), &broker_core::provider::NoNestedRefs).await.unwrap_err();
+    let err = provider
+        .revoke(lease.id.as_str(), &broker_core::provider::NoNestedRefs)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unsupported);
     assert!(err.hint().unwrap().contains("ttl"), "{err:?}");
 }

@@ -129,7 +129,9 @@ async fn dispatch(cli: Cli, swept: Vec<PathBuf>) -> Result<u8, Error> {
                             "no audit log configured in {}",
                             broker.config().path().display()
                         ))
-                        .with_hint("pass the log's PATH, or set `audit: { path: ... }` in the config")
+                        .with_hint(
+                            "pass the log's PATH, or set `audit: { path: ... }` in the config",
+                        )
                     })?
                 }
             };

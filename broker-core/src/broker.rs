@@ -306,7 +306,11 @@ impl Broker {
     /// On any failure nothing is returned and the scratch dir is already wiped.
     pub async fn deliver(&self, names: &[String], context: &RequestContext) -> Result<Delivery> {
         let names: Vec<&str> = if names.is_empty() {
-            self.config.credentials.iter().map(|c| c.name.as_str()).collect()
+            self.config
+                .credentials
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect()
         } else {
             names.iter().map(String::as_str).collect()
         };
@@ -347,7 +351,9 @@ impl Broker {
                         .map_err(|_| Error::internal("scratch path is not UTF-8"))?;
                     for var in credential.path_vars() {
                         if *var != spec.env_var {
-                            delivery.env.push((var.clone(), SecretValue::from(path.clone())));
+                            delivery
+                                .env
+                                .push((var.clone(), SecretValue::from(path.clone())));
                         }
                     }
                     delivery
@@ -460,7 +466,8 @@ impl Broker {
         event.backend = Some(name.clone());
         event.lease_id = Some(lease_id.to_string());
         event.outcome = Some("revoked".into());
-        self.guarded(true, event, |_| provider.revoke(lease_id, self)).await
+        self.guarded(true, event, |_| provider.revoke(lease_id, self))
+            .await
     }
 
     /// Health of every compiled-in backend. Checks run only for backends a credential uses and

@@ -652,15 +652,18 @@ struct RawCredential {
     options: Vec<(String, (u64, u64), serde_json::Value)>,
 }
 
+/// A map entry with the key's line and column.
+type SpannedEntry<V> = (String, u64, u64, V);
+
 /// A map visitor that keeps keys with their positions and rejects duplicate keys.
 fn visit_spanned_map<'de, A, V>(
     mut map: A,
     mut value: impl FnMut(&mut A, &str, (u64, u64)) -> std::result::Result<V, A::Error>,
-) -> std::result::Result<Vec<(String, u64, u64, V)>, A::Error>
+) -> std::result::Result<Vec<SpannedEntry<V>>, A::Error>
 where
     A: MapAccess<'de>,
 {
-    let mut out: Vec<(String, u64, u64, V)> = Vec::new();
+    let mut out: Vec<SpannedEntry<V>> = Vec::new();
     while let Some(key) = map.next_key::<Spanned<String>>()? {
         let (l, c) = (key.referenced.line(), key.referenced.column());
         if out.iter().any(|(k, ..)| *k == key.value) {

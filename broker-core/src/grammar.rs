@@ -405,10 +405,10 @@ fn azure_secret(t: &str) -> Result<(), TargetError> {
             "a secret name has 1-127 letters, digits and hyphens",
         );
     }
-    if let Some(version) = segs.get(2) {
-        if version.len() != 32 || !version.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return err(name_at + name.len() + 1, "a version is 32 hex digits");
-        }
+    if let Some(version) = segs.get(2)
+        && (version.len() != 32 || !version.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return err(name_at + name.len() + 1, "a version is 32 hex digits");
     }
     Ok(())
 }

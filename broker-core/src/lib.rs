@@ -20,11 +20,11 @@
 
 pub mod audit;
 mod broker;
-mod layers;
 pub mod config;
 pub mod egress;
 mod error;
 pub mod grammar;
+mod layers;
 pub mod lease;
 pub mod policy;
 pub mod provider;
@@ -46,10 +46,10 @@ pub use async_trait::async_trait;
 pub use inventory;
 
 pub use broker::{BackendReport, Broker, Delivery, Manifest, ManifestEntry};
-pub use layers::Refreshed;
 pub use config::{Config, CredentialSpec, DeliveryKind, Source};
 pub use egress::{Badge, Destination, Target};
 pub use error::{Error, ErrorKind, Result};
+pub use layers::Refreshed;
 pub use provider::{Check, CredentialProvider, Request, RequestContext, ResolveRef, Rotation};
 pub use reference::{FieldPath, FieldSegment, Reference};
 pub use registry::{BackendContext, Capabilities, ProviderDescriptor, Registry};

@@ -129,10 +129,10 @@ impl<'a> Request<'a> {
 
 /// `path` made absolute against `base`; a leading `~/` expands to `$HOME`.
 pub fn resolve_path(base: &Path, path: &str) -> PathBuf {
-    if let Some(rest) = path.strip_prefix("~/") {
-        if let Some(home) = std::env::var_os("HOME") {
-            return Path::new(&home).join(rest);
-        }
+    if let Some(rest) = path.strip_prefix("~/")
+        && let Some(home) = std::env::var_os("HOME")
+    {
+        return Path::new(&home).join(rest);
     }
     base.join(path)
 }

@@ -246,22 +246,21 @@ impl FromStr for Reference {
             },
             None => None,
         };
-        if let Some((at, q)) = query {
-            if let Some((i, c)) = q
+        if let Some((at, q)) = query
+            && let Some((i, c)) = q
                 .char_indices()
                 .find(|(_, c)| c.is_whitespace() || c.is_control())
-            {
-                let what = if c.is_whitespace() {
-                    "whitespace"
-                } else {
-                    "a control character"
-                };
-                return Err(invalid(
-                    input,
-                    at + i,
-                    format!("{what} is not allowed in a query"),
-                ));
-            }
+        {
+            let what = if c.is_whitespace() {
+                "whitespace"
+            } else {
+                "a control character"
+            };
+            return Err(invalid(
+                input,
+                at + i,
+                format!("{what} is not allowed in a query"),
+            ));
         }
         let Some(colon) = head.find(':') else {
             return Err(invalid(

@@ -22,11 +22,12 @@ pub fn scratch_roots() -> Vec<PathBuf> {
     let mut roots = Vec::new();
     if let Some(xdg) = std::env::var_os("XDG_RUNTIME_DIR") {
         let p = PathBuf::from(xdg);
-        if let Ok(m) = fs::metadata(&p) {
-            if m.is_dir() && m.uid() == rustix::process::getuid().as_raw() && m.mode() & 0o077 == 0
-            {
-                roots.push(p);
-            }
+        if let Ok(m) = fs::metadata(&p)
+            && m.is_dir()
+            && m.uid() == rustix::process::getuid().as_raw()
+            && m.mode() & 0o077 == 0
+        {
+            roots.push(p);
         }
     }
     let shm = PathBuf::from("/dev/shm");
@@ -147,15 +148,14 @@ fn wipe_dir(dir: &Path) -> io::Result<()> {
                 let Ok(meta) = fs::symlink_metadata(entry.path()) else {
                     continue;
                 };
-                if meta.is_file() {
-                    if let Ok(mut f) = OpenOptions::new()
+                if meta.is_file()
+                    && let Ok(mut f) = OpenOptions::new()
                         .write(true)
                         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
                         .open(entry.path())
-                    {
-                        let zeros = vec![0u8; meta.len().min(1 << 20) as usize];
-                        let _ = f.write_all(&zeros).and_then(|()| f.sync_all());
-                    }
+                {
+                    let zeros = vec![0u8; meta.len().min(1 << 20) as usize];
+                    let _ = f.write_all(&zeros).and_then(|()| f.sync_all());
                 }
             }
         }
