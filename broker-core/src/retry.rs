@@ -5,7 +5,7 @@
 //! - At most [`MAX_RETRIES`] retries (four attempts). Before retry `n` (from 0) the broker
 //!   sleeps a random duration in `[0, min(max_delay, base_delay × 2ⁿ))` ("full jitter").
 //! - Each attempt runs under [`RetryPolicy::timeout`]; a timeout is a retryable
-//!   [`ErrorKind::Transient`](crate::ErrorKind::Transient) error.
+//!   [`crate::ErrorKind::Transient`] error.
 //! - There is no fallback to another source: after the last attempt the error is returned and
 //!   the broker raises an alert ([`AlertCommand`] and an audit record of severity `alert`).
 //!
