@@ -42,7 +42,6 @@ pub(crate) fn data_key(meta: &Metadata, ring: &KeyRing) -> Result<Zeroizing<Vec<
     let mut parts = Vec::new();
     let mut remote: Vec<&MasterKey> = Vec::new();
     let mut tried: Vec<String> = Vec::new();
-    let mut pgp = false;
     for group in &meta.key_groups {
         let mut part = None;
         for key in group {
@@ -58,8 +57,16 @@ pub(crate) fn data_key(meta: &Metadata, ring: &KeyRing) -> Result<Zeroizing<Vec<
                         None => tried.push(key.describe()),
                     }
                 }
-                MasterKey::Pgp { .. } => {
-                    pgp = true;
+                MasterKey::Pgp { fingerprint, enc } => {
+                    match ring.decrypt_pgp(enc).map_err(|m| {
+                        Error::new(ErrorKind::Integrity, format!("pgp key {fingerprint}: {m}"))
+                    })? {
+                        Some(p) => {
+                            part = Some(p);
+                            break;
+                        }
+                        None => tried.push(key.describe()),
+                    }
                 }
                 other => remote.push(other),
             }
@@ -85,6 +92,10 @@ pub(crate) fn data_key(meta: &Metadata, ring: &KeyRing) -> Result<Zeroizing<Vec<
         return Ok(parts.remove(0));
     }
     let has_age = meta.all_keys().any(|k| matches!(k, MasterKey::Age { .. }));
+    let has_pgp = meta.all_keys().any(|k| matches!(k, MasterKey::Pgp { .. }));
+    let has_local = has_age || has_pgp;
+    // A key of a type the file uses was loaded (and did not match), as opposed to none.
+    let had_usable = (has_age && !ring.age.is_empty()) || (has_pgp && !ring.pgp.is_empty());
     let mut msg = String::from("no local key decrypts the sops data key");
     if meta.key_groups.len() > 1 {
         msg.push_str(&format!(
@@ -100,9 +111,9 @@ pub(crate) fn data_key(meta: &Metadata, ring: &KeyRing) -> Result<Zeroizing<Vec<
     let mut notes = ring.sources.clone();
     notes.extend(ring.notes.iter().cloned());
     if !notes.is_empty() {
-        msg.push_str(&format!("; identities from: {}", notes.join(", ")));
+        msg.push_str(&format!("; keys tried from: {}", notes.join(", ")));
     }
-    let mut unsupported: Vec<String> = remote
+    let unsupported: Vec<String> = remote
         .iter()
         .map(|k| {
             format!(
@@ -113,22 +124,19 @@ pub(crate) fn data_key(meta: &Metadata, ring: &KeyRing) -> Result<Zeroizing<Vec<
             )
         })
         .collect();
-    if pgp {
-        unsupported.push("pgp (not supported by this broker yet)".into());
-    }
     if !unsupported.is_empty() {
         msg.push_str(&format!(
             "; master keys not usable here: {}",
             unsupported.join(", ")
         ));
     }
-    if has_age && ring.age.is_empty() {
+    if has_local && !had_usable {
         return Err(Error::not_configured(msg).with_hint(
             "set SOPS_AGE_KEY_FILE or SOPS_AGE_KEY, put keys in ~/.config/sops/age/keys.txt, \
-             or set backends.sops.age_key_file",
+             or set backends.sops.age_key_file (age) or backends.sops.pgp_key_file (PGP)",
         ));
     }
-    if has_age {
+    if has_local {
         return Err(Error::new(ErrorKind::PermissionDenied, msg));
     }
     Err(Error::new(ErrorKind::Unsupported, msg))
@@ -267,10 +275,9 @@ impl Walker<'_> {
                         top.push(c.clone());
                     }
                     self.value(v, path, stack, mode)?;
-                    if !is_comment
-                        && let Some(top) = stack.last_mut() {
-                            top.clear();
-                        }
+                    if !is_comment && let Some(top) = stack.last_mut() {
+                        top.clear();
+                    }
                 }
                 stack.pop();
             }

@@ -1,4 +1,5 @@
-//! Where age identities come from, as sops users expect, plus the backend's settings.
+//! Where age identities and PGP secret keys come from, as sops users expect, plus the
+//! backend's settings.
 
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -9,9 +10,11 @@ use zeroize::Zeroizing;
 /// Looks up an environment variable (the process environment, or a fixed map in tests).
 pub type EnvLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
 
-/// Loaded age identities and where they came from. Holds key material: no `Debug`.
+/// Loaded age identities and PGP secret keys and where they came from. Holds key material:
+/// no `Debug`.
 pub(crate) struct KeyRing {
     pub age: Vec<Box<dyn age::Identity + Send + Sync>>,
+    pub pgp: Vec<pgp::composed::SignedSecretKey>,
     /// Value-free descriptions of the sources that gave identities.
     pub sources: Vec<String>,
     /// Value-free notes about sources that were skipped (passphrase-protected keys...).
@@ -23,6 +26,7 @@ pub(crate) struct Explicit<'a> {
     pub age_key_file: Option<PathBuf>,
     pub age_ssh_key_file: Option<PathBuf>,
     pub age_key: Option<&'a [u8]>,
+    pub pgp_key_file: Option<PathBuf>,
 }
 
 fn read(path: &Path, what: &str) -> Result<Zeroizing<Vec<u8>>, Error> {
@@ -44,6 +48,7 @@ impl KeyRing {
     fn empty() -> KeyRing {
         KeyRing {
             age: Vec::new(),
+            pgp: Vec::new(),
             sources: Vec::new(),
             notes: Vec::new(),
         }
@@ -85,6 +90,74 @@ impl KeyRing {
         }
     }
 
+    /// Adds the unencrypted OpenPGP secret keys (armored or binary, one or more) in `bytes`.
+    /// A passphrase-protected key is an error: there is no one to ask for the passphrase.
+    fn add_pgp(&mut self, bytes: &[u8], source: &str) -> Result<(), Error> {
+        use pgp::composed::{Deserializable, PublicOrSecret, SignedSecretKey};
+        use pgp::types::KeyDetails;
+        const BEGIN: &str = "-----BEGIN PGP PRIVATE KEY BLOCK-----";
+        const END: &str = "-----END PGP PRIVATE KEY BLOCK-----";
+        let not_keys = || {
+            Error::invalid_config(format!(
+                "{source} is not an OpenPGP secret key file (export it with `gpg --export-secret-keys`)"
+            ))
+        };
+        let mut keys: Vec<SignedSecretKey> = Vec::new();
+        match std::str::from_utf8(bytes) {
+            // Armored: `gpg --export-secret-keys --armor` output, possibly several blocks (and
+            // public key blocks, which are skipped) in one file.
+            Ok(text) if text.contains(BEGIN) => {
+                let mut rest = text;
+                while let Some(start) = rest.find(BEGIN) {
+                    let block = &rest[start..];
+                    let end = block.find(END).ok_or_else(not_keys)? + END.len();
+                    let (parsed, _) = SignedSecretKey::from_armor_many(&block.as_bytes()[..end])
+                        .map_err(|_| not_keys())?;
+                    for key in parsed {
+                        keys.push(key.map_err(|_| not_keys())?);
+                    }
+                    rest = &block[end..];
+                }
+            }
+            _ => {
+                let (parsed, _) =
+                    PublicOrSecret::from_reader_many(bytes).map_err(|_| not_keys())?;
+                for key in parsed {
+                    if let PublicOrSecret::Secret(k) = key.map_err(|_| not_keys())? {
+                        keys.push(k);
+                    }
+                }
+            }
+        }
+        let mut fingerprints = Vec::new();
+        for key in keys {
+            let fp = format!("{:X}", key.fingerprint());
+            let protected = key.primary_key.secret_params().is_encrypted()
+                || key
+                    .secret_subkeys
+                    .iter()
+                    .any(|s| s.key.secret_params().is_encrypted());
+            if protected {
+                return Err(Error::invalid_config(format!(
+                    "{source}: PGP key {fp} is passphrase-protected, which is not supported \
+                     non-interactively"
+                ))
+                .with_hint(
+                    "export an unprotected copy for this machine (gpg --export-secret-keys after \
+                     removing the passphrase in a throwaway GNUPGHOME), or use an age key",
+                ));
+            }
+            fingerprints.push(fp);
+            self.pgp.push(key);
+        }
+        if fingerprints.is_empty() {
+            return Err(not_keys());
+        }
+        self.sources
+            .push(format!("{source} (pgp {})", fingerprints.join(", ")));
+        Ok(())
+    }
+
     /// Loads identities from settings, `SOPS_AGE_KEY`, `SOPS_AGE_KEY_FILE`,
     /// `SOPS_AGE_SSH_PRIVATE_KEY_FILE` (else `~/.ssh/id_ed25519`, `~/.ssh/id_rsa`), and the
     /// default `$XDG_CONFIG_HOME/sops/age/keys.txt` (else `~/.config/sops/age/keys.txt`).
@@ -98,6 +171,10 @@ impl KeyRing {
         if let Some(path) = &explicit.age_ssh_key_file {
             let text = read(path, "SSH key (backends.sops.age_ssh_key_file)")?;
             ring.add_ssh(&text, path, format!("age_ssh_key_file {}", path.display()));
+        }
+        if let Some(path) = &explicit.pgp_key_file {
+            let bytes = read(path, "PGP key file (backends.sops.pgp_key_file)")?;
+            ring.add_pgp(&bytes, &format!("pgp_key_file {}", path.display()))?;
         }
         if let Some(text) = explicit.age_key {
             ring.add_age_text(text, "age_key_ref".into())?;
@@ -138,9 +215,10 @@ impl KeyRing {
             .map(PathBuf::from)
             .or_else(|| home.map(|h| h.join(".config")));
         if let Some(path) = config_dir.map(|d| d.join("sops/age/keys.txt"))
-            && let Ok(text) = read(&path, "age key file") {
-                ring.add_age_text(&text, path.display().to_string())?;
-            }
+            && let Ok(text) = read(&path, "age key file")
+        {
+            ring.add_age_text(&text, path.display().to_string())?;
+        }
         Ok(ring)
     }
 
@@ -163,6 +241,41 @@ impl KeyRing {
             Err(age::DecryptError::NoMatchingKeys) => Ok(None),
             Err(_) => Err("the age-wrapped data key is corrupt or tampered".into()),
         }
+    }
+}
+
+impl KeyRing {
+    /// Decrypts an armored (or binary) OpenPGP message `enc` (a PKESK to one of our keys) with
+    /// the loaded PGP keys. `Ok(None)` when none of them is a recipient.
+    pub(crate) fn decrypt_pgp(&self, enc: &str) -> Result<Option<Zeroizing<Vec<u8>>>, String> {
+        use pgp::composed::Message;
+        use pgp::types::Password;
+        if self.pgp.is_empty() {
+            return Ok(None);
+        }
+        let corrupt = || "the PGP-wrapped data key is corrupt or tampered".to_string();
+        let trimmed = enc.trim();
+        let msg = if trimmed.starts_with("-----BEGIN PGP MESSAGE-----") {
+            Message::from_armor(std::io::Cursor::new(trimmed.as_bytes()))
+                .map(|(m, _)| m)
+                .map_err(|_| corrupt())?
+        } else {
+            Message::from_bytes(std::io::Cursor::new(enc.as_bytes())).map_err(|_| corrupt())?
+        };
+        let password = Password::empty();
+        let passwords = vec![&password; self.pgp.len()];
+        let msg = match msg.decrypt_with_keys(passwords, self.pgp.iter().collect()) {
+            Ok(m) => m,
+            Err(pgp::errors::Error::MissingKey) => return Ok(None),
+            Err(_) => return Err(corrupt()),
+        };
+        let mut msg = if msg.is_compressed() {
+            msg.decompress().map_err(|_| corrupt())?
+        } else {
+            msg
+        };
+        let data = msg.as_data_vec().map_err(|_| corrupt())?;
+        Ok(Some(Zeroizing::new(data)))
     }
 }
 

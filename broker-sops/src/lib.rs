@@ -3,10 +3,12 @@
 //! The data key is recovered from an `age` master key (X25519 or SSH identities, from the
 //! places sops itself looks: `SOPS_AGE_KEY`, `SOPS_AGE_KEY_FILE`,
 //! `SOPS_AGE_SSH_PRIVATE_KEY_FILE`, `~/.config/sops/age/keys.txt`, plus
-//! `backends.sops.age_key_file`); key groups with `shamir_threshold` are recombined. Every
-//! value is decrypted with AES-256-GCM using its key path as authenticated data, and the
-//! document MAC is verified before anything is returned: a tampered, reordered, dropped or
-//! injected value is refused with an `Integrity` error ("MAC mismatch").
+//! `backends.sops.age_key_file`) or a `pgp` master key (unencrypted OpenPGP secret keys from
+//! `backends.sops.pgp_key_file`, decrypted in process: no gpg, no agent); key groups with
+//! `shamir_threshold` are recombined. Every value is decrypted with AES-256-GCM using its key
+//! path as authenticated data, and the document MAC is verified before anything is returned:
+//! a tampered, reordered, dropped or injected value is refused with an `Integrity` error
+//! ("MAC mismatch").
 //!
 //! Formats: YAML, JSON, dotenv, INI and binary, from the extension or `?format=`. Without
 //! `#field` the whole decrypted document is the value (in its own format); with one, the
@@ -15,8 +17,8 @@
 //!
 //! Network master keys (AWS KMS, GCP KMS, Azure Key Vault, Vault transit) are not contacted:
 //! `egress` reports them (for key groups without a local key) and decrypting with them is a
-//! typed `Unsupported` error naming the backend that will bring them. PGP master keys are not
-//! supported yet. `rotate` re-encrypts the file with a fresh data key, atomically.
+//! typed `Unsupported` error naming the backend that will bring them. `rotate` re-encrypts
+//! the file with a fresh data key, atomically (age master keys only).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -62,6 +64,10 @@ pub struct Settings {
     /// A reference whose value is age identity text (e.g. `env:MY_AGE_KEY`).
     #[serde(default)]
     pub age_key_ref: Option<String>,
+    /// An OpenPGP secret key file (armored or binary, unencrypted secret keys, e.g. from
+    /// `gpg --export-secret-keys`), relative to the config file. No gpg or agent is used.
+    #[serde(default)]
+    pub pgp_key_file: Option<String>,
 }
 
 /// Decrypts sops files.
@@ -118,6 +124,7 @@ impl SopsProvider {
                 age_key_file: path(&self.settings.age_key_file),
                 age_ssh_key_file: path(&self.settings.age_ssh_key_file),
                 age_key: age_key.as_ref().map(SecretValue::expose),
+                pgp_key_file: path(&self.settings.pgp_key_file),
             },
             &*self.env,
         )
@@ -187,9 +194,10 @@ impl CredentialProvider for SopsProvider {
             }
             for key in group {
                 if let Some(d) = key.destination()
-                    && !out.contains(&d) {
-                        out.push(d);
-                    }
+                    && !out.contains(&d)
+                {
+                    out.push(d);
+                }
             }
         }
         Ok(out)
@@ -201,20 +209,22 @@ impl CredentialProvider for SopsProvider {
         let path = request.path(reference.target());
         let format = format_of(reference, &path).map_err(attach)?;
         let field = reference.field_path();
-        if field.is_none() && format != Format::Binary
+        if field.is_none()
+            && format != Format::Binary
             && let Some(spec) = request.spec
-                && spec.kind == DeliveryKind::Env {
-                    return Err(attach(
-                        Error::invalid_config(format!(
-                            "the whole {} document cannot be delivered as one environment variable",
-                            format.name()
-                        ))
-                        .with_hint(format!(
-                            "select one key (`{}#some.key`) or use `kind: file`",
-                            reference.without_field()
-                        )),
-                    ));
-                }
+            && spec.kind == DeliveryKind::Env
+        {
+            return Err(attach(
+                Error::invalid_config(format!(
+                    "the whole {} document cannot be delivered as one environment variable",
+                    format.name()
+                ))
+                .with_hint(format!(
+                    "select one key (`{}#some.key`) or use `kind: file`",
+                    reference.without_field()
+                )),
+            ));
+        }
         let ring = self.key_ring(request.nested).await.map_err(attach)?;
         let doc = open(&path, format, &ring).map_err(attach)?;
         let bytes: Vec<u8> = match &field {
@@ -273,15 +283,17 @@ impl CredentialProvider for SopsProvider {
 
     async fn check(&self, nested: &dyn ResolveRef) -> Check {
         match self.key_ring(nested).await {
-            Ok(ring) if !ring.age.is_empty() => Check::ok(format!(
-                "{} age identit{} from {}",
+            Ok(ring) if !ring.age.is_empty() || !ring.pgp.is_empty() => Check::ok(format!(
+                "{} age identit{}, {} PGP key{} from {}",
                 ring.age.len(),
                 if ring.age.len() == 1 { "y" } else { "ies" },
+                ring.pgp.len(),
+                if ring.pgp.len() == 1 { "" } else { "s" },
                 ring.sources.join(", ")
             )),
             Ok(ring) => {
                 let mut detail = String::from(
-                    "no age identity found (SOPS_AGE_KEY_FILE, SOPS_AGE_KEY, ~/.config/sops/age/keys.txt, backends.sops.age_key_file)",
+                    "no age identity or PGP key found (SOPS_AGE_KEY_FILE, SOPS_AGE_KEY, ~/.config/sops/age/keys.txt, backends.sops.age_key_file, backends.sops.pgp_key_file)",
                 );
                 if !ring.notes.is_empty() {
                     detail.push_str(&format!("; {}", ring.notes.join("; ")));

@@ -7,7 +7,7 @@ use crate::tree::{Item, Node};
 /// One master key that wraps the data key (or a Shamir share of it).
 pub(crate) enum MasterKey {
     Age { recipient: String, enc: String },
-    Pgp { fingerprint: String },
+    Pgp { fingerprint: String, enc: String },
     AwsKms { arn: String },
     GcpKms { resource_id: String },
     AzureKv { vault_url: String, name: String },
@@ -121,6 +121,7 @@ fn parse_group(group: &Node) -> Vec<MasterKey> {
     for e in entries(group, "pgp") {
         keys.push(MasterKey::Pgp {
             fingerprint: t(e, "fp"),
+            enc: t(e, "enc"),
         });
     }
     for e in entries(group, "kms") {
@@ -212,23 +213,26 @@ impl Metadata {
     ) -> bool {
         let mut encrypted = true;
         if let Some(sfx) = &self.unencrypted_suffix
-            && path.iter().any(|p| p.ends_with(sfx.as_str())) {
-                encrypted = false;
-            }
+            && path.iter().any(|p| p.ends_with(sfx.as_str()))
+        {
+            encrypted = false;
+        }
         if let Some(sfx) = &self.encrypted_suffix {
             encrypted = path.iter().any(|p| p.ends_with(sfx.as_str()));
         }
         if let Some(re) = &self.unencrypted_regex
-            && path.iter().any(|p| re.is_match(p)) {
-                encrypted = false;
-            }
+            && path.iter().any(|p| re.is_match(p))
+        {
+            encrypted = false;
+        }
         if let Some(re) = &self.encrypted_regex {
             encrypted = path.iter().any(|p| re.is_match(p));
         }
         if let Some(re) = &self.unencrypted_comment_regex
-            && comments.iter().flatten().any(|c| re.is_match(c)) {
-                encrypted = false;
-            }
+            && comments.iter().flatten().any(|c| re.is_match(c))
+        {
+            encrypted = false;
+        }
         if let Some(re) = &self.encrypted_comment_regex {
             let last_stack = comments.len().saturating_sub(1);
             let last_len = comments.last().map_or(0, Vec::len);
@@ -252,10 +256,11 @@ pub(crate) fn set(meta: &mut Node, key: &str, value: Node) {
     if let Node::Map(items) = meta {
         for item in items.iter_mut() {
             if let Item::Pair(k, v) = item
-                && k == key {
-                    *v = value;
-                    return;
-                }
+                && k == key
+            {
+                *v = value;
+                return;
+            }
         }
         items.push(Item::Pair(key.to_string(), value));
     }

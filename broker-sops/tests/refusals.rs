@@ -103,6 +103,8 @@ async fn tampering_is_refused() {
 
 #[tokio::test]
 async fn upstream_no_mac_is_refused() {
+    // Only a PGP key wraps it: without that key it stops before the MAC (tests/pgp.rs checks
+    // the "no MAC" refusal with the key); never a value either way.
     let err = resolve(
         &age_provider(),
         "sops:upstream/functional-tests/res/no_mac.yaml",
@@ -110,11 +112,16 @@ async fn upstream_no_mac_is_refused() {
     )
     .await
     .unwrap_err();
-    // Only a PGP key wraps it, so it stops before the MAC; never a value either way.
-    assert!(
-        matches!(err.kind(), ErrorKind::Integrity | ErrorKind::Unsupported),
-        "{err}"
-    );
+    assert_eq!(err.kind(), ErrorKind::NotConfigured, "{err}");
+    let err = resolve(
+        &pgp_provider(),
+        "sops:upstream/functional-tests/res/no_mac.yaml",
+        &fixtures(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Integrity, "{err}");
+    assert!(err.to_string().contains("MAC mismatch"), "{err}");
 }
 
 #[tokio::test]

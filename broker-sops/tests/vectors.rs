@@ -52,3 +52,37 @@ async fn derived_age_vectors_match_expected() {
         assert_same_document(Path::new(file), &got, &want);
     }
 }
+
+/// The upstream (PGP-keyed) vectors and their `expected/` twins.
+const PGP_VECTORS: &[&str] = &[
+    "example.yaml",
+    "example.json",
+    "example.ini",
+    "example.txt",
+    "examples/all_in_one/config/secret.enc.json",
+    "examples/per_file/config.enc/static_github.json",
+    "functional-tests/res/format.enc.yaml",
+    "functional-tests/res/format.enc.json",
+    "functional-tests/res/format.enc.env",
+    "functional-tests/res/format.enc.ini",
+    "functional-tests/res/format-2.enc.ini",
+    "functional-tests/res/comments.enc.yaml",
+    "functional-tests/res/multiple_keys.yaml",
+];
+
+#[tokio::test]
+async fn upstream_pgp_vectors_match_expected() {
+    let provider = pgp_provider();
+    for file in PGP_VECTORS {
+        // example.txt is a binary-mode file in a JSON envelope.
+        let query = if *file == "example.txt" {
+            "?format=binary"
+        } else {
+            ""
+        };
+        let got = resolve_ok(&provider, &format!("sops:upstream/{file}{query}")).await;
+        let want =
+            std::fs::read(fixtures().join(format!("expected/upstream/{file}.decrypted"))).unwrap();
+        assert_same_document(Path::new(file), &got, &want);
+    }
+}

@@ -27,22 +27,27 @@ fn resolve_plain(s: &str) -> Node {
         _ => {}
     }
     let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
-    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
-        && let Ok(i) = s.parse::<i64>() {
-            return Node::Int(i);
-        }
+    if !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(i) = s.parse::<i64>()
+    {
+        return Node::Int(i);
+    }
     if let Some(hex) = s.strip_prefix("0x")
-        && let Ok(i) = i64::from_str_radix(hex, 16) {
-            return Node::Int(i);
-        }
+        && let Ok(i) = i64::from_str_radix(hex, 16)
+    {
+        return Node::Int(i);
+    }
     if let Some(oct) = s.strip_prefix("0o")
-        && let Ok(i) = i64::from_str_radix(oct, 8) {
-            return Node::Int(i);
-        }
+        && let Ok(i) = i64::from_str_radix(oct, 8)
+    {
+        return Node::Int(i);
+    }
     if is_float_text(digits)
-        && let Ok(f) = s.parse::<f64>() {
-            return Node::Float(f);
-        }
+        && let Ok(f) = s.parse::<f64>()
+    {
+        return Node::Float(f);
+    }
     Node::Str(s.to_string())
 }
 
@@ -160,10 +165,9 @@ pub(crate) fn parse(text: &str) -> Result<Node, String> {
             }
             Event::Scalar(value, style, _, tag) => {
                 let expecting_key = matches!(stack.last(), Some(Open::Map { key: None, .. }));
-                if expecting_key
-                    && let Some(Open::Map { indent, .. }) = stack.last_mut() {
-                        indent.get_or_insert(col);
-                    }
+                if expecting_key && let Some(Open::Map { indent, .. }) = stack.last_mut() {
+                    indent.get_or_insert(col);
+                }
                 if expecting_key || matches!(stack.last(), Some(Open::List(_))) {
                     flush(&mut stack, &mut pending, None);
                 }

@@ -27,6 +27,24 @@ pub fn age_provider() -> SopsProvider {
     )]))
 }
 
+/// The upstream sops functional-tests PGP key file (both secret keys, no passphrase).
+pub const PGP_KEY_FILE: &str = "upstream/pgp/sops_functional_tests_key.asc";
+
+/// A provider whose only key is `key_file` (relative to the fixtures dir) as
+/// `backends.sops.pgp_key_file`, with an empty environment.
+pub fn pgp_provider_with(key_file: &str) -> SopsProvider {
+    let settings = Settings {
+        pgp_key_file: Some(key_file.into()),
+        ..Settings::default()
+    };
+    SopsProvider::new(settings, fixtures()).with_env(BTreeMap::new())
+}
+
+/// A provider whose only key is the upstream PGP test key file.
+pub fn pgp_provider() -> SopsProvider {
+    pgp_provider_with(PGP_KEY_FILE)
+}
+
 /// A provider with no keys at all.
 pub fn keyless_provider() -> SopsProvider {
     SopsProvider::new(Settings::default(), fixtures()).with_env(BTreeMap::new())
