@@ -1,10 +1,6 @@
 //! Resolve through the provider vs a bare HTTP GET of the same KV v2 secret on the same
 //! OpenBao dev server. Skips (prints why) when `bao` is not installed.
-#![allow(
-    clippy::unwrap_used,
-    clippy::print_stderr,
-    missing_docs
-)]
+#![allow(clippy::unwrap_used, clippy::print_stderr, missing_docs)]
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;

@@ -5,9 +5,9 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
+use broker_core::provider::NoNestedRefs;
 use broker_core::testkit::assert_no_canary;
 use broker_core::{CredentialProvider, ErrorKind, Reference, Request, RequestContext};
-use broker_core::provider::NoNestedRefs;
 use broker_vault::{Auth, VaultProvider};
 use common::{Dev, Refs, resolve, value, with_spec};
 
