@@ -161,6 +161,29 @@ fn decode(input: &str, part: &str, offset: usize) -> Result<String> {
         .map_err(|_| invalid(input, offset, "percent-encoding is not valid UTF-8"))
 }
 
+/// Refuses whitespace and control characters in `part` (which starts at byte `offset` of
+/// `input`).
+fn reject_blanks(input: &str, part: &str, offset: usize, what: &str) -> Result<()> {
+    match part
+        .char_indices()
+        .find(|(_, c)| c.is_whitespace() || c.is_control())
+    {
+        Some((i, c)) => {
+            let kind = if c.is_whitespace() {
+                "whitespace"
+            } else {
+                "a control character"
+            };
+            Err(invalid(
+                input,
+                offset + i,
+                format!("{kind} is not allowed in {what}"),
+            ))
+        }
+        None => Ok(()),
+    }
+}
+
 /// The byte offset of a `?` in a field selector outside brackets and quotes.
 fn top_level_question_mark(field: &str) -> Option<usize> {
     let mut depth = 0usize;
@@ -208,21 +231,7 @@ impl FromStr for Reference {
             Some(i) => (&input[..i], Some((i + 1, &input[i + 1..]))),
             None => (input, None),
         };
-        if let Some((i, c)) = head
-            .char_indices()
-            .find(|(_, c)| c.is_whitespace() || c.is_control())
-        {
-            let what = if c.is_whitespace() {
-                "whitespace"
-            } else {
-                "a control character"
-            };
-            return Err(invalid(
-                input,
-                i,
-                format!("{what} is not allowed in a reference"),
-            ));
-        }
+        reject_blanks(input, head, 0, "a reference")?;
         let (head, mut query) = match head.find('?') {
             Some(i) => (&head[..i], Some((i + 1, &head[i + 1..]))),
             None => (head, None),
@@ -246,21 +255,8 @@ impl FromStr for Reference {
             },
             None => None,
         };
-        if let Some((at, q)) = query
-            && let Some((i, c)) = q
-                .char_indices()
-                .find(|(_, c)| c.is_whitespace() || c.is_control())
-        {
-            let what = if c.is_whitespace() {
-                "whitespace"
-            } else {
-                "a control character"
-            };
-            return Err(invalid(
-                input,
-                at + i,
-                format!("{what} is not allowed in a query"),
-            ));
+        if let Some((at, q)) = query {
+            reject_blanks(input, q, at, "a query")?;
         }
         let Some(colon) = head.find(':') else {
             return Err(invalid(
