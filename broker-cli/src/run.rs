@@ -131,9 +131,35 @@ pub async fn run(broker: &Broker, args: &RunArgs, context: RequestContext) -> Re
         None => None,
     };
 
+    // Minted `kind: file` credentials are re-minted before they age out; the file is replaced
+    // atomically and the redactor extended with the new values. Env values stay fixed.
+    let mut renewed: Vec<(String, broker_core::SecretValue)> = Vec::new();
+    let mut next_refresh = match broker.refresh_files(&delivery, &context).await {
+        Ok(r) => r.next,
+        Err(e) => {
+            tracing::warn!("cannot schedule re-minting of file credentials: {e}");
+            None
+        }
+    };
     let outcome = loop {
         tokio::select! {
             status = child.wait() => break Outcome::Exited(status),
+            () = sleep_until(next_refresh) => {
+                next_refresh = match broker.refresh_files(&delivery, &context).await {
+                    Ok(r) => {
+                        if !r.secrets.is_empty() {
+                            renewed.extend(r.secrets);
+                            let all = delivery.secrets().iter().chain(renewed.iter());
+                            redact::set_live(Arc::new(Redactor::new(all.map(|(n, v)| (n.as_str(), v)))));
+                        }
+                        r.next
+                    }
+                    Err(e) => {
+                        tracing::warn!("re-minting file credentials failed: {e}; retrying in {}s", REFRESH_RETRY.as_secs());
+                        Some(std::time::SystemTime::now() + REFRESH_RETRY)
+                    }
+                };
+            }
             n = signals.next() => {
                 if shares_terminal && (n == signo::SIGINT || n == signo::SIGQUIT) {
                     tracing::debug!(signal = n, "the terminal delivered this to the child too; waiting for it");
@@ -174,6 +200,22 @@ pub async fn run(broker: &Broker, args: &RunArgs, context: RequestContext) -> Re
         return Err(Error::io("could not wipe the scratch dir", &e));
     }
     Ok(code)
+}
+
+/// How long to wait before trying again after a failed re-mint.
+const REFRESH_RETRY: Duration = Duration::from_secs(30);
+
+/// Sleeps until `at` (at once if it has passed); never wakes for `None`.
+async fn sleep_until(at: Option<std::time::SystemTime>) {
+    match at {
+        Some(at) => {
+            let wait = at
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            tokio::time::sleep(wait).await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 enum Outcome {
@@ -374,6 +416,12 @@ fn pump(src: OwnedFd, sink: Sink, redactor: &Arc<Redactor>, done: &AtomicBool) {
             Ok(_) => {}
             Err(Errno::INTR) => continue,
             Err(_) => break,
+        }
+        // A re-minted file credential installs a redactor that also matches the new values.
+        if let Some(latest) = redact::live()
+            && !Arc::ptr_eq(&latest, stream.redactor())
+        {
+            stream.rebase(latest);
         }
         match rustix::io::read(&src, &mut buf) {
             Ok(0) => break,

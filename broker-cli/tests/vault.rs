@@ -153,3 +153,55 @@ credentials:
     assert!(!out.status.success());
     assert!(text(&out).contains("egress"), "{}", text(&out));
 }
+
+/// Watches the token file until its content changes, then proves the new token works and that
+/// printing it is redacted (only a redactor extended with the re-minted value can do that).
+const WATCH: &str = r#"
+first=$(cat "$TOKEN_FILE")
+i=0
+while [ $i -lt 150 ]; do
+  sleep 0.1
+  now=$(cat "$TOKEN_FILE")
+  if [ "$now" != "$first" ]; then
+    echo reminted
+    [ "$(stat -c %a "$TOKEN_FILE")" = 600 ] && echo mode-ok
+    BAO_ADDR="$1" BAO_TOKEN="$now" bao token lookup -format=json > /dev/null && echo new-token-ok
+    echo "new: $now"
+    exit 0
+  fi
+  i=$((i+1))
+done
+echo never-reminted
+exit 1
+"#;
+
+#[test]
+fn minted_file_credential_is_reminted_during_a_long_run() {
+    let Some(bao) = Bao::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let url = bao.peer.url();
+    // A 4 s token: the refresh margin is capped at half the TTL, so it is re-minted after ~2 s.
+    std::fs::write(
+        dir.path().join(".broker.yml"),
+        format!(
+            r#"egress: {{ enabled: true }}
+backends:
+  vault: {{ address: "{url}" }}
+credentials:
+  tok: {{ mint: "vault:auth/token/create?policies=default", ttl: 4s, as: TOKEN_FILE, kind: file }}
+"#
+        ),
+    )
+    .unwrap();
+    let out = broker(
+        &bao,
+        dir.path(),
+        &["run", "--", "sh", "-c", WATCH, "watch", &url],
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    for want in ["reminted", "mode-ok", "new-token-ok", "new: [REDACTED:tok]"] {
+        assert!(all.contains(want), "missing {want}: {all}");
+    }
+    assert_no_canary("broker run output", &all, &[ROOT]);
+}

@@ -461,6 +461,18 @@ impl RedactStream {
     pub fn held(&self) -> usize {
         self.held.len()
     }
+
+    /// The redactor this stream uses.
+    pub fn redactor(&self) -> &Arc<Redactor> {
+        &self.redactor
+    }
+
+    /// Switches to `redactor` (one that matches more values, after a credential was
+    /// re-minted). Held bytes are kept and matched against the new redactor on the next push,
+    /// so a value split across the switch is still caught.
+    pub fn rebase(&mut self, redactor: Arc<Redactor>) {
+        self.redactor = redactor;
+    }
 }
 
 /// A [`Write`] adapter that redacts everything written through it. Dropping it flushes what
