@@ -5,7 +5,10 @@
 //!   venv at `$BROKER_VENV` (default `$HOME/.cache/broker-venv`). Idempotent and quick when done.
 //! - `cargo xtask test [ARGS]` runs setup, then every test: `cargo test --workspace
 //!   --all-features [ARGS]`, with the peers on the tests' search path.
-//! - `cargo xtask bench [ARGS]` runs the criterion benches and prints their figures.
+//! - `cargo xtask bench [ARGS]` runs the criterion benches and prints their figures, then (without
+//!   ARGS) the whole-process comparison.
+//! - `cargo xtask bench-processes` times `broker get` against `sops decrypt --extract` and
+//!   `age -d` as whole processes on generated inputs, and prints the ratios.
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -30,6 +33,7 @@ fn main() -> ExitCode {
         "setup" => setup().map(|_| ()),
         "test" => setup().and_then(|venv| test(&venv, rest)),
         "bench" => setup().and_then(|venv| bench(&venv, rest)),
+        "bench-processes" => setup().and_then(|venv| processes(&venv)),
         _ => {
             eprintln!(
                 "usage: cargo xtask <setup | test [CARGO TEST ARGS] | bench [CARGO BENCH ARGS]>"
