@@ -265,18 +265,18 @@ fn compare(peers: &Path, broker: &Path, dir: &Path) -> Result<(), String> {
         c
     })?;
     println!(
-        "{:<46} {:>10} {:>10} {:>8}",
+        "{:<52} {:>10} {:>10} {:>8}",
         "input", "broker", "reference", "ratio"
     );
     println!(
-        "{:<46} {:>8.1}ms {:>8.1}ms {:>8.2}",
+        "{:<52} {:>8.1}ms {:>8.1}ms {:>8.2}",
         "sops YAML, 1,000 keys, one value (sops --extract)",
         broker_sops,
         sops,
         broker_sops / sops
     );
     println!(
-        "{:<46} {:>8.1}ms {:>8.1}ms {:>8.2}",
+        "{:<52} {:>8.1}ms {:>8.1}ms {:>8.2}",
         "age file, 1 MiB (age -d)",
         broker_age,
         age,
