@@ -41,7 +41,7 @@ use crate::cli::RunArgs;
 use crate::hygiene::{self, Hygiene};
 
 /// A held-back tail is released after this long without new output.
-pub const FLUSH_AFTER: Duration = Duration::from_millis(40);
+pub const FLUSH_AFTER: Duration = Duration::from_millis(200);
 /// After the child exits, output from processes it left behind is read until this much
 /// quiet, or at most [`DRAIN_LIMIT`].
 const DRAIN_QUIET: Duration = Duration::from_millis(100);
