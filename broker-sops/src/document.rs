@@ -165,6 +165,21 @@ enum Mode {
     Encrypt,
 }
 
+/// Decrypts or encrypts every value of `data` in place and returns the MAC over the plaintext
+/// values (upper-case hex SHA-512, as sops computes it).
+fn walk(meta: &Metadata, key: &[u8], data: &mut Node, mut mode: Mode) -> Result<String, Error> {
+    let mut walker = Walker {
+        meta,
+        key,
+        hash: Sha512::new(),
+    };
+    if meta.mac_only_encrypted {
+        walker.hash.update(MAC_ONLY_ENCRYPTED_INIT);
+    }
+    walker.value(data, &mut Vec::new(), &mut Vec::new(), &mut mode)?;
+    Ok(hex_upper(&walker.hash.finalize()))
+}
+
 struct Walker<'a> {
     meta: &'a Metadata,
     key: &'a [u8],
@@ -297,21 +312,7 @@ pub(crate) fn decrypt(format: Format, text: &str, ring: &KeyRing) -> Result<Decr
     let (loaded, meta) = load(format, text)?;
     let key = data_key(&meta, ring)?;
     let mut data = Zeroizing::new(loaded.data);
-    let mut walker = Walker {
-        meta: &meta,
-        key: &key,
-        hash: Sha512::new(),
-    };
-    if meta.mac_only_encrypted {
-        walker.hash.update(MAC_ONLY_ENCRYPTED_INIT);
-    }
-    walker.value(
-        &mut data,
-        &mut Vec::new(),
-        &mut Vec::new(),
-        &mut Mode::Decrypt,
-    )?;
-    let computed = hex_upper(&walker.hash.finalize());
+    let computed = walk(&meta, &key, &mut data, Mode::Decrypt)?;
     let Some(mac) = &meta.mac else {
         return Err(Error::new(
             ErrorKind::Integrity,
@@ -411,21 +412,7 @@ pub(crate) fn rotate(format: Format, doc: &Decrypted) -> Result<Vec<u8>, Error> 
     }
     let lastmodified = now_rfc3339();
     let mut data = Zeroizing::new(doc.data.deep_clone());
-    let mut walker = Walker {
-        meta,
-        key: &key,
-        hash: Sha512::new(),
-    };
-    if meta.mac_only_encrypted {
-        walker.hash.update(MAC_ONLY_ENCRYPTED_INIT);
-    }
-    walker.value(
-        &mut data,
-        &mut Vec::new(),
-        &mut Vec::new(),
-        &mut Mode::Encrypt,
-    )?;
-    let mac_hex = hex_upper(&walker.hash.finalize());
+    let mac_hex = walk(meta, &key, &mut data, Mode::Encrypt)?;
     let mac = cipher::encrypt(&Node::Str(mac_hex), &key, &lastmodified)
         .map_err(|_| Error::internal("MAC encryption failed"))?;
     set(&mut meta_tree, "lastmodified", Node::Str(lastmodified));
