@@ -335,13 +335,10 @@ impl Broker {
                     .env
                     .push((spec.env_var.clone(), credential.value().clone())),
                 DeliveryKind::File => {
-                    if delivery.scratch.is_none() {
-                        delivery.scratch = Some(ScratchDir::create()?);
-                    }
-                    let scratch = delivery
-                        .scratch
-                        .as_ref()
-                        .ok_or_else(|| Error::internal("scratch dir missing"))?;
+                    let scratch = match &mut delivery.scratch {
+                        Some(scratch) => scratch,
+                        None => delivery.scratch.insert(ScratchDir::create()?),
+                    };
                     let path = scratch
                         .write_secret(&spec.name, credential.value())
                         .map_err(|e| e.with_credential(&spec.name))?;

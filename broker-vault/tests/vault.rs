@@ -615,6 +615,8 @@ async fn retries_transient_failures_only() {
     .await
     .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Transient, "{e}");
+    // Retries are spent here; the broker's retry layer must not repeat them.
+    assert!(!e.is_retryable(), "{e}");
     assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 4);
     // 404 and 400: one attempt.
     for status in [404, 400] {
@@ -659,6 +661,7 @@ async fn retries_transient_failures_only() {
     .await
     .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Transient, "{e}");
+    assert!(!e.is_retryable(), "{e}");
     assert!(
         e.to_string().contains(&addr) && e.to_string().contains("4 attempts"),
         "{e}"
