@@ -10,8 +10,10 @@
 //! - hex, lower and upper case;
 //! - percent-encoding (RFC 3986 unreserved characters kept, upper- and lower-case hex; and the
 //!   common variant that also keeps `/`);
-//! - JSON-string escaping (as `serde_json` writes it, with `\/`, and ASCII-only as Python's
-//!   `json.dumps` writes it);
+//! - JSON-string escaping, whole-value forms only, lower-case hex: as `serde_json` writes it,
+//!   with `\/`, ASCII-only as Python's `json.dumps` writes it, HTML-safe as Go's
+//!   `encoding/json` writes it (`<>&` and U+2028/2029 as `\u003c`...; or only U+2028/2029),
+//!   HTML-safe with `'` too, and each HTML-safe form also ASCII-only;
 //! - for multi-line values, the value with `\n` turned into `\r\n` (what a terminal's line
 //!   discipline does to output).
 //!
@@ -335,16 +337,31 @@ fn encodings(value: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
     push(percent(value, b"0123456789abcdef", b""));
     push(percent(value, b"0123456789ABCDEF", b"/"));
     if let Ok(text) = std::str::from_utf8(value) {
-        // serde_json / Go / Python (ensure_ascii=False), Python's default (ASCII only), and
-        // PHP's json_encode (ASCII only, `\/`).
+        // Whole-value forms real encoders write (lower-case hex, as they all emit it):
+        // serde_json / Python (ensure_ascii=False); Python's default (ASCII only); PHP's
+        // json_encode (ASCII only, `\/`); Go's encoding/json (`<>&` and U+2028/2029 as
+        // `\u003c`...), with SetEscapeHTML(false) (U+2028/2029 only); HTML-safe JS encoders
+        // (also `'`); and each HTML-safe form with everything non-ASCII escaped as well.
         for ascii_only in [false, true] {
-            let json = json_escape(text, ascii_only);
+            let json = json_escape(text, ascii_only, JSON_NO_EXTRA);
             push(json.replace('/', "\\/").into_bytes());
             push(json.into_bytes());
+            for extra in [JSON_LINE_SEPARATORS, JSON_HTML_GO, JSON_HTML_APOS] {
+                push(json_escape(text, ascii_only, extra).into_bytes());
+            }
         }
     }
     out
 }
+
+/// No characters escaped beyond what JSON requires.
+const JSON_NO_EXTRA: &[char] = &[];
+/// Go with `SetEscapeHTML(false)`: only the JavaScript line terminators.
+const JSON_LINE_SEPARATORS: &[char] = &['\u{2028}', '\u{2029}'];
+/// Go's default HTML-safe escaping.
+const JSON_HTML_GO: &[char] = &['<', '>', '&', '\u{2028}', '\u{2029}'];
+/// HTML-safe escaping that also covers the apostrophe (several JavaScript encoders).
+const JSON_HTML_APOS: &[char] = &['<', '>', '&', '\'', '\u{2028}', '\u{2029}'];
 
 /// The characters of the base64 encoding of `value` that do not depend on its neighbours
 /// when it starts `offset` bytes into a 3-byte group of a longer text.
@@ -392,8 +409,10 @@ fn percent(value: &[u8], digits: &[u8; 16], also_keep: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The inside of a JSON string literal holding `text`.
-fn json_escape(text: &str, ascii_only: bool) -> String {
+/// The inside of a JSON string literal holding `text`: non-ASCII characters as `\uXXXX`
+/// (surrogate pairs beyond the BMP) when `ascii_only`, and each character of `extra` as
+/// `\uXXXX`, all in lower-case hex.
+fn json_escape(text: &str, ascii_only: bool, extra: &[char]) -> String {
     use std::fmt::Write as _;
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
@@ -405,7 +424,7 @@ fn json_escape(text: &str, ascii_only: bool) -> String {
             '\t' => out.push_str("\\t"),
             '\u{8}' => out.push_str("\\b"),
             '\u{c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 || (ascii_only && !c.is_ascii()) => {
+            c if (c as u32) < 0x20 || (ascii_only && !c.is_ascii()) || extra.contains(&c) => {
                 let mut units = [0u16; 2];
                 for unit in c.encode_utf16(&mut units) {
                     let _ = write!(out, "\\u{unit:04x}");
@@ -608,6 +627,53 @@ mod tests {
         }
         let out = r.redact(embedded.as_bytes());
         assert!(String::from_utf8_lossy(&out).contains("[REDACTED:db]"));
+    }
+
+    /// Issue 10: Go's encoding/json writes `&`, `<`, `>` as `\u0026`, `\u003c`, `\u003e`, so a
+    /// URL with a query string got through. Expected strings are what the encoders emit
+    /// (Python's from `json.dumps`; Go's and the JS HTML-safe form written out by hand).
+    #[test]
+    fn whole_value_json_forms_of_real_encoders_are_replaced() {
+        let url = secret("https://hooks.example/cb?a=1&sig=c4n4ry-5ec");
+        let mixed = secret("https://h.example/cb?a=1&b=<x>'é😀\u{2028}");
+        let r = Redactor::new([("url", &url), ("mixed", &mixed)]);
+        let cases = [
+            // Go json.Marshal (HTML-safe by default).
+            ("url", r"https://hooks.example/cb?a=1\u0026sig=c4n4ry-5ec"),
+            (
+                "mixed",
+                r"https://h.example/cb?a=1\u0026b=\u003cx\u003e'é😀\u2028",
+            ),
+            // Go with SetEscapeHTML(false): only U+2028/2029.
+            ("mixed", r"https://h.example/cb?a=1&b=<x>'é😀\u2028"),
+            // Python json.dumps (ensure_ascii=True, the default).
+            (
+                "mixed",
+                r"https://h.example/cb?a=1&b=<x>'\u00e9\ud83d\ude00\u2028",
+            ),
+            // HTML-safe JS encoders (also `'`).
+            (
+                "mixed",
+                r"https://h.example/cb?a=1\u0026b=\u003cx\u003e\u0027é😀\u2028",
+            ),
+            // HTML-safe and ASCII-only together, with and without `'`.
+            (
+                "mixed",
+                r"https://h.example/cb?a=1\u0026b=\u003cx\u003e\u0027\u00e9\ud83d\ude00\u2028",
+            ),
+            (
+                "mixed",
+                r"https://h.example/cb?a=1\u0026b=\u003cx\u003e'\u00e9\ud83d\ude00\u2028",
+            ),
+        ];
+        for (name, encoded) in cases {
+            let text = format!("{{\"v\":\"{encoded}\"}}");
+            assert_eq!(
+                r.redact_str(&text),
+                format!("{{\"v\":\"[REDACTED:{name}]\"}}"),
+                "not redacted: {encoded}"
+            );
+        }
     }
 
     #[test]
