@@ -8,9 +8,15 @@
 //! bad `seq`.
 //!
 //! Truncating the tail leaves a valid chain, so each append also rewrites a checkpoint beside
-//! the log (`<log>.checkpoint`: last `seq` and its digest). [`verify`] compares the log's end
-//! with it. The checkpoint is not a MAC: someone who can rewrite both files can forge a shorter
-//! history; ship the log off the machine when that matters.
+//! the log (`<log>.checkpoint`: last `seq`, its digest and the log's length). [`verify`]
+//! compares the log's end with it, and so does every append before it writes: a log whose
+//! last record was cut or edited, or a non-empty log without a checkpoint, refuses the append
+//! (an [`ErrorKind::Io`] error, like an unwritable log) and runs `alert.command` when one is
+//! set ([`AuditLog::with_alert`]), so the next request cannot launder the tampering into a
+//! chain that verifies. The one state accepted besides an exact match is a checkpoint one
+//! record behind whose digest the last record chains to (an append interrupted between the
+//! two writes). The checkpoint is not a MAC: someone who can rewrite both files can forge a
+//! shorter history; ship the log off the machine when that matters.
 //!
 //! Appends take an exclusive `flock` on the log, so several processes can share it without
 //! forking the chain. The record is fsynced (unless `audit.fsync: false`) before the broker
@@ -29,6 +35,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::retry::AlertCommand;
 use crate::{Error, ErrorKind, Result};
 
 /// The log format version written in the header.
@@ -178,6 +185,9 @@ struct Header {
 struct Checkpoint {
     seq: u64,
     digest: String,
+    /// The log's length in bytes after that record (absent in checkpoints of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    len: Option<u64>,
 }
 
 /// RFC 3339 text for `t` (UTC, seconds precision or better).
@@ -217,12 +227,15 @@ impl Default for AuditOptions {
     }
 }
 
-/// Where the writer last left the log, to avoid rereading it on every append.
+/// The log's last line, as read before each append.
 #[derive(Debug, Default)]
 struct Tail {
-    len: u64,
+    /// Where the last line starts.
+    start: u64,
     seq: u64,
     digest: String,
+    /// The last line's `prev` (empty for the header).
+    prev: String,
 }
 
 /// An append-only, hash-chained audit log shared safely by threads and processes.
@@ -230,7 +243,9 @@ struct Tail {
 pub struct AuditLog {
     path: PathBuf,
     options: AuditOptions,
-    tail: Mutex<Option<Tail>>,
+    /// Serialises the appends of this process's threads (`flock` covers other processes).
+    lock: Mutex<()>,
+    alert: Option<AlertCommand>,
 }
 
 impl AuditLog {
@@ -239,8 +254,15 @@ impl AuditLog {
         AuditLog {
             path: path.into(),
             options,
-            tail: Mutex::new(None),
+            lock: Mutex::new(()),
+            alert: None,
         }
+    }
+
+    /// Runs `alert` when an append finds the log's tail does not match its checkpoint.
+    pub fn with_alert(mut self, alert: Option<AlertCommand>) -> Self {
+        self.alert = alert;
+        self
     }
 
     /// The log file.
@@ -260,7 +282,7 @@ impl AuditLog {
     /// when [`AuditOptions::fsync`] is set. An error means nothing reliable was recorded: the
     /// caller must refuse the request.
     pub fn append(&self, event: &Event, now: SystemTime) -> Result<u64> {
-        let mut cached = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(parent) = self.path.parent()
             && !parent.as_os_str().is_empty()
             && !parent.exists()
@@ -278,28 +300,17 @@ impl AuditLog {
             .map_err(|e| self.fail("open", &e))?;
         rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
             .map_err(|e| self.fail("lock", &std::io::Error::from(e)))?;
-        let result = self.append_locked(&mut file, &mut cached, event, now);
+        let result = self.append_locked(&mut file, event, now);
         let _ = rustix::fs::flock(&file, rustix::fs::FlockOperation::Unlock);
-        if result.is_err() {
-            *cached = None;
-        }
         result
     }
 
-    fn append_locked(
-        &self,
-        file: &mut File,
-        cached: &mut Option<Tail>,
-        event: &Event,
-        now: SystemTime,
-    ) -> Result<u64> {
+    fn append_locked(&self, file: &mut File, event: &Event, now: SystemTime) -> Result<u64> {
         let len = file.metadata().map_err(|e| self.fail("read", &e))?.len();
-        let mut tail = match cached.take() {
-            Some(t) if t.len == len => t,
-            _ => self.read_tail(file, len)?,
-        };
+        let mut tail = self.read_tail(file, len)?;
+        self.check_tail(&tail, len, now)?;
         let mut buf = Vec::with_capacity(512);
-        if tail.len == 0 {
+        if len == 0 {
             let header = Header {
                 seq: 0,
                 event: "header",
@@ -336,15 +347,96 @@ impl AuditLog {
         }
         let checkpoint = Checkpoint {
             seq,
-            digest: new_digest.clone(),
+            digest: new_digest,
+            len: Some(len + buf.len() as u64),
         };
         self.write_checkpoint(&checkpoint)?;
-        *cached = Some(Tail {
-            len: len + buf.len() as u64,
-            seq,
-            digest: new_digest,
-        });
         Ok(seq)
+    }
+
+    /// Compares the log's last line (`tail`, the log being `len` bytes) with the checkpoint;
+    /// on a mismatch runs the alert command and returns the refusal.
+    fn check_tail(&self, tail: &Tail, len: u64, now: SystemTime) -> Result<()> {
+        let cp_path = checkpoint_path(&self.path);
+        let checkpoint = match std::fs::read(&cp_path) {
+            Ok(text) => Some(serde_json::from_slice::<Checkpoint>(&text).ok()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(self.fail("read the checkpoint of", &e)),
+        };
+        let problem = match checkpoint {
+            None if len == 0 => return Ok(()),
+            None => format!(
+                "it is not empty but has no checkpoint ({})",
+                cp_path.display()
+            ),
+            Some(None) => format!("its checkpoint {} is unreadable", cp_path.display()),
+            Some(Some(cp)) if len == 0 => format!(
+                "it is empty but its checkpoint records seq {}: records were cut",
+                cp.seq
+            ),
+            Some(Some(cp))
+                if cp.seq == tail.seq
+                    && cp.digest == tail.digest
+                    && cp.len.is_none_or(|l| l == len) =>
+            {
+                return Ok(());
+            }
+            // An append interrupted between writing the record and the checkpoint.
+            Some(Some(cp))
+                if cp.seq + 1 == tail.seq
+                    && cp.digest == tail.prev
+                    && cp.len.is_none_or(|l| l == tail.start) =>
+            {
+                return Ok(());
+            }
+            Some(Some(cp)) if cp.seq > tail.seq => format!(
+                "it ends at seq {} but its checkpoint records seq {}: records were cut from the end",
+                tail.seq, cp.seq
+            ),
+            Some(Some(cp)) => format!(
+                "its last record (seq {}) does not match its checkpoint (seq {}): it was edited",
+                tail.seq, cp.seq
+            ),
+        };
+        let message = format!(
+            "audit log {} does not match its checkpoint: {problem}",
+            self.path.display()
+        );
+        self.raise_alert(&message, now);
+        Err(Error::new(ErrorKind::Io, message).with_hint(
+            "the request was refused because it could not be recorded; run `broker audit verify`, keep the log as evidence and start a new one",
+        ))
+    }
+
+    /// Runs the alert command (if any) with a secret-free event describing `message`. The log
+    /// itself cannot take the record. A failure to run it is logged.
+    fn raise_alert(&self, message: &str, now: SystemTime) {
+        tracing::error!("{message}");
+        let Some(cmd) = self.alert.clone() else {
+            return;
+        };
+        let mut event = Event::new(EventKind::Failure, Severity::Alert);
+        event.outcome = Some("audit_log_tampered".into());
+        event.reason = Some(message.to_string());
+        let mut json = serde_json::to_value(&event).unwrap_or_default();
+        if let Some(map) = json.as_object_mut() {
+            map.insert("timestamp".into(), rfc3339(now).into());
+        }
+        // `append` is synchronous and may run inside the caller's runtime: run the (async)
+        // alert command on a thread of its own.
+        let outcome = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::io("cannot start a runtime for alert.command", &e))
+                .and_then(|rt| rt.block_on(cmd.run(&json)))
+        })
+        .join();
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("alert.command failed: {e}"),
+            Err(_) => tracing::warn!("alert.command failed: its thread panicked"),
+        }
     }
 
     /// Finds the last line's seq and digest by reading the end of the file.
@@ -370,16 +462,22 @@ impl AuditLog {
                     )));
                 }
             };
-            let line = match body.iter().rposition(|b| *b == b'\n') {
-                Some(i) => &body[i + 1..],
-                None if start == 0 => body,
+            let (line, line_start) = match body.iter().rposition(|b| *b == b'\n') {
+                Some(i) => (&body[i + 1..], start + i as u64 + 1),
+                None if start == 0 => (body, 0),
                 None => {
                     window *= 4;
                     continue;
                 }
             };
-            let seq = serde_json::from_slice::<serde_json::Value>(line)
-                .ok()
+            let value = serde_json::from_slice::<serde_json::Value>(line).ok();
+            let prev = value
+                .as_ref()
+                .and_then(|v| v.get("prev").and_then(serde_json::Value::as_str))
+                .unwrap_or("")
+                .to_string();
+            let seq = value
+                .as_ref()
                 .and_then(|v| v.get("seq").and_then(serde_json::Value::as_u64))
                 .ok_or_else(|| {
                     Error::integrity(format!(
@@ -388,9 +486,10 @@ impl AuditLog {
                     ))
                 })?;
             return Ok(Tail {
-                len,
+                start: line_start,
                 seq,
                 digest: digest(line),
+                prev,
             });
         }
     }
@@ -448,7 +547,7 @@ pub enum CheckpointStatus {
     Matches,
     /// It names an earlier record (a crash between the append and the checkpoint update).
     Behind,
-    /// There is none.
+    /// There is none (a problem: cut records could not be detected).
     Missing,
     /// It disagrees with the log (see the problem).
     Mismatch,
@@ -558,7 +657,17 @@ pub fn verify(path: &Path) -> Result<Verification> {
     }
     let cp_path = checkpoint_path(path);
     match std::fs::read(&cp_path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Without it, records cut from the end leave a chain that verifies.
+            out.problem = bad(
+                out.last_seq,
+                out.last_seq + 1,
+                format!(
+                    "checkpoint {} is missing: records may have been cut from the end",
+                    cp_path.display()
+                ),
+            );
+        }
         Err(e) => {
             return Err(Error::io(
                 format_args!("cannot read checkpoint {}", cp_path.display()),

@@ -53,6 +53,10 @@ impl Runtime {
         };
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let refresh = RefreshPolicy::default();
+        let alert = config
+            .alert
+            .as_ref()
+            .map(|a| AlertCommand::new(a.command.clone()));
         Ok(Runtime {
             policy,
             cache: LeaseCache::new(clock.clone(), refresh),
@@ -65,11 +69,9 @@ impl Runtime {
                         fsync: config.audit_fsync,
                     },
                 )
+                .with_alert(alert.clone())
             }),
-            alert: config
-                .alert
-                .as_ref()
-                .map(|a| AlertCommand::new(a.command.clone())),
+            alert,
             clock,
             refresh,
         })
@@ -147,6 +149,11 @@ impl Broker {
     /// Replaces the alert hook.
     #[must_use]
     pub fn with_alert_command(mut self, alert: Option<AlertCommand>) -> Self {
+        self.runtime.audit = self
+            .runtime
+            .audit
+            .take()
+            .map(|log| log.with_alert(alert.clone()));
         self.runtime.alert = alert;
         self
     }

@@ -14,6 +14,7 @@ use broker_core::audit::{
     self, AuditLog, AuditOptions, CheckpointStatus, Event, EventKind, Severity,
 };
 use broker_core::lease::{ManualClock, RefreshPolicy};
+use broker_core::retry::AlertCommand;
 use broker_core::{Error, ErrorKind, RequestContext};
 use runtime_support::*;
 
@@ -177,6 +178,113 @@ fn a_partial_last_line_is_reported_and_blocks_appends() {
         .append(&event(3), t0())
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Integrity);
+}
+
+/// Issue 10: an append used to continue from whatever the log's last line was, so one normal
+/// request after records were cut made the chain verify again.
+#[test]
+fn a_cut_last_record_refuses_the_next_append_and_stays_detected() {
+    let (dir, path) = log_with(4);
+    let mut l = lines(&path);
+    l.truncate(4); // header + seq 1..=3
+    write_lines(&path, &l);
+    let alerted = dir.path().join("alert.json");
+    let log = AuditLog::new(&path, AuditOptions::default()).with_alert(Some(AlertCommand::new(
+        format!("cat > '{}'", alerted.display()),
+    )));
+    let err = log.append(&event(5), t0()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io);
+    assert_eq!(
+        err.message(),
+        format!(
+            "audit log {} does not match its checkpoint: it ends at seq 3 but its checkpoint records seq 4: records were cut from the end",
+            path.display()
+        )
+    );
+    assert_eq!(lines(&path), l, "nothing was appended");
+    assert_eq!(bad_seq(&path), 4);
+    let alert: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&alerted).unwrap()).unwrap();
+    assert_eq!(alert["severity"], "alert");
+    assert_eq!(alert["outcome"], "audit_log_tampered");
+    assert_eq!(alert["reason"], err.message());
+}
+
+#[test]
+fn an_edited_last_record_refuses_the_next_append() {
+    let (_dir, path) = log_with(4);
+    let mut l = lines(&path);
+    l[4] = l[4].replace("cred-4", "cred-Y");
+    write_lines(&path, &l);
+    let err = AuditLog::new(&path, AuditOptions::default())
+        .append(&event(5), t0())
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io);
+    assert_eq!(
+        err.message(),
+        format!(
+            "audit log {} does not match its checkpoint: its last record (seq 4) does not match its checkpoint (seq 4): it was edited",
+            path.display()
+        )
+    );
+    assert_eq!(lines(&path), l);
+    assert_eq!(bad_seq(&path), 4);
+}
+
+#[test]
+fn a_deleted_checkpoint_fails_verify_and_refuses_appends() {
+    let (_dir, path) = log_with(3);
+    let cp = audit::checkpoint_path(&path);
+    std::fs::remove_file(&cp).unwrap();
+    let v = audit::verify(&path).unwrap();
+    assert_eq!(v.checkpoint, CheckpointStatus::Missing);
+    let p = v.problem.unwrap();
+    assert_eq!(p.seq, 3);
+    assert_eq!(
+        p.reason,
+        format!(
+            "checkpoint {} is missing: records may have been cut from the end",
+            cp.display()
+        )
+    );
+    // Cutting records and then deleting the checkpoint does not help either.
+    let mut l = lines(&path);
+    l.truncate(3);
+    write_lines(&path, &l);
+    assert!(audit::verify(&path).unwrap().problem.is_some());
+    let err = AuditLog::new(&path, AuditOptions::default())
+        .append(&event(4), t0())
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io);
+    assert_eq!(
+        err.message(),
+        format!(
+            "audit log {} does not match its checkpoint: it is not empty but has no checkpoint ({})",
+            path.display(),
+            cp.display()
+        )
+    );
+    assert!(!cp.exists(), "the refused append wrote no checkpoint");
+}
+
+#[test]
+fn an_append_interrupted_before_its_checkpoint_does_not_block_the_next() {
+    let (_dir, path) = log_with(3);
+    let cp = audit::checkpoint_path(&path);
+    let behind = std::fs::read(&cp).unwrap();
+    AuditLog::new(&path, AuditOptions::default())
+        .append(&event(4), t0())
+        .unwrap();
+    std::fs::write(&cp, behind).unwrap(); // as if the process died before the rename
+    assert_eq!(
+        audit::verify(&path).unwrap().checkpoint,
+        CheckpointStatus::Behind
+    );
+    let log = AuditLog::new(&path, AuditOptions::default());
+    assert_eq!(log.append(&event(5), t0()).unwrap(), 5);
+    let v = audit::verify(&path).unwrap();
+    assert!(v.is_ok(), "{v:?}");
+    assert_eq!(v.checkpoint, CheckpointStatus::Matches);
 }
 
 #[test]
