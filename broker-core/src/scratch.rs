@@ -1,134 +1,254 @@
 //! Per-task scratch directories: where `kind: file` credentials are written.
 //!
-//! A scratch dir is created 0700 under `$XDG_RUNTIME_DIR` (when it is a directory we own with
-//! mode 0700), else `/dev/shm` (tmpfs, when writable), else the system temp dir. Files are
-//! created 0600 with `O_EXCL|O_NOFOLLOW`. The dir holds a marker with the owner's pid and start
-//! time; [`ScratchDir`] wipes everything on drop, and [`sweep_stale`] removes dirs left by a
-//! process that is gone (SIGKILL, power loss).
+//! A scratch dir is created 0700 under the first usable root: `$XDG_RUNTIME_DIR` (when it is a
+//! directory we own with mode 0700), else `/dev/shm`, else the system temp dir. A shared root
+//! is used only when it is owned by us or root and, if group- or other-writable, has the sticky
+//! bit: otherwise another user could rename our dir and put a symlink in its place. Every
+//! operation of the broker itself (creating, replacing and wiping files, reading the marker,
+//! removing the dir) goes through an open directory fd (`openat`/`renameat`/`unlinkat` with
+//! `O_NOFOLLOW`), never through the path; [`ScratchDir::path`] is only for the child.
+//!
+//! Files are created 0600 with `O_EXCL|O_NOFOLLOW`. [`ScratchDir`] wipes everything on drop,
+//! and [`sweep_stale`] removes dirs left by a process that is gone (SIGKILL, power loss).
 
-use std::fs::{self, DirBuilder, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::{Error, Result, SecretValue};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
+
+use crate::{Error, ErrorKind, Result, SecretValue};
 
 /// Prefix of every scratch dir's name.
 pub const DIR_PREFIX: &str = "broker-scratch-";
 const MARKER: &str = ".broker-owner";
 
+/// Flags for opening a directory without following a symlink in its place.
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+/// A place a scratch dir may be created in.
+struct Candidate {
+    path: PathBuf,
+    /// `$XDG_RUNTIME_DIR`: must be ours and 0700.
+    private: bool,
+}
+
 /// Candidate parent directories, most private first.
-pub fn scratch_roots() -> Vec<PathBuf> {
-    let mut roots = Vec::new();
-    if let Some(xdg) = std::env::var_os("XDG_RUNTIME_DIR") {
-        let p = PathBuf::from(xdg);
-        if let Ok(m) = fs::metadata(&p)
-            && m.is_dir()
-            && m.uid() == rustix::process::getuid().as_raw()
-            && m.mode() & 0o077 == 0
-        {
-            roots.push(p);
+fn candidates() -> Vec<Candidate> {
+    let mut out = Vec::new();
+    if let Some(xdg) = std::env::var_os("XDG_RUNTIME_DIR").filter(|x| !x.is_empty()) {
+        out.push(Candidate {
+            path: PathBuf::from(xdg),
+            private: true,
+        });
+    }
+    out.push(Candidate {
+        path: shm_dir(),
+        private: false,
+    });
+    out.push(Candidate {
+        path: std::env::temp_dir(),
+        private: false,
+    });
+    out
+}
+
+/// `/dev/shm`; debug builds let tests replace it with `BROKER_TEST_SHM_DIR` (it is usable on
+/// most machines, which would hide the temp-dir fallback and its failures).
+fn shm_dir() -> PathBuf {
+    #[cfg(debug_assertions)]
+    if let Some(dir) = std::env::var_os("BROKER_TEST_SHM_DIR") {
+        return PathBuf::from(dir);
+    }
+    PathBuf::from("/dev/shm")
+}
+
+/// Opens `path` as a root and checks that no other user can rename entries in it.
+fn open_root(path: &Path, private: bool) -> std::result::Result<OwnedFd, String> {
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io::Error::from(e).to_string())?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| io::Error::from(e).to_string())?;
+    let me = rustix::process::getuid().as_raw();
+    let mode = st.st_mode & 0o7777;
+    if private {
+        if st.st_uid != me {
+            return Err("not owned by this user".into());
+        }
+        if mode & 0o077 != 0 {
+            return Err(format!("mode {mode:04o}, not 0700"));
+        }
+    } else {
+        if st.st_uid != me && st.st_uid != 0 {
+            return Err("owned by another user".into());
+        }
+        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            return Err("writable by group or others without the sticky bit".into());
         }
     }
-    let shm = PathBuf::from("/dev/shm");
-    if shm.is_dir() && rustix::fs::access(&shm, rustix::fs::Access::WRITE_OK).is_ok() {
-        roots.push(shm);
-    }
-    roots.push(std::env::temp_dir());
-    roots
+    Ok(fd)
+}
+
+/// The usable parent directories, most private first.
+pub fn scratch_roots() -> Vec<PathBuf> {
+    candidates()
+        .into_iter()
+        .filter(|c| open_root(&c.path, c.private).is_ok())
+        .map(|c| c.path)
+        .collect()
+}
+
+fn io_error(what: impl std::fmt::Display, e: impl Into<io::Error>) -> Error {
+    Error::new(ErrorKind::Io, format!("{what}: {}", e.into()))
 }
 
 /// A 0700 directory for one task's files; wiped on drop.
-#[derive(Debug)]
 pub struct ScratchDir {
     path: PathBuf,
+    root: OwnedFd,
+    name: String,
+    dir: OwnedFd,
     wiped: bool,
 }
 
+impl std::fmt::Debug for ScratchDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScratchDir")
+            .field("path", &self.path)
+            .field("wiped", &self.wiped)
+            .finish()
+    }
+}
+
 impl ScratchDir {
-    /// Creates a scratch dir under the first usable root.
+    /// Creates a scratch dir under the first usable root; an [`ErrorKind::Io`] error naming
+    /// every root and why it was not used when none is.
     pub fn create() -> Result<ScratchDir> {
-        let mut last = None;
-        for root in scratch_roots() {
-            match Self::create_in(&root) {
+        let mut why = Vec::new();
+        for c in candidates() {
+            let made = open_root(&c.path, c.private).and_then(|root| {
+                Self::create_at(root, &c.path).map_err(|e| e.message().to_owned())
+            });
+            match made {
                 Ok(dir) => return Ok(dir),
-                Err(e) => last = Some(e),
+                Err(reason) => why.push(format!("{}: {reason}", c.path.display())),
             }
         }
-        Err(last.unwrap_or_else(|| Error::internal("no scratch root available")))
+        Err(Error::new(
+            ErrorKind::Io,
+            format!("cannot create a scratch dir: {}", why.join("; ")),
+        )
+        .with_hint("set XDG_RUNTIME_DIR or TMPDIR to a directory only you can write (mode 0700)"))
     }
 
-    /// Creates a scratch dir under `root`.
+    /// Creates a scratch dir under `root`, which must pass the checks for a shared root.
     pub fn create_in(root: &Path) -> Result<ScratchDir> {
-        let name = format!(
-            "{DIR_PREFIX}{}-{:016x}",
-            std::process::id(),
-            rand::random::<u64>()
-        );
-        let path = root.join(name);
-        DirBuilder::new().mode(0o700).create(&path).map_err(|e| {
-            Error::io(
-                format_args!("cannot create scratch dir in {}", root.display()),
-                &e,
+        let fd = open_root(root, false).map_err(|reason| {
+            Error::new(
+                ErrorKind::Io,
+                format!("cannot create a scratch dir: {}: {reason}", root.display()),
             )
         })?;
-        let dir = ScratchDir { path, wiped: false };
-        let marker = format!(
-            "{} {}\n",
-            std::process::id(),
-            process_start_time(std::process::id()).unwrap_or(0)
-        );
-        dir.create_file(MARKER, marker.as_bytes())?;
-        Ok(dir)
+        Self::create_at(fd, root)
     }
 
-    /// The directory.
+    fn create_at(root: OwnedFd, root_path: &Path) -> Result<ScratchDir> {
+        let pid = std::process::id();
+        let name = format!("{DIR_PREFIX}{pid}-{:016x}", rand::random::<u64>());
+        let path = root_path.join(&name);
+        let failed = |e: Errno| io_error(format_args!("cannot create {}", path.display()), e);
+        rustix::fs::mkdirat(&root, name.as_str(), Mode::from_raw_mode(0o700)).map_err(failed)?;
+        let dir = rustix::fs::openat(&root, name.as_str(), DIR_FLAGS, Mode::empty());
+        let dir = match dir {
+            Ok(dir) => dir,
+            Err(e) => {
+                let _ = rustix::fs::unlinkat(&root, name.as_str(), AtFlags::REMOVEDIR);
+                return Err(failed(e));
+            }
+        };
+        let scratch = ScratchDir {
+            path: path.clone(),
+            root,
+            name,
+            dir,
+            wiped: false,
+        };
+        // From here on a failure drops `scratch`, which removes the dir.
+        rustix::fs::fchmod(&scratch.dir, Mode::from_raw_mode(0o700)).map_err(failed)?;
+        let marker = format!("{pid} {}\n", process_start_time(pid).unwrap_or(0));
+        scratch.create_file(MARKER, marker.as_bytes())?;
+        Ok(scratch)
+    }
+
+    /// The directory, for handing paths to the child. The broker itself never uses it.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
     /// Writes `value` to a new 0600 file named `name` and returns its path.
     pub fn write_secret(&self, name: &str, value: &SecretValue) -> Result<PathBuf> {
-        if name.is_empty() || name.starts_with('.') || name.contains(['/', '\0']) {
-            return Err(Error::internal(format!("bad scratch file name `{name}`")));
-        }
-        self.create_file(name, value.expose())
+        check_name(name)?;
+        self.create_file(name, value.expose())?;
+        Ok(self.path.join(name))
     }
 
     /// Replaces file `name` atomically (write a sibling, then rename over it), keeping 0600.
     pub fn replace_secret(&self, name: &str, value: &SecretValue) -> Result<PathBuf> {
+        check_name(name)?;
         let tmp = format!(".{name}.{:08x}.tmp", rand::random::<u32>());
-        let tmp_path = self.create_file(&tmp, value.expose())?;
+        self.create_file(&tmp, value.expose())?;
         let target = self.path.join(name);
-        fs::rename(&tmp_path, &target).map_err(|e| {
-            let _ = fs::remove_file(&tmp_path);
-            Error::io(format_args!("cannot replace {}", target.display()), &e)
+        rustix::fs::renameat(&self.dir, tmp.as_str(), &self.dir, name).map_err(|e| {
+            let _ = rustix::fs::unlinkat(&self.dir, tmp.as_str(), AtFlags::empty());
+            io_error(format_args!("cannot replace {}", target.display()), e)
         })?;
         Ok(target)
     }
 
-    fn create_file(&self, name: &str, bytes: &[u8]) -> Result<PathBuf> {
-        let path = self.path.join(name);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&path)
-            .map_err(|e| Error::io(format_args!("cannot create {}", path.display()), &e))?;
+    /// Creates `name` in the dir (through its fd) with `O_EXCL|O_NOFOLLOW`, 0600, and syncs it.
+    fn create_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let shown = self.path.join(name);
+        let fd = rustix::fs::openat(
+            &self.dir,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| io_error(format_args!("cannot create {}", shown.display()), e))?;
+        let mut file = File::from(fd);
         file.write_all(bytes)
             .and_then(|()| file.sync_all())
-            .map_err(|e| Error::io(format_args!("cannot write {}", path.display()), &e))?;
-        Ok(path)
+            .map_err(|e| io_error(format_args!("cannot write {}", shown.display()), e))
     }
 
-    /// Overwrites every file with zeros, then removes the directory. Idempotent.
+    /// Overwrites every file with zeros, removes them, then removes the directory. Idempotent.
+    ///
+    /// Works on the directory the broker created even if it was renamed meanwhile: the files
+    /// are wiped through the open fd, and the entry under the root is removed only if it is
+    /// still that directory (never whatever was put in its place).
     pub fn wipe(&mut self) -> io::Result<()> {
         if self.wiped {
             return Ok(());
         }
         self.wiped = true;
-        wipe_dir(&self.path)
+        wipe_contents(self.dir.as_fd(), 0)?;
+        if !remove_entry(self.root.as_fd(), &self.name, self.dir.as_fd())? {
+            tracing::warn!(
+                dir = %self.path.display(),
+                "the scratch dir was moved or replaced while in use; its files were wiped through the open directory"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -140,37 +260,102 @@ impl Drop for ScratchDir {
     }
 }
 
-/// Zero-fills the regular files in `dir` (not following links) and removes it.
-fn wipe_dir(dir: &Path) -> io::Result<()> {
-    match fs::read_dir(dir) {
-        Ok(entries) => {
-            for entry in entries.flatten() {
-                let Ok(meta) = fs::symlink_metadata(entry.path()) else {
-                    continue;
-                };
-                if meta.is_file()
-                    && let Ok(mut f) = OpenOptions::new()
-                        .write(true)
-                        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                        .open(entry.path())
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.starts_with('.') || name.contains(['/', '\0']) {
+        return Err(Error::internal(format!("bad scratch file name `{name}`")));
+    }
+    Ok(())
+}
+
+/// The names in `dir`, without `.` and `..`.
+fn entries(dir: BorrowedFd<'_>) -> io::Result<Vec<CString>> {
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name != c"." && name != c".." {
+            names.push(name.to_owned());
+        }
+    }
+    Ok(names)
+}
+
+/// Zero-fills the regular files in `dir` and removes every entry, all relative to the fd and
+/// without following links.
+fn wipe_contents(dir: BorrowedFd<'_>, depth: u32) -> io::Result<()> {
+    for name in entries(dir)? {
+        let Ok(st) = rustix::fs::statat(dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) else {
+            continue;
+        };
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::RegularFile => zero_fill(dir, &name),
+            FileType::Directory if depth < 8 => {
+                // Not made by the broker, but never follow it either.
+                if let Ok(sub) = rustix::fs::openat(dir, name.as_c_str(), DIR_FLAGS, Mode::empty())
                 {
-                    let zeros = vec![0u8; meta.len().min(1 << 20) as usize];
-                    let _ = f.write_all(&zeros).and_then(|()| f.sync_all());
+                    let _ = wipe_contents(sub.as_fd(), depth + 1);
                 }
+                match rustix::fs::unlinkat(dir, name.as_c_str(), AtFlags::REMOVEDIR) {
+                    Ok(()) | Err(Errno::NOENT) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                continue;
+            }
+            _ => {}
+        }
+        match rustix::fs::unlinkat(dir, name.as_c_str(), AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Overwrites the regular file `name` in `dir` with zeros and syncs it (best effort).
+fn zero_fill(dir: BorrowedFd<'_>, name: &CStr) {
+    let flags = OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let Ok(fd) = rustix::fs::openat(dir, name, flags, Mode::empty()) else {
+        return;
+    };
+    let Ok(st) = rustix::fs::fstat(&fd) else {
+        return;
+    };
+    if !FileType::from_raw_mode(st.st_mode).is_file() {
+        return;
+    }
+    let mut file = File::from(fd);
+    let zeros = [0u8; 8192];
+    let mut left = u64::try_from(st.st_size).unwrap_or(0);
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        if file.write_all(&zeros[..n]).is_err() {
+            return;
+        }
+        left -= n as u64;
+    }
+    let _ = file.sync_all();
+}
+
+/// Removes `name` from `root` if it is still the directory open as `dir`. Returns whether the
+/// entry was that directory (or already gone); `false` when something else is in its place.
+fn remove_entry(root: BorrowedFd<'_>, name: &str, dir: BorrowedFd<'_>) -> io::Result<bool> {
+    let ours = rustix::fs::fstat(dir)?;
+    match rustix::fs::statat(root, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if st.st_dev == ours.st_dev && st.st_ino == ours.st_ino => {
+            match rustix::fs::unlinkat(root, name, AtFlags::REMOVEDIR) {
+                Ok(()) | Err(Errno::NOENT) => Ok(true),
+                Err(e) => Err(e.into()),
             }
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    }
-    match fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+        Ok(_) => Ok(false),
+        Err(Errno::NOENT) => Ok(true),
+        Err(e) => Err(e.into()),
     }
 }
 
 /// The start time of `pid` in clock ticks since boot (field 22 of `/proc/PID/stat`).
 fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after_comm = &stat[stat.rfind(')')? + 2..];
     after_comm.split_whitespace().nth(19)?.parse().ok()
 }
@@ -190,58 +375,74 @@ fn owner_alive(marker: &str) -> bool {
     }
 }
 
-/// Removes scratch dirs under every root whose owner process is gone; returns what it removed.
+/// Removes scratch dirs under every usable root whose owner process is gone; returns what it
+/// removed.
 pub fn sweep_stale() -> Vec<PathBuf> {
-    scratch_roots()
+    candidates()
         .iter()
-        .flat_map(|root| sweep_stale_in(root))
+        .filter_map(|c| Some((open_root(&c.path, c.private).ok()?, &c.path)))
+        .flat_map(|(fd, path)| sweep_root(fd.as_fd(), path))
         .collect()
 }
 
-/// [`sweep_stale`] for one root.
+/// [`sweep_stale`] for one root (nothing when `root` fails the checks for a shared root).
 pub fn sweep_stale_in(root: &Path) -> Vec<PathBuf> {
+    match open_root(root, false) {
+        Ok(fd) => sweep_root(fd.as_fd(), root),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn sweep_root(root: BorrowedFd<'_>, root_path: &Path) -> Vec<PathBuf> {
     let mut removed = Vec::new();
-    let Ok(entries) = fs::read_dir(root) else {
+    let Ok(names) = entries(root) else {
         return removed;
     };
     let me = rustix::process::getuid().as_raw();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let is_ours = entry.file_name().to_string_lossy().starts_with(DIR_PREFIX)
-            && fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.uid() == me);
-        if !is_ours {
+    for name in names {
+        let Ok(name) = name.into_string() else {
+            continue;
+        };
+        if !name.starts_with(DIR_PREFIX) {
             continue;
         }
-        let marker = read_marker(&path.join(MARKER));
-        if marker.as_deref().is_some_and(owner_alive) {
+        // A symlink in the dir's place fails here; nothing is ever followed.
+        let Ok(dir) = rustix::fs::openat(root, name.as_str(), DIR_FLAGS, Mode::empty()) else {
+            continue;
+        };
+        if !rustix::fs::fstat(&dir).is_ok_and(|st| st.st_uid == me) {
             continue;
         }
-        if wipe_dir(&path).is_ok() {
-            removed.push(path);
+        if read_marker(dir.as_fd()).as_deref().is_some_and(owner_alive) {
+            continue;
+        }
+        if wipe_contents(dir.as_fd(), 0).is_ok()
+            && remove_entry(root, &name, dir.as_fd()).unwrap_or(false)
+        {
+            removed.push(root_path.join(std::ffi::OsStr::from_bytes(name.as_bytes())));
         }
     }
     removed
 }
 
-fn read_marker(path: &Path) -> Option<String> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)
-        .ok()?;
+fn read_marker(dir: BorrowedFd<'_>) -> Option<String> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(dir, MARKER, flags, Mode::empty()).ok()?;
     let mut text = String::new();
-    io::Read::read_to_string(&mut io::Read::take(file, 64), &mut text).ok()?;
+    File::from(fd).take(256).read_to_string(&mut text).ok()?;
     Some(text)
 }
 
 /// The mode bits of `path`, for tests and `doctor`.
 pub fn mode_of(path: &Path) -> io::Result<u32> {
-    Ok(fs::symlink_metadata(path)?.permissions().mode() & 0o7777)
+    use std::os::unix::fs::PermissionsExt;
+    Ok(std::fs::symlink_metadata(path)?.permissions().mode() & 0o7777)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn files_are_private_and_wiped_on_drop() {

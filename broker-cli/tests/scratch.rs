@@ -1,0 +1,94 @@
+//! `broker run` and its scratch dir: which roots are used, exact stderr and exit code when none
+//! is usable, and orphaned children keeping their files.
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+const CANARY: &str = "canary-cli-scratch-29f1c6";
+const CONFIG: &str = "credentials:\n  key: { ref: \"env:DEMO_TOKEN\", as: KEY_FILE, kind: file }\n";
+
+/// `broker` in `dir` with no `XDG_RUNTIME_DIR`, `/dev/shm` replaced by `shm` (debug builds
+/// only) and `TMPDIR` set to `tmp`.
+fn broker(dir: &Path, shm: &Path, tmp: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_broker"));
+    c.args(args)
+        .current_dir(dir)
+        .env_remove("XDG_RUNTIME_DIR")
+        .env("BROKER_TEST_SHM_DIR", shm)
+        .env("TMPDIR", tmp)
+        .env("DEMO_TOKEN", CANARY)
+        .env_remove("BROKER_CONFIG")
+        .env_remove("BROKER_LOG")
+        .stdin(Stdio::null());
+    c
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn no_usable_scratch_root_exits_74_with_every_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(".broker.yml"), CONFIG).unwrap();
+    let shm = dir.path().join("no-shm");
+    let tmp = tempfile::tempdir().unwrap();
+    // Writable by everyone without the sticky bit: another user could swap our dir.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = broker(dir.path(), &shm, tmp.path(), &["run", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: cannot create a scratch dir: {}: No such file or directory (os error 2); {}: writable by group or others without the sticky bit\n\
+             hint: set XDG_RUNTIME_DIR or TMPDIR to a directory only you can write (mode 0700)\n",
+            shm.display(),
+            tmp.path().display()
+        )
+    );
+    assert_eq!(out.status.code(), Some(74));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(CANARY));
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+
+    // A temp dir that does not exist: the same, exit 74 (it was 69, "unavailable").
+    let gone = tmp.path().join("gone");
+    let out = broker(dir.path(), &shm, &gone, &["run", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: cannot create a scratch dir: {}: No such file or directory (os error 2); {}: No such file or directory (os error 2)\n\
+             hint: set XDG_RUNTIME_DIR or TMPDIR to a directory only you can write (mode 0700)\n",
+            shm.display(),
+            gone.display()
+        )
+    );
+    assert_eq!(out.status.code(), Some(74));
+}
+
+#[test]
+fn a_sticky_temp_dir_is_used_when_nothing_else_is() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(".broker.yml"), CONFIG).unwrap();
+    let shm = dir.path().join("no-shm");
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let script = "test \"$(cat \"$KEY_FILE\")\" = \"$DEMO_TOKEN\" && echo \"$KEY_FILE\"";
+    let out = broker(
+        dir.path(),
+        &shm,
+        tmp.path(),
+        &["run", "--", "sh", "-c", script],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(Path::new(&path).starts_with(tmp.path()), "{path}");
+    assert!(!Path::new(&path).exists());
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}

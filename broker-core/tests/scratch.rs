@@ -1,0 +1,111 @@
+//! Scratch dirs against a hostile root, a swapped dir, parallel sweeps and orphaned children.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use broker_core::scratch::{DIR_PREFIX, ScratchDir, sweep_stale_in};
+use broker_core::{ErrorKind, SecretValue};
+
+const CANARY: &str = "canary-scratch-7d41c9";
+
+fn chmod(path: &Path, mode: u32) {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+// ---- defect: scratch dir in a hostile temp dir ----
+
+#[test]
+fn a_root_writable_by_others_without_the_sticky_bit_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    for mode in [0o777, 0o770, 0o757] {
+        chmod(root.path(), mode);
+        let e = ScratchDir::create_in(root.path()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Io);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "cannot create a scratch dir: {}: writable by group or others without the sticky bit",
+                root.path().display()
+            )
+        );
+        assert_eq!(fs::read_dir(root.path()).unwrap().count(), 0, "{mode:o}");
+    }
+    // The sweep does not work in such a root either (another user controls its entries).
+    let planted = root.path().join(format!("{DIR_PREFIX}999999999-0"));
+    fs::create_dir(&planted).unwrap();
+    fs::write(planted.join("token"), "theirs").unwrap();
+    assert!(sweep_stale_in(root.path()).is_empty());
+    assert_eq!(fs::read(planted.join("token")).unwrap(), b"theirs");
+
+    // With the sticky bit, others cannot rename our entries: usable.
+    chmod(root.path(), 0o1777);
+    fs::remove_dir_all(&planted).unwrap();
+    let dir = ScratchDir::create_in(root.path()).unwrap();
+    assert!(dir.path().starts_with(root.path()));
+}
+
+#[test]
+fn a_missing_root_is_an_io_error() {
+    let root = tempfile::tempdir().unwrap();
+    let gone = root.path().join("gone");
+    let e = ScratchDir::create_in(&gone).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Io, "exit 74, not 69");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "cannot create a scratch dir: {}: No such file or directory (os error 2)",
+            gone.display()
+        )
+    );
+}
+
+#[test]
+fn wipe_after_the_dir_is_swapped_for_a_symlink_wipes_the_real_files_only() {
+    let root = tempfile::tempdir().unwrap();
+    let mut dir = ScratchDir::create_in(root.path()).unwrap();
+    let token = dir
+        .write_secret("token", &SecretValue::copy_from(CANARY.as_bytes()))
+        .unwrap();
+    // What another user could do in a root without the sticky bit: move the live dir away and
+    // put a symlink to a dir of theirs in its place.
+    let moved = root.path().join("moved");
+    fs::rename(dir.path(), &moved).unwrap();
+    let theirs = root.path().join("theirs");
+    fs::create_dir(&theirs).unwrap();
+    fs::write(theirs.join("token"), "their file").unwrap();
+    fs::write(theirs.join("other"), "their other file").unwrap();
+    std::os::unix::fs::symlink(&theirs, token.parent().unwrap()).unwrap();
+    assert_eq!(fs::read(moved.join("token")).unwrap(), CANARY.as_bytes());
+
+    // The broker's own writes still land in its dir, not behind the link.
+    dir.replace_secret("token", &SecretValue::copy_from(CANARY.as_bytes()))
+        .unwrap();
+    dir.write_secret("other", &SecretValue::copy_from(CANARY.as_bytes()))
+        .unwrap();
+    assert_eq!(fs::read(theirs.join("token")).unwrap(), b"their file");
+    assert_eq!(fs::read(theirs.join("other")).unwrap(), b"their other file");
+
+    dir.wipe().unwrap();
+    // The link target is untouched, the link itself left alone ...
+    assert_eq!(fs::read(theirs.join("token")).unwrap(), b"their file");
+    assert_eq!(fs::read(theirs.join("other")).unwrap(), b"their other file");
+    assert!(fs::symlink_metadata(dir.path()).unwrap().is_symlink());
+    // ... and the real files are gone from the renamed dir.
+    assert_eq!(fs::read_dir(&moved).unwrap().count(), 0);
+}
+
+#[test]
+fn the_sweep_never_follows_a_symlink_named_like_a_scratch_dir() {
+    let root = tempfile::tempdir().unwrap();
+    let theirs = root.path().join("theirs");
+    fs::create_dir(&theirs).unwrap();
+    fs::write(theirs.join(".broker-owner"), "999999999 1\n").unwrap();
+    fs::write(theirs.join("token"), "their file").unwrap();
+    let link = root.path().join(format!("{DIR_PREFIX}999999999-0"));
+    std::os::unix::fs::symlink(&theirs, &link).unwrap();
+    assert!(sweep_stale_in(root.path()).is_empty());
+    assert_eq!(fs::read(theirs.join("token")).unwrap(), b"their file");
+    assert!(fs::symlink_metadata(&link).unwrap().is_symlink());
+}
