@@ -92,3 +92,54 @@ fn a_sticky_temp_dir_is_used_when_nothing_else_is() {
     assert!(!Path::new(&path).exists());
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn parallel_runs_and_a_check_loop_never_sweep_a_live_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(".broker.yml"), CONFIG).unwrap();
+    let shm = dir.path().join("no-shm");
+    let tmp = tempfile::tempdir().unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let script = "test \"$(cat \"$KEY_FILE\")\" = \"$DEMO_TOKEN\" || exit 9";
+    std::thread::scope(|s| {
+        let checker = s.spawn(|| {
+            let mut codes = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let out = broker(dir.path(), &shm, tmp.path(), &["check", "env:DEMO_TOKEN"])
+                    .output()
+                    .unwrap();
+                codes.push(out.status.code());
+            }
+            codes
+        });
+        let runners: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..8)
+                        .map(|_| {
+                            let out = broker(
+                                dir.path(),
+                                &shm,
+                                tmp.path(),
+                                &["run", "--", "sh", "-c", script],
+                            )
+                            .output()
+                            .unwrap();
+                            (out.status.code(), stderr(&out))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let results: Vec<_> = runners.into_iter().map(|r| r.join()).collect();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let codes = checker.join().unwrap();
+        for r in results {
+            for (code, err) in r.unwrap() {
+                assert_eq!((code, err.as_str()), (Some(0), ""));
+            }
+        }
+        assert!(codes.iter().all(|c| *c == Some(0)), "{codes:?}");
+    });
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}

@@ -10,6 +10,13 @@
 //!
 //! Files are created 0600 with `O_EXCL|O_NOFOLLOW`. [`ScratchDir`] wipes everything on drop,
 //! and [`sweep_stale`] removes dirs left by a process that is gone (SIGKILL, power loss).
+//!
+//! Which process owns a dir is recorded twice, so a live dir is never taken for a dead one: in
+//! its name (`broker-scratch-PID-START-RANDOM`, atomic with `mkdir`) and in its marker file
+//! `.broker-owner` (`PID START`, written to a temporary name and renamed into place, so it is
+//! either absent or complete). START is the process start time from `/proc/PID/stat`, which
+//! tells a reused pid apart. The sweep reads the marker, falls back to the name while the
+//! marker is not there yet, and removes the dir only when that process is gone (or a zombie).
 
 use std::ffi::{CStr, CString};
 use std::fs::File;
@@ -164,7 +171,10 @@ impl ScratchDir {
 
     fn create_at(root: OwnedFd, root_path: &Path) -> Result<ScratchDir> {
         let pid = std::process::id();
-        let name = format!("{DIR_PREFIX}{pid}-{:016x}", rand::random::<u64>());
+        let start = process_start_time(pid).unwrap_or(0);
+        // The owner is in the name from the first instant: a sweep running before the marker
+        // is in place sees a live owner.
+        let name = format!("{DIR_PREFIX}{pid}-{start}-{:016x}", rand::random::<u64>());
         let path = root_path.join(&name);
         let failed = |e: Errno| io_error(format_args!("cannot create {}", path.display()), e);
         rustix::fs::mkdirat(&root, name.as_str(), Mode::from_raw_mode(0o700)).map_err(failed)?;
@@ -185,8 +195,7 @@ impl ScratchDir {
         };
         // From here on a failure drops `scratch`, which removes the dir.
         rustix::fs::fchmod(&scratch.dir, Mode::from_raw_mode(0o700)).map_err(failed)?;
-        let marker = format!("{pid} {}\n", process_start_time(pid).unwrap_or(0));
-        scratch.create_file(MARKER, marker.as_bytes())?;
+        scratch.write_marker(&format!("{pid} {start}\n"))?;
         Ok(scratch)
     }
 
@@ -213,6 +222,19 @@ impl ScratchDir {
             io_error(format_args!("cannot replace {}", target.display()), e)
         })?;
         Ok(target)
+    }
+
+    /// Writes the marker atomically: a temporary file renamed over `.broker-owner`.
+    fn write_marker(&self, text: &str) -> Result<()> {
+        let tmp = format!("{MARKER}.{:08x}.tmp", rand::random::<u32>());
+        self.create_file(&tmp, text.as_bytes())?;
+        rustix::fs::renameat(&self.dir, tmp.as_str(), &self.dir, MARKER).map_err(|e| {
+            let _ = rustix::fs::unlinkat(&self.dir, tmp.as_str(), AtFlags::empty());
+            io_error(
+                format_args!("cannot write {}", self.path.join(MARKER).display()),
+                e,
+            )
+        })
     }
 
     /// Creates `name` in the dir (through its fd) with `O_EXCL|O_NOFOLLOW`, 0600, and syncs it.
@@ -360,19 +382,64 @@ fn process_start_time(pid: u32) -> Option<u64> {
     after_comm.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Whether the process that wrote `marker` is still running.
-fn owner_alive(marker: &str) -> bool {
-    let mut parts = marker.split_whitespace();
-    let Some(pid) = parts.next().and_then(|p| p.parse::<u32>().ok()) else {
+/// Whether process `pid`, started at `started` (clock ticks since boot; 0 when unknown), is
+/// still running. A zombie is not; a reused pid (another start time) is not.
+fn process_alive(pid: u32, started: u64) -> bool {
+    let Some(p) = rustix::process::Pid::from_raw(pid as i32) else {
         return false;
     };
-    let started: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    match process_start_time(pid) {
-        // A reused pid has a different start time.
-        Some(now) => started == 0 || now == started,
-        None => rustix::process::Pid::from_raw(pid as i32)
-            .is_some_and(|p| rustix::process::test_kill_process(p).is_ok()),
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let Some(end) = stat.rfind(')') else {
+                return true;
+            };
+            let mut fields = stat[end + 1..].split_whitespace();
+            if matches!(fields.next(), Some("Z" | "X" | "x")) {
+                return false;
+            }
+            let now = fields.nth(18).and_then(|s| s.parse::<u64>().ok());
+            started == 0 || now.is_none_or(|now| now == started)
+        }
+        Err(_) => matches!(
+            rustix::process::test_kill_process(p),
+            Ok(()) | Err(Errno::PERM)
+        ),
     }
+}
+
+/// The `(pid, start time)` pairs a marker names: the owner first.
+fn marker_processes(marker: &str) -> Vec<(u32, u64)> {
+    let fields: Vec<&str> = marker.split_whitespace().collect();
+    fields
+        .chunks(2)
+        .map_while(|pair| match pair {
+            [pid, start] => Some((pid.parse().ok()?, start.parse().ok()?)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The owner a dir's name records (`broker-scratch-PID-START-RANDOM`, or the older
+/// `broker-scratch-PID-RANDOM`).
+fn name_process(name: &str) -> Option<(u32, u64)> {
+    let rest = name.strip_prefix(DIR_PREFIX)?;
+    let parts: Vec<&str> = rest.split('-').collect();
+    match parts.as_slice() {
+        [pid, start, _] => Some((pid.parse().ok()?, start.parse().ok()?)),
+        [pid, _] => Some((pid.parse().ok()?, 0)),
+        _ => None,
+    }
+}
+
+/// Whether a process recorded for the dir `name` (by its marker, else by its name) is alive.
+fn in_use(marker: Option<&str>, name: &str) -> bool {
+    let mut processes = marker.map(marker_processes).unwrap_or_default();
+    if processes.is_empty() {
+        processes.extend(name_process(name));
+    }
+    processes
+        .into_iter()
+        .any(|(pid, started)| process_alive(pid, started))
 }
 
 /// Removes scratch dirs under every usable root whose owner process is gone; returns what it
@@ -413,7 +480,7 @@ fn sweep_root(root: BorrowedFd<'_>, root_path: &Path) -> Vec<PathBuf> {
         if !rustix::fs::fstat(&dir).is_ok_and(|st| st.st_uid == me) {
             continue;
         }
-        if read_marker(dir.as_fd()).as_deref().is_some_and(owner_alive) {
+        if in_use(read_marker(dir.as_fd()).as_deref(), &name) {
             continue;
         }
         if wipe_contents(dir.as_fd(), 0).is_ok()

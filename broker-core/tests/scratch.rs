@@ -109,3 +109,85 @@ fn the_sweep_never_follows_a_symlink_named_like_a_scratch_dir() {
     assert_eq!(fs::read(theirs.join("token")).unwrap(), b"their file");
     assert!(fs::symlink_metadata(&link).unwrap().is_symlink());
 }
+
+// ---- defect: parallel invocations sweep each other's live scratch dirs ----
+
+/// Field 22 of `/proc/PID/stat`.
+fn start_time(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split_whitespace().nth(19).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_dir_without_its_marker_yet_is_not_swept_while_its_creator_lives() {
+    let root = tempfile::tempdir().unwrap();
+    let me = std::process::id();
+    // What a sweep used to see between `mkdir` and the marker: no marker, or an empty one.
+    let creating = root.path().join(format!(
+        "{DIR_PREFIX}{me}-{}-00000000000000aa",
+        start_time(me)
+    ));
+    fs::create_dir(&creating).unwrap();
+    let half_written = root.path().join(format!(
+        "{DIR_PREFIX}{me}-{}-00000000000000bb",
+        start_time(me)
+    ));
+    fs::create_dir(&half_written).unwrap();
+    fs::write(half_written.join(".broker-owner"), "").unwrap();
+    let dead = root
+        .path()
+        .join(format!("{DIR_PREFIX}999999999-1-00000000000000cc"));
+    fs::create_dir(&dead).unwrap();
+    fs::write(dead.join("token"), CANARY).unwrap();
+
+    assert_eq!(sweep_stale_in(root.path()), vec![dead.clone()]);
+    assert!(creating.is_dir());
+    assert!(half_written.is_dir());
+}
+
+#[test]
+fn parallel_creators_and_sweepers_never_sweep_a_live_dir() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let sweepers: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut swept = Vec::new();
+                    while !done.load(Ordering::SeqCst) {
+                        swept.extend(sweep_stale_in(root));
+                    }
+                    swept
+                })
+            })
+            .collect();
+        let creators: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(move || -> Result<(), String> {
+                    for _ in 0..150 {
+                        let dir = ScratchDir::create_in(root).map_err(|e| e.to_string())?;
+                        let path = dir
+                            .write_secret("token", &SecretValue::copy_from(CANARY.as_bytes()))
+                            .map_err(|e| e.to_string())?;
+                        if fs::read(&path).map_err(|e| e.to_string())? != CANARY.as_bytes() {
+                            return Err(format!("{} changed under the run", path.display()));
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        let results: Vec<_> = creators.into_iter().map(|c| c.join()).collect();
+        done.store(true, Ordering::SeqCst);
+        for swept in sweepers {
+            assert_eq!(swept.join().unwrap(), Vec::<std::path::PathBuf>::new());
+        }
+        for r in results {
+            assert_eq!(r.unwrap(), Ok(()));
+        }
+    });
+    assert_eq!(fs::read_dir(root).unwrap().count(), 0);
+}
