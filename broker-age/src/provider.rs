@@ -5,6 +5,7 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use broker_core::localfile;
 use broker_core::provider::resolve_path;
 use broker_core::{
     Check, Credential, CredentialProvider, Destination, Error, ErrorKind, Reference, Request,
@@ -180,12 +181,12 @@ impl AgeProvider {
                     required,
                 } => {
                     let label = path.display().to_string();
-                    let content = match read_limited(path) {
+                    let content = match localfile::read(path, MAX_IDENTITY_BYTES) {
                         Ok(c) => c,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                        Err(e) if e.is_not_found() && !required => {
                             continue;
                         }
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        Err(e) if e.is_not_found() => {
                             let mut err = Error::not_configured(format!(
                                 "identity file {label} does not exist"
                             ));
@@ -195,9 +196,9 @@ impl AgeProvider {
                             return Err(err);
                         }
                         Err(e) => {
-                            return Err(Error::io(
+                            return Err(e.to_error(
                                 format_args!("cannot read identity file {label}"),
-                                &e,
+                                ErrorKind::Unsupported,
                             ));
                         }
                     };
@@ -259,12 +260,19 @@ impl AgeProvider {
         }
         let path = self.file(request.reference, request.base_dir);
         let label = path.display().to_string();
-        let ciphertext = std::fs::read(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                Error::not_found(format!("age file {label} does not exist"))
-            }
-            _ => Error::io(format_args!("cannot read age file {label}"), &e),
-        })?;
+        // Never blocks (a FIFO is refused, not opened for reading) and is bounded in size.
+        let ciphertext = localfile::read(&path, localfile::MAX_SECRET_FILE)
+            .map_err(|e| {
+                if e.is_not_found() {
+                    Error::not_found(format!("age file {label} does not exist"))
+                } else {
+                    e.to_error(
+                        format_args!("cannot read age file {label}"),
+                        ErrorKind::Unsupported,
+                    )
+                }
+            })?
+            .to_vec();
         let (identities, tried) = self.identities_for(request).await?;
         let plaintext = crypto::decrypt(&ciphertext, &identities)
             .map_err(|f| crypto::failure_error(f, &label, &tried))?;
@@ -324,22 +332,6 @@ fn reference_hint(written: &str) -> Option<String> {
     Some(format!(
         "a string is always a path; to read the key from `{reference}`, write `identity: {{ ref: \"{reference}\" }}`"
     ))
-}
-
-/// Reads a key file (at most [`MAX_IDENTITY_BYTES`]) into a zeroizing buffer.
-fn read_limited(path: &Path) -> std::io::Result<Zeroizing<Vec<u8>>> {
-    use std::io::Read;
-    let file = std::fs::File::open(path)?;
-    let len = file.metadata()?.len();
-    if len > MAX_IDENTITY_BYTES {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "larger than 1 MiB, not a key file",
-        ));
-    }
-    let mut buf = Zeroizing::new(Vec::with_capacity(len as usize + 1));
-    file.take(MAX_IDENTITY_BYTES).read_to_end(&mut buf)?;
-    Ok(buf)
 }
 
 /// Writes `bytes` to `path` atomically: a temp file in the same directory with `mode`,

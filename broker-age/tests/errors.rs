@@ -361,3 +361,56 @@ async fn rotate_errors_write_nothing() {
     let got = resolve(&f.provider(), "age:s.age", f.path()).await.unwrap();
     assert_eq!(got.value().expose(), f.secret.as_bytes());
 }
+
+/// A FIFO (or device) as the age file or an identity file is refused at once: the read never
+/// blocks waiting for a writer, never reads without bound. Before the fix `open` blocked.
+#[tokio::test]
+async fn fifo_and_device_files_are_refused_without_blocking() {
+    let f = setup();
+    let fifo = f.path().join("fifo");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let bounded = |fut| tokio::time::timeout(std::time::Duration::from_secs(30), fut);
+    let with_key = f.provider();
+
+    let err = bounded(resolve(&with_key, "age:fifo", f.path()))
+        .await
+        .expect("blocked on a FIFO")
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert_eq!(
+        err.message(),
+        format!(
+            "cannot read age file {}: a FIFO, not a regular file",
+            fifo.display()
+        )
+    );
+    f.assert_clean(&err);
+
+    let err = bounded(resolve(&with_key, "age:/dev/zero", f.path()))
+        .await
+        .expect("read /dev/zero")
+        .unwrap_err();
+    assert_eq!(
+        err.message(),
+        "cannot read age file /dev/zero: a character device, not a regular file"
+    );
+
+    let settings = Settings {
+        identity: IdentityList(vec![IdentitySpec::Path("fifo".into())]),
+        ..Settings::default()
+    };
+    let with_fifo = provider(settings, None);
+    let err = bounded(resolve(&with_fifo, "age:s.age", f.path()))
+        .await
+        .expect("blocked on a FIFO identity")
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert!(
+        err.message().ends_with(": a FIFO, not a regular file"),
+        "{err}"
+    );
+}

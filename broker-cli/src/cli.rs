@@ -95,7 +95,7 @@ pub struct RunArgs {
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pub only: Vec<String>,
     /// The agent's identity, for policy and the audit log.
-    #[arg(long, env = "BROKER_AGENT_ID", value_name = "ID")]
+    #[arg(long, env = "BROKER_AGENT_ID", value_name = "ID", value_parser = agent_id)]
     pub agent: Option<String>,
     /// Do not redact the command's output (recorded in the audit log; the run is refused if
     /// it cannot be recorded).
@@ -125,7 +125,7 @@ pub struct GetArgs {
     #[arg(long)]
     pub reveal: bool,
     /// The agent's identity, for policy and the audit log.
-    #[arg(long, env = "BROKER_AGENT_ID", value_name = "ID")]
+    #[arg(long, env = "BROKER_AGENT_ID", value_name = "ID", value_parser = agent_id)]
     pub agent: Option<String>,
 }
 
@@ -155,6 +155,14 @@ pub struct CredentialProcessArgs {
     /// The credential's name in the config (an `aws-sts://` mint credential).
     pub name: String,
     /// The agent's identity, for policy and the audit log.
-    #[arg(long, env = "BROKER_AGENT_ID", value_name = "ID")]
+    #[arg(long, env = "BROKER_AGENT_ID", value_name = "ID", value_parser = agent_id)]
     pub agent: Option<String>,
+}
+
+/// `--agent` / `BROKER_AGENT_ID`, normalised as policy sees it (trimmed, lower-cased; no
+/// control characters). Empty means anonymous.
+fn agent_id(raw: &str) -> Result<String, String> {
+    broker_core::policy::normalize_agent_id(raw)
+        .map(Option::unwrap_or_default)
+        .map_err(|e| e.message().to_string())
 }

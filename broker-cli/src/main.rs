@@ -91,9 +91,25 @@ fn report(e: &Error, json: bool) {
         eprintln!("{value}");
         return;
     }
-    eprintln!("error: {e}");
+    eprintln!("error: {}", bounded(&e.to_string()));
     if let Some(hint) = e.hint() {
-        eprintln!("hint: {hint}");
+        eprintln!("hint: {}", bounded(hint));
+    }
+}
+
+/// The longest error or hint line printed whole; the pieces of input an error echoes are cut
+/// at [`broker_core::grammar::ECHO_LIMIT`] characters already, this catches anything else.
+const LINE_LIMIT: usize = 2000;
+
+/// `line` cut after [`LINE_LIMIT`] characters, with an ellipsis and its total length.
+fn bounded(line: &str) -> std::borrow::Cow<'_, str> {
+    match line.char_indices().nth(LINE_LIMIT) {
+        None => std::borrow::Cow::Borrowed(line),
+        Some((cut, _)) => std::borrow::Cow::Owned(format!(
+            "{}… ({} chars)",
+            &line[..cut],
+            line.chars().count()
+        )),
     }
 }
 
@@ -108,7 +124,8 @@ fn load(config: Option<&Path>, dir: Option<&Path>) -> Result<Broker, Error> {
 
 fn context(agent: Option<String>) -> RequestContext {
     RequestContext {
-        agent_id: agent,
+        // Already normalised by the parser; empty (or blank) means anonymous.
+        agent_id: agent.filter(|a| !a.is_empty()),
         ..RequestContext::new()
     }
 }
@@ -216,7 +233,7 @@ fn check(references: &[String], json: bool) -> Result<u8, Error> {
         let reference: Reference = text.parse()?;
         let backend = registry
             .require_scheme(reference.scheme())
-            .map_err(|e| e.with_reference(&reference))?;
+            .map_err(|e| e.with_reference(broker_core::grammar::elide(&reference.to_string())))?;
         rows.push((reference, backend.name));
     }
     if json {

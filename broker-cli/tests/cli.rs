@@ -289,6 +289,106 @@ fn check_reports_the_first_bad_reference() {
     );
 }
 
+/// Issue 10: a huge reference was echoed whole (twice for an unknown scheme) in the error.
+/// One argv string is capped at 128 KiB by the kernel, so this one is 120,000 characters.
+#[test]
+fn check_echoes_at_most_200_characters_of_a_huge_reference() {
+    let f = Fixture::new(CONFIG);
+    let bad_name = format!("env:{}-", "A".repeat(120_000));
+    let out = f.run(&["check", &bad_name]);
+    assert_eq!(out.status.code(), Some(78));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: invalid reference `env:{}… (120005 chars)` at column 120005: `-` is not allowed in a variable name (letters, digits, `_`; not starting with a digit)\n",
+            "A".repeat(196)
+        )
+    );
+    let bad_scheme = format!("vualt{}:a", "x".repeat(120_000));
+    let out = f.run(&["check", &bad_scheme]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(out.stderr.len() < 1024, "{} bytes", out.stderr.len());
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: invalid reference `vualt{x}… (120007 chars)` at column 1: unknown scheme `vualt{x}… (120005 chars)`\nhint: schemes compiled in: {}\n",
+            compiled_schemes().join(", "),
+            x = "x".repeat(195)
+        )
+    );
+}
+
+const AGENT_POLICY: &str = r#"@id("everyone") permit (principal, action, resource);
+@id("no-anonymous-agents") forbid (principal == Agent::"anonymous", action, resource);
+@id("no-mallory") forbid (principal == Agent::"mallory", action, resource);
+"#;
+
+fn agent_fixture() -> Fixture {
+    let f = Fixture::new(&format!("{CONFIG}policy: policy.cedar\n"));
+    std::fs::write(f.path("policy.cedar"), AGENT_POLICY).unwrap();
+    f
+}
+
+/// Issue 10: `--agent ""` became `Agent::""` and got past `no-anonymous-agents`, and ids were
+/// compared as given, so `Mallory` or ` mallory` dodged a forbid on `mallory`.
+#[test]
+fn empty_blank_and_case_variant_agent_ids_cannot_dodge_a_forbid() {
+    let f = agent_fixture();
+    let denied = |rule: &str| {
+        format!(
+            "error: credential `api`: denied by policy: forbidden by {rule}\nhint: the policy in {} does not permit this request\n",
+            f.path("policy.cedar").display()
+        )
+    };
+    let cases: [(&[&str], Option<&str>, &str); 5] = [
+        (&["--agent", ""], None, "no-anonymous-agents"),
+        (&["--agent", "  "], None, "no-anonymous-agents"),
+        (&[], Some(""), "no-anonymous-agents"),
+        (&["--agent", " Mallory "], None, "no-mallory"),
+        (&[], Some("MALLORY"), "no-mallory"),
+    ];
+    for (args, env, rule) in cases {
+        let mut cmd = f.cmd(&["get", "api", "--reveal"]);
+        cmd.args(args).env_remove("BROKER_AGENT_ID");
+        if let Some(v) = env {
+            cmd.env("BROKER_AGENT_ID", v);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(77), "{args:?} {env:?}");
+        assert_eq!(stderr(&out), denied(rule), "{args:?} {env:?}");
+        assert_eq!(stdout(&out), "");
+    }
+    let out = f.run(&["get", "api", "--reveal", "--agent", "CI-Bot"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), CANARY);
+    let out = f.run(&["get", "api", "--reveal", "--agent", "ci\u{1}bot"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        // clap strips control characters from what it echoes to a pipe.
+        "error: invalid value 'cibot' for '--agent <ID>': an agent id must not contain control characters\n\nFor more information, try '--help'.\n"
+    );
+}
+
+#[test]
+fn a_policy_naming_an_agent_id_no_agent_can_have_is_a_config_error() {
+    let f = agent_fixture();
+    std::fs::write(
+        f.path("policy.cedar"),
+        AGENT_POLICY.replace("\"mallory\"", "\"Mallory\""),
+    )
+    .unwrap();
+    let out = f.run(&["get", "api", "--reveal", "--agent", "mallory"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: {}: policy: `Agent::\"Mallory\"` can never match: agent ids are trimmed and lower-cased, write `Agent::\"mallory\"`\nhint: see docs/runtime.md for how agent ids are normalised\n",
+            f.path("policy.cedar").display()
+        )
+    );
+}
+
 #[test]
 fn config_errors_name_the_line() {
     let f = Fixture::new("credentials:\n  api: { ref: \"env:X\", colour: red }\n");

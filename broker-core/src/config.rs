@@ -234,8 +234,7 @@ impl Config {
 
     /// Reads and validates `path` against the backends in `registry`.
     pub fn load(path: &Path, registry: &Registry) -> Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::io(format_args!("cannot read config {}", path.display()), &e))?;
+        let text = crate::localfile::read_config_text(path, "config")?;
         Self::from_str(&text, path, registry)
     }
 

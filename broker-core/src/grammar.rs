@@ -30,6 +30,23 @@ pub enum QueryKeys {
 /// A problem found in a target: byte offset within the target, and why.
 pub type TargetError = (usize, String);
 
+/// How many characters of user input an error message echoes before [`elide`] cuts it.
+pub const ECHO_LIMIT: usize = 200;
+
+/// `text` as an error message may echo it: unchanged up to [`ECHO_LIMIT`] characters, else its
+/// first [`ECHO_LIMIT`] characters, an ellipsis and the total length (`env:AAAA… (1048581
+/// chars)`), so a huge reference or config value cannot make a huge error.
+pub fn elide(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(ECHO_LIMIT) {
+        None => std::borrow::Cow::Borrowed(text),
+        Some((cut, _)) => std::borrow::Cow::Owned(format!(
+            "{}… ({} chars)",
+            &text[..cut],
+            text.chars().count()
+        )),
+    }
+}
+
 /// The grammar of one scheme.
 #[derive(Debug, Clone, Copy)]
 pub struct SchemeGrammar {
@@ -454,8 +471,12 @@ pub fn did_you_mean<'a>(
     input: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
+    let input_len = input.chars().count();
     candidates
         .into_iter()
+        // The distance is at least the difference in length: skip hopeless candidates
+        // without the quadratic computation (a huge input would take seconds).
+        .filter(|c| input_len.abs_diff(c.chars().count()) <= 2.max(c.len() / 3))
         .map(|c| (edit_distance(input, c), c))
         .filter(|(d, c)| *d <= 2.max(c.len() / 3) && *d < c.len().max(input.len()))
         .min_by_key(|(d, _)| *d)

@@ -26,6 +26,7 @@ mod error;
 pub mod grammar;
 mod layers;
 pub mod lease;
+pub mod localfile;
 pub mod policy;
 pub mod provider;
 pub mod redact;

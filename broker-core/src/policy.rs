@@ -52,6 +52,50 @@ action "resolve", "mint", "revoke", "rotate" appliesTo {
 /// The principal id used when a request names no agent.
 pub const ANONYMOUS: &str = "anonymous";
 
+/// An agent id in the form policy sees it: trimmed and lower-cased, so case and whitespace
+/// tricks cannot dodge a `forbid`. Empty (or whitespace-only) is no agent at all: `None`,
+/// which policy sees as [`ANONYMOUS`]. A control character anywhere is an error.
+pub fn normalize_agent_id(id: &str) -> Result<Option<String>> {
+    if id.chars().any(char::is_control) {
+        return Err(Error::new(
+            crate::ErrorKind::PolicyDenied,
+            "an agent id must not contain control characters",
+        ));
+    }
+    let id = id.trim();
+    Ok((!id.is_empty()).then(|| id.to_lowercase()))
+}
+
+/// Refuses `Agent::"..."` literals that no normalised agent id can equal (upper case, outer
+/// whitespace, empty): a `forbid` naming one would silently match nobody.
+fn check_agent_literals(policies: &PolicySet) -> std::result::Result<(), String> {
+    fn walk(v: &serde_json::Value) -> std::result::Result<(), String> {
+        match v {
+            serde_json::Value::Object(map) => {
+                if map.get("type").and_then(|t| t.as_str()) == Some("Agent")
+                    && let Some(id) = map.get("id").and_then(|i| i.as_str())
+                    && normalize_agent_id(id).ok().flatten().as_deref() != Some(id)
+                {
+                    return Err(format!(
+                        "policy: `Agent::{:?}` can never match: agent ids are trimmed and lower-cased, write `Agent::{:?}`",
+                        crate::grammar::elide(id),
+                        crate::grammar::elide(id.trim()).to_lowercase()
+                    ));
+                }
+                map.values().try_for_each(walk)
+            }
+            serde_json::Value::Array(items) => items.iter().try_for_each(walk),
+            _ => Ok(()),
+        }
+    }
+    for policy in policies.policies() {
+        if let Ok(json) = policy.to_json() {
+            walk(&json)?;
+        }
+    }
+    Ok(())
+}
+
 /// What is being asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -211,6 +255,11 @@ impl Policy {
             };
             cedar_error(path, text, first, diag)
         })?;
+        check_agent_literals(&policies).map_err(|m| {
+            Error::invalid_config(m)
+                .with_location(path.display().to_string())
+                .with_hint("see docs/runtime.md for how agent ids are normalised")
+        })?;
         let schema = schema()?;
         let validator = Validator::new(schema.clone());
         let result = validator.validate(&policies, ValidationMode::Strict);
@@ -274,7 +323,11 @@ impl CedarPolicy {
         let internal = |what: &str, e: &dyn std::fmt::Display| {
             Error::internal(format!("cannot build the Cedar {what}: {e}"))
         };
-        let principal = uid("Agent", r.agent_id.unwrap_or(ANONYMOUS))?;
+        let agent_id = match r.agent_id {
+            Some(id) => normalize_agent_id(id)?,
+            None => None,
+        };
+        let principal = uid("Agent", agent_id.as_deref().unwrap_or(ANONYMOUS))?;
         let resource = uid("Credential", r.credential)?;
         let action = uid("Action", r.action.as_str())?;
         let agent = Entity::new(

@@ -131,7 +131,7 @@ fn invalid(input: &str, byte_at: usize, why: impl fmt::Display) -> Error {
         ErrorKind::InvalidReference,
         format!("at column {column}: {why}"),
     )
-    .with_reference(input)
+    .with_reference(grammar::elide(input))
 }
 
 fn decode(input: &str, part: &str, offset: usize) -> Result<String> {
@@ -306,7 +306,7 @@ impl FromStr for Reference {
                 .any(|s| s == scheme) => {}
             None => {
                 let (suggestion, list) = compiled_in_hint(scheme);
-                let mut why = format!("unknown scheme `{scheme}`");
+                let mut why = format!("unknown scheme `{}`", grammar::elide(scheme));
                 if let Some(s) = suggestion {
                     why.push_str(&format!("; did you mean `{s}`?"));
                 }
@@ -341,7 +341,10 @@ impl FromStr for Reference {
                     return Err(invalid(
                         input,
                         offset,
-                        format!("query parameter `{pair}` needs a value: KEY=VALUE"),
+                        format!(
+                            "query parameter `{}` needs a value: KEY=VALUE",
+                            grammar::elide(pair)
+                        ),
                     ));
                 };
                 if k.is_empty() {
@@ -353,7 +356,7 @@ impl FromStr for Reference {
                     return Err(invalid(
                         input,
                         offset,
-                        format!("query parameter `{key}` given twice"),
+                        format!("query parameter `{}` given twice", grammar::elide(&key)),
                     ));
                 }
                 if let Some(g) = grammar {
@@ -371,7 +374,8 @@ impl FromStr for Reference {
                                 input,
                                 offset,
                                 format!(
-                                    "unknown query parameter `{key}` for `{scheme}` (accepted: {})",
+                                    "unknown query parameter `{}` for `{scheme}` (accepted: {})",
+                                    grammar::elide(&key),
                                     keys.join(", ")
                                 ),
                             ));
@@ -543,10 +547,10 @@ fn parse_bracket(
     let index = &rest[..close];
     match index.parse::<usize>() {
         Ok(n) if !index.starts_with('+') => Ok((FieldSegment::Index(n), inner_at + close + 1)),
-        _ => Err((
-            inner_at,
-            format!("`[{index}]` is not a list index; quote map keys: [\"{index}\"]"),
-        )),
+        _ => Err((inner_at, {
+            let index = grammar::elide(index);
+            format!("`[{index}]` is not a list index; quote map keys: [\"{index}\"]")
+        })),
     }
 }
 

@@ -29,19 +29,17 @@ pub(crate) struct Explicit<'a> {
     pub pgp_key_file: Option<PathBuf>,
 }
 
+/// Reads a key file through [`broker_core::localfile`]: never blocks on a FIFO or device,
+/// bounded in size.
 fn read(path: &Path, what: &str) -> Result<Zeroizing<Vec<u8>>, Error> {
-    let mut buf = Zeroizing::new(Vec::new());
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut buf))
-        .map_err(|e| {
-            let kind = if e.kind() == std::io::ErrorKind::NotFound {
-                ErrorKind::NotFound
-            } else {
-                ErrorKind::Io
-            };
-            Error::new(kind, format!("cannot read {what} {}: {e}", path.display()))
-        })?;
-    Ok(buf)
+    broker_core::localfile::read(path, broker_core::localfile::MAX_SECRET_FILE).map_err(|e| {
+        let kind = match e.io_kind() {
+            Some(std::io::ErrorKind::NotFound) => ErrorKind::NotFound,
+            Some(_) => ErrorKind::Io,
+            None => ErrorKind::Unsupported,
+        };
+        Error::new(kind, format!("cannot read {what} {}: {e}", path.display()))
+    })
 }
 
 impl KeyRing {

@@ -143,18 +143,25 @@ fn format_of(reference: &Reference, path: &Path) -> Result<Format> {
     }
 }
 
+/// Reads a sops file through [`broker_core::localfile`]: never blocks on a FIFO or device,
+/// bounded in size.
 fn read_file(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::not_found(format!("sops file {} does not exist", path.display()))
-        } else if e.kind() == std::io::ErrorKind::InvalidData {
-            Error::new(
-                ErrorKind::Integrity,
-                format!("sops file {} is not UTF-8 text", path.display()),
-            )
-        } else {
-            Error::io(format_args!("cannot read sops file {}", path.display()), &e)
-        }
+    let bytes = broker_core::localfile::read(path, broker_core::localfile::MAX_SECRET_FILE)
+        .map_err(|e| {
+            if e.is_not_found() {
+                Error::not_found(format!("sops file {} does not exist", path.display()))
+            } else {
+                e.to_error(
+                    format_args!("cannot read sops file {}", path.display()),
+                    ErrorKind::Unsupported,
+                )
+            }
+        })?;
+    String::from_utf8(bytes.to_vec()).map_err(|_| {
+        Error::new(
+            ErrorKind::Integrity,
+            format!("sops file {} is not UTF-8 text", path.display()),
+        )
     })
 }
 
@@ -182,7 +189,7 @@ impl CredentialProvider for SopsProvider {
         let Ok(format) = format_of(reference, &path) else {
             return Ok(out);
         };
-        let Ok(text) = std::fs::read_to_string(&path) else {
+        let Ok(text) = read_file(&path) else {
             return Ok(out);
         };
         let Ok((_, meta)) = document::load(format, &text) else {
