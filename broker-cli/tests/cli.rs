@@ -482,3 +482,145 @@ fn usage_errors_exit_2() {
         stderr(&out)
     );
 }
+
+/// Runs `cmd` to completion, killing it after a generous bound so that a broker that blocks
+/// fails the test instead of hanging it (the bound is not a timing assertion).
+fn output_bounded(mut cmd: Command) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!("the broker blocked; stderr: {}", stderr(&out));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn mkfifo(path: &Path) {
+    rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    )
+    .unwrap();
+}
+
+#[cfg(feature = "age")]
+#[test]
+fn age_file_that_is_a_fifo_errors_at_once() {
+    let f = Fixture::new("credentials:\n  s: { ref: \"age:secret.age\", as: S }\n");
+    mkfifo(&f.path("secret.age"));
+    let out = output_bounded(f.cmd(&["get", "s", "--reveal"]));
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: credential `s` (age:secret.age): cannot read age file {}: a FIFO, not a regular file\n",
+            f.path("secret.age").display()
+        )
+    );
+    // The same through `broker run`, which also leaves no scratch dir behind.
+    let out = output_bounded(f.cmd(&["run", "--", "true"]));
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    assert!(f.scratch_dirs().is_empty());
+}
+
+#[cfg(feature = "age")]
+#[test]
+fn age_file_that_is_a_device_or_too_large_is_refused() {
+    let f = Fixture::new(
+        "credentials:\n  z: { ref: \"age:/dev/zero\", as: Z }\n  big: { ref: \"age:big.age\", as: B }\n",
+    );
+    let out = output_bounded(f.cmd(&["get", "z", "--reveal"]));
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        "error: credential `z` (age:/dev/zero): cannot read age file /dev/zero: a character device, not a regular file\n"
+    );
+    // Sparse: 64 MiB + 1 byte costs no disk.
+    std::fs::File::create(f.path("big.age"))
+        .unwrap()
+        .set_len((64 << 20) + 1)
+        .unwrap();
+    let out = output_bounded(f.cmd(&["get", "big", "--reveal"]));
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: credential `big` (age:big.age): cannot read age file {}: larger than 64 MiB\n",
+            f.path("big.age").display()
+        )
+    );
+}
+
+#[test]
+fn config_that_is_a_fifo_is_a_config_error() {
+    let f = Fixture::new("");
+    let fifo = f.path("fifo.yml");
+    mkfifo(&fifo);
+    let out = output_bounded(f.cmd(&["--config", fifo.to_str().unwrap(), "audit"]));
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: cannot read config {}: a FIFO, not a regular file\n",
+            fifo.display()
+        )
+    );
+}
+
+#[test]
+fn non_utf8_config_and_policy_files_are_config_errors() {
+    let f = Fixture::new("");
+    std::fs::write(f.path(".broker.yml"), b"credentials: {}\n# \xff\n").unwrap();
+    let out = f.run(&["audit"]);
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: config {} is not UTF-8 text (invalid byte at offset 18)\n",
+            f.path(".broker.yml").display()
+        )
+    );
+
+    std::fs::write(
+        f.path(".broker.yml"),
+        "policy: policy.cedar\ncredentials: {}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        f.path("policy.cedar"),
+        b"permit(principal, action, resource); // \xff\n",
+    )
+    .unwrap();
+    let out = f.run(&["audit"]);
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: policy file {} is not UTF-8 text (invalid byte at offset 40)\nhint: `policy:` in the config names a regular file that must exist\n",
+            f.path("policy.cedar").display()
+        )
+    );
+}
+
+#[test]
+fn missing_policy_file_is_a_config_error() {
+    let f = Fixture::new("policy: nope.cedar\ncredentials: {}\n");
+    let out = f.run(&["audit"]);
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: cannot read policy file {}: No such file or directory (os error 2)\nhint: `policy:` in the config names a regular file that must exist\n",
+            f.path("nope.cedar").display()
+        )
+    );
+}
