@@ -3,11 +3,15 @@
 //! Only error codes, AWS's own messages (which name principals, actions and resources, never
 //! secret values) and connection errors are quoted. The SDK has already retried transient
 //! failures (at most 3 retries), so a transient error that reaches here is marked not
-//! retryable: retrying again would exceed the broker's retry budget.
+//! retryable (retrying again would exceed the broker's retry budget) and exhausted after
+//! [`ATTEMPTS`] attempts: the broker records it as an alert and runs `alert.command`.
 
 use aws_sdk_secretsmanager::config::http::HttpResponse;
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use broker_core::{Error, ErrorKind};
+
+/// The attempts the SDK makes before it gives up on a transient failure (its retry config).
+pub(crate) const ATTEMPTS: u32 = 4;
 
 /// What was being done, for messages and hints.
 #[derive(Debug, Clone, Copy)]
@@ -61,12 +65,14 @@ where
         SdkError::TimeoutError(_) => Error::transient(format!(
             "{operation} for {subject} timed out (after 3 retries)"
         ))
-        .retryable(false),
+        .retryable(false)
+        .exhausted_after(ATTEMPTS),
         SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout() => Error::transient(format!(
             "{operation} for {subject}: cannot reach AWS (after 3 retries): {}",
             one_line(&DisplayErrorContext(&err).to_string())
         ))
         .retryable(false)
+        .exhausted_after(ATTEMPTS)
         .with_hint("check the network, `backends.aws.endpoint_url` and AWS_ENDPOINT_URL"),
         _ => {
             let detail = one_line(&DisplayErrorContext(&err).to_string());
@@ -119,6 +125,11 @@ fn service_error(kind: ErrorKind, text: &str, call: Call<'_>) -> Error {
         _ => format!("{operation} on {subject} failed ({text})"),
     };
     let error = Error::new(kind, message).retryable(false);
+    let error = if kind == ErrorKind::Transient {
+        error.exhausted_after(ATTEMPTS)
+    } else {
+        error
+    };
     match kind {
         ErrorKind::NotFound => error.with_hint(
             "check the secret id and its region (`?region=`, `backends.aws.region`, or the full ARN); version stages and ids must exist",

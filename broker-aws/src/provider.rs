@@ -26,7 +26,7 @@ use crate::target::{RoleTarget, SecretTarget};
 
 /// At most 3 retries (4 attempts), only for what the SDK classifies transient (throttling,
 /// 5xx, timeouts, connection errors).
-const MAX_ATTEMPTS: u32 = 4;
+const MAX_ATTEMPTS: u32 = crate::errors::ATTEMPTS;
 /// Under the broker's own per-attempt timeout, so the SDK finishes its retries first.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(25);
 /// The variable `kind: file` credentials also set to the credentials file's path.

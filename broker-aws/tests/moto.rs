@@ -808,6 +808,8 @@ async fn assume_role_sends_exactly_the_scope_and_retries_at_most_three_times() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
     assert!(!err.is_retryable());
+    // Exhausted (an alert for the broker), with the SDK's true attempt count.
+    assert_eq!(err.exhausted_attempts(), Some(4), "{err}");
     assert!(err.to_string().contains("role/agent-deploy"), "{err}");
     assert_eq!(seen.lock().unwrap().len(), 4);
 

@@ -205,3 +205,103 @@ credentials:
     }
     assert_no_canary("broker run output", &all, &[ROOT]);
 }
+
+/// A local HTTP server on 127.0.0.1 that answers every request with `response` (a whole HTTP
+/// response), or resets the connection when `response` is empty. Returns the address and
+/// the number of requests seen.
+fn canned_server(
+    response: &'static str,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    (addr, count)
+}
+
+/// Runs `broker` in `dir` against a Vault at `addr` (`VAULT_TOKEN` set, nothing else).
+fn broker_at(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_broker"))
+        .args(args)
+        .current_dir(dir)
+        .env("VAULT_TOKEN", ROOT)
+        .env("HOME", dir)
+        .env_remove("VAULT_ADDR")
+        .env_remove("BAO_TOKEN")
+        .env_remove("BAO_ADDR")
+        .env_remove("BROKER_CONFIG")
+        .env_remove("BROKER_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn project_at(addr: &str, extra: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(".broker.yml"),
+        format!(
+            "egress: {{ enabled: true }}\nbackends:\n  vault: {{ address: \"{addr}\" }}\ncredentials:\n  db: {{ ref: \"vault:secret/app#url\" }}\naudit: {{ path: audit.jsonl }}\n{extra}"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+fn audit_records(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("audit.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Issue 10, defect 2: Vault answering 503 (or resetting connections) is an outage: the
+/// client's own retries run out after 4 attempts, the failure record says `severity: alert`
+/// with `attempts: 4`, and `alert.command` runs.
+#[test]
+fn a_vault_outage_raises_the_alert() {
+    const UNAVAILABLE: &str = "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 29\r\nconnection: close\r\n\r\n{\"errors\":[\"upstream error\"]}";
+    for response in [UNAVAILABLE, ""] {
+        let (addr, count) = canned_server(response);
+        let dir = project_at(&addr, "alert: { command: \"cat > alert.json\" }\n");
+        let out = broker_at(dir.path(), &["get", "db", "--reveal"]);
+        assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+        let expected = if response.is_empty() {
+            format!(
+                "error: credential `db` (vault:secret/app#url): cannot reach Vault at {addr} while looking up the broker's token (request failed: connection closed before message completed; 4 attempts)\nhint: check `address` (or $VAULT_ADDR), the network, and TLS settings (ca_cert)\n"
+            )
+        } else {
+            "error: credential `db` (vault:secret/app#url): Vault failed while looking up the broker's token (HTTP 503: upstream error; gave up after 4 attempts)\n".to_string()
+        };
+        assert_eq!(String::from_utf8_lossy(&out.stderr), expected);
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 4);
+        let records = audit_records(dir.path());
+        let failure = records.last().unwrap();
+        assert_eq!(failure["event"], "failure", "{failure}");
+        assert_eq!(failure["severity"], "alert", "{failure}");
+        assert_eq!(failure["attempts"], 4, "{failure}");
+        let alert: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("alert.json")).unwrap()).unwrap();
+        assert_eq!(alert["severity"], "alert");
+        assert_eq!(alert["attempts"], 4);
+        assert_eq!(alert["credential"], "db");
+        assert_no_canary("outage", &(text(&out) + &alert.to_string()), &[ROOT]);
+    }
+}

@@ -82,6 +82,7 @@ struct Inner {
     hint: Option<String>,
     location: Option<String>,
     retryable: bool,
+    exhausted: Option<u32>,
 }
 
 /// `Result` with the broker's [`Error`].
@@ -98,6 +99,7 @@ impl Error {
             hint: None,
             location: None,
             retryable: kind == ErrorKind::Transient,
+            exhausted: None,
         }))
     }
 
@@ -185,6 +187,16 @@ impl Error {
         self
     }
 
+    /// Marks this error as the last of `attempts` attempts whose retries ran out: an alert
+    /// condition (audit severity `alert`, `alert.command`), whether the retries were made by
+    /// the broker's retry layer or inside a backend. The broker's retry layer never retries an
+    /// exhausted error again.
+    #[must_use]
+    pub fn exhausted_after(mut self, attempts: u32) -> Self {
+        self.0.exhausted = Some(attempts);
+        self
+    }
+
     /// The kind.
     pub fn kind(&self) -> ErrorKind {
         self.0.kind
@@ -212,6 +224,10 @@ impl Error {
     /// Whether retrying could help.
     pub fn is_retryable(&self) -> bool {
         self.0.retryable
+    }
+    /// If the retries ran out: after how many attempts ([`Error::exhausted_after`]).
+    pub fn exhausted_attempts(&self) -> Option<u32> {
+        self.0.exhausted
     }
 
     fn render(&self) -> String {

@@ -12,7 +12,8 @@
 //! 5. **Audit** ([`crate::audit`]): an `issuance`, `refresh` or `failure` record is appended
 //!    and fsynced *before* the credential is returned; if it cannot be written the credential
 //!    is dropped and the request refused. A failure after exhausted retries is an `alert`
-//!    record and runs `alert.command`.
+//!    record and runs `alert.command`, whether this layer or the backend itself (Vault's
+//!    client, the AWS SDK) made the retries ([`Error::exhausted_attempts`]).
 //!
 //! Policy sits outside the cache so a cached credential is never handed to an agent the policy
 //! now refuses; the cache sits outside retry so concurrent callers share one retried fetch.
@@ -438,6 +439,11 @@ impl Broker {
             }
             Err(e) => {
                 let e = attach(e);
+                // Retries spent at any depth (this layer or inside the backend) are exhaustion.
+                let (attempts, exhausted) = match e.exhausted_attempts() {
+                    Some(n) => (attempts.max(n), true),
+                    None => (attempts, exhausted),
+                };
                 let severity = if exhausted {
                     Severity::Alert
                 } else {
@@ -527,7 +533,12 @@ impl Broker {
                 self.record(&event)?;
                 Ok(v)
             }
-            Err(f) => {
+            Err(mut f) => {
+                // Retries spent at any depth (this layer or inside the backend) are exhaustion.
+                if let Some(n) = f.error.exhausted_attempts() {
+                    f.exhausted = true;
+                    f.attempts = f.attempts.max(n);
+                }
                 event.event = EventKind::Failure;
                 event.severity = if f.exhausted {
                     Severity::Alert

@@ -8,6 +8,8 @@
 //!   [`crate::ErrorKind::Transient`] error.
 //! - There is no fallback to another source: after the last attempt the error is returned and
 //!   the broker raises an alert ([`AlertCommand`] and an audit record of severity `alert`).
+//!   The same holds when a backend spent its own retries ([`Error::exhausted_after`]): the
+//!   error is not retried again and counts as exhausted with the backend's attempts.
 //!
 //! Sleeping goes through a [`Sleeper`], so tests count delays instead of waiting.
 
@@ -117,6 +119,16 @@ where
             Ok(v) => return Ok((v, attempt)),
             Err(e) => e,
         };
+        // A backend that retries internally (Vault's client, the AWS SDK) marks the error it
+        // gives up with: that is exhaustion too, counted with the backend's attempts.
+        if let Some(inner) = error.exhausted_attempts() {
+            let attempts = attempt - 1 + inner;
+            return Err(Failure {
+                error: error.exhausted_after(attempts),
+                attempts,
+                exhausted: true,
+            });
+        }
         if !error.is_retryable() {
             return Err(Failure {
                 error,
@@ -126,7 +138,9 @@ where
         }
         if attempt > max_retries {
             let message = format!("{} (gave up after {attempt} attempts)", error.message());
-            let mut out = Error::new(error.kind(), message).retryable(true);
+            let mut out = Error::new(error.kind(), message)
+                .retryable(true)
+                .exhausted_after(attempt);
             if let Some(c) = error.credential() {
                 out = out.with_credential(c);
             }

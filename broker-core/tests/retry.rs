@@ -100,6 +100,52 @@ async fn four_failures_is_four_calls_then_an_error_and_an_alert() {
     assert!(!alert.to_string().contains(CANARY));
 }
 
+/// Issue 10, defect 2: a backend that spent its own retries (Vault's client, the AWS SDK)
+/// returns a non-retryable error marked exhausted; that is an outage all the same: one call
+/// here, but an `alert` record with the backend's attempt count, and `alert.command` runs.
+#[tokio::test]
+async fn retries_exhausted_inside_the_backend_raise_the_alert_with_its_attempts() {
+    let s = script("retry-inner", Script::default());
+    s.fail_next([
+        Error::transient("upstream returned 503; gave up after 4 attempts")
+            .retryable(false)
+            .exhausted_after(4),
+    ]);
+    let alert_out = tempfile::tempdir().unwrap();
+    let alert_file = alert_out.path().join("alert.json");
+    let f = fixture(
+        "retry-inner",
+        &format!(
+            "alert: {{ command: \"cat > '{}'\" }}\n",
+            alert_file.display()
+        ),
+    );
+    let sleeper = Arc::new(CountingSleeper::default());
+    let broker = f
+        .broker()
+        .unwrap()
+        .with_retry(fast_retry(), sleeper.clone());
+    let err = broker
+        .resolve("api", &RequestContext::new())
+        .await
+        .unwrap_err();
+    // Not multiplied by the broker's own retries.
+    assert_eq!(s.calls(), 1);
+    assert!(sleeper.0.lock().unwrap().is_empty());
+    assert_eq!(err.kind(), ErrorKind::Transient);
+    assert_eq!(err.exhausted_attempts(), Some(4));
+    let lines = audit_lines(&f.path("audit.jsonl"));
+    let last = lines.last().unwrap();
+    assert_eq!(last["event"], "failure");
+    assert_eq!(last["severity"], "alert");
+    assert_eq!(last["attempts"], 4);
+    let alert: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&alert_file).unwrap()).unwrap();
+    assert_eq!(alert["severity"], "alert");
+    assert_eq!(alert["attempts"], 4);
+    assert_eq!(alert["credential"], "api");
+}
+
 #[tokio::test]
 async fn a_non_retryable_error_is_one_call_and_no_alert() {
     let s = script("retry-nf", Script::default());

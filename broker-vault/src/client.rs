@@ -155,12 +155,14 @@ impl Failure {
     pub fn into_error(self, what: &str, address: &str) -> Error {
         match self {
             // Connection failures and 429/5xx were already retried by `send`: the final error
-            // is marked non-retryable so the broker's retry layer does not multiply attempts
-            // (at most 3 retries in all). The kind stays `Transient` (exit code 75).
+            // is marked exhausted (an alert, with the true attempt count) and non-retryable so
+            // the broker's retry layer does not multiply attempts (at most 3 retries in all).
+            // The kind stays `Transient` (exit code 75).
             Failure::Connect { detail, attempts } => Error::transient(format!(
                 "cannot reach Vault at {address} while {what} ({detail}; {attempts} attempts)"
             ))
             .retryable(false)
+            .exhausted_after(attempts)
             .with_hint("check `address` (or $VAULT_ADDR), the network, and TLS settings (ca_cert)"),
             Failure::Tls {
                 detail,
@@ -229,7 +231,8 @@ impl Failure {
                     429 | 500..=599 => Error::transient(format!(
                         "Vault failed while {what} ({detail}; gave up after {attempts} attempts)"
                     ))
-                    .retryable(false),
+                    .retryable(false)
+                    .exhausted_after(attempts),
                     _ => Error::internal(format!(
                         "unexpected answer from Vault while {what} ({detail})"
                     )),

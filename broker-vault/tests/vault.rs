@@ -615,8 +615,10 @@ async fn retries_transient_failures_only() {
     .await
     .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Transient, "{e}");
-    // Retries are spent here; the broker's retry layer must not repeat them.
+    // Retries are spent here; the broker's retry layer must not repeat them, and the
+    // failure is exhaustion (an alert) with the true attempt count.
     assert!(!e.is_retryable(), "{e}");
+    assert_eq!(e.exhausted_attempts(), Some(4), "{e}");
     assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 4);
     // 404 and 400: one attempt.
     for status in [404, 400] {
@@ -662,6 +664,7 @@ async fn retries_transient_failures_only() {
     .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Transient, "{e}");
     assert!(!e.is_retryable(), "{e}");
+    assert_eq!(e.exhausted_attempts(), Some(4), "{e}");
     assert!(
         e.to_string().contains(&addr) && e.to_string().contains("4 attempts"),
         "{e}"
