@@ -167,7 +167,8 @@ where
 pub struct AlertCommand {
     /// The command line, run with `sh -c`.
     pub command: String,
-    /// How long it may run before it is killed. Default 10 s.
+    /// How long it may run before it is killed, with every process it started (it runs in
+    /// its own process group). Default 10 s.
     pub timeout: Duration,
 }
 
@@ -193,9 +194,12 @@ impl AlertCommand {
     }
 
     fn run_blocking(&self, payload: &[u8]) -> Result<()> {
+        use std::os::unix::process::CommandExt;
+        // Its own process group, so a timeout kills everything it started, not just `sh`.
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(&self.command)
+            .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -216,6 +220,11 @@ impl AlertCommand {
                     ));
                 }
                 Ok(None) if std::time::Instant::now() >= deadline => {
+                    // The group id is the child's pid (`process_group(0)`); it cannot have
+                    // been reused, as the child is not reaped yet.
+                    let group = rustix::process::Pid::from_child(&child);
+                    let _ =
+                        rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
                     let _ = child.kill();
                     let _ = child.wait();
                     return Err(Error::new(

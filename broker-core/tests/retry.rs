@@ -224,3 +224,52 @@ async fn more_than_three_retries_are_never_made() {
     assert_eq!(failure.attempts, 4);
     assert!(failure.exhausted);
 }
+
+/// Issue 10, defect 12: a timed-out `alert.command` is killed with everything it started (its
+/// own process group), not just `sh`.
+#[tokio::test]
+async fn a_timed_out_alert_command_is_killed_with_its_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let cmd = retry::AlertCommand {
+        command: format!(
+            "sleep 1000 & echo $! > '{}.tmp' && mv '{0}.tmp' '{0}'; wait",
+            pid_file.display()
+        ),
+        timeout: Duration::from_secs(2),
+    };
+    let err = cmd.run(&serde_json::json!({})).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "alert.command did not finish within 2s and was killed"
+    );
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    // Gone, or a zombie waiting for its new parent to reap it.
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let state = stat.rsplit_once(") ")?.1.chars().next()?;
+                Some(state != 'Z' && state != 'X')
+            })
+            .unwrap_or(false)
+    };
+    let mut tries = 0;
+    while alive() && tries < 500 {
+        std::thread::sleep(Duration::from_millis(10));
+        tries += 1;
+    }
+    let survived = alive();
+    if survived {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid])
+            .status();
+    }
+    assert!(
+        !survived,
+        "the alert command's child {pid} outlived its timeout"
+    );
+}
