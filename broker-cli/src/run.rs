@@ -125,6 +125,12 @@ pub async fn run(broker: &Broker, args: &RunArgs, context: RequestContext) -> Re
         }
     };
     let pid = child.id().and_then(|id| Pid::from_raw(id as i32));
+    // If the broker dies (SIGKILL, SIGABRT, ...) the child's files must outlive it until it exits.
+    if let Some(id) = child.id()
+        && let Err(e) = delivery.record_child(id)
+    {
+        tracing::warn!(error = %e, "could not record the child in the scratch dir's marker");
+    }
     let pumps = Pumps::start(sources, &live.0);
     let mut winch = match &pty_master {
         Some(_) => signal(SignalKind::window_change()).ok(),

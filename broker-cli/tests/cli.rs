@@ -159,6 +159,14 @@ fn run_only_delivers_the_named_credentials() {
     assert_eq!(f.scratch_dirs(), Vec::<PathBuf>::new());
 }
 
+fn wait_for_condition(done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn wait_for(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !path.exists() {
@@ -197,7 +205,7 @@ fn sigterm_to_the_broker_reaches_the_child_and_wipes() {
 #[test]
 fn sigkill_leaves_a_dir_that_the_next_invocation_sweeps() {
     let f = Fixture::new(CONFIG);
-    let script = "echo \"$KEY_FILE\" > started; exec sleep 30";
+    let script = "echo $$ > child-pid; echo \"$KEY_FILE\" > started; exec sleep 30";
     let mut child = f
         .cmd(&["run", "--", "sh", "-c", script])
         .stdout(Stdio::null())
@@ -214,8 +222,27 @@ fn sigkill_leaves_a_dir_that_the_next_invocation_sweeps() {
         1,
         "SIGKILL cannot be caught: the dir stays until swept"
     );
-    // Stop the orphaned `sleep` (it is in its own process group, led by the `sh` we exec'd).
-    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    // The orphaned `sleep` still runs: its files stay. Stop it, wait until it has exited
+    // (or is a zombie nobody reaps), then the dir is swept.
+    let orphan: u32 = std::fs::read_to_string(f.path("child-pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let out = f.run(&["doctor"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        f.scratch_dirs(),
+        left,
+        "swept while the orphaned child runs"
+    );
+    let orphan_pid = rustix::process::Pid::from_raw(orphan as i32).unwrap();
+    rustix::process::kill_process(orphan_pid, rustix::process::Signal::KILL).unwrap();
+    let stat = format!("/proc/{orphan}/stat");
+    wait_for_condition(|| match std::fs::read_to_string(&stat) {
+        Err(_) => true,
+        Ok(s) => s[s.rfind(')').unwrap() + 2..].starts_with('Z'),
+    });
 
     let out = f.run(&["doctor"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));

@@ -602,6 +602,19 @@ fn sigkill_leaves_a_marked_dir_that_the_next_invocation_sweeps() {
             let _ = kill_process_group(p, Signal::KILL);
         }
     }
+    // The sweep spares a dir whose child still runs: wait (bounded) until each has exited or
+    // is a zombie nobody reaps.
+    for kid in kids.split_whitespace() {
+        let stat = format!("/proc/{kid}/stat");
+        let mut polls = 0;
+        while std::fs::read_to_string(&stat)
+            .is_ok_and(|s| !s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
+        {
+            polls += 1;
+            assert!(polls < 3000, "child {kid} did not exit");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
     assert!(
         path.exists(),
         "SIGKILL cannot be caught: the dir is left behind"

@@ -143,3 +143,81 @@ fn parallel_runs_and_a_check_loop_never_sweep_a_live_dir() {
     });
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
 }
+
+/// Waits (bounded) until `pid` has exited: no `/proc` entry, or a zombie nobody reaped.
+fn wait_gone(pid: u32) {
+    for _ in 0..3000 {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return,
+            Ok(stat) if stat[stat.rfind(')').unwrap() + 2..].starts_with('Z') => return,
+            Ok(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+    panic!("process {pid} did not exit");
+}
+
+/// Waits (bounded) until `path` has content.
+fn wait_for(path: &Path) -> String {
+    for _ in 0..3000 {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && text.ends_with('\n')
+        {
+            return text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("{} never appeared", path.display());
+}
+
+#[test]
+fn an_orphaned_child_keeps_its_files_until_it_exits() {
+    use rustix::process::{Pid, Signal, kill_process};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(".broker.yml"), CONFIG).unwrap();
+    let shm = dir.path().join("no-shm");
+    let tmp = tempfile::tempdir().unwrap();
+    let script = "echo \"$$ $KEY_FILE\" > started.tmp && mv started.tmp started; exec sleep 60";
+    let mut run = broker(
+        dir.path(),
+        &shm,
+        tmp.path(),
+        &["run", "--", "sh", "-c", script],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let started = wait_for(&dir.path().join("started"));
+    let (child, file) = started.trim_end().split_once(' ').unwrap();
+    let child: u32 = child.parse().unwrap();
+    // The broker dies without wiping (as with SIGABRT or SIGSEGV); its child runs on.
+    kill_process(Pid::from_raw(run.id() as i32).unwrap(), Signal::KILL).unwrap();
+    run.wait().unwrap();
+
+    let out = broker(dir.path(), &shm, tmp.path(), &["doctor"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("swept"),
+        "swept a live child's dir"
+    );
+    assert_eq!(std::fs::read(file).unwrap(), CANARY.as_bytes());
+
+    // Once the child is gone too, the next invocation sweeps the dir.
+    kill_process(Pid::from_raw(child as i32).unwrap(), Signal::KILL).unwrap();
+    wait_gone(child);
+    let out = broker(dir.path(), &shm, tmp.path(), &["doctor"])
+        .output()
+        .unwrap();
+    let parent = Path::new(file).parent().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!(
+            "swept a stale scratch dir left by a dead run: {}",
+            parent.display()
+        )),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}

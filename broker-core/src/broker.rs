@@ -111,6 +111,15 @@ impl Delivery {
     pub fn scratch(&self) -> Option<&ScratchDir> {
         self.scratch.as_ref()
     }
+    /// Records the child's pid in the scratch dir's marker (no-op without one), so a sweep by
+    /// another invocation leaves the files alone while the child runs, even if this process
+    /// dies first. See [`ScratchDir::record_child`].
+    pub fn record_child(&self, pid: u32) -> Result<()> {
+        match &self.scratch {
+            Some(s) => s.record_child(pid),
+            None => Ok(()),
+        }
+    }
     /// Wipes the scratch dir now (it is also wiped on drop).
     pub fn wipe(&mut self) -> std::io::Result<()> {
         match &mut self.scratch {

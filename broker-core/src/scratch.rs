@@ -15,8 +15,11 @@
 //! its name (`broker-scratch-PID-START-RANDOM`, atomic with `mkdir`) and in its marker file
 //! `.broker-owner` (`PID START`, written to a temporary name and renamed into place, so it is
 //! either absent or complete). START is the process start time from `/proc/PID/stat`, which
-//! tells a reused pid apart. The sweep reads the marker, falls back to the name while the
-//! marker is not there yet, and removes the dir only when that process is gone (or a zombie).
+//! tells a reused pid apart. Once the task is started, [`ScratchDir::record_child`] rewrites
+//! the marker (again atomically) as `PID START CHILD_PID CHILD_START`. The sweep reads the
+//! marker, falls back to the name while the marker is not there yet, and removes the dir only
+//! when every process it names is gone (or a zombie): a task orphaned by a broker that died
+//! of SIGKILL, SIGABRT or SIGSEGV keeps its files until it exits.
 
 use std::ffi::{CStr, CString};
 use std::fs::File;
@@ -222,6 +225,17 @@ impl ScratchDir {
             io_error(format_args!("cannot replace {}", target.display()), e)
         })?;
         Ok(target)
+    }
+
+    /// Records the task's process (`pid`, and its start time) in the marker, so the dir is not
+    /// swept while the task runs even if the broker dies first. Rewrites the marker atomically.
+    pub fn record_child(&self, pid: u32) -> Result<()> {
+        let me = std::process::id();
+        self.write_marker(&format!(
+            "{me} {} {pid} {}\n",
+            process_start_time(me).unwrap_or(0),
+            process_start_time(pid).unwrap_or(0)
+        ))
     }
 
     /// Writes the marker atomically: a temporary file renamed over `.broker-owner`.

@@ -191,3 +191,73 @@ fn parallel_creators_and_sweepers_never_sweep_a_live_dir() {
     });
     assert_eq!(fs::read_dir(root).unwrap().count(), 0);
 }
+
+// ---- defect: orphans lose their files ----
+
+#[test]
+fn a_dead_owner_with_a_live_child_is_not_swept() {
+    let root = tempfile::tempdir().unwrap();
+    let me = std::process::id();
+    // The broker (999999999) died of SIGABRT; its child (this process) still runs.
+    let orphaned = root
+        .path()
+        .join(format!("{DIR_PREFIX}999999999-1-00000000000000aa"));
+    fs::create_dir(&orphaned).unwrap();
+    fs::write(
+        orphaned.join(".broker-owner"),
+        format!("999999999 1 {me} {}\n", start_time(me)),
+    )
+    .unwrap();
+    fs::write(orphaned.join("token"), CANARY).unwrap();
+    // Both gone, or the child's pid reused by another process: swept.
+    let gone = root
+        .path()
+        .join(format!("{DIR_PREFIX}999999999-1-00000000000000bb"));
+    fs::create_dir(&gone).unwrap();
+    fs::write(gone.join(".broker-owner"), "999999999 1 999999998 1\n").unwrap();
+    let reused = root
+        .path()
+        .join(format!("{DIR_PREFIX}999999999-1-00000000000000cc"));
+    fs::create_dir(&reused).unwrap();
+    fs::write(
+        reused.join(".broker-owner"),
+        format!("999999999 1 {me} {}\n", start_time(me) + 1),
+    )
+    .unwrap();
+
+    let mut swept = sweep_stale_in(root.path());
+    swept.sort();
+    assert_eq!(swept, vec![gone, reused]);
+    assert_eq!(fs::read(orphaned.join("token")).unwrap(), CANARY.as_bytes());
+}
+
+#[test]
+fn record_child_rewrites_the_marker_with_the_child_pid_and_start_time() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = ScratchDir::create_in(root.path()).unwrap();
+    let me = std::process::id();
+    let marker = dir.path().join(".broker-owner");
+    assert_eq!(
+        fs::read_to_string(&marker).unwrap(),
+        format!("{me} {}\n", start_time(me))
+    );
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    dir.record_child(child.id()).unwrap();
+    let recorded = fs::read_to_string(&marker).unwrap();
+    let child_start = start_time(child.id());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        recorded,
+        format!("{me} {} {} {child_start}\n", start_time(me), child.id())
+    );
+    // Only the marker: the temporary file was renamed over it.
+    let names: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from(".broker-owner")]);
+}
