@@ -383,27 +383,35 @@ impl CedarPolicy {
         let response = self
             .authorizer
             .is_authorized(&request, &self.policies, &entities);
-        let allowed = response.decision() == CedarDecision::Allow;
-        let ids: Vec<String> = response
-            .diagnostics()
-            .reason()
-            .map(|id| {
-                self.policies
-                    .annotation(id, "id")
-                    .map(str::to_string)
-                    .unwrap_or_else(|| id.to_string())
-            })
-            .collect();
-        let errors: Vec<String> = response
+        let name = |id: &cedar_policy::PolicyId| {
+            self.policies
+                .annotation(id, "id")
+                .map(str::to_string)
+                .unwrap_or_else(|| id.to_string())
+        };
+        // Cedar skips a policy whose evaluation fails (an overflow, a missing attribute): a
+        // skipped `forbid` would fail open. Any evaluation error denies, naming the policy.
+        let failed: Vec<String> = response
             .diagnostics()
             .errors()
-            .map(|e| e.to_string())
+            .map(|e| match e {
+                cedar_policy::AuthorizationError::PolicyEvaluationError(e) => {
+                    format!("`{}` ({})", name(e.policy_id()), e.inner())
+                }
+            })
             .collect();
+        if !failed.is_empty() {
+            return Ok(Decision {
+                allowed: false,
+                reason: format!("evaluation error in {}; failing closed", failed.join("; ")),
+            });
+        }
+        let allowed = response.decision() == CedarDecision::Allow;
+        let ids: Vec<String> = response.diagnostics().reason().map(name).collect();
         let reason = match (allowed, ids.is_empty()) {
             (true, _) => format!("permitted by {}", ids.join(", ")),
             (false, false) => format!("forbidden by {}", ids.join(", ")),
-            (false, true) if errors.is_empty() => "no policy permits it (default deny)".into(),
-            (false, true) => format!("no policy permits it (errors: {})", errors.join("; ")),
+            (false, true) => "no policy permits it (default deny)".into(),
         };
         Ok(Decision { allowed, reason })
     }

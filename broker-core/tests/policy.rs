@@ -232,6 +232,35 @@ fn an_empty_policy_denies_everything() {
     assert_eq!(d.reason, "no policy permits it (default deny)");
 }
 
+/// Issue 10, defect 11: Cedar skips a policy whose evaluation errors; a skipped `forbid`
+/// must not let the request through. Any evaluation error denies, naming the policy.
+#[test]
+fn an_evaluation_error_denies_and_names_the_policy() {
+    let text = r#"permit (principal, action, resource);
+
+@id("no-long-ttl")
+forbid (principal, action, resource)
+when { context.ttl_seconds * 9223372036854775807 > 0 };
+"#;
+    let p = Policy::from_str(text, Path::new("p.cedar")).unwrap();
+    // ttl 0: no overflow, the forbid does not apply.
+    let d = p.decide(&request(Action::Resolve)).unwrap();
+    assert!(d.allowed, "{}", d.reason);
+    // ttl 2: the forbid overflows while evaluating.
+    let d = p
+        .decide(&PolicyRequest {
+            ttl_seconds: 2,
+            ..request(Action::Resolve)
+        })
+        .unwrap();
+    assert!(!d.allowed, "{}", d.reason);
+    assert_eq!(
+        d.reason,
+        "evaluation error in `no-long-ttl` (integer overflow while attempting to multiply the values `2` and `9223372036854775807`); failing closed"
+    );
+    assert!(!d.reason.contains("permitted"), "{}", d.reason);
+}
+
 fn request(action: Action) -> PolicyRequest<'static> {
     PolicyRequest {
         agent_id: Some("a"),
