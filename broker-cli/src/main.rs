@@ -2,7 +2,8 @@
 //!
 //! Thin by design: parsing, output and process handling live here; everything else is
 //! `broker-core` and the backend crates linked through cargo features (see `backends.rs`).
-#![forbid(unsafe_code)]
+// `unsafe` only in `sys` (pre-exec setup of the child), nowhere else.
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -14,6 +15,8 @@ mod exit;
 mod hygiene;
 mod output;
 mod run;
+#[allow(unsafe_code)]
+mod sys;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};

@@ -11,11 +11,20 @@
 //!   tail (the beginning of what may be a secret) is released after [`FLUSH_AFTER`] of quiet.
 //!   `--no-redact` hands the broker's own stdout/stderr to the child and records that in the
 //!   audit log (the run is refused if it cannot be recorded).
-//! - Signals: when stdin is not a terminal the child gets a process group of its own and
-//!   SIGINT, SIGTERM, SIGHUP and SIGQUIT are forwarded to that group. When stdin is a
-//!   terminal the child stays in the terminal's foreground group (it must, to read it), so
-//!   the terminal already delivers Ctrl-C and Ctrl-\ to it: the broker ignores SIGINT and
-//!   SIGQUIT and keeps waiting, and forwards SIGTERM and SIGHUP to the child. After a
+//! - Controlling terminal: when the broker has one (`/dev/tty` opens), the child gets the
+//!   broker's pseudo-terminal as *its* controlling terminal (its own session, `setsid` +
+//!   `TIOCSCTTY` in [`crate::sys`]), so what it writes to `/dev/tty` is redacted too (shown on
+//!   the broker's stdout, or on the broker's terminal when stdout is not one). When the broker
+//!   is in the terminal's foreground, the terminal is put in raw mode (output processing
+//!   kept) and keystrokes are relayed to the pty, which is also the child's stdin when the
+//!   broker's stdin is a terminal; the settings are restored when the run ends.
+//! - Signals: the child gets a process group of its own (with a controlling terminal: a
+//!   session) and SIGINT, SIGTERM, SIGHUP and SIGQUIT are forwarded to that group. Ctrl-C and
+//!   Ctrl-\ typed on the terminal are relayed as bytes; the pty's line discipline signals the
+//!   child. Only without a controlling terminal to give (or with `--no-redact`) and stdin a
+//!   terminal does the child stay in the terminal's foreground group: then the terminal
+//!   delivers Ctrl-C and Ctrl-\ to it, the broker ignores SIGINT and SIGQUIT and keeps
+//!   waiting, and forwards SIGTERM and SIGHUP to the child. After a
 //!   forwarded signal the child gets `--grace` seconds, then SIGKILL; the scratch dir is wiped
 //!   and the broker exits 128+n. Otherwise the exit code is the child's (128+n when a signal
 //!   killed it; 127 when the command is not found, 126 when it cannot be run).
@@ -81,7 +90,6 @@ pub async fn run(broker: &Broker, args: &RunArgs, context: RequestContext) -> Re
     #[cfg(debug_assertions)]
     test_hooks::maybe_panic(&delivery);
 
-    let shares_terminal = std::io::stdin().is_terminal();
     let plumbing = if args.no_redact {
         Plumbing::inherit()
     } else {
@@ -93,21 +101,35 @@ pub async fn run(broker: &Broker, args: &RunArgs, context: RequestContext) -> Re
     for (var, value) in delivery.env() {
         cmd.env(var, OsString::from_vec(value.expose().to_vec()));
     }
-    if !shares_terminal {
-        cmd.process_group(0);
-    }
     let Plumbing {
+        child_stdin,
         child_stdout,
         child_stderr,
         sources,
         pty_master,
+        ctty_slave,
+        tty,
+        relay_input,
     } = plumbing;
-    cmd.stdout(child_stdout)
+    // With a controlling terminal of its own the child is in its own session and group; it
+    // shares the user's terminal only when the broker has none to give it (or --no-redact).
+    let shares_terminal = ctty_slave.is_none() && std::io::stdin().is_terminal();
+    match &ctty_slave {
+        Some(slave) => crate::sys::controlling_terminal(&mut cmd, slave),
+        None if !shares_terminal => {
+            cmd.process_group(0);
+        }
+        None => {}
+    }
+    cmd.stdin(child_stdin)
+        .stdout(child_stdout)
         .stderr(child_stderr)
         .kill_on_drop(true);
     let spawned = cmd.spawn();
-    // Drops the Command's copies of the child's ends (and its copy of the environment).
+    // Drops the Command's copies of the child's ends (and its copy of the environment), and
+    // the broker's copy of the pty slave, so the master reads EIO once the child is gone.
     drop(cmd);
+    drop(ctty_slave);
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
@@ -132,6 +154,11 @@ pub async fn run(broker: &Broker, args: &RunArgs, context: RequestContext) -> Re
         tracing::warn!(error = %e, "could not record the child in the scratch dir's marker");
     }
     let pumps = Pumps::start(sources, &live.0);
+    // Keystrokes go to the child's pty (raw mode on the user's terminal until the run ends).
+    let relay = match (&tty, &pty_master) {
+        (Some(tty), Some(master)) if relay_input => TerminalRelay::start(tty, master),
+        _ => None,
+    };
     let mut winch = match &pty_master {
         Some(_) => signal(SignalKind::window_change()).ok(),
         None => None,
@@ -184,12 +211,13 @@ pub async fn run(broker: &Broker, args: &RunArgs, context: RequestContext) -> Re
             }
             () = next_winch(&mut winch) => {
                 if let Some(master) = &pty_master {
-                    copy_window_size(master);
+                    copy_window_size(master, tty.as_deref());
                 }
             }
         }
     };
     pumps.finish();
+    drop(relay);
     let wiped = delivery.wipe();
     drop(delivery);
     drop(live);
@@ -248,65 +276,136 @@ impl Drop for LiveRedactor {
     }
 }
 
-/// Where the child's stdout and stderr go, and what the broker reads.
+/// Where the child's stdin, stdout and stderr go, what the broker reads, and the terminal the
+/// child gets as its controlling terminal.
 struct Plumbing {
+    child_stdin: Stdio,
     child_stdout: Stdio,
     child_stderr: Stdio,
     /// Read ends (pipe or pty master), each with where its redacted bytes go.
     sources: Vec<(OwnedFd, Sink)>,
     pty_master: Option<OwnedFd>,
+    /// The pty slave to make the child's controlling terminal (when the broker has one).
+    ctty_slave: Option<OwnedFd>,
+    /// The broker's own controlling terminal (`/dev/tty`).
+    tty: Option<Arc<OwnedFd>>,
+    /// Whether to relay keystrokes from `tty` to the pty (the broker is in the foreground).
+    relay_input: bool,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Sink {
     Stdout,
     Stderr,
+    /// The broker's controlling terminal, for the pty when stdout is not a terminal.
+    Tty(Arc<OwnedFd>),
+}
+
+impl Sink {
+    fn name(&self) -> &'static str {
+        match self {
+            Sink::Stdout => "broker-stdout",
+            Sink::Stderr => "broker-stderr",
+            Sink::Tty(_) => "broker-tty",
+        }
+    }
 }
 
 impl Plumbing {
     /// The child writes straight to the broker's stdout and stderr (`--no-redact`).
     fn inherit() -> Plumbing {
         Plumbing {
+            child_stdin: Stdio::inherit(),
             child_stdout: Stdio::inherit(),
             child_stderr: Stdio::inherit(),
             sources: Vec::new(),
             pty_master: None,
+            ctty_slave: None,
+            tty: None,
+            relay_input: false,
         }
     }
 
+    /// A pty when the broker's stdout is a terminal or the broker has a controlling terminal;
+    /// see the module docs.
     fn new() -> std::io::Result<Plumbing> {
         let stdout_tty = std::io::stdout().is_terminal();
         let stderr_tty = std::io::stderr().is_terminal();
+        let stdin_tty = std::io::stdin().is_terminal();
+        let tty = controlling_tty().map(Arc::new);
         let mut sources = Vec::new();
-        let mut pty_master = None;
-        let (child_stdout, child_stderr_pty) = match stdout_tty.then(open_pty).transpose() {
-            Ok(Some((master, slave))) => {
-                let for_stderr = if stderr_tty {
-                    Some(Stdio::from(slave.try_clone()?))
-                } else {
-                    None
-                };
-                pty_master = Some(master.try_clone()?);
-                sources.push((master, Sink::Stdout));
-                (Stdio::from(slave), for_stderr)
-            }
-            Ok(None) => (pipe_to(Sink::Stdout, &mut sources)?, None),
-            Err(e) => {
-                tracing::debug!(error = %e, "no pseudo-terminal; the child's stdout is a pipe");
-                (pipe_to(Sink::Stdout, &mut sources)?, None)
-            }
+        let pty = if stdout_tty || tty.is_some() {
+            open_pty(tty.as_deref())
+                .map_err(|e| {
+                    tracing::debug!(error = %e, "no pseudo-terminal; the child's output goes through pipes");
+                })
+                .ok()
+        } else {
+            None
         };
-        let child_stderr = match child_stderr_pty {
-            Some(s) => s,
-            None => pipe_to(Sink::Stderr, &mut sources)?,
+        let Some((master, slave)) = pty else {
+            return Ok(Plumbing {
+                child_stdin: Stdio::inherit(),
+                child_stdout: pipe_to(Sink::Stdout, &mut sources)?,
+                child_stderr: pipe_to(Sink::Stderr, &mut sources)?,
+                sources,
+                pty_master: None,
+                ctty_slave: None,
+                tty: None,
+                relay_input: false,
+            });
         };
+        // Reading or reconfiguring the terminal from a background job would stop the broker
+        // (SIGTTIN/SIGTTOU): relay keystrokes only from the foreground.
+        let relay_input = tty.as_deref().is_some_and(is_foreground);
+        let child_stdout = if stdout_tty {
+            Stdio::from(slave.try_clone()?)
+        } else {
+            pipe_to(Sink::Stdout, &mut sources)?
+        };
+        let child_stderr = if stdout_tty && stderr_tty {
+            Stdio::from(slave.try_clone()?)
+        } else {
+            pipe_to(Sink::Stderr, &mut sources)?
+        };
+        let child_stdin = if relay_input && stdin_tty {
+            Stdio::from(slave.try_clone()?)
+        } else {
+            Stdio::inherit()
+        };
+        let master_sink = match &tty {
+            Some(t) if !stdout_tty => Sink::Tty(Arc::clone(t)),
+            _ => Sink::Stdout,
+        };
+        let pty_master = Some(master.try_clone()?);
+        sources.push((master, master_sink));
         Ok(Plumbing {
+            child_stdin,
             child_stdout,
             child_stderr,
             sources,
             pty_master,
+            ctty_slave: tty.is_some().then_some(slave),
+            tty,
+            relay_input,
         })
     }
+}
+
+/// The broker's controlling terminal, if it has one.
+fn controlling_tty() -> Option<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    rustix::fs::open(
+        "/dev/tty",
+        OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()
+}
+
+/// Whether this process's group is the terminal's foreground group.
+fn is_foreground(tty: &OwnedFd) -> bool {
+    rustix::termios::tcgetpgrp(tty).is_ok_and(|g| g == rustix::process::getpgrp())
 }
 
 fn pipe_to(sink: Sink, sources: &mut Vec<(OwnedFd, Sink)>) -> std::io::Result<Stdio> {
@@ -317,7 +416,7 @@ fn pipe_to(sink: Sink, sources: &mut Vec<(OwnedFd, Sink)>) -> std::io::Result<St
 
 /// A pseudo-terminal whose slave passes the child's bytes through unchanged (no output
 /// post-processing, so `\n` stays `\n`), sized like the broker's terminal.
-fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
+fn open_pty(tty: Option<&OwnedFd>) -> std::io::Result<(OwnedFd, OwnedFd)> {
     use rustix::fs::{Mode, OFlags};
     use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
     use rustix::termios::{OptionalActions, OutputModes, tcgetattr, tcsetattr};
@@ -334,14 +433,115 @@ fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
         termios.output_modes.remove(OutputModes::OPOST);
         let _ = tcsetattr(&slave, OptionalActions::Now, &termios);
     }
-    copy_window_size(&master);
+    copy_window_size(&master, tty);
     Ok((master, slave))
 }
 
-fn copy_window_size(master: &OwnedFd) {
-    if let Ok(size) = rustix::termios::tcgetwinsize(std::io::stdout().as_fd()) {
+/// Copies the window size of the broker's stdout (or else its controlling terminal).
+fn copy_window_size(master: &OwnedFd, tty: Option<&OwnedFd>) {
+    let size = rustix::termios::tcgetwinsize(std::io::stdout().as_fd())
+        .or_else(|e| tty.map_or(Err(e), rustix::termios::tcgetwinsize));
+    if let Ok(size) = size {
         let _ = rustix::termios::tcsetwinsize(master, size);
     }
+}
+
+/// Relays keystrokes from the user's terminal to the child's pty, with the terminal in raw
+/// mode (its output processing left on) so Ctrl-C, Ctrl-\ and Ctrl-Z reach the pty's line
+/// discipline, which signals the child. Dropping it restores the terminal's settings.
+struct TerminalRelay {
+    tty: Arc<OwnedFd>,
+    saved: rustix::termios::Termios,
+    done: Arc<AtomicBool>,
+}
+
+impl TerminalRelay {
+    fn start(tty: &Arc<OwnedFd>, master: &OwnedFd) -> Option<TerminalRelay> {
+        use rustix::termios::{OptionalActions, tcgetattr, tcsetattr};
+        let saved = tcgetattr(&**tty)
+            .map_err(|e| tracing::debug!(error = %e, "cannot read the terminal's settings"))
+            .ok()?;
+        let master = master
+            .try_clone()
+            .map_err(|e| tracing::debug!(error = %e, "cannot relay the terminal's input"))
+            .ok()?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        raw.output_modes = saved.output_modes;
+        if let Err(e) = tcsetattr(&**tty, OptionalActions::Now, &raw) {
+            tracing::debug!(error = %e, "cannot put the terminal in raw mode; input is not relayed");
+            return None;
+        }
+        let relay = TerminalRelay {
+            tty: Arc::clone(tty),
+            saved,
+            done: Arc::new(AtomicBool::new(false)),
+        };
+        let (from, done) = (Arc::clone(tty), Arc::clone(&relay.done));
+        // Not joined: a write to a pty whose child stopped reading may block; the thread ends
+        // with the process.
+        if let Err(e) = std::thread::Builder::new()
+            .name("broker-stdin".into())
+            .spawn(move || relay_input(&from, &master, &done))
+        {
+            tracing::debug!(error = %e, "cannot start the input relay");
+            return None;
+        }
+        Some(relay)
+    }
+}
+
+impl Drop for TerminalRelay {
+    fn drop(&mut self) {
+        use rustix::termios::{OptionalActions, tcsetattr};
+        self.done.store(true, Ordering::SeqCst);
+        let _ = tcsetattr(&*self.tty, OptionalActions::Now, &self.saved);
+    }
+}
+
+fn relay_input(tty: &OwnedFd, master: &OwnedFd, done: &AtomicBool) {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    use rustix::io::Errno;
+    let mut buf = [0u8; 4096];
+    let timeout = Timespec {
+        tv_sec: 0,
+        tv_nsec: DRAIN_QUIET.subsec_nanos().into(),
+    };
+    while !done.load(Ordering::SeqCst) {
+        let mut fds = [PollFd::new(tty, PollFlags::IN)];
+        match poll(&mut fds, Some(&timeout)) {
+            Ok(0) | Err(Errno::INTR) => continue,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+        if done.load(Ordering::SeqCst) {
+            break;
+        }
+        match rustix::io::read(tty, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if write_all(master, &buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(Errno::INTR | Errno::AGAIN) => {}
+            Err(_) => break,
+        }
+    }
+    // Typed input may be a password.
+    buf.zeroize();
+}
+
+fn write_all(fd: &OwnedFd, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        match rustix::io::write(fd, bytes) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 async fn next_winch(winch: &mut Option<tokio::signal::unix::Signal>) {
@@ -367,8 +567,8 @@ impl Pumps {
             .filter_map(|(fd, sink)| {
                 let (done, redactor) = (Arc::clone(&done), Arc::clone(redactor));
                 std::thread::Builder::new()
-                    .name(format!("broker-{sink:?}").to_lowercase())
-                    .spawn(move || pump(fd, sink, &redactor, &done))
+                    .name(sink.name().into())
+                    .spawn(move || pump(fd, &sink, &redactor, &done))
                     .map_err(|e| tracing::error!(error = %e, "cannot start an output thread"))
                     .ok()
             })
@@ -385,7 +585,7 @@ impl Pumps {
     }
 }
 
-fn pump(src: OwnedFd, sink: Sink, redactor: &Arc<Redactor>, done: &AtomicBool) {
+fn pump(src: OwnedFd, sink: &Sink, redactor: &Arc<Redactor>, done: &AtomicBool) {
     use rustix::event::{PollFd, PollFlags, Timespec, poll};
     use rustix::io::Errno;
     let mut stream = redactor.stream();
@@ -451,7 +651,7 @@ fn pump(src: OwnedFd, sink: Sink, redactor: &Arc<Redactor>, done: &AtomicBool) {
 }
 
 /// Writes `out` to the sink and clears it; false when the sink is gone (EPIPE).
-fn emit(sink: Sink, out: &mut Vec<u8>) -> bool {
+fn emit(sink: &Sink, out: &mut Vec<u8>) -> bool {
     if out.is_empty() {
         return true;
     }
@@ -464,6 +664,7 @@ fn emit(sink: Sink, out: &mut Vec<u8>) -> bool {
             let mut e = std::io::stderr().lock();
             e.write_all(out).and_then(|()| e.flush())
         }
+        Sink::Tty(tty) => write_all(tty, out),
     };
     out.zeroize();
     out.clear();
