@@ -10,7 +10,8 @@ pub const DENIED: u8 = 77;
 /// Invalid or incomplete config or reference (EX_CONFIG).
 pub const CONFIG: u8 = 78;
 /// A backend could not produce the credential: not found, access denied, tampered data,
-/// unsupported operation (EX_UNAVAILABLE).
+/// unsupported operation, an answer the broker cannot use (a redirect, not JSON)
+/// (EX_UNAVAILABLE).
 pub const UNAVAILABLE: u8 = 69;
 /// A temporary failure that survived the retries: unreachable, timed out (EX_TEMPFAIL).
 pub const TEMPFAIL: u8 = 75;
@@ -26,6 +27,7 @@ pub fn for_kind(kind: ErrorKind) -> u8 {
         ErrorKind::EgressDenied | ErrorKind::PolicyDenied => DENIED,
         ErrorKind::Transient => TEMPFAIL,
         ErrorKind::Io => IOERR,
+        ErrorKind::UnexpectedAnswer => UNAVAILABLE,
         ErrorKind::Internal => SOFTWARE,
         _ => UNAVAILABLE,
     }

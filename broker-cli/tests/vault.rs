@@ -305,3 +305,27 @@ fn a_vault_outage_raises_the_alert() {
         assert_no_canary("outage", &(text(&out) + &alert.to_string()), &[ROOT]);
     }
 }
+
+/// Issue 10, defect 9: a redirect (never followed) or a body that is not JSON is an answer
+/// the broker cannot use: exit 69 with a message naming it, not 70 ("a bug").
+#[test]
+fn unusable_vault_answers_exit_69() {
+    const REDIRECT: &str = "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://127.0.0.1:9/v1/auth/token/lookup-self\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+    const NOT_JSON: &str = "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 15\r\nconnection: close\r\n\r\n<html>hi</html>";
+    for response in [REDIRECT, NOT_JSON] {
+        let (addr, count) = canned_server(response);
+        let dir = project_at(&addr, "");
+        let out = broker_at(dir.path(), &["get", "db", "--reveal"]);
+        assert_eq!(out.status.code(), Some(69), "{}", text(&out));
+        let expected = if response == REDIRECT {
+            format!(
+                "error: credential `db` (vault:secret/app#url): unexpected answer from Vault at {addr} while looking up the broker's token (HTTP 307: a redirect, which the broker does not follow)\nhint: point `address` (or $VAULT_ADDR) at the server the redirect names, after checking it\n"
+            )
+        } else {
+            "error: credential `db` (vault:secret/app#url): Vault answered with a body that is not JSON\nhint: check that `address` (or $VAULT_ADDR) names the Vault server itself, not a proxy or a web page\n".to_string()
+        };
+        assert_eq!(String::from_utf8_lossy(&out.stderr), expected);
+        // One request: the redirect is not followed, and neither is retried.
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+}

@@ -35,7 +35,10 @@ pub enum ErrorKind {
     Integrity,
     /// Local I/O failed (scratch dir, audit log, reading a file).
     Io,
-    /// A bug or an unexpected answer.
+    /// A backend answered something the broker cannot use: a redirect (never followed), a
+    /// body that is not JSON, a reply without the expected fields.
+    UnexpectedAnswer,
+    /// A bug.
     Internal,
 }
 
@@ -55,6 +58,7 @@ impl ErrorKind {
             ErrorKind::Transient => "transient",
             ErrorKind::Integrity => "integrity",
             ErrorKind::Io => "io",
+            ErrorKind::UnexpectedAnswer => "unexpected_answer",
             ErrorKind::Internal => "internal",
         }
     }

@@ -52,8 +52,13 @@ impl Reply {
         if self.body.is_empty() {
             return Ok(serde_json::Value::Null);
         }
-        serde_json::from_slice(&self.body)
-            .map_err(|_| Error::internal("Vault answered with a body that is not JSON"))
+        serde_json::from_slice(&self.body).map_err(|_| {
+            Error::new(
+                ErrorKind::UnexpectedAnswer,
+                "Vault answered with a body that is not JSON",
+            )
+            .with_hint("check that `address` (or $VAULT_ADDR) names the Vault server itself, not a proxy or a web page")
+        })
     }
 }
 
@@ -233,9 +238,18 @@ impl Failure {
                     ))
                     .retryable(false)
                     .exhausted_after(attempts),
-                    _ => Error::internal(format!(
-                        "unexpected answer from Vault while {what} ({detail})"
-                    )),
+                    // Redirects are never followed (the token would go wherever they point).
+                    300..=399 => Error::new(
+                        ErrorKind::UnexpectedAnswer,
+                        format!(
+                            "unexpected answer from Vault at {address} while {what} ({detail}: a redirect, which the broker does not follow)"
+                        ),
+                    )
+                    .with_hint("point `address` (or $VAULT_ADDR) at the server the redirect names, after checking it"),
+                    _ => Error::new(
+                        ErrorKind::UnexpectedAnswer,
+                        format!("unexpected answer from Vault at {address} while {what} ({detail})"),
+                    ),
                 }
             }
         }

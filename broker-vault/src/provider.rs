@@ -276,11 +276,18 @@ impl VaultProvider {
             )
             .await
             .map_err(|f| f.into_error("renewing the broker's token", client.address()))?;
-        let parsed: AuthReply = serde_json::from_slice(&reply.body)
-            .map_err(|_| Error::internal("unexpected answer to token renewal"))?;
-        let auth = parsed
-            .auth
-            .ok_or_else(|| Error::internal("token renewal returned no auth"))?;
+        let parsed: AuthReply = serde_json::from_slice(&reply.body).map_err(|_| {
+            Error::new(
+                ErrorKind::UnexpectedAnswer,
+                "unexpected answer to token renewal",
+            )
+        })?;
+        let auth = parsed.auth.ok_or_else(|| {
+            Error::new(
+                ErrorKind::UnexpectedAnswer,
+                "token renewal returned no auth",
+            )
+        })?;
         s.obtained = Instant::now();
         s.ttl = (auth.lease_duration > 0).then(|| Duration::from_secs(auth.lease_duration));
         s.renewable = auth.renewable;
@@ -444,11 +451,18 @@ impl VaultProvider {
             }
             Err(f) => return Err(f.into_error(&label, client.address())),
         };
-        let parsed: AuthReply = serde_json::from_slice(&reply.body)
-            .map_err(|_| Error::internal(format!("unexpected answer to {label}")))?;
-        let auth = parsed
-            .auth
-            .ok_or_else(|| Error::internal(format!("{label} returned no token")))?;
+        let parsed: AuthReply = serde_json::from_slice(&reply.body).map_err(|_| {
+            Error::new(
+                ErrorKind::UnexpectedAnswer,
+                format!("unexpected answer to {label}"),
+            )
+        })?;
+        let auth = parsed.auth.ok_or_else(|| {
+            Error::new(
+                ErrorKind::UnexpectedAnswer,
+                format!("{label} returned no token"),
+            )
+        })?;
         Ok(Session {
             ttl: (auth.lease_duration > 0).then(|| Duration::from_secs(auth.lease_duration)),
             renewable: auth.renewable,
@@ -732,11 +746,18 @@ impl VaultProvider {
             .call(request.nested, Method::Post, target, Some(&body))
             .await
             .map_err(|e| e.into_error("creating a child token", client.address()))?;
-        let parsed: AuthReply = serde_json::from_slice(&reply.body)
-            .map_err(|_| Error::internal("unexpected answer to token creation"))?;
-        let auth = parsed
-            .auth
-            .ok_or_else(|| Error::internal("token creation returned no token"))?;
+        let parsed: AuthReply = serde_json::from_slice(&reply.body).map_err(|_| {
+            Error::new(
+                ErrorKind::UnexpectedAnswer,
+                "unexpected answer to token creation",
+            )
+        })?;
+        let auth = parsed.auth.ok_or_else(|| {
+            Error::new(
+                ErrorKind::UnexpectedAnswer,
+                "token creation returned no token",
+            )
+        })?;
         let lease = (!auth.accessor.is_empty()).then(|| Lease {
             id: format!("token-accessor:{}", auth.accessor),
             expires_at: Some(SystemTime::now() + Duration::from_secs(auth.lease_duration)),
