@@ -227,12 +227,8 @@ fn cedar_error(path: &Path, text: &str, message: String, diag: &dyn miette::Diag
 impl Policy {
     /// Loads and validates the Cedar file at `path`.
     pub fn load(path: &Path) -> Result<Policy> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::io(
-                format_args!("cannot read policy file {}", path.display()),
-                &e,
-            )
-            .with_hint("`policy:` in the config names a file that must exist")
+        let text = crate::localfile::read_config_text(path, "policy file").map_err(|e| {
+            e.with_hint("`policy:` in the config names a regular file that must exist")
         })?;
         let mut err = Self::from_str(&text, path)?;
         if let Policy::Cedar(c) = &mut err {
