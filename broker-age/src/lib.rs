@@ -24,6 +24,8 @@
 #![deny(missing_docs)]
 
 mod crypto;
+#[doc(hidden)]
+pub mod fuzzing;
 mod keys;
 mod provider;
 mod settings;

@@ -160,14 +160,19 @@ fn cipher_error(e: CipherError, path: &[String]) -> Error {
     }
 }
 
-enum Mode {
+pub(crate) enum Mode {
     Decrypt,
     Encrypt,
 }
 
 /// Decrypts or encrypts every value of `data` in place and returns the MAC over the plaintext
 /// values (upper-case hex SHA-512, as sops computes it).
-fn walk(meta: &Metadata, key: &[u8], data: &mut Node, mut mode: Mode) -> Result<String, Error> {
+pub(crate) fn walk(
+    meta: &Metadata,
+    key: &[u8],
+    data: &mut Node,
+    mut mode: Mode,
+) -> Result<String, Error> {
     let mut walker = Walker {
         meta,
         key,

@@ -24,6 +24,8 @@
 
 mod cipher;
 mod document;
+#[doc(hidden)]
+pub mod fuzzing;
 mod keys;
 mod metadata;
 mod shamir;

@@ -9,6 +9,9 @@
 //!   ARGS) the whole-process comparison.
 //! - `cargo xtask bench-processes` times `broker get` against `sops decrypt --extract` and
 //!   `age -d` as whole processes on generated inputs, and prints the ratios.
+//! - `cargo xtask fuzz TARGET|all|smoke [--time SECONDS]` runs the libFuzzer targets in `fuzz/`
+//!   (installing `cargo-fuzz` when missing), resuming each from its working corpus, and logs
+//!   the executions to `$HOME/.cache/broker-fuzz-log.tsv` (see `docs/security.md`).
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -34,9 +37,10 @@ fn main() -> ExitCode {
         "test" => setup().and_then(|venv| test(&venv, rest)),
         "bench" => setup().and_then(|venv| bench(&venv, rest)),
         "bench-processes" => setup().and_then(|venv| processes(&venv)),
+        "fuzz" => fuzz(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup | test [CARGO TEST ARGS] | bench [CARGO BENCH ARGS]>"
+                "usage: cargo xtask <setup | test [CARGO TEST ARGS] | bench [CARGO BENCH ARGS] | fuzz TARGET|all|smoke [--time SECONDS]>"
             );
             return ExitCode::from(if task == "help" { 0 } else { 2 });
         }
@@ -283,4 +287,202 @@ fn compare(peers: &Path, broker: &Path, dir: &Path) -> Result<(), String> {
         broker_age / age
     );
     Ok(())
+}
+
+/// The fuzz targets in `fuzz/fuzz_targets/`, in the order `all` and `smoke` run them.
+const FUZZ_TARGETS: &[&str] = &[
+    "reference",
+    "config",
+    "sops_yaml",
+    "sops_json",
+    "sops_dotenv",
+    "sops_ini",
+    "sops_document",
+    "age_decrypt",
+    "audit_verify",
+    "redact",
+];
+/// Seconds per target for `cargo xtask fuzz smoke`.
+const SMOKE_SECONDS: u64 = 5;
+
+fn cache_dir() -> PathBuf {
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    Path::new(&home).join(".cache")
+}
+
+/// `cargo fuzz` with the nightly-only flags allowed and its own target dir.
+fn cargo_fuzz() -> Command {
+    let mut cmd = cargo();
+    cmd.arg("fuzz")
+        .current_dir(root().join("fuzz"))
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("CARGO_TARGET_DIR", cache_dir().join("broker-fuzz-target"));
+    cmd
+}
+
+/// `cargo xtask fuzz TARGET|all|smoke [--time SECONDS]`.
+fn fuzz(args: &[String]) -> Result<(), String> {
+    let usage = || {
+        format!(
+            "usage: cargo xtask fuzz <{}|all|smoke> [--time SECONDS]",
+            FUZZ_TARGETS.join("|")
+        )
+    };
+    let mut which = None;
+    let mut seconds = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--time" => {
+                let v = it.next().ok_or_else(usage)?;
+                seconds = Some(v.parse::<u64>().map_err(|_| usage())?);
+            }
+            t if which.is_none() => which = Some(t.to_string()),
+            _ => return Err(usage()),
+        }
+    }
+    let which = which.ok_or_else(usage)?;
+    let (targets, seconds): (Vec<&str>, u64) = match which.as_str() {
+        "all" => (FUZZ_TARGETS.to_vec(), seconds.unwrap_or(60)),
+        "smoke" => (FUZZ_TARGETS.to_vec(), seconds.unwrap_or(SMOKE_SECONDS)),
+        t => match FUZZ_TARGETS.iter().find(|n| **n == t) {
+            Some(n) => (vec![*n], seconds.unwrap_or(60)),
+            None => return Err(usage()),
+        },
+    };
+    if output(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(["fuzz", "--version"]),
+    )
+    .is_err()
+    {
+        println!("xtask: installing cargo-fuzz");
+        run(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    // One build for every target; ASan is off (see docs/security.md).
+    run(cargo_fuzz().args(["build", "--sanitizer", "none"]))?;
+    let mut failed = Vec::new();
+    let mut total = 0u64;
+    for target in &targets {
+        let (execs, finding) = fuzz_one(target, seconds)?;
+        total += execs;
+        if let Some(f) = finding {
+            failed.push(format!("{target}: {f}"));
+        }
+    }
+    if targets.len() > 1 {
+        println!("xtask: fuzz: {total} executions in all");
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("fuzz findings:\n  {}", failed.join("\n  ")))
+    }
+}
+
+/// Runs `target` for `seconds` from its working corpus; returns the executions and a finding.
+fn fuzz_one(target: &str, seconds: u64) -> Result<(u64, Option<String>), String> {
+    let corpus = cache_dir().join("broker-fuzz-corpus").join(target);
+    let artifacts = cache_dir().join("broker-fuzz-artifacts").join(target);
+    for dir in [&corpus, &artifacts] {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let seeds = root().join("fuzz/corpus").join(target);
+    let start = std::time::Instant::now();
+    let out = cargo_fuzz()
+        .args(["run", "--sanitizer", "none", target])
+        .arg(&corpus)
+        .args(seeds.is_dir().then_some(&seeds))
+        .arg("--")
+        .arg(format!("-max_total_time={seconds}"))
+        .arg(format!("-artifact_prefix={}/", artifacts.display()))
+        .args([
+            "-jobs=1",
+            "-workers=1",
+            "-print_final_stats=1",
+            "-timeout=10",
+            "-rss_limit_mb=2048",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run cargo fuzz: {e}"))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let execs = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let finding = if out.status.success() {
+        None
+    } else {
+        let artifact = stderr
+            .lines()
+            .find_map(|l| l.split("Test unit written to ").nth(1))
+            .map(str::trim);
+        let tail: Vec<&str> = stderr.lines().rev().take(40).collect();
+        eprintln!("{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        Some(match artifact {
+            Some(a) => {
+                let kind = Path::new(a)
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.split('-').next())
+                    .unwrap_or("crash");
+                format!("{kind}, input {a}")
+            }
+            None => format!("cargo fuzz failed with {}", out.status),
+        })
+    };
+    let elapsed = start.elapsed().as_secs();
+    println!(
+        "xtask: fuzz {target}: {execs} executions in {elapsed}s{}",
+        finding
+            .as_deref()
+            .map(|f| format!(", FINDING: {f}"))
+            .unwrap_or_default()
+    );
+    let log = cache_dir().join("broker-fuzz-log.tsv");
+    let new = !log.exists();
+    let mut line = String::new();
+    if new {
+        line.push_str("date\ttarget\tseconds\texecutions\tfindings\n");
+    }
+    line.push_str(&format!(
+        "{}\t{target}\t{seconds}\t{execs}\t{}\n",
+        utc_now(),
+        finding.as_deref().unwrap_or("none")
+    ));
+    use std::io::Write as _;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .and_then(|mut f| f.write_all(line.as_bytes()))
+        .map_err(|e| format!("cannot append to {}: {e}", log.display()))?;
+    Ok((execs, finding))
+}
+
+/// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ` (no date crate in xtask).
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }

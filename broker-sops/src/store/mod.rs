@@ -182,6 +182,10 @@ pub(crate) fn flatten_meta(meta: &Node) -> Vec<(String, String)> {
     out
 }
 
+/// How far past the end of a metadata list a flattened index may point (entries come sorted
+/// as text, so `__list_10` arrives before `__list_2`).
+const MAX_INDEX_GAP: usize = 1024;
+
 /// Rebuilds the metadata tree from flattened `key = value` pairs (newlines decoded).
 pub(crate) fn unflatten_meta(flat: Vec<(String, String)>) -> Node {
     enum Seg {
@@ -235,6 +239,10 @@ pub(crate) fn unflatten_meta(flat: Vec<(String, String)>) -> Node {
                     Item::Comment(_) => return,
                 }
             }
+            // An index far past the end would allocate a list that long (an out-of-memory
+            // from one line of a dotenv or INI file): sops writes indices in order, so an
+            // entry that does not extend the list by at most a few elements is ignored.
+            (Seg::Index(i), Node::List(list)) if *i > list.len() + MAX_INDEX_GAP => return,
             (Seg::Index(i), Node::List(list)) => {
                 while list.len() <= *i {
                     list.push(Node::Null);
@@ -293,5 +301,24 @@ mod tests {
         let again = flatten_meta(&tree);
         assert!(again.contains(&flat[0]));
         assert!(again.contains(&flat[3]));
+    }
+
+    /// Found by the `sops_dotenv` fuzz target: a huge list index allocated a list that long.
+    #[test]
+    fn huge_list_index_is_ignored() {
+        let flat = vec![
+            ("pgp__list_0__map_fp".to_string(), "F".to_string()),
+            (
+                "pgp__list_7777777777777777770__map_enc".to_string(),
+                "x".to_string(),
+            ),
+        ];
+        let tree = unflatten_meta(flat);
+        match tree.get("pgp") {
+            Some(Node::List(l)) => assert_eq!(l.len(), 1),
+            _ => panic!("pgp is not a list"),
+        }
+        let text = "a=ENC[AES256_GCM,data:AA==,iv:AA==,tag:AA==,type:str]\nsops_lastmodified=t\nsops_pgp__list_7777777777777777770__map_enc=x\n";
+        assert!(dotenv::load(text).is_ok());
     }
 }
