@@ -25,7 +25,9 @@
 mod errors;
 mod policy;
 mod provider;
+mod secrets_manager;
 mod settings;
+mod sts;
 mod target;
 
 use std::path::{Path, PathBuf};
@@ -38,8 +40,9 @@ use broker_core::{
 pub use policy::{
     DEFAULT_TTL, MAX_POLICY_CHARS, MAX_TTL, MIN_TTL, duration_seconds, session_name, session_policy,
 };
-pub use provider::{AwsProvider, SHARED_CREDENTIALS_FILE_VAR};
+pub use provider::AwsProvider;
 pub use settings::Settings;
+pub use sts::SHARED_CREDENTIALS_FILE_VAR;
 
 /// Secrets Manager secrets.
 pub const SM_SCHEME: &str = "aws-sm";
