@@ -64,6 +64,7 @@ pub const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
     },
     default_badge: Badge::Local,
     credential_options: &["identity", "recipients"],
+    grammar: &[broker_core::grammar::AGE, broker_core::grammar::AGENIX],
     factory: build,
 };
 

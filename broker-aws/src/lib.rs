@@ -66,6 +66,7 @@ pub const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
     },
     default_badge: Badge::ManagedCloud,
     credential_options: &["external_id", "source_identity", "session_tags", "region"],
+    grammar: &[broker_core::grammar::AWS_SM, broker_core::grammar::AWS_STS],
     factory: build,
 };
 

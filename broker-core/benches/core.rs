@@ -50,6 +50,7 @@ static FAKE: ProviderDescriptor = ProviderDescriptor {
     },
     default_badge: Badge::ManagedCloud,
     credential_options: &[],
+    grammar: &[],
     factory: build,
 };
 

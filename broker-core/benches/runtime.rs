@@ -54,6 +54,7 @@ broker_core::inventory::submit! {
         capabilities: Capabilities { resolve: true, mint: false, revoke: false, rotate: false },
         default_badge: Badge::Local,
         credential_options: &[],
+        grammar: &[],
         factory,
     }
 }

@@ -255,7 +255,7 @@ impl Config {
         let mut backends = BTreeMap::new();
         for (name, line, col) in raw.backends.0 {
             if registry.by_name(&name).is_none() {
-                let known: Vec<&str> = grammar::GRAMMAR.iter().map(|g| g.backend).collect();
+                let known: Vec<&str> = grammar::KNOWN.iter().map(|k| k.backend).collect();
                 let compiled: Vec<&str> = registry.descriptors().map(|d| d.name).collect();
                 let msg = if known.contains(&name.as_str()) {
                     format!("backend `{name}` is not compiled into this broker")
@@ -502,16 +502,15 @@ fn validate_credential(
         }
     };
     let (rl, rc) = (text.referenced.line(), text.referenced.column());
-    let reference: Reference = text
-        .value
-        .parse()
+    let reference: Reference = registry
+        .parse(&text.value)
         .map_err(|e: Error| e.with_location(at(rl, rc)).with_credential(&name))?;
     let descriptor = registry.require_scheme(reference.scheme()).map_err(|e| {
         e.with_location(at(rl, rc))
             .with_credential(&name)
             .with_reference(&reference)
     })?;
-    if let Some(g) = reference.grammar() {
+    if let Some(g) = registry.grammar(reference.scheme()) {
         match (g.operation, source) {
             (Operation::Mint, Source::Resolve) => {
                 return Err(fail(

@@ -1,8 +1,15 @@
-//! The grammar of every scheme the product knows, whether or not its backend is compiled in.
+//! Scheme grammars: what a backend's references look like.
 //!
 //! A reference is `scheme:opaque` or `scheme://target`, then an optional `?query` and an optional
-//! `#field`. This table fixes, per scheme, which shape it takes, whether it resolves or mints,
-//! which query keys it accepts, whether it takes a field selector, and how its target is checked.
+//! `#field`. A [`SchemeGrammar`] fixes, per scheme, which shape it takes, whether it resolves or
+//! mints, which query keys it accepts, whether it takes a field selector, and how its target is
+//! checked. Each backend supplies the grammar of its schemes in its
+//! [`ProviderDescriptor`](crate::ProviderDescriptor), so an embedder's own backend brings its
+//! own grammar; parsing asks the [`Registry`](crate::Registry) it is given.
+//!
+//! [`KNOWN`] lists the product's schemes (the constants below, which the product's backends put
+//! in their descriptors), so a reference to a scheme whose backend is not compiled in still
+//! parses and the error can say "not compiled in", with the cargo feature when one exists.
 //! `docs/references.md` lists the same forms, each as a doc-test.
 
 /// What a scheme's references are used for.
@@ -47,151 +54,261 @@ pub fn elide(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// The grammar of one scheme.
+/// How a scheme's references are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// `scheme:target` (a variable name, a file path, `MOUNT/PATH`).
+    Opaque,
+    /// `scheme://authority/path` (a secret id, an ARN, `PROJECT/SECRET`).
+    Hierarchical,
+}
+
+/// The grammar of one scheme, supplied by the backend that serves it in its
+/// [`ProviderDescriptor::grammar`](crate::ProviderDescriptor::grammar).
+///
+/// A scheme whose descriptor gives no grammar takes the product's grammar for it from
+/// [`KNOWN`] when there is one, and otherwise any shape, any query and a field selector.
 #[derive(Debug, Clone, Copy)]
 pub struct SchemeGrammar {
     /// The scheme, e.g. `vault`.
     pub scheme: &'static str,
-    /// The form as documentation shows it, e.g. `vault:MOUNT/PATH[#field]`.
+    /// The form as documentation and error messages show it, e.g. `vault:MOUNT/PATH[#field]`.
     pub form: &'static str,
-    /// `scheme://target` (true) or `scheme:target` (false).
-    pub hierarchical: bool,
+    /// `scheme:target` or `scheme://target`.
+    pub shape: Shape,
     /// Resolve, mint, or both.
     pub operation: Operation,
     /// Whether `#field` is accepted.
     pub field: bool,
     /// Which query keys are accepted.
     pub query: QueryKeys,
-    /// The backend (and cargo feature) that implements the scheme.
-    pub backend: &'static str,
-    /// Checks the target.
+    /// Checks the target (the part between the scheme and `?`/`#`), offline.
     pub validate: fn(&str) -> Result<(), TargetError>,
 }
 
-/// Every scheme of the product.
-pub const GRAMMAR: &[SchemeGrammar] = &[
-    SchemeGrammar {
-        scheme: "env",
-        form: "env:NAME",
-        hierarchical: false,
-        operation: Operation::Resolve,
-        field: false,
-        query: QueryKeys::None,
+impl SchemeGrammar {
+    /// Whether references use `scheme://`.
+    pub fn is_hierarchical(&self) -> bool {
+        self.shape == Shape::Hierarchical
+    }
+}
+
+/// `env:NAME`.
+pub const ENV: SchemeGrammar = SchemeGrammar {
+    scheme: "env",
+    form: "env:NAME",
+    shape: Shape::Opaque,
+    operation: Operation::Resolve,
+    field: false,
+    query: QueryKeys::None,
+    validate: env_name,
+};
+
+/// `sops:FILE[#key.path][?format=F]`.
+pub const SOPS: SchemeGrammar = SchemeGrammar {
+    scheme: "sops",
+    form: "sops:FILE[#key.path][?format=yaml|json|dotenv|ini|binary]",
+    shape: Shape::Opaque,
+    operation: Operation::Resolve,
+    field: true,
+    query: QueryKeys::Only(&["format"]),
+    validate: file_path,
+};
+
+/// `age:FILE`.
+pub const AGE: SchemeGrammar = SchemeGrammar {
+    scheme: "age",
+    form: "age:FILE",
+    shape: Shape::Opaque,
+    operation: Operation::Resolve,
+    field: false,
+    query: QueryKeys::None,
+    validate: file_path,
+};
+
+/// `agenix:FILE`.
+pub const AGENIX: SchemeGrammar = SchemeGrammar {
+    scheme: "agenix",
+    form: "agenix:FILE",
+    shape: Shape::Opaque,
+    operation: Operation::Resolve,
+    field: false,
+    query: QueryKeys::None,
+    validate: file_path,
+};
+
+/// `vault:MOUNT/PATH[#field][?PARAM=VALUE...]`.
+pub const VAULT: SchemeGrammar = SchemeGrammar {
+    scheme: "vault",
+    form: "vault:MOUNT/PATH[#field][?version=N|PARAM=VALUE...]",
+    shape: Shape::Opaque,
+    operation: Operation::Both,
+    field: true,
+    query: QueryKeys::Any,
+    validate: vault_path,
+};
+
+/// `aws-sm://SECRET_ID[#field][?version-stage=S|version-id=V&region=R]`.
+pub const AWS_SM: SchemeGrammar = SchemeGrammar {
+    scheme: "aws-sm",
+    form: "aws-sm://SECRET_ID[#field][?version-stage=S|version-id=V&region=R]",
+    shape: Shape::Hierarchical,
+    operation: Operation::Resolve,
+    field: true,
+    query: QueryKeys::Only(&["version-stage", "version-id", "region"]),
+    validate: aws_secret_id,
+};
+
+/// `aws-sts://ROLE_ARN[?PARAM=VALUE...]`.
+pub const AWS_STS: SchemeGrammar = SchemeGrammar {
+    scheme: "aws-sts",
+    form: "aws-sts://ROLE_ARN[?PARAM=VALUE...]",
+    shape: Shape::Hierarchical,
+    operation: Operation::Mint,
+    field: false,
+    query: QueryKeys::Any,
+    validate: aws_role_arn,
+};
+
+/// `gcp-sm://PROJECT/SECRET[/VERSION][#field]`.
+pub const GCP_SM: SchemeGrammar = SchemeGrammar {
+    scheme: "gcp-sm",
+    form: "gcp-sm://PROJECT/SECRET[/VERSION][#field]",
+    shape: Shape::Hierarchical,
+    operation: Operation::Resolve,
+    field: true,
+    query: QueryKeys::None,
+    validate: gcp_secret,
+};
+
+/// `gcp-iam://SA_EMAIL[?PARAM=VALUE...]`.
+pub const GCP_IAM: SchemeGrammar = SchemeGrammar {
+    scheme: "gcp-iam",
+    form: "gcp-iam://SA_EMAIL[?PARAM=VALUE...]",
+    shape: Shape::Hierarchical,
+    operation: Operation::Mint,
+    field: false,
+    query: QueryKeys::Any,
+    validate: gcp_service_account,
+};
+
+/// `azurekv://VAULT/NAME[/VERSION][#field]`.
+pub const AZUREKV: SchemeGrammar = SchemeGrammar {
+    scheme: "azurekv",
+    form: "azurekv://VAULT/NAME[/VERSION][#field]",
+    shape: Shape::Hierarchical,
+    operation: Operation::Resolve,
+    field: true,
+    query: QueryKeys::None,
+    validate: azure_secret,
+};
+
+/// `azure-token://TENANT/CLIENT[?scope=SCOPE]`.
+pub const AZURE_TOKEN: SchemeGrammar = SchemeGrammar {
+    scheme: "azure-token",
+    form: "azure-token://TENANT/CLIENT[?scope=SCOPE]",
+    shape: Shape::Hierarchical,
+    operation: Operation::Mint,
+    field: false,
+    query: QueryKeys::Any,
+    validate: azure_client,
+};
+
+/// A scheme of the product, known whether or not its backend is compiled in.
+#[derive(Debug, Clone, Copy)]
+pub struct KnownScheme {
+    /// Its grammar: the one its backend supplies, and the one references are checked against
+    /// when the backend is not compiled in (so `broker check` and config errors can say
+    /// "not compiled in" about a well-formed reference).
+    pub grammar: &'static SchemeGrammar,
+    /// The backend that serves it (`aws`).
+    pub backend: &'static str,
+    /// The `broker-cli` cargo feature that compiles the backend in, if the backend exists.
+    pub feature: Option<&'static str>,
+}
+
+/// Every scheme of the product. Backends supply their grammar in their descriptor; this list
+/// only serves references to schemes whose backend is absent, and hints.
+pub const KNOWN: &[KnownScheme] = &[
+    KnownScheme {
+        grammar: &ENV,
         backend: "env",
-        validate: env_name,
+        feature: Some("env"),
     },
-    SchemeGrammar {
-        scheme: "sops",
-        form: "sops:FILE[#key.path][?format=yaml|json|dotenv|ini|binary]",
-        hierarchical: false,
-        operation: Operation::Resolve,
-        field: true,
-        query: QueryKeys::Only(&["format"]),
+    KnownScheme {
+        grammar: &SOPS,
         backend: "sops",
-        validate: file_path,
+        feature: Some("sops"),
     },
-    SchemeGrammar {
-        scheme: "age",
-        form: "age:FILE",
-        hierarchical: false,
-        operation: Operation::Resolve,
-        field: false,
-        query: QueryKeys::None,
+    KnownScheme {
+        grammar: &AGE,
         backend: "age",
-        validate: file_path,
+        feature: Some("age"),
     },
-    SchemeGrammar {
-        scheme: "agenix",
-        form: "agenix:FILE",
-        hierarchical: false,
-        operation: Operation::Resolve,
-        field: false,
-        query: QueryKeys::None,
+    KnownScheme {
+        grammar: &AGENIX,
         backend: "age",
-        validate: file_path,
+        feature: Some("age"),
     },
-    SchemeGrammar {
-        scheme: "vault",
-        form: "vault:MOUNT/PATH[#field][?version=N|PARAM=VALUE...]",
-        hierarchical: false,
-        operation: Operation::Both,
-        field: true,
-        query: QueryKeys::Any,
+    KnownScheme {
+        grammar: &VAULT,
         backend: "vault",
-        validate: vault_path,
+        feature: Some("vault"),
     },
-    SchemeGrammar {
-        scheme: "aws-sm",
-        form: "aws-sm://SECRET_ID[#field][?version-stage=S|version-id=V&region=R]",
-        hierarchical: true,
-        operation: Operation::Resolve,
-        field: true,
-        query: QueryKeys::Only(&["version-stage", "version-id", "region"]),
+    KnownScheme {
+        grammar: &AWS_SM,
         backend: "aws",
-        validate: aws_secret_id,
+        feature: Some("aws"),
     },
-    SchemeGrammar {
-        scheme: "aws-sts",
-        form: "aws-sts://ROLE_ARN[?PARAM=VALUE...]",
-        hierarchical: true,
-        operation: Operation::Mint,
-        field: false,
-        query: QueryKeys::Any,
+    KnownScheme {
+        grammar: &AWS_STS,
         backend: "aws",
-        validate: aws_role_arn,
+        feature: Some("aws"),
     },
-    SchemeGrammar {
-        scheme: "gcp-sm",
-        form: "gcp-sm://PROJECT/SECRET[/VERSION][#field]",
-        hierarchical: true,
-        operation: Operation::Resolve,
-        field: true,
-        query: QueryKeys::None,
+    KnownScheme {
+        grammar: &GCP_SM,
         backend: "gcp",
-        validate: gcp_secret,
+        feature: None,
     },
-    SchemeGrammar {
-        scheme: "gcp-iam",
-        form: "gcp-iam://SA_EMAIL[?PARAM=VALUE...]",
-        hierarchical: true,
-        operation: Operation::Mint,
-        field: false,
-        query: QueryKeys::Any,
+    KnownScheme {
+        grammar: &GCP_IAM,
         backend: "gcp",
-        validate: gcp_service_account,
+        feature: None,
     },
-    SchemeGrammar {
-        scheme: "azurekv",
-        form: "azurekv://VAULT/NAME[/VERSION][#field]",
-        hierarchical: true,
-        operation: Operation::Resolve,
-        field: true,
-        query: QueryKeys::None,
+    KnownScheme {
+        grammar: &AZUREKV,
         backend: "azure",
-        validate: azure_secret,
+        feature: None,
     },
-    SchemeGrammar {
-        scheme: "azure-token",
-        form: "azure-token://TENANT/CLIENT[?scope=SCOPE]",
-        hierarchical: true,
-        operation: Operation::Mint,
-        field: false,
-        query: QueryKeys::Any,
+    KnownScheme {
+        grammar: &AZURE_TOKEN,
         backend: "azure",
-        validate: azure_client,
+        feature: None,
     },
 ];
 
-/// The grammar of `scheme`, if the product knows it.
+/// The product's entry for `scheme`, if it knows the scheme.
+pub fn known(scheme: &str) -> Option<&'static KnownScheme> {
+    KNOWN.iter().find(|k| k.grammar.scheme == scheme)
+}
+
+/// The product's grammar for `scheme`, if it knows the scheme. The grammar a reference is
+/// checked against is [`Registry::grammar`](crate::Registry::grammar): the backend's own first.
 pub fn lookup(scheme: &str) -> Option<&'static SchemeGrammar> {
-    GRAMMAR.iter().find(|g| g.scheme == scheme)
+    known(scheme).map(|k| k.grammar)
+}
+
+/// A target check that accepts every target (for schemes whose targets the backend checks).
+pub fn any_target(_: &str) -> Result<(), TargetError> {
+    Ok(())
 }
 
 fn err<T>(at: usize, why: impl Into<String>) -> Result<T, TargetError> {
     Err((at, why.into()))
 }
 
-fn env_name(t: &str) -> Result<(), TargetError> {
+/// An environment variable name: letters, digits and `_`, not starting with a digit.
+pub fn env_name(t: &str) -> Result<(), TargetError> {
     for (i, c) in t.char_indices() {
         let ok = c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit());
         if !ok {
@@ -206,7 +323,8 @@ fn env_name(t: &str) -> Result<(), TargetError> {
     Ok(())
 }
 
-fn file_path(t: &str) -> Result<(), TargetError> {
+/// A file path that does not end with `/`.
+pub fn file_path(t: &str) -> Result<(), TargetError> {
     if t.ends_with('/') {
         return err(t.len() - 1, "a file path must not end with `/`");
     }
@@ -501,10 +619,14 @@ mod tests {
     }
 
     #[test]
-    fn schemes_are_unique_and_sorted_by_backend_docs() {
+    fn known_schemes_are_unique() {
         let mut seen = std::collections::HashSet::new();
-        for g in GRAMMAR {
-            assert!(seen.insert(g.scheme), "duplicate {}", g.scheme);
+        for k in KNOWN {
+            assert!(
+                seen.insert(k.grammar.scheme),
+                "duplicate {}",
+                k.grammar.scheme
+            );
         }
     }
 }

@@ -7,13 +7,19 @@
 //! field     := dotted path `a.b[0]["c.d"]` | JSON pointer `/a/b/0`
 //! ```
 //!
-//! Parsing checks the scheme's grammar (see [`crate::grammar`]); `Display` prints the canonical
-//! form, and `parse(display(r)) == r` for every reference.
+//! Parsing checks the scheme's grammar, which the scheme's backend supplies (see
+//! [`crate::grammar`]); `Display` prints the canonical form, and `parse(display(r)) == r` for
+//! every reference.
+//!
+//! `text.parse::<Reference>()` knows the backends compiled in through `inventory`
+//! ([`Registry::global`]); a program that registers its own backends parses with
+//! [`Registry::parse`] (or [`Reference::parse_with`]).
 
 use std::fmt;
 use std::str::FromStr;
 
-use crate::grammar::{self, QueryKeys, SchemeGrammar};
+use crate::grammar::{self, QueryKeys, SchemeGrammar, Shape};
+use crate::registry::Registry;
 use crate::{Error, ErrorKind, Result};
 
 /// A parsed reference.
@@ -27,9 +33,15 @@ pub struct Reference {
 }
 
 impl Reference {
-    /// Parses `input`; same as `input.parse()`.
+    /// Parses `input` against the compiled-in backends; same as `input.parse()`.
     pub fn parse(input: &str) -> Result<Self> {
         input.parse()
+    }
+
+    /// Parses `input` against `registry`: its schemes, and the grammar each backend supplies.
+    /// An unknown scheme's error lists `registry`'s schemes.
+    pub fn parse_with(registry: &Registry, input: &str) -> Result<Self> {
+        parse(registry, input)
     }
 
     /// The scheme, e.g. `vault`.
@@ -65,9 +77,11 @@ impl Reference {
         // Validated at parse time, so this cannot fail.
         self.field.as_deref().and_then(|f| FieldPath::parse(f).ok())
     }
-    /// The grammar of this reference's scheme, if the product knows it.
+    /// The grammar of this reference's scheme among the compiled-in backends (or the
+    /// product's, for a known scheme whose backend is absent); [`Registry::grammar`] asks
+    /// another registry.
     pub fn grammar(&self) -> Option<&'static SchemeGrammar> {
-        grammar::lookup(&self.scheme)
+        Registry::global().grammar(&self.scheme)
     }
     /// The same reference without its `#field`.
     pub fn without_field(&self) -> Reference {
@@ -205,11 +219,11 @@ fn top_level_question_mark(field: &str) -> Option<usize> {
     None
 }
 
-fn compiled_in_hint(scheme: &str) -> (Option<String>, String) {
-    let compiled = crate::registry::Registry::global().schemes();
-    let all = grammar::GRAMMAR
+fn compiled_in_hint(registry: &Registry, scheme: &str) -> (Option<String>, String) {
+    let compiled = registry.schemes();
+    let all = grammar::KNOWN
         .iter()
-        .map(|g| g.scheme)
+        .map(|k| k.grammar.scheme)
         .chain(compiled.iter().map(String::as_str));
     let suggestion = grammar::did_you_mean(scheme, all).map(str::to_string);
     let list = if compiled.is_empty() {
@@ -223,204 +237,205 @@ fn compiled_in_hint(scheme: &str) -> (Option<String>, String) {
 impl FromStr for Reference {
     type Err = Error;
 
+    /// Parses against the compiled-in backends ([`Registry::global`]).
     fn from_str(input: &str) -> Result<Self> {
-        if input.is_empty() {
-            return Err(invalid(input, 0, "empty reference"));
-        }
-        let (head, field) = match input.find('#') {
-            Some(i) => (&input[..i], Some((i + 1, &input[i + 1..]))),
-            None => (input, None),
-        };
-        reject_blanks(input, head, 0, "a reference")?;
-        let (head, mut query) = match head.find('?') {
-            Some(i) => (&head[..i], Some((i + 1, &head[i + 1..]))),
-            None => (head, None),
-        };
-        // `#field?query` is accepted too (the order some docs use); canonical output puts the
-        // query first.
-        let field = match field {
-            Some((at, f)) => match top_level_question_mark(f) {
-                Some(q) if query.is_some() => {
-                    return Err(invalid(
-                        input,
-                        at + q,
-                        "query given twice (before and after `#`)",
-                    ));
-                }
-                Some(q) => {
-                    query = Some((at + q + 1, &f[q + 1..]));
-                    Some((at, &f[..q]))
-                }
-                None => Some((at, f)),
-            },
-            None => None,
-        };
-        if let Some((at, q)) = query {
-            reject_blanks(input, q, at, "a query")?;
-        }
-        let Some(colon) = head.find(':') else {
-            return Err(invalid(
-                input,
-                0,
-                "missing scheme: expected SCHEME:TARGET such as env:NAME or vault:secret/app#key",
-            ));
-        };
-        let scheme = &head[..colon];
-        if scheme.is_empty() {
-            return Err(invalid(input, 0, "empty scheme before `:`"));
-        }
-        if let Some((i, c)) = scheme.char_indices().find(|(i, c)| {
-            !(c.is_ascii_lowercase() || (*i > 0 && (c.is_ascii_digit() || *c == '-')))
-        }) {
-            return Err(invalid(
-                input,
-                i,
-                format!("`{c}` is not allowed in a scheme (lowercase letters, digits, `-`)"),
-            ));
-        }
-        let rest = &head[colon + 1..];
-        let hierarchical = rest.starts_with("//");
-        let target_at = colon + 1 + if hierarchical { 2 } else { 0 };
-        let target = &head[target_at..];
-
-        let grammar = grammar::lookup(scheme);
-        match grammar {
-            Some(g) if g.hierarchical && !hierarchical => {
-                return Err(invalid(
-                    input,
-                    colon + 1,
-                    format!("`{scheme}` references use `//`: write {}", g.form),
-                ));
-            }
-            Some(g) if !g.hierarchical && hierarchical => {
-                return Err(invalid(
-                    input,
-                    colon + 1,
-                    format!("`{scheme}` references take no `//`: write {}", g.form),
-                ));
-            }
-            Some(_) => {}
-            None if crate::registry::Registry::global()
-                .schemes()
-                .iter()
-                .any(|s| s == scheme) => {}
-            None => {
-                let (suggestion, list) = compiled_in_hint(scheme);
-                let mut why = format!("unknown scheme `{}`", grammar::elide(scheme));
-                if let Some(s) = suggestion {
-                    why.push_str(&format!("; did you mean `{s}`?"));
-                }
-                return Err(
-                    invalid(input, 0, why).with_hint(format!("schemes compiled in: {list}"))
-                );
-            }
-        }
-        if target.is_empty() {
-            let form = grammar.map_or("SCHEME:TARGET", |g| g.form);
-            return Err(invalid(
-                input,
-                target_at,
-                format!(
-                    "missing target after `{scheme}{}`: write {form}",
-                    if hierarchical { "://" } else { ":" }
-                ),
-            ));
-        }
-        if let Some(g) = grammar {
-            (g.validate)(target).map_err(|(at, why)| invalid(input, target_at + at, why))?;
-        }
-
-        let mut params: Vec<(String, String)> = Vec::new();
-        if let Some((at, q)) = query {
-            if q.is_empty() {
-                return Err(invalid(input, at - 1, "empty query after `?`"));
-            }
-            let mut offset = at;
-            for pair in q.split('&') {
-                let Some((k, v)) = pair.split_once('=') else {
-                    return Err(invalid(
-                        input,
-                        offset,
-                        format!(
-                            "query parameter `{}` needs a value: KEY=VALUE",
-                            grammar::elide(pair)
-                        ),
-                    ));
-                };
-                if k.is_empty() {
-                    return Err(invalid(input, offset, "empty query key"));
-                }
-                let key = decode(input, k, offset)?;
-                let value = decode(input, v, offset + k.len() + 1)?;
-                if params.iter().any(|(existing, _)| *existing == key) {
-                    return Err(invalid(
-                        input,
-                        offset,
-                        format!("query parameter `{}` given twice", grammar::elide(&key)),
-                    ));
-                }
-                if let Some(g) = grammar {
-                    match g.query {
-                        QueryKeys::Any => {}
-                        QueryKeys::None => {
-                            return Err(invalid(
-                                input,
-                                at - 1,
-                                format!("`{scheme}` references take no query parameters"),
-                            ));
-                        }
-                        QueryKeys::Only(keys) if !keys.contains(&key.as_str()) => {
-                            return Err(invalid(
-                                input,
-                                offset,
-                                format!(
-                                    "unknown query parameter `{}` for `{scheme}` (accepted: {})",
-                                    grammar::elide(&key),
-                                    keys.join(", ")
-                                ),
-                            ));
-                        }
-                        QueryKeys::Only(_) => {}
-                    }
-                }
-                params.push((key, value));
-                offset += pair.len() + 1;
-            }
-        }
-
-        let field = match field {
-            None => None,
-            Some((at, f)) => {
-                if grammar.is_some_and(|g| !g.field) {
-                    return Err(invalid(
-                        input,
-                        at - 1,
-                        format!("`{scheme}` references take no `#field`"),
-                    ));
-                }
-                if f.is_empty() {
-                    return Err(invalid(input, at - 1, "empty field after `#`"));
-                }
-                if let Some((i, _)) = f.char_indices().find(|(_, c)| c.is_control()) {
-                    return Err(invalid(
-                        input,
-                        at + i,
-                        "a control character is not allowed in a field",
-                    ));
-                }
-                FieldPath::parse(f).map_err(|(i, why)| invalid(input, at + i, why))?;
-                Some(f.to_string())
-            }
-        };
-
-        Ok(Reference {
-            scheme: scheme.to_string(),
-            hierarchical,
-            target: target.to_string(),
-            query: params,
-            field,
-        })
+        parse(Registry::global(), input)
     }
+}
+
+fn parse(registry: &Registry, input: &str) -> Result<Reference> {
+    if input.is_empty() {
+        return Err(invalid(input, 0, "empty reference"));
+    }
+    let (head, field) = match input.find('#') {
+        Some(i) => (&input[..i], Some((i + 1, &input[i + 1..]))),
+        None => (input, None),
+    };
+    reject_blanks(input, head, 0, "a reference")?;
+    let (head, mut query) = match head.find('?') {
+        Some(i) => (&head[..i], Some((i + 1, &head[i + 1..]))),
+        None => (head, None),
+    };
+    // `#field?query` is accepted too (the order some docs use); canonical output puts the
+    // query first.
+    let field = match field {
+        Some((at, f)) => match top_level_question_mark(f) {
+            Some(q) if query.is_some() => {
+                return Err(invalid(
+                    input,
+                    at + q,
+                    "query given twice (before and after `#`)",
+                ));
+            }
+            Some(q) => {
+                query = Some((at + q + 1, &f[q + 1..]));
+                Some((at, &f[..q]))
+            }
+            None => Some((at, f)),
+        },
+        None => None,
+    };
+    if let Some((at, q)) = query {
+        reject_blanks(input, q, at, "a query")?;
+    }
+    let Some(colon) = head.find(':') else {
+        return Err(invalid(
+            input,
+            0,
+            "missing scheme: expected SCHEME:TARGET such as env:NAME or vault:secret/app#key",
+        ));
+    };
+    let scheme = &head[..colon];
+    if scheme.is_empty() {
+        return Err(invalid(input, 0, "empty scheme before `:`"));
+    }
+    if let Some((i, c)) = scheme
+        .char_indices()
+        .find(|(i, c)| !(c.is_ascii_lowercase() || (*i > 0 && (c.is_ascii_digit() || *c == '-'))))
+    {
+        return Err(invalid(
+            input,
+            i,
+            format!("`{c}` is not allowed in a scheme (lowercase letters, digits, `-`)"),
+        ));
+    }
+    let rest = &head[colon + 1..];
+    let hierarchical = rest.starts_with("//");
+    let target_at = colon + 1 + if hierarchical { 2 } else { 0 };
+    let target = &head[target_at..];
+
+    let grammar = registry.grammar(scheme);
+    match grammar {
+        Some(g) if g.shape == Shape::Hierarchical && !hierarchical => {
+            return Err(invalid(
+                input,
+                colon + 1,
+                format!("`{scheme}` references use `//`: write {}", g.form),
+            ));
+        }
+        Some(g) if g.shape == Shape::Opaque && hierarchical => {
+            return Err(invalid(
+                input,
+                colon + 1,
+                format!("`{scheme}` references take no `//`: write {}", g.form),
+            ));
+        }
+        Some(_) => {}
+        None if registry.for_scheme(scheme).is_some() => {}
+        None => {
+            let (suggestion, list) = compiled_in_hint(registry, scheme);
+            let mut why = format!("unknown scheme `{}`", grammar::elide(scheme));
+            if let Some(s) = suggestion {
+                why.push_str(&format!("; did you mean `{s}`?"));
+            }
+            return Err(invalid(input, 0, why).with_hint(format!("schemes compiled in: {list}")));
+        }
+    }
+    if target.is_empty() {
+        let form = grammar.map_or("SCHEME:TARGET", |g| g.form);
+        return Err(invalid(
+            input,
+            target_at,
+            format!(
+                "missing target after `{scheme}{}`: write {form}",
+                if hierarchical { "://" } else { ":" }
+            ),
+        ));
+    }
+    if let Some(g) = grammar {
+        (g.validate)(target).map_err(|(at, why)| invalid(input, target_at + at, why))?;
+    }
+
+    let mut params: Vec<(String, String)> = Vec::new();
+    if let Some((at, q)) = query {
+        if q.is_empty() {
+            return Err(invalid(input, at - 1, "empty query after `?`"));
+        }
+        let mut offset = at;
+        for pair in q.split('&') {
+            let Some((k, v)) = pair.split_once('=') else {
+                return Err(invalid(
+                    input,
+                    offset,
+                    format!(
+                        "query parameter `{}` needs a value: KEY=VALUE",
+                        grammar::elide(pair)
+                    ),
+                ));
+            };
+            if k.is_empty() {
+                return Err(invalid(input, offset, "empty query key"));
+            }
+            let key = decode(input, k, offset)?;
+            let value = decode(input, v, offset + k.len() + 1)?;
+            if params.iter().any(|(existing, _)| *existing == key) {
+                return Err(invalid(
+                    input,
+                    offset,
+                    format!("query parameter `{}` given twice", grammar::elide(&key)),
+                ));
+            }
+            if let Some(g) = grammar {
+                match g.query {
+                    QueryKeys::Any => {}
+                    QueryKeys::None => {
+                        return Err(invalid(
+                            input,
+                            at - 1,
+                            format!("`{scheme}` references take no query parameters"),
+                        ));
+                    }
+                    QueryKeys::Only(keys) if !keys.contains(&key.as_str()) => {
+                        return Err(invalid(
+                            input,
+                            offset,
+                            format!(
+                                "unknown query parameter `{}` for `{scheme}` (accepted: {})",
+                                grammar::elide(&key),
+                                keys.join(", ")
+                            ),
+                        ));
+                    }
+                    QueryKeys::Only(_) => {}
+                }
+            }
+            params.push((key, value));
+            offset += pair.len() + 1;
+        }
+    }
+
+    let field = match field {
+        None => None,
+        Some((at, f)) => {
+            if grammar.is_some_and(|g| !g.field) {
+                return Err(invalid(
+                    input,
+                    at - 1,
+                    format!("`{scheme}` references take no `#field`"),
+                ));
+            }
+            if f.is_empty() {
+                return Err(invalid(input, at - 1, "empty field after `#`"));
+            }
+            if let Some((i, _)) = f.char_indices().find(|(_, c)| c.is_control()) {
+                return Err(invalid(
+                    input,
+                    at + i,
+                    "a control character is not allowed in a field",
+                ));
+            }
+            FieldPath::parse(f).map_err(|(i, why)| invalid(input, at + i, why))?;
+            Some(f.to_string())
+        }
+    };
+
+    Ok(Reference {
+        scheme: scheme.to_string(),
+        hierarchical,
+        target: target.to_string(),
+        query: params,
+        field,
+    })
 }
 
 /// One step of a field selector.

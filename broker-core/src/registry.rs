@@ -3,7 +3,10 @@
 //! Each backend crate submits a [`ProviderDescriptor`] with `inventory::submit!`. A crate that
 //! nothing references is never linked and its registration silently disappears, so binaries
 //! name every backend they want (`use broker_vault as _;`) and test that the registered schemes
-//! are the expected ones. Embedders can skip inventory and call [`Registry::register`].
+//! are the expected ones. Embedders can skip inventory: build a [`Registry::new`], call
+//! [`Registry::register`] with their own descriptors (a `static` in their crate), and parse
+//! references with [`Registry::parse`], which checks each scheme against the grammar its
+//! backend supplies ([`ProviderDescriptor::grammar`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,8 +14,8 @@ use std::sync::{Arc, OnceLock};
 
 use crate::config::BackendSettings;
 use crate::egress::Badge;
-use crate::grammar;
-use crate::{CredentialProvider, Error, Result};
+use crate::grammar::{self, SchemeGrammar};
+use crate::{CredentialProvider, Error, Reference, Result};
 
 /// What a backend can do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -68,6 +71,10 @@ pub struct ProviderDescriptor {
     pub default_badge: Badge,
     /// Per-credential option keys it accepts besides the core ones (`["identity"]`).
     pub credential_options: &'static [&'static str],
+    /// The grammar of its schemes (at most one per scheme in [`schemes`](Self::schemes)). A
+    /// scheme left out takes the product's grammar for it ([`grammar::KNOWN`]) if there is
+    /// one, else any shape, any query keys and a `#field`.
+    pub grammar: &'static [SchemeGrammar],
     /// Builds the provider.
     pub factory: Factory,
 }
@@ -110,8 +117,23 @@ impl Registry {
         GLOBAL.get_or_init(Registry::from_inventory)
     }
 
-    /// Adds a backend; refuses duplicate names and schemes.
+    /// Adds a backend; refuses duplicate names and schemes, and a grammar for a scheme the
+    /// descriptor does not serve (or two for one scheme).
     pub fn register(&mut self, descriptor: &'static ProviderDescriptor) -> Result<()> {
+        for (i, g) in descriptor.grammar.iter().enumerate() {
+            if !descriptor.schemes.contains(&g.scheme) {
+                return Err(Error::internal(format!(
+                    "backend `{}` gives a grammar for `{}`, which is not one of its schemes",
+                    descriptor.name, g.scheme
+                )));
+            }
+            if descriptor.grammar[..i].iter().any(|o| o.scheme == g.scheme) {
+                return Err(Error::internal(format!(
+                    "backend `{}` gives two grammars for `{}`",
+                    descriptor.name, g.scheme
+                )));
+            }
+        }
         if self.by_name.contains_key(descriptor.name) {
             return Err(Error::internal(format!(
                 "backend `{}` registered twice",
@@ -138,6 +160,21 @@ impl Registry {
         self.by_scheme.get(scheme).copied()
     }
 
+    /// The grammar references to `scheme` are checked against: the one its backend supplies,
+    /// else the product's ([`grammar::lookup`]), whether or not the backend is compiled in.
+    /// `None` for a registered scheme without one (any shape) and for an unknown scheme.
+    pub fn grammar(&self, scheme: &str) -> Option<&'static SchemeGrammar> {
+        self.for_scheme(scheme)
+            .and_then(|d| d.grammar.iter().find(|g| g.scheme == scheme))
+            .or_else(|| grammar::lookup(scheme))
+    }
+
+    /// Parses `text` against this registry's schemes and grammars (what `text.parse()` does
+    /// with [`Registry::global`]).
+    pub fn parse(&self, text: &str) -> Result<Reference> {
+        Reference::parse_with(self, text)
+    }
+
     /// The backend named `name`.
     pub fn by_name(&self, name: &str) -> Option<&'static ProviderDescriptor> {
         self.by_name.get(name).copied()
@@ -149,14 +186,21 @@ impl Registry {
             return Ok(d);
         }
         let compiled = self.schemes().join(", ");
-        match grammar::lookup(scheme) {
-            Some(g) => Err(Error::not_configured(format!(
+        match grammar::known(scheme) {
+            Some(k) => Err(Error::not_configured(format!(
                 "scheme `{scheme}` is not compiled into this broker"
             ))
-            .with_hint(format!(
-                "rebuild broker-cli with `--features {}`; compiled in: {compiled}",
-                g.backend
-            ))),
+            .with_hint(match k.feature {
+                Some(feature) => {
+                    format!(
+                        "rebuild broker-cli with `--features {feature}`; compiled in: {compiled}"
+                    )
+                }
+                None => format!(
+                    "the `{}` backend is planned but not written yet; compiled in: {compiled}",
+                    k.backend
+                ),
+            })),
             None => Err(Error::new(
                 crate::ErrorKind::InvalidReference,
                 format!("unknown scheme `{scheme}`"),

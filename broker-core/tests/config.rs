@@ -84,6 +84,7 @@ static LOCAL: ProviderDescriptor = ProviderDescriptor {
     },
     default_badge: Badge::Local,
     credential_options: &[],
+    grammar: &[],
     factory: build_local,
 };
 
@@ -98,6 +99,7 @@ static REMOTE: ProviderDescriptor = ProviderDescriptor {
     },
     default_badge: Badge::SelfHosted,
     credential_options: &["role"],
+    grammar: &[],
     factory: build_remote,
 };
 

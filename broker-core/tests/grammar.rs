@@ -2,7 +2,13 @@
 //! messages, and the `parse(display(r)) == r` round trip.
 #![allow(clippy::unwrap_used)]
 
-use broker_core::{ErrorKind, Reference};
+use std::sync::Arc;
+
+use broker_core::grammar::{Operation, QueryKeys, SchemeGrammar, Shape, TargetError};
+use broker_core::{
+    BackendContext, Badge, Capabilities, CredentialProvider, ErrorKind, ProviderDescriptor,
+    Reference, Registry, Result,
+};
 use proptest::prelude::*;
 
 /// Every form the product accepts: (input, scheme, target, canonical display).
@@ -238,12 +244,12 @@ fn accepted_forms() {
 }
 
 #[test]
-fn every_scheme_of_the_grammar_has_an_accepted_form() {
-    for g in broker_core::grammar::GRAMMAR {
+fn every_known_scheme_has_an_accepted_form() {
+    for k in broker_core::grammar::KNOWN {
         assert!(
-            ACCEPTED.iter().any(|(_, s, _, _)| *s == g.scheme),
+            ACCEPTED.iter().any(|(_, s, _, _)| *s == k.grammar.scheme),
             "no accepted form for {}",
-            g.scheme
+            k.grammar.scheme
         );
     }
 }
@@ -570,5 +576,184 @@ proptest! {
     #[test]
     fn arbitrary_input_never_panics(text in "\\PC{0,40}") {
         let _ = text.parse::<Reference>();
+    }
+}
+
+// A backend of this test's own, registered explicitly (no inventory), with its own grammar.
+
+fn ticket_id(t: &str) -> std::result::Result<(), TargetError> {
+    match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, c)) => Err((i, format!("`{c}` is not a digit; a ticket id is a number"))),
+        None => Ok(()),
+    }
+}
+
+fn no_provider(_: &BackendContext<'_>) -> Result<Arc<dyn CredentialProvider>> {
+    Err(broker_core::Error::internal("not built in this test"))
+}
+
+const CAPS: Capabilities = Capabilities {
+    resolve: true,
+    mint: false,
+    revoke: false,
+    rotate: false,
+};
+
+static TICKETS: ProviderDescriptor = ProviderDescriptor {
+    name: "tickets",
+    schemes: &["ticket", "tickets-any"],
+    capabilities: CAPS,
+    default_badge: Badge::Local,
+    credential_options: &[],
+    grammar: &[SchemeGrammar {
+        scheme: "ticket",
+        form: "ticket://ID[#field][?queue=Q]",
+        shape: Shape::Hierarchical,
+        operation: Operation::Resolve,
+        field: true,
+        query: QueryKeys::Only(&["queue"]),
+        validate: ticket_id,
+    }],
+    factory: no_provider,
+};
+
+fn tickets() -> Registry {
+    let mut r = Registry::new();
+    r.register(&TICKETS).unwrap();
+    r
+}
+
+#[test]
+fn an_explicit_registry_parses_its_own_scheme_with_its_own_grammar() {
+    let r = tickets();
+    let reference = r.parse("ticket://42?queue=ops#body").unwrap();
+    assert_eq!(
+        (reference.scheme(), reference.target(), reference.field()),
+        ("ticket", "42", Some("body"))
+    );
+    assert_eq!(reference.query_param("queue"), Some("ops"));
+    assert_eq!(reference.to_string(), "ticket://42?queue=ops#body");
+    assert_eq!(
+        Reference::parse_with(&r, "ticket://42").unwrap().target(),
+        "42"
+    );
+    assert_eq!(
+        r.grammar("ticket").unwrap().form,
+        "ticket://ID[#field][?queue=Q]"
+    );
+    assert_eq!(r.require_scheme("ticket").unwrap().name, "tickets");
+
+    for (input, message) in [
+        (
+            "ticket://4x2",
+            "invalid reference `ticket://4x2` at column 11: `x` is not a digit; a ticket id is a number",
+        ),
+        (
+            "ticket:42",
+            "invalid reference `ticket:42` at column 8: `ticket` references use `//`: write ticket://ID[#field][?queue=Q]",
+        ),
+        (
+            "ticket://42?prio=1",
+            "invalid reference `ticket://42?prio=1` at column 13: unknown query parameter `prio` for `ticket` (accepted: queue)",
+        ),
+        (
+            "tikcet://42",
+            "invalid reference `tikcet://42` at column 1: unknown scheme `tikcet`; did you mean `ticket`?",
+        ),
+    ] {
+        let err = r.parse(input).expect_err(input);
+        assert_eq!(err.kind(), ErrorKind::InvalidReference, "{input}");
+        assert_eq!(err.to_string(), message, "{input}");
+    }
+    // The unknown-scheme hint lists the schemes of the registry parsed against.
+    let err = r.parse("nope:x").unwrap_err();
+    assert_eq!(err.hint(), Some("schemes compiled in: ticket, tickets-any"));
+    // The inventory registry of this binary has no `ticket` backend.
+    let err = "ticket://42".parse::<Reference>().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid reference `ticket://42` at column 1: unknown scheme `ticket`"
+    );
+    assert_eq!(err.hint(), Some("schemes compiled in: none"));
+}
+
+#[test]
+fn a_registered_scheme_without_a_grammar_takes_any_shape() {
+    let r = tickets();
+    for text in ["tickets-any:a/b?x=1#f", "tickets-any://host/p"] {
+        assert_eq!(r.parse(text).unwrap().to_string(), text);
+    }
+    assert!(r.grammar("tickets-any").is_none());
+}
+
+#[test]
+fn the_products_grammar_applies_to_a_known_scheme_without_a_backend_grammar() {
+    static PLAIN_ENV: ProviderDescriptor = ProviderDescriptor {
+        name: "plain-env",
+        schemes: &["env"],
+        capabilities: CAPS,
+        default_badge: Badge::Local,
+        credential_options: &[],
+        grammar: &[],
+        factory: no_provider,
+    };
+    let mut r = Registry::new();
+    r.register(&PLAIN_ENV).unwrap();
+    assert_eq!(
+        r.parse("env:1X").unwrap_err().to_string(),
+        "invalid reference `env:1X` at column 5: `1` is not allowed in a variable name (letters, digits, `_`; not starting with a digit)"
+    );
+}
+
+#[test]
+fn register_refuses_a_grammar_for_a_scheme_it_does_not_serve() {
+    static STRAY: ProviderDescriptor = ProviderDescriptor {
+        name: "stray",
+        schemes: &["stray"],
+        capabilities: CAPS,
+        default_badge: Badge::Local,
+        credential_options: &[],
+        grammar: &[broker_core::grammar::ENV],
+        factory: no_provider,
+    };
+    let err = Registry::new().register(&STRAY).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "backend `stray` gives a grammar for `env`, which is not one of its schemes"
+    );
+}
+
+#[test]
+fn not_compiled_in_hints_name_only_features_that_exist() {
+    let r = tickets();
+    let err = r.require_scheme("vault").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotConfigured);
+    assert_eq!(
+        err.to_string(),
+        "scheme `vault` is not compiled into this broker"
+    );
+    assert_eq!(
+        err.hint(),
+        Some("rebuild broker-cli with `--features vault`; compiled in: ticket, tickets-any")
+    );
+    let err = r.require_scheme("gcp-sm").unwrap_err();
+    assert_eq!(
+        err.hint(),
+        Some("the `gcp` backend is planned but not written yet; compiled in: ticket, tickets-any")
+    );
+    // `broker-cli`'s own unit test checks each named feature against its Cargo.toml.
+    for k in broker_core::grammar::KNOWN {
+        let hint = r
+            .require_scheme(k.grammar.scheme)
+            .unwrap_err()
+            .hint()
+            .map(str::to_owned);
+        let hint = hint.unwrap();
+        assert_eq!(
+            hint.contains("--features"),
+            k.feature.is_some(),
+            "{}: {hint}",
+            k.grammar.scheme
+        );
     }
 }

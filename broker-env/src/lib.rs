@@ -56,6 +56,7 @@ pub const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
     },
     default_badge: Badge::Local,
     credential_options: &[],
+    grammar: &[broker_core::grammar::ENV],
     factory: build,
 };
 

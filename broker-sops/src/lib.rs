@@ -363,6 +363,7 @@ pub const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
     },
     default_badge: Badge::Local,
     credential_options: &[],
+    grammar: &[broker_core::grammar::SOPS],
     factory: build,
 };
 

@@ -150,6 +150,7 @@ broker_core::inventory::submit! {
         capabilities: CAPS,
         default_badge: Badge::Local,
         credential_options: &[],
+        grammar: &[],
         factory: local,
     }
 }
@@ -161,6 +162,7 @@ broker_core::inventory::submit! {
         capabilities: CAPS,
         default_badge: Badge::ManagedCloud,
         credential_options: &[],
+        grammar: &[],
         factory: cloud,
     }
 }
