@@ -65,6 +65,13 @@ pub const EMBEDDED_BASE64_MIN: usize = 16;
 /// Matches secret values and their encodings; immutable once built. Holds derived copies of
 /// the values (zeroized on drop where this crate owns the memory), so keep it no longer than
 /// the values themselves.
+///
+/// Every pattern is built in an exact-size [`Zeroizing`] buffer (no growing buffer frees a
+/// partial copy) and is zeroized when the redactor is dropped. The automaton is
+/// `aho-corasick`'s: its transition tables encode the patterns and are freed unwiped. It is
+/// built without a prefilter, because the prefilter keeps a plain copy of each pattern that
+/// is freed unwiped (and for the hundreds of patterns a task usually has, `aho-corasick` uses
+/// none anyway).
 pub struct Redactor {
     matcher: Option<AhoCorasick>,
     /// Pattern id to index into `names`.
@@ -159,6 +166,8 @@ impl Redactor {
         let matcher = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
             .kind(Some(choose_kind(&candidates)))
+            // The packed prefilter copies every pattern into buffers freed unwiped.
+            .prefilter(false)
             .build(candidates.iter().map(|c| c.0.as_slice()))
             .ok();
         let owner = candidates.iter().map(|c| c.1).collect();
@@ -311,10 +320,12 @@ fn encodings(value: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
     let mut out: Vec<Zeroizing<Vec<u8>>> = Vec::new();
     let mut push = |p: Vec<u8>| out.push(Zeroizing::new(p));
     push(value.to_vec());
+    let bare_newline = |i: usize| value[i] == b'\n' && (i == 0 || value[i - 1] != b'\r');
+    let bare = (0..value.len()).filter(|&i| bare_newline(i)).count();
     if value.contains(&b'\n') {
-        let mut crlf = Vec::with_capacity(value.len() + 8);
+        let mut crlf = Vec::with_capacity(value.len() + bare);
         for (i, &b) in value.iter().enumerate() {
-            if b == b'\n' && (i == 0 || value[i - 1] != b'\r') {
+            if bare_newline(i) {
                 crlf.push(b'\r');
             }
             crlf.push(b);
@@ -343,11 +354,10 @@ fn encodings(value: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
         // `\u003c`...), with SetEscapeHTML(false) (U+2028/2029 only); HTML-safe JS encoders
         // (also `'`); and each HTML-safe form with everything non-ASCII escaped as well.
         for ascii_only in [false, true] {
-            let json = json_escape(text, ascii_only, JSON_NO_EXTRA);
-            push(json.replace('/', "\\/").into_bytes());
-            push(json.into_bytes());
+            push(json_escape(text, ascii_only, JSON_SLASH));
+            push(json_escape(text, ascii_only, JSON_NO_EXTRA));
             for extra in [JSON_LINE_SEPARATORS, JSON_HTML_GO, JSON_HTML_APOS] {
-                push(json_escape(text, ascii_only, extra).into_bytes());
+                push(json_escape(text, ascii_only, extra));
             }
         }
     }
@@ -356,6 +366,8 @@ fn encodings(value: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
 
 /// No characters escaped beyond what JSON requires.
 const JSON_NO_EXTRA: &[char] = &[];
+/// `/` as `\/` (PHP's `json_encode`); written as two characters, not `\u002f`.
+const JSON_SLASH: &[char] = &['/'];
 /// Go with `SetEscapeHTML(false)`: only the JavaScript line terminators.
 const JSON_LINE_SEPARATORS: &[char] = &['\u{2028}', '\u{2029}'];
 /// Go's default HTML-safe escaping.
@@ -370,7 +382,8 @@ fn embedded_base64(
     value: &[u8],
     offset: usize,
 ) -> Option<Vec<u8>> {
-    let mut shifted = Zeroizing::new(vec![0u8; offset]);
+    let mut shifted = Zeroizing::new(Vec::with_capacity(offset + value.len()));
+    shifted.resize(offset, 0);
     shifted.extend_from_slice(value);
     let encoded = Zeroizing::new(engine.encode(&*shifted).into_bytes());
     // Leading characters that mix in the unknown preceding bytes: 4/3 per byte, rounded up.
@@ -411,29 +424,42 @@ fn percent(value: &[u8], digits: &[u8; 16], also_keep: &[u8]) -> Vec<u8> {
 
 /// The inside of a JSON string literal holding `text`: non-ASCII characters as `\uXXXX`
 /// (surrogate pairs beyond the BMP) when `ascii_only`, and each character of `extra` as
-/// `\uXXXX`, all in lower-case hex.
-fn json_escape(text: &str, ascii_only: bool, extra: &[char]) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(text.len() + 8);
+/// `\uXXXX` (except `/`, as `\/`), all in lower-case hex. The result sits in a buffer of
+/// exactly its length (measured first), so no growing buffer frees a partial copy.
+fn json_escape(text: &str, ascii_only: bool, extra: &[char]) -> Vec<u8> {
+    let mut len = 0;
+    escape_into(text, ascii_only, extra, |piece| len += piece.len());
+    let mut out = Vec::with_capacity(len);
+    escape_into(text, ascii_only, extra, |piece| {
+        out.extend_from_slice(piece)
+    });
+    out
+}
+
+/// Feeds the pieces of [`json_escape`]'s output to `emit`.
+fn escape_into(text: &str, ascii_only: bool, extra: &[char], mut emit: impl FnMut(&[u8])) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut utf8 = [0u8; 4];
     for c in text.chars() {
         match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
+            '"' => emit(b"\\\""),
+            '\\' => emit(b"\\\\"),
+            '\n' => emit(b"\\n"),
+            '\r' => emit(b"\\r"),
+            '\t' => emit(b"\\t"),
+            '\u{8}' => emit(b"\\b"),
+            '\u{c}' => emit(b"\\f"),
+            '/' if extra.contains(&'/') => emit(b"\\/"),
             c if (c as u32) < 0x20 || (ascii_only && !c.is_ascii()) || extra.contains(&c) => {
                 let mut units = [0u16; 2];
-                for unit in c.encode_utf16(&mut units) {
-                    let _ = write!(out, "\\u{unit:04x}");
+                for &mut unit in c.encode_utf16(&mut units) {
+                    let digit = |shift: u16| HEX[usize::from((unit >> shift) & 15)];
+                    emit(&[b'\\', b'u', digit(12), digit(8), digit(4), digit(0)]);
                 }
             }
-            c => out.push(c),
+            c => emit(c.encode_utf8(&mut utf8).as_bytes()),
         }
     }
-    out
 }
 
 /// Redaction state for one output stream (see the module docs).
@@ -457,7 +483,7 @@ impl RedactStream {
             let keep = self.redactor.process(data, out);
             self.held.extend_from_slice(&data[keep..]);
         } else {
-            self.held.extend_from_slice(data);
+            append(&mut self.held, data);
             let all = std::mem::take(&mut *self.held);
             let all = Zeroizing::new(all);
             let keep = self.redactor.process(&all, out);
@@ -492,6 +518,18 @@ impl RedactStream {
     pub fn rebase(&mut self, redactor: Arc<Redactor>) {
         self.redactor = redactor;
     }
+}
+
+/// Appends `data` to `held` without a reallocation that would free the held bytes unwiped:
+/// when `held` is full, its bytes move to a new buffer and the old one is zeroized.
+fn append(held: &mut Zeroizing<Vec<u8>>, data: &[u8]) {
+    let needed = held.len() + data.len();
+    if needed > held.capacity() {
+        let mut bigger = Zeroizing::new(Vec::with_capacity(needed.max(2 * held.capacity())));
+        bigger.extend_from_slice(held);
+        *held = bigger;
+    }
+    held.extend_from_slice(data);
 }
 
 /// A [`Write`] adapter that redacts everything written through it. Dropping it flushes what

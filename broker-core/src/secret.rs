@@ -4,11 +4,19 @@
 //! moment a backend produces it until it is written into a child's environment or a 0600 file.
 //! None of these types implement `Serialize` or `Display`, and their `Debug` prints
 //! `[REDACTED]`. Reading the bytes takes an explicit [`SecretValue::expose`].
+//!
+//! Every constructor leaves no unwiped copy behind: a value always sits in an allocation of
+//! exactly its length (so turning it into a boxed slice never reallocates), and a source
+//! buffer with spare capacity is copied into such an allocation and then zeroized, spare
+//! capacity included. Code that reads a value from a stream should read into a pre-sized
+//! [`zeroize::Zeroizing`] buffer: a `Vec` that grows while reading frees its old blocks
+//! unwiped.
 
 use std::fmt;
 use std::time::SystemTime;
 
 use secrecy::{ExposeSecret, SecretBox};
+use zeroize::Zeroize;
 
 use crate::{Error, Result};
 
@@ -16,14 +24,16 @@ use crate::{Error, Result};
 pub struct SecretValue(SecretBox<[u8]>);
 
 impl SecretValue {
-    /// Takes ownership of `bytes`. The caller's buffer is moved, not copied.
+    /// Takes ownership of `bytes`. A buffer whose capacity equals its length is moved, not
+    /// copied; one with spare capacity is copied into an exact-size allocation and zeroized
+    /// (shrinking it in place could leave the value in a block freed unwiped).
     pub fn new(bytes: Vec<u8>) -> Self {
-        SecretValue(SecretBox::new(bytes.into_boxed_slice()))
+        SecretValue(SecretBox::new(exact(bytes)))
     }
 
     /// Copies `bytes` into a new secret. Prefer [`SecretValue::new`] when you own the buffer.
     pub fn copy_from(bytes: &[u8]) -> Self {
-        Self::new(bytes.to_vec())
+        SecretValue(SecretBox::new(Box::from(bytes)))
     }
 
     /// The value's bytes. Every call site is a place a value can escape: keep them few.
@@ -64,6 +74,24 @@ impl From<zeroize::Zeroizing<Vec<u8>>> for SecretValue {
     fn from(mut value: zeroize::Zeroizing<Vec<u8>>) -> Self {
         SecretValue::new(std::mem::take(&mut *value))
     }
+}
+
+impl From<zeroize::Zeroizing<String>> for SecretValue {
+    fn from(mut value: zeroize::Zeroizing<String>) -> Self {
+        SecretValue::from(std::mem::take(&mut *value))
+    }
+}
+
+/// `bytes` as a boxed slice without an unwiped copy left behind: moved when it has no spare
+/// capacity (`into_boxed_slice` then does not reallocate), else copied into an exact-size
+/// allocation while the source, spare capacity included, is zeroized before it is freed.
+fn exact(mut bytes: Vec<u8>) -> Box<[u8]> {
+    if bytes.capacity() == bytes.len() {
+        return bytes.into_boxed_slice();
+    }
+    let out = Box::from(bytes.as_slice());
+    bytes.zeroize();
+    out
 }
 
 impl Clone for SecretValue {
@@ -271,6 +299,26 @@ mod tests {
             SecretValue::copy_from(b"abc"),
             SecretValue::copy_from(b"ab")
         );
+    }
+
+    #[test]
+    fn constructors_keep_the_bytes_whatever_the_capacity() {
+        let mut spare = Vec::with_capacity(64);
+        spare.extend_from_slice(CANARY.as_bytes());
+        let exact = CANARY.as_bytes().to_vec();
+        let mut text = String::with_capacity(100);
+        text.push_str(CANARY);
+        for v in [
+            SecretValue::new(spare.clone()),
+            SecretValue::new(exact.clone()),
+            SecretValue::from(text.clone()),
+            SecretValue::from(zeroize::Zeroizing::new(spare)),
+            SecretValue::from(zeroize::Zeroizing::new(text)),
+            SecretValue::copy_from(&exact),
+        ] {
+            assert_eq!(v.expose(), CANARY.as_bytes());
+        }
+        assert!(SecretValue::new(Vec::with_capacity(8)).is_empty());
     }
 
     #[test]
