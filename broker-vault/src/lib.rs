@@ -22,7 +22,11 @@
 #![deny(missing_docs)]
 // `broker_core::Error` is the shared error type of every backend; its size is core's choice.
 
+mod auth;
 mod client;
+mod errors;
+mod kv;
+mod mint;
 mod provider;
 mod settings;
 
