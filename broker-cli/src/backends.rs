@@ -1,7 +1,8 @@
 //! The backends linked into this binary, one cargo feature each.
 //!
-//! `inventory` only sees crates that are linked, so each enabled backend is named here.
-//! `tests/registry.rs` asserts the registered schemes equal the enabled features.
+//! `inventory` only sees crates that are linked, so each enabled backend is named here. What the
+//! CLI reports as compiled in comes from the registry ([`enabled`]); the unit test below and
+//! `tests/cli.rs` (`registered_schemes_equal_enabled_features`) check it against the features.
 
 #[cfg(feature = "age")]
 use broker_age as _;
@@ -14,8 +15,17 @@ use broker_sops as _;
 #[cfg(feature = "vault")]
 use broker_vault as _;
 
+/// The backends registered in this binary, sorted by name (each is also its cargo feature).
+pub fn enabled() -> Vec<&'static str> {
+    broker_core::Registry::global()
+        .descriptors()
+        .map(|d| d.name)
+        .collect()
+}
+
 /// The cargo features (backend names) this binary was built with, sorted.
-pub const ENABLED: &[&str] = &[
+#[cfg(test)]
+const FEATURES: &[&str] = &[
     #[cfg(feature = "age")]
     "age",
     #[cfg(feature = "aws")]
@@ -27,3 +37,35 @@ pub const ENABLED: &[&str] = &[
     #[cfg(feature = "vault")]
     "vault",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registered_backends_equal_enabled_features() {
+        assert_eq!(enabled(), FEATURES);
+    }
+
+    /// A "not compiled in" hint may only name a feature this crate has.
+    #[test]
+    fn every_feature_a_hint_names_exists() {
+        let manifest = include_str!("../Cargo.toml");
+        let features = manifest
+            .split("[features]")
+            .nth(1)
+            .and_then(|rest| rest.split("\n[").next())
+            .unwrap_or_default();
+        for known in broker_core::grammar::KNOWN {
+            if let Some(feature) = known.feature {
+                assert!(
+                    features
+                        .lines()
+                        .any(|l| l.starts_with(&format!("{feature} ="))),
+                    "`{}` names feature `{feature}`, which broker-cli does not have",
+                    known.grammar.scheme
+                );
+            }
+        }
+    }
+}

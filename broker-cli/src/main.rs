@@ -233,7 +233,7 @@ fn check(references: &[String], json: bool) -> Result<u8, Error> {
     let registry = broker_core::Registry::global();
     let mut rows = Vec::new();
     for text in references {
-        let reference: Reference = text.parse()?;
+        let reference: Reference = registry.parse(text)?;
         let backend = registry
             .require_scheme(reference.scheme())
             .map_err(|e| e.with_reference(broker_core::grammar::elide(&reference.to_string())))?;

@@ -143,7 +143,7 @@ pub async fn print_doctor(
         Err(e) if e.message().starts_with("no .broker.yml") => (Vec::new(), Err(None)),
         Err(e) => (Vec::new(), Err(Some(e))),
     };
-    let compiled: Vec<&str> = crate::backends::ENABLED.to_vec();
+    let compiled: Vec<&str> = crate::backends::enabled();
     let failing = reports.iter().filter(|r| r.ok == Some(false)).count();
     if as_json {
         let value = json!({
