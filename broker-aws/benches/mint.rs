@@ -3,27 +3,21 @@
 //! `cargo bench -p broker-aws` (skips when moto is not installed).
 #![allow(clippy::unwrap_used, clippy::print_stderr, missing_docs)]
 
-use std::process::Command;
 use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region};
 use broker_aws::{AwsProvider, Settings};
-use broker_core::testkit::{PeerProcess, find_peer, free_port};
+use broker_core::testkit::Moto;
 use broker_core::{CredentialProvider, Request, RequestContext};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 const ROLE: &str = "arn:aws:iam::123456789012:role/bench";
 
 fn bench(c: &mut Criterion) {
-    let Some(bin) = find_peer("moto_server") else {
-        eprintln!("skipping: moto_server is not installed (run `cargo xtask setup`)");
+    let Some(moto) = Moto::start("moto-bench") else {
         return;
     };
-    let port = free_port();
-    let mut cmd = Command::new(bin);
-    cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
-    let peer = PeerProcess::start(cmd, port, "moto-bench");
-    let url = peer.url();
+    let url = moto.url();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -98,7 +92,7 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.finish();
-    drop(peer);
+    drop(moto);
 }
 
 criterion_group!(benches, bench);

@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 
 use broker_aws::{AwsProvider, Settings};
 use broker_core::config::Scope;
-use broker_core::testkit::{Conformance, PeerProcess, assert_no_canary, free_port, require_peer};
+use broker_core::testkit::{
+    self, Conformance, PeerProcess, assert_no_canary, free_port, require_peer,
+};
 use broker_core::{
     Credential, CredentialProvider, CredentialSpec, DeliveryKind, ErrorKind, Reference, Request,
     RequestContext, ResolveRef, Result, SecretValue, async_trait,
@@ -29,12 +31,8 @@ struct Moto {
 
 impl Moto {
     fn start() -> Option<Moto> {
-        let bin = require_peer("moto_server")?;
         let python = require_peer("python")?;
-        let port = free_port();
-        let mut cmd = Command::new(bin);
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
-        let peer = PeerProcess::start(cmd, port, "moto");
+        let peer = testkit::Moto::start("moto")?.peer;
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/moto_setup.py");
         let out = Command::new(python)
             .arg(script)

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use broker_core::testkit::{PeerProcess, assert_no_canary, free_port, require_peer};
+use broker_core::testkit::{self, PeerProcess, assert_no_canary, require_peer};
 use serde_json::Value;
 
 struct Moto {
@@ -16,12 +16,8 @@ struct Moto {
 }
 
 fn moto() -> Option<Moto> {
-    let bin = require_peer("moto_server")?;
     let python = require_peer("python")?;
-    let port = free_port();
-    let mut cmd = Command::new(bin);
-    cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
-    let peer = PeerProcess::start(cmd, port, "moto-cli");
+    let peer = testkit::Moto::start("moto-cli")?.peer;
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../broker-aws/tests/support/moto_setup.py");
     let out = Command::new(&python)

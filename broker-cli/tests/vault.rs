@@ -3,61 +3,25 @@
 #![cfg(feature = "vault")]
 #![allow(clippy::unwrap_used, clippy::print_stderr, missing_docs)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
-use broker_core::testkit::{PeerProcess, assert_no_canary, free_port, require_peer};
+use broker_core::testkit::{OpenBao, assert_no_canary};
 
 const DB_URL: &str = "postgres://app:canary-vault-cli-51f0@db/app";
 const ROOT: &str = "canary-root-token-cli-8c1e";
 
 struct Bao {
-    peer: PeerProcess,
-    bin: PathBuf,
-    home: tempfile::TempDir,
+    server: OpenBao,
 }
 
 impl Bao {
     fn start() -> Option<Bao> {
-        let bin = require_peer("bao")?;
-        let port = free_port();
-        let home = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(&bin);
-        cmd.args([
-            "server",
-            "-dev",
-            &format!("-dev-root-token-id={ROOT}"),
-            &format!("-dev-listen-address=127.0.0.1:{port}"),
-        ])
-        .env("HOME", home.path());
-        let peer = PeerProcess::start(cmd, port, "bao-cli");
-        let bao = Bao { peer, bin, home };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !bao.cmd(&["status"]).output().unwrap().status.success() {
-            assert!(Instant::now() < deadline, "bao did not become ready");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Some(bao)
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.bin);
-        c.args(args)
-            .env("BAO_ADDR", self.peer.url())
-            .env("BAO_TOKEN", ROOT)
-            .env("HOME", self.home.path())
-            .stdin(Stdio::null());
-        c
+        OpenBao::start(ROOT, "bao-cli").map(|server| Bao { server })
     }
 
     fn bao(&self, args: &[&str]) {
-        let out = self.cmd(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "bao {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.server.bao(args);
     }
 }
 
@@ -70,12 +34,12 @@ fn broker(bao: &Bao, dir: &Path, args: &[&str]) -> Output {
         .args(args)
         .current_dir(dir)
         .env("VAULT_TOKEN", ROOT)
-        .env("HOME", bao.home.path())
+        .env("HOME", bao.server.home.path())
         .env(
             "PATH",
             format!(
                 "{}:{}",
-                bao.bin.parent().unwrap().display(),
+                bao.server.bin.parent().unwrap().display(),
                 std::env::var("PATH").unwrap_or_default()
             ),
         )
@@ -105,7 +69,7 @@ fn run_with_vault_credentials() {
         "user=alice",
     ]);
     let dir = tempfile::tempdir().unwrap();
-    let url = bao.peer.url();
+    let url = bao.server.peer.url();
     std::fs::write(
         dir.path().join(".broker.yml"),
         format!(
@@ -179,7 +143,7 @@ exit 1
 fn minted_file_credential_is_reminted_during_a_long_run() {
     let Some(bao) = Bao::start() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let url = bao.peer.url();
+    let url = bao.server.peer.url();
     // A 4 s token: the refresh margin is capped at half the TTL, so it is re-minted after ~2 s.
     std::fs::write(
         dir.path().join(".broker.yml"),

@@ -32,6 +32,10 @@ pub fn find_peer(name: &str) -> Option<PathBuf> {
 }
 
 /// Finds peer `name`, or explains the skip (and fails under `CI`).
+///
+/// A skip is printed and, when `$BROKER_SKIP_LOG` names a file (as `cargo xtask test` sets
+/// it), appended there, so the run ends with a summary of every skipped test instead of a
+/// line buried in captured output.
 pub fn require_peer(name: &str) -> Option<PathBuf> {
     match find_peer(name) {
         Some(p) => Some(p),
@@ -39,8 +43,27 @@ pub fn require_peer(name: &str) -> Option<PathBuf> {
             panic!("test peer `{name}` is not installed; CI must run `cargo xtask setup` first")
         }
         None => {
-            eprintln!("skipping: test peer `{name}` is not installed (run `cargo xtask setup`)");
+            record_skip(&format!("test peer `{name}` is not installed"));
             None
+        }
+    }
+}
+
+/// Reports a skipped test: printed, and appended to `$BROKER_SKIP_LOG` when set.
+pub fn record_skip(reason: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("(unnamed test)")
+        .to_string();
+    eprintln!("skipping {test}: {reason} (run `cargo xtask setup`)");
+    if let Some(log) = std::env::var_os("BROKER_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
+            let _ = writeln!(f, "{test}: {reason}");
         }
     }
 }
@@ -113,6 +136,161 @@ impl Drop for PeerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A fresh OpenBao dev server (`bao server -dev`), stopped on drop.
+pub struct OpenBao {
+    /// The server process.
+    pub peer: PeerProcess,
+    /// The `bao` binary.
+    pub bin: PathBuf,
+    /// A private `$HOME` for the server and the `bao` CLI (token helper files).
+    pub home: tempfile::TempDir,
+    /// The dev root token.
+    pub root_token: String,
+}
+
+impl OpenBao {
+    /// Starts a dev server with `root_token`, waits until it answers `bao status`; `None`
+    /// (skip) when `bao` is not installed outside CI.
+    pub fn start(root_token: &str, log_name: &str) -> Option<OpenBao> {
+        let bin = require_peer("bao")?;
+        let port = free_port();
+        let home = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(&bin);
+        cmd.args([
+            "server",
+            "-dev",
+            &format!("-dev-root-token-id={root_token}"),
+            &format!("-dev-listen-address=127.0.0.1:{port}"),
+        ])
+        .env("HOME", home.path())
+        .env_remove("VAULT_TOKEN")
+        .env_remove("BAO_TOKEN");
+        let peer = PeerProcess::start(cmd, port, log_name);
+        let bao = OpenBao {
+            peer,
+            bin,
+            home,
+            root_token: root_token.to_string(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !bao.command(&["status"]).output().unwrap().status.success() {
+            assert!(Instant::now() < deadline, "bao did not become ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(bao)
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> String {
+        self.peer.url()
+    }
+
+    /// `bao ARGS` against this server as root (not yet run).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.args(args)
+            .env("BAO_ADDR", self.url())
+            .env("VAULT_ADDR", self.url())
+            .env("BAO_TOKEN", &self.root_token)
+            .env("VAULT_TOKEN", &self.root_token)
+            .env("HOME", self.home.path())
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `bao ARGS` as root; panics on failure; returns stdout.
+    pub fn bao(&self, args: &[&str]) -> String {
+        let out = self.command(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "bao {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+/// A moto server (AWS), stopped on drop.
+pub struct Moto {
+    /// The server process.
+    pub peer: PeerProcess,
+}
+
+impl Moto {
+    /// Starts `moto_server` on a free port; `None` (skip) when it is not installed outside CI.
+    pub fn start(log_name: &str) -> Option<Moto> {
+        let bin = require_peer("moto_server")?;
+        let port = free_port();
+        let mut cmd = Command::new(bin);
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        Some(Moto {
+            peer: PeerProcess::start(cmd, port, log_name),
+        })
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> String {
+        self.peer.url()
+    }
+
+    /// Forgets every resource (`POST /moto-api/reset`).
+    pub fn reset(&self) {
+        post_empty(self.peer.port, "/moto-api/reset");
+    }
+}
+
+/// A drongo server (GCP Secret Manager REST), stopped on drop.
+pub struct Drongo {
+    /// The server process.
+    pub peer: PeerProcess,
+}
+
+impl Drongo {
+    /// Starts `drongo server` on a free port; `None` (skip) when it is not installed outside CI.
+    pub fn start(log_name: &str) -> Option<Drongo> {
+        let bin = require_peer("drongo")?;
+        let port = free_port();
+        let mut cmd = Command::new(bin);
+        cmd.args(["server", "--host", "127.0.0.1", "--port", &port.to_string()]);
+        Some(Drongo {
+            peer: PeerProcess::start(cmd, port, log_name),
+        })
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> String {
+        self.peer.url()
+    }
+
+    /// Forgets every resource (`POST /drongo/reset`).
+    pub fn reset(&self) {
+        post_empty(self.peer.port, "/drongo/reset");
+    }
+}
+
+/// `POST path` with an empty body to `127.0.0.1:port`; panics unless the answer is 2xx. Plain
+/// HTTP/1.1 over a socket: core has no HTTP client.
+fn post_empty(port: u16, path: &str) {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let status = answer.split_whitespace().nth(1).unwrap_or("");
+    assert!(
+        status.starts_with('2'),
+        "POST {path} answered: {}",
+        answer.lines().next().unwrap_or("nothing")
+    );
 }
 
 /// Asserts `text` contains none of `canaries` (nor a 12-byte prefix of one).

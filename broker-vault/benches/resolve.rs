@@ -2,11 +2,10 @@
 //! OpenBao dev server. Skips (prints why) when `bao` is not installed.
 #![allow(clippy::unwrap_used, clippy::print_stderr, missing_docs)]
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use broker_core::testkit::{PeerProcess, find_peer, free_port};
+use broker_core::testkit::OpenBao;
 use broker_core::{
     CredentialProvider, Reference, Request, RequestContext, ResolveRef, Result, SecretValue,
     async_trait,
@@ -24,37 +23,11 @@ impl ResolveRef for Root {
 }
 
 fn bench(c: &mut Criterion) {
-    let Some(bin) = find_peer("bao") else {
-        eprintln!("skipping vault bench: `bao` is not installed (cargo xtask setup)");
+    let Some(bao) = OpenBao::start("root", "bao-bench") else {
         return;
     };
-    let port = free_port();
-    let home = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(&bin);
-    cmd.args([
-        "server",
-        "-dev",
-        "-dev-root-token-id=root",
-        &format!("-dev-listen-address=127.0.0.1:{port}"),
-    ])
-    .env("HOME", home.path());
-    let peer = PeerProcess::start(cmd, port, "bao-bench");
-    let url = peer.url();
-    let put = || {
-        Command::new(&bin)
-            .args(["kv", "put", "secret/bench", "token=bench-value"])
-            .env("BAO_ADDR", &url)
-            .env("BAO_TOKEN", "root")
-            .env("HOME", home.path())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !put().status.success() {
-        assert!(std::time::Instant::now() < deadline, "bao did not come up");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    bao.bao(&["kv", "put", "secret/bench", "token=bench-value"]);
+    let url = bao.url();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -68,11 +41,11 @@ fn bench(c: &mut Criterion) {
             },
             ..Settings::default()
         },
-        home.path(),
+        bao.home.path(),
     )
     .unwrap();
     let reference: Reference = "vault:secret/bench#token".parse().unwrap();
-    let base = home.path().to_path_buf();
+    let base = bao.home.path().to_path_buf();
     let provider = Arc::new(provider);
 
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -113,7 +86,7 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.finish();
-    drop(peer);
+    drop(bao);
 }
 
 criterion_group! {

@@ -2,11 +2,11 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::print_stderr)]
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use broker_core::testkit::{PeerProcess, free_port, require_peer};
+use broker_core::testkit::OpenBao;
 use broker_core::{
     Credential, CredentialProvider, Error, Reference, Request, RequestContext, ResolveRef, Result,
     SecretValue, async_trait,
@@ -15,61 +15,23 @@ use broker_vault::{Auth, Settings, VaultProvider};
 
 pub const ROOT: &str = "root";
 
-/// A running `bao server -dev`.
+/// A running `bao server -dev` (started by the shared [`OpenBao`] test support).
 pub struct Dev {
-    pub peer: PeerProcess,
-    pub bin: PathBuf,
-    pub dir: tempfile::TempDir,
+    pub server: OpenBao,
 }
 
 impl Dev {
     /// Starts a dev server, or `None` (skip) when `bao` is not installed outside CI.
     pub fn start() -> Option<Dev> {
-        let bin = require_peer("bao")?;
-        let port = free_port();
-        let dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(&bin);
-        cmd.args([
-            "server",
-            "-dev",
-            &format!("-dev-root-token-id={ROOT}"),
-            &format!("-dev-listen-address=127.0.0.1:{port}"),
-        ])
-        .env("HOME", dir.path())
-        .env_remove("VAULT_TOKEN")
-        .env_remove("BAO_TOKEN");
-        let peer = PeerProcess::start(cmd, port, "bao-dev");
-        let dev = Dev { peer, bin, dir };
-        dev.wait_ready();
-        Some(dev)
+        OpenBao::start(ROOT, "bao-dev").map(|server| Dev { server })
     }
 
     pub fn url(&self) -> String {
-        self.peer.url()
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let out = self.command(&["status"]).output().unwrap();
-            if out.status.success() {
-                return;
-            }
-            assert!(Instant::now() < deadline, "bao did not become ready");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.server.url()
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.bin);
-        c.args(args)
-            .env("BAO_ADDR", self.url())
-            .env("VAULT_ADDR", self.url())
-            .env("BAO_TOKEN", ROOT)
-            .env("VAULT_TOKEN", ROOT)
-            .env("HOME", self.dir.path())
-            .stdin(Stdio::null());
-        c
+        self.server.command(args)
     }
 
     /// Runs `bao ARGS` as root; panics on failure; returns stdout.
@@ -141,14 +103,14 @@ impl Dev {
             self.settings(Auth::Token {
                 token_ref: Some("env:BROKER_VAULT_TEST_TOKEN".into()),
             }),
-            self.dir.path(),
+            self.server.home.path(),
         )
         .unwrap()
         .with_backoff(Duration::from_millis(10))
     }
 
     pub fn base(&self) -> &Path {
-        self.dir.path()
+        self.server.home.path()
     }
 }
 
