@@ -131,11 +131,30 @@ fn cargo() -> Command {
     cmd
 }
 
+/// Runs the tests; tests that skip because a peer is missing record it in a log (see
+/// `broker_core::testkit::record_skip`), summarised at the end whatever the outcome.
 fn test(peers: &Path, extra: &[String]) -> Result<(), String> {
-    run(cargo()
+    let skip_log = std::env::temp_dir().join(format!("broker-skips-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&skip_log);
+    let result = run(cargo()
         .args(["test", "--workspace", "--all-features"])
         .args(extra)
-        .env("BROKER_PEERS_BIN", peers))
+        .env("BROKER_PEERS_BIN", peers)
+        .env("BROKER_SKIP_LOG", &skip_log));
+    let skipped = std::fs::read_to_string(&skip_log).unwrap_or_default();
+    let _ = std::fs::remove_file(&skip_log);
+    if skipped.is_empty() {
+        println!("xtask: no test was skipped");
+    } else {
+        println!(
+            "xtask: {} test(s) SKIPPED because a peer could not start:",
+            skipped.lines().count()
+        );
+        for line in skipped.lines() {
+            println!("  {line}");
+        }
+    }
+    result
 }
 
 fn bench(peers: &Path, extra: &[String]) -> Result<(), String> {
