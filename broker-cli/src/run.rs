@@ -5,10 +5,14 @@
 //!   allowed; then signal handlers; then resolution.
 //! - Values reach the child only through its environment and 0600 scratch files: never argv,
 //!   and never the broker's own environment.
+//! - The delivery engine is [`broker_core::session`]: it applies the delivery to the child,
+//!   pumps and redacts its output, re-mints `kind: file` credentials while it runs and wipes
+//!   the scratch dir. This module keeps what is a terminal program's business: arguments,
+//!   signals, the pseudo-terminal and controlling terminal, process hygiene, exit codes.
 //! - Output: the child's stdout and stderr are pipes (or, when the broker's stdout is a
-//!   terminal, a pseudo-terminal) read by one thread each and written to the broker's own
-//!   stdout/stderr through a [`RedactStream`](broker_core::redact::RedactStream). A held-back
-//!   tail (the beginning of what may be a secret) is released after [`FLUSH_AFTER`] of quiet.
+//!   terminal, a pseudo-terminal) read by one thread each ([`Pumps`]) and written to the
+//!   broker's own stdout/stderr, redacted. A held-back tail (the beginning of what may be a
+//!   secret) is released after [`FLUSH_AFTER`](broker_core::session::FLUSH_AFTER) of quiet.
 //!   `--no-redact` hands the broker's own stdout/stderr to the child and records that in the
 //!   audit log (the run is refused if it cannot be recorded).
 //! - Controlling terminal: when the broker has one (`/dev/tty` opens), the child gets the
@@ -29,19 +33,17 @@
 //!   and the broker exits 128+n. Otherwise the exit code is the child's (128+n when a signal
 //!   killed it; 127 when the command is not found, 126 when it cannot be run).
 
-use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use broker_core::redact::{self, MIN_LEN, Redactor};
-use broker_core::{Broker, Delivery, Error, RequestContext};
+use broker_core::redact::MIN_LEN;
+use broker_core::session::{Pumps, Session};
+use broker_core::{Broker, Error, RequestContext};
 use rustix::process::{Pid, Signal};
 use tokio::signal::unix::{SignalKind, signal};
 use zeroize::Zeroize;
@@ -49,12 +51,8 @@ use zeroize::Zeroize;
 use crate::cli::RunArgs;
 use crate::hygiene::{self, Hygiene};
 
-/// A held-back tail is released after this long without new output.
-pub const FLUSH_AFTER: Duration = Duration::from_millis(200);
-/// After the child exits, output from processes it left behind is read until this much
-/// quiet, or at most [`DRAIN_LIMIT`].
-const DRAIN_QUIET: Duration = Duration::from_millis(100);
-const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+/// How often the keystroke relay checks whether the run has ended.
+const RELAY_POLL: Duration = Duration::from_millis(100);
 
 /// Runs `args.command` with the credentials named in `args.only` (all when empty).
 pub async fn run(broker: &Broker, args: &RunArgs, context: RequestContext) -> Result<u8, Error> {
@@ -75,20 +73,20 @@ pub async fn run(broker: &Broker, args: &RunArgs, context: RequestContext) -> Re
             "--no-redact: the child's output is not redacted (recorded in the audit log)"
         );
     }
-    let mut delivery = tokio::select! {
-        d = broker.deliver(&args.only, &context) => d?,
+    let mut session = tokio::select! {
+        s = broker.session(&args.only, &context) => s?,
         n = signals.next() => return Ok(128 + n as u8),
     };
     // The broker's own logs and panics are redacted from here on, even with --no-redact.
-    let live = LiveRedactor::install(&delivery);
-    for name in live.0.skipped() {
+    let live = session.redactor().install_global();
+    for name in session.redactor().current().skipped() {
         tracing::warn!(
             credential = %name,
             "value shorter than {MIN_LEN} bytes: it is not redacted from output"
         );
     }
     #[cfg(debug_assertions)]
-    test_hooks::maybe_panic(&delivery);
+    test_hooks::maybe_panic(session.delivery());
 
     let plumbing = if args.no_redact {
         Plumbing::inherit()
@@ -98,9 +96,7 @@ pub async fn run(broker: &Broker, args: &RunArgs, context: RequestContext) -> Re
 
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(rest);
-    for (var, value) in delivery.env() {
-        cmd.env(var, OsString::from_vec(value.expose().to_vec()));
-    }
+    session.delivery().apply_to_tokio(&mut cmd);
     let Plumbing {
         child_stdin,
         child_stdout,
@@ -133,7 +129,7 @@ pub async fn run(broker: &Broker, args: &RunArgs, context: RequestContext) -> Re
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
-            let _ = delivery.wipe();
+            let _ = session.wipe();
             let code = if e.kind() == std::io::ErrorKind::NotFound {
                 127
             } else {
@@ -149,11 +145,11 @@ pub async fn run(broker: &Broker, args: &RunArgs, context: RequestContext) -> Re
     let pid = child.id().and_then(|id| Pid::from_raw(id as i32));
     // If the broker dies (SIGKILL, SIGABRT, ...) the child's files must outlive it until it exits.
     if let Some(id) = child.id()
-        && let Err(e) = delivery.record_child(id)
+        && let Err(e) = session.record_child(id)
     {
         tracing::warn!(error = %e, "could not record the child in the scratch dir's marker");
     }
-    let pumps = Pumps::start(sources, &live.0);
+    let pumps = start_pumps(&session, sources);
     // Keystrokes go to the child's pty (raw mode on the user's terminal until the run ends).
     let relay = match (&tty, &pty_master) {
         (Some(tty), Some(master)) if relay_input => TerminalRelay::start(tty, master),
@@ -165,33 +161,15 @@ pub async fn run(broker: &Broker, args: &RunArgs, context: RequestContext) -> Re
     };
 
     // Minted `kind: file` credentials are re-minted before they age out; the file is replaced
-    // atomically and the redactor extended with the new values. Env values stay fixed.
-    let mut renewed: Vec<(String, broker_core::SecretValue)> = Vec::new();
-    let mut next_refresh = match broker.refresh_files(&delivery, &context).await {
-        Ok(r) => r.next,
-        Err(e) => {
-            tracing::warn!("cannot schedule re-minting of file credentials: {e}");
-            None
-        }
-    };
+    // atomically and the redactor (the pumps' and the global one) extended with the new
+    // values. Env values stay fixed. The first call schedules; failures are logged there.
+    let _ = session.refresh().await;
     let outcome = loop {
         tokio::select! {
             status = child.wait() => break Outcome::Exited(status),
-            () = sleep_until(next_refresh) => {
-                next_refresh = match broker.refresh_files(&delivery, &context).await {
-                    Ok(r) => {
-                        if !r.secrets.is_empty() {
-                            renewed.extend(r.secrets);
-                            let all = delivery.secrets().iter().chain(renewed.iter());
-                            redact::set_live(Arc::new(Redactor::new(all.map(|(n, v)| (n.as_str(), v)))));
-                        }
-                        r.next
-                    }
-                    Err(e) => {
-                        tracing::warn!("re-minting file credentials failed: {e}; retrying in {}s", REFRESH_RETRY.as_secs());
-                        Some(std::time::SystemTime::now() + REFRESH_RETRY)
-                    }
-                };
+            () = session.refresh_due() => {
+                // Runs to completion here (not cancel-safe).
+                let _ = session.refresh().await;
             }
             n = signals.next() => {
                 if shares_terminal && (n == signo::SIGINT || n == signo::SIGQUIT) {
@@ -218,8 +196,8 @@ pub async fn run(broker: &Broker, args: &RunArgs, context: RequestContext) -> Re
     };
     pumps.finish();
     drop(relay);
-    let wiped = delivery.wipe();
-    drop(delivery);
+    let wiped = session.wipe();
+    drop(session);
     drop(live);
     let code = match outcome {
         Outcome::Signalled(n) => 128 + n as u8,
@@ -236,44 +214,9 @@ pub async fn run(broker: &Broker, args: &RunArgs, context: RequestContext) -> Re
     Ok(code)
 }
 
-/// How long to wait before trying again after a failed re-mint.
-const REFRESH_RETRY: Duration = Duration::from_secs(30);
-
-/// Sleeps until `at` (at once if it has passed); never wakes for `None`.
-async fn sleep_until(at: Option<std::time::SystemTime>) {
-    match at {
-        Some(at) => {
-            let wait = at
-                .duration_since(std::time::SystemTime::now())
-                .unwrap_or_default();
-            tokio::time::sleep(wait).await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
 enum Outcome {
     Exited(std::io::Result<std::process::ExitStatus>),
     Signalled(i32),
-}
-
-/// Installs the process-wide redactor for the delivery's values; removes it on drop.
-struct LiveRedactor(Arc<Redactor>);
-
-impl LiveRedactor {
-    fn install(delivery: &Delivery) -> LiveRedactor {
-        let redactor = Arc::new(Redactor::new(
-            delivery.secrets().iter().map(|(n, v)| (n.as_str(), v)),
-        ));
-        redact::set_live(Arc::clone(&redactor));
-        LiveRedactor(redactor)
-    }
-}
-
-impl Drop for LiveRedactor {
-    fn drop(&mut self) {
-        redact::clear_live();
-    }
 }
 
 /// Where the child's stdin, stdout and stderr go, what the broker reads, and the terminal the
@@ -505,7 +448,7 @@ fn relay_input(tty: &OwnedFd, master: &OwnedFd, done: &AtomicBool) {
     let mut buf = [0u8; 4096];
     let timeout = Timespec {
         tv_sec: 0,
-        tv_nsec: DRAIN_QUIET.subsec_nanos().into(),
+        tv_nsec: RELAY_POLL.subsec_nanos().into(),
     };
     while !done.load(Ordering::SeqCst) {
         let mut fds = [PollFd::new(tty, PollFlags::IN)];
@@ -553,122 +496,41 @@ async fn next_winch(winch: &mut Option<tokio::signal::unix::Signal>) {
     }
 }
 
-/// One reader thread per output stream.
-struct Pumps {
-    done: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+/// One engine pump per output source, each writing to its sink.
+fn start_pumps(session: &Session<'_>, sources: Vec<(OwnedFd, Sink)>) -> Pumps {
+    let mut pumps = session.pumps();
+    for (fd, sink) in sources {
+        if let Err(e) = pumps.spawn(sink.name(), fd, sink) {
+            tracing::error!(error = %e, "cannot start an output thread");
+        }
+    }
+    pumps
 }
 
-impl Pumps {
-    fn start(sources: Vec<(OwnedFd, Sink)>, redactor: &Arc<Redactor>) -> Pumps {
-        let done = Arc::new(AtomicBool::new(false));
-        let threads = sources
-            .into_iter()
-            .filter_map(|(fd, sink)| {
-                let (done, redactor) = (Arc::clone(&done), Arc::clone(redactor));
-                std::thread::Builder::new()
-                    .name(sink.name().into())
-                    .spawn(move || pump(fd, &sink, &redactor, &done))
-                    .map_err(|e| tracing::error!(error = %e, "cannot start an output thread"))
-                    .ok()
-            })
-            .collect();
-        Pumps { done, threads }
+impl Write for Sink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::Stdout => std::io::stdout().write(data),
+            Sink::Stderr => std::io::stderr().write(data),
+            Sink::Tty(tty) => Ok(rustix::io::write(&**tty, data)?),
+        }
     }
 
-    /// The child is gone: drain what is left and wait for the threads.
-    fn finish(self) {
-        self.done.store(true, Ordering::SeqCst);
-        for t in self.threads {
-            let _ = t.join();
+    fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Sink::Stdout => std::io::stdout().lock().write_all(data),
+            Sink::Stderr => std::io::stderr().lock().write_all(data),
+            Sink::Tty(tty) => write_all(tty, data),
         }
     }
-}
 
-fn pump(src: OwnedFd, sink: &Sink, redactor: &Arc<Redactor>, done: &AtomicBool) {
-    use rustix::event::{PollFd, PollFlags, Timespec, poll};
-    use rustix::io::Errno;
-    let mut stream = redactor.stream();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut drain_since: Option<Instant> = None;
-    let mut healthy = true;
-    while healthy {
-        if done.load(Ordering::SeqCst) {
-            let since = *drain_since.get_or_insert_with(Instant::now);
-            if since.elapsed() > DRAIN_LIMIT {
-                break;
-            }
-        }
-        let wait = if stream.held() > 0 {
-            FLUSH_AFTER
-        } else {
-            DRAIN_QUIET
-        };
-        let timeout = Timespec {
-            tv_sec: 0,
-            tv_nsec: wait.subsec_nanos().into(),
-        };
-        let mut fds = [PollFd::new(&src, PollFlags::IN)];
-        match poll(&mut fds, Some(&timeout)) {
-            Ok(0) => {
-                stream.flush(&mut out);
-                healthy = emit(sink, &mut out);
-                if done.load(Ordering::SeqCst) {
-                    break;
-                }
-                continue;
-            }
-            Ok(_) => {}
-            Err(Errno::INTR) => continue,
-            Err(_) => break,
-        }
-        // A re-minted file credential installs a redactor that also matches the new values.
-        if let Some(latest) = redact::live()
-            && !Arc::ptr_eq(&latest, stream.redactor())
-        {
-            stream.rebase(latest);
-        }
-        match rustix::io::read(&src, &mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                stream.push(&buf[..n], &mut out);
-                healthy = emit(sink, &mut out);
-            }
-            Err(Errno::INTR | Errno::AGAIN) => {}
-            // EIO: a pty master whose slave has been closed by every process.
-            Err(_) => break,
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Stdout => std::io::stdout().flush(),
+            Sink::Stderr => std::io::stderr().flush(),
+            Sink::Tty(_) => Ok(()),
         }
     }
-    stream.flush(&mut out);
-    if healthy {
-        emit(sink, &mut out);
-    }
-    buf.zeroize();
-    out.zeroize();
-    // Dropping `src` closes the read end: a child still writing gets SIGPIPE, as in a shell
-    // pipeline whose reader went away.
-}
-
-/// Writes `out` to the sink and clears it; false when the sink is gone (EPIPE).
-fn emit(sink: &Sink, out: &mut Vec<u8>) -> bool {
-    if out.is_empty() {
-        return true;
-    }
-    let result = match sink {
-        Sink::Stdout => {
-            let mut o = std::io::stdout().lock();
-            o.write_all(out).and_then(|()| o.flush())
-        }
-        Sink::Stderr => {
-            let mut e = std::io::stderr().lock();
-            e.write_all(out).and_then(|()| e.flush())
-        }
-        Sink::Tty(tty) => write_all(tty, out),
-    };
-    out.zeroize();
-    out.clear();
-    result.is_ok()
 }
 
 fn forward(pid: Option<Pid>, own_group: bool, signo: i32) {

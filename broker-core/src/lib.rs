@@ -13,6 +13,8 @@
 //! - [`Error`]: one error type with an [`ErrorKind`]; never holds a value.
 //! - [`config`]: `.broker.yml`; [`egress`]: destinations, badges and the gate;
 //!   [`scratch`]: per-task scratch dirs; [`Broker`]: the facade.
+//! - [`session`]: the delivery engine (apply to a child, redact its output, re-mint file
+//!   credentials, wipe) shared by `broker run`, the daemon and embedders.
 //!
 //! This crate has no HTTP client or cloud SDK dependency; backends bring their own.
 #![forbid(unsafe_code)]
@@ -35,6 +37,7 @@ pub mod registry;
 pub mod retry;
 pub mod scratch;
 mod secret;
+pub mod session;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
@@ -55,6 +58,7 @@ pub use provider::{Check, CredentialProvider, Request, RequestContext, ResolveRe
 pub use reference::{FieldPath, FieldSegment, Reference};
 pub use registry::{BackendContext, Capabilities, ProviderDescriptor, Registry};
 pub use secret::{Credential, Lease, SecretValue};
+pub use session::{Pumps, Session, SharedRedactor};
 
 /// Selects `path` from a JSON document held in a secret; the result is a new secret (strings
 /// as their text, other values as compact JSON). Errors never contain the document.
