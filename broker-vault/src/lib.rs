@@ -60,6 +60,7 @@ pub const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
     },
     default_badge: Badge::SelfHosted,
     credential_options: &[],
+    grammar: &[broker_core::grammar::VAULT],
     factory: build,
 };
 
