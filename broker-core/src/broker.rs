@@ -8,7 +8,8 @@
 //!     println!("{} -> {} ({})", entry.credential, entry.destinations[0].target, entry.badge);
 //! }
 //! let delivery = broker.deliver(&["api".to_string()], &RequestContext::new()).await?;
-//! // delivery.env() holds (VAR, value) pairs for a child process; files live in delivery.scratch().
+//! // delivery.apply_to(&mut command) sets its (VAR, value) pairs in a child's environment;
+//! // files live in delivery.scratch(). broker.session(..) adds redaction and re-mints.
 //! # Ok(()) }
 //! ```
 //!
@@ -92,6 +93,8 @@ pub struct BackendReport {
 }
 
 /// Values ready for a child process: environment pairs and the scratch dir holding files.
+/// [`Delivery::apply_to`] puts them in a child's environment; a [`Session`](crate::Session)
+/// runs a whole task with them (redacted output, re-mints, wipe).
 pub struct Delivery {
     env: Vec<(String, SecretValue)>,
     secrets: Vec<(String, SecretValue)>,
