@@ -1,8 +1,6 @@
 //! The provider: finding identities, resolving and rotating age files.
 
 use std::ffi::OsString;
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use broker_core::localfile;
@@ -334,35 +332,6 @@ fn reference_hint(written: &str) -> Option<String> {
     ))
 }
 
-/// Writes `bytes` to `path` atomically: a temp file in the same directory with `mode`,
-/// synced, renamed over `path`, then the directory synced.
-fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let label = path.display().to_string();
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let io = |what: &str, e: std::io::Error| Error::io(format_args!("{what} {label}"), &e);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(|e| io("cannot create a temporary file next to", e))?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
-        .map_err(|e| io("cannot set permissions for", e))?;
-    tmp.write_all(bytes)
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(|e| io("cannot write the new version of", e))?;
-    tmp.persist(path)
-        .map_err(|e| io("cannot replace", e.error))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
 #[async_trait]
 impl CredentialProvider for AgeProvider {
     fn egress(&self, reference: &Reference, base_dir: &Path) -> Result<Vec<Destination>> {
@@ -425,10 +394,7 @@ impl CredentialProvider for AgeProvider {
                 )));
             }
         }
-        let mode = std::fs::metadata(&path)
-            .map(|m| m.permissions().mode())
-            .map_err(|e| attach(Error::io(format_args!("cannot stat {label}"), &e)))?;
-        write_atomically(&path, &fresh, mode).map_err(attach)?;
+        localfile::write_atomically(&path, &fresh).map_err(attach)?;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

@@ -7,9 +7,13 @@
 //! broker or exhaust its memory; and reads at most `max + 1` bytes, failing when the file is
 //! larger than `max`. A read of a regular file cannot block indefinitely, so the caller's
 //! signal handling and timeouts keep working around it.
+//!
+//! [`write_atomically`] is the one way the broker writes a local file back (sops rotation,
+//! age re-encryption): a new file next to the target, renamed over it.
 
 use std::fmt;
-use std::io::Read;
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use rustix::fs::{FileType, Mode, OFlags};
@@ -150,6 +154,59 @@ pub fn read_config_text(path: &Path, what: &str) -> Result<String, Error> {
     })
 }
 
+/// Replaces the file at `path` with `bytes`, atomically: readers see the old file or the new
+/// one, never a mix, and a crash leaves the old file in place.
+///
+/// The new content goes to a sibling temporary file (`.NAME.broker-RANDOM.tmp`, created
+/// `0600` with `O_EXCL | O_NOFOLLOW`, so nothing else can have it open or have planted it),
+/// which is fsynced, given the permission bits of the file it replaces (`0600` when there is
+/// none), renamed over `path`, and the directory is fsynced. On failure the temporary file is
+/// removed and `path` is untouched. A symbolic link at `path` is replaced by the new file, not
+/// followed. The error names `path` and never the content.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let label = path.display();
+    let io = |what: &str, e: std::io::Error| Error::io(format_args!("{what} {label}"), &e);
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mode = std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0o600);
+    let tmp = dir.join(format!(".{name}.broker-{:016x}.tmp", rand::random::<u64>()));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags((OFlags::NOFOLLOW | OFlags::CLOEXEC).bits() as i32)
+            .open(&tmp)
+            .map_err(|e| io("cannot create a temporary file next to", e))?;
+        file.write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| io("cannot write the new version of", e))?;
+        if mode != 0o600 {
+            file.set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(|e| io("cannot set permissions for", e))?;
+        }
+        std::fs::rename(&tmp, path).map_err(|e| io("cannot replace", e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return result;
+    }
+    // The rename is done; syncing the directory makes it durable. A failure here cannot be
+    // undone, so it is not reported.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -201,5 +258,64 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::InvalidConfig);
         let e = read_config_text(&dir.path().join("missing"), "config").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+    }
+
+    fn leftovers(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect()
+    }
+
+    #[test]
+    fn write_atomically_replaces_and_keeps_the_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("secret.age");
+        std::fs::write(&p, b"old").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        write_atomically(&p, b"new").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"new");
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o640);
+        assert!(leftovers(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn write_atomically_creates_a_new_file_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("fresh");
+        write_atomically(&p, b"v").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"v");
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn write_atomically_replaces_a_symlink_without_following_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, b"kept").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        write_atomically(&link, b"new").unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"kept");
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_file());
+        assert_eq!(std::fs::read(&link).unwrap(), b"new");
+    }
+
+    #[test]
+    fn write_atomically_fails_cleanly_and_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("missing-dir").join("f");
+        let e = write_atomically(&p, b"canary-value").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        assert!(e.to_string().contains(&p.display().to_string()), "{e}");
+        assert!(!e.to_string().contains("canary-value"), "{e}");
+        // A directory in the way: the rename fails and the temporary file is removed.
+        let p = dir.path().join("a-dir");
+        std::fs::create_dir(&p).unwrap();
+        assert!(write_atomically(&p, b"v").is_err());
+        assert!(leftovers(dir.path()).is_empty());
     }
 }

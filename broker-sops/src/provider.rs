@@ -1,7 +1,6 @@
 //! The provider: key ring, decryption, field selection and rotation of sops files.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -223,7 +222,7 @@ impl CredentialProvider for SopsProvider {
             )))
         })?;
         drop(check);
-        write_atomically(&path, &bytes).map_err(attach)?;
+        broker_core::localfile::write_atomically(&path, &bytes).map_err(attach)?;
         let keys = doc.meta.all_keys().count();
         Ok(Rotation {
             summary: format!(
@@ -257,36 +256,4 @@ impl CredentialProvider for SopsProvider {
             Err(e) => Check::failed(e.to_string()),
         }
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename,
-/// keeping the original file's permissions.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.broker-{:016x}.tmp", rand::random::<u64>()));
-    let io =
-        |what: &str, e: std::io::Error| Error::io(format_args!("{what} {}", tmp.display()), &e);
-    let perms = std::fs::metadata(path).map(|m| m.permissions()).ok();
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| io("cannot create", e))?;
-        if let Some(p) = perms {
-            f.set_permissions(p)
-                .map_err(|e| io("cannot set permissions on", e))?;
-        }
-        f.write_all(bytes).map_err(|e| io("cannot write", e))?;
-        f.sync_all().map_err(|e| io("cannot sync", e))?;
-        std::fs::rename(&tmp, path).map_err(|e| io("cannot rename", e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
