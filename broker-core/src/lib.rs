@@ -26,6 +26,7 @@ pub mod config;
 pub mod egress;
 mod error;
 pub mod grammar;
+pub mod json;
 mod layers;
 pub mod lease;
 pub mod localfile;
@@ -61,22 +62,8 @@ pub use secret::{Credential, Lease, SecretValue};
 pub use session::{Pumps, Session, SharedRedactor};
 
 /// Selects `path` from a JSON document held in a secret; the result is a new secret (strings
-/// as their text, other values as compact JSON). Errors never contain the document.
+/// as their text, other values as compact JSON). Errors never contain the document, and the
+/// parsed document is wiped before this returns ([`json::select`]).
 pub fn select_json(document: &SecretValue, path: &FieldPath) -> Result<SecretValue> {
-    let parsed: serde_json::Value = serde_json::from_slice(document.expose()).map_err(|e| {
-        Error::not_found(format!(
-            "the secret is not a JSON document (line {}, column {}), so no field can be selected",
-            e.line(),
-            e.column()
-        ))
-    })?;
-    let node = path
-        .select(&parsed)
-        .ok_or_else(|| Error::not_found(format!("field `{path}` is not in the secret")))?;
-    Ok(match node {
-        serde_json::Value::String(s) => SecretValue::copy_from(s.as_bytes()),
-        other => SecretValue::new(
-            serde_json::to_vec(other).map_err(|_| Error::internal("JSON re-encoding failed"))?,
-        ),
-    })
+    json::select(document, path)
 }
