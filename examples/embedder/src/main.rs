@@ -4,22 +4,21 @@
 //!   brings the scheme's grammar (`demo:NAME`, no query, no `#field`, upper-case names).
 //! - It is registered with an explicit [`Registry::register`] (no `inventory`), so only this
 //!   program's registry knows `demo:` and references are parsed with [`Registry::parse`].
-//! - A [`Broker`] is built from a config text with that registry; the credential is delivered
-//!   to `sh -c 'echo "$DEMO_TOKEN"'`, whose output goes through the library's redactor.
+//! - A [`Broker`] is built from a config text with that registry; the delivery engine
+//!   ([`broker_core::session`], what `broker run` uses) hands the credential to
+//!   `sh -c 'echo "$DEMO_TOKEN"'`, redacts its output and wipes what it delivered.
 //!
 //! Run it with `cargo run -p broker-embedder-example`; `cargo test` checks the output.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, OnceLock};
 
 use broker_core::grammar::{Operation, QueryKeys, SchemeGrammar, Shape, TargetError};
-use broker_core::redact::Redactor;
+use broker_core::session::OutputBuffer;
 use broker_core::{
     BackendContext, Badge, Broker, Capabilities, Config, Credential, CredentialProvider,
     Destination, Error, ProviderDescriptor, Reference, Registry, RequestContext, Result,
@@ -131,26 +130,46 @@ fn demo() -> Result<String> {
         .enable_all()
         .build()
         .map_err(|e| Error::internal(format!("runtime: {e}")))?;
-    let mut delivery = runtime.block_on(broker.deliver(&[], &RequestContext::new()))?;
+    let output = runtime.block_on(run_child(&broker))?;
+    Ok(String::from_utf8_lossy(&output).into_owned())
+}
 
-    let mut child = Command::new("sh");
-    child
-        .args(["-c", r#"echo "$DEMO_TOKEN""#])
-        .stdin(Stdio::null());
-    for (var, value) in delivery.env() {
-        child.env(var, OsStr::from_bytes(value.expose()));
+/// Runs the child through the delivery engine; returns its output, redacted.
+async fn run_child(broker: &Broker) -> Result<Vec<u8>> {
+    let io = |what: &str, e: std::io::Error| Error::internal(format!("{what}: {e}"));
+    // Policy, egress gate and audit, then the values (and any `kind: file` files).
+    let mut session = broker.session(&[], &RequestContext::new()).await?;
+    // Everything the child prints is read, redacted and only then written here.
+    let output = OutputBuffer::with_cap(1 << 20);
+    let mut pumps = session.pumps();
+
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.args(["-c", r#"echo "$DEMO_TOKEN""#]);
+    session.delivery().apply_to_tokio(&mut cmd);
+    cmd.stdin(Stdio::null())
+        .stdout(
+            pumps
+                .pipe("stdout", output.clone())
+                .map_err(|e| io("pipe", e))?,
+        )
+        .stderr(
+            pumps
+                .pipe("stderr", output.clone())
+                .map_err(|e| io("pipe", e))?,
+        )
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|e| io("cannot run sh", e))?;
+    drop(cmd); // closes our copies of the pipes' write ends
+    if let Some(pid) = child.id() {
+        session.record_child(pid)?;
     }
-    let output = child
-        .output()
-        .map_err(|e| Error::internal(format!("cannot run sh: {e}")))?;
-
-    // Everything the child printed goes through a redactor of the delivered values.
-    let redactor = Redactor::new(delivery.secrets().iter().map(|(n, v)| (n.as_str(), v)));
-    let shown = String::from_utf8_lossy(&redactor.redact(&output.stdout)).into_owned();
-    delivery
-        .wipe()
-        .map_err(|e| Error::internal(format!("wipe: {e}")))?;
-    Ok(shown)
+    let status = session.wait(&mut child).await.map_err(|e| io("wait", e))?;
+    pumps.finish();
+    session.wipe().map_err(|e| io("wipe", e))?;
+    if !status.success() {
+        return Err(Error::internal(format!("the child failed: {status}")));
+    }
+    Ok(output.contents())
 }
 
 fn main() -> std::process::ExitCode {
