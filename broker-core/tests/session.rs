@@ -245,3 +245,73 @@ async fn wait_re_mints_while_the_child_runs() {
     session.wipe().unwrap();
     assert!(!session.delivery().scratch().unwrap().path().exists());
 }
+
+#[test]
+fn a_pty_master_is_pumped_until_every_slave_is_closed() {
+    use rustix::fs::{Mode, OFlags};
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let value = SecretValue::copy_from(b"canary-pty-52d0-value");
+    let redactor = SharedRedactor::new(Arc::new(Redactor::new([("api", &value)])));
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let name = ptsname(&master, Vec::new()).unwrap();
+    let slave = rustix::fs::open(
+        name.as_c_str(),
+        OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .unwrap();
+    let out = OutputBuffer::default();
+    let mut pumps = Pumps::new(&redactor);
+    pumps.spawn("pty", master, out.clone()).unwrap();
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("printf 'key=canary-pty-'; printf '52d0-value.'")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(slave));
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd); // the last copy of the slave outside the child: the master reads EIO after it
+    assert!(child.wait().unwrap().success());
+    pumps.finish();
+    assert_eq!(out.contents(), b"key=[REDACTED:api].");
+}
+
+/// A sink that refuses every write.
+struct Broken;
+
+impl std::io::Write for Broken {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::BrokenPipe.into())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_failed_sink_closes_the_source_and_the_child_gets_sigpipe() {
+    use std::os::unix::process::ExitStatusExt;
+    let redactor = SharedRedactor::new(Arc::new(Redactor::empty()));
+    let mut pumps = Pumps::new(&redactor);
+    let mut cmd = std::process::Command::new("yes");
+    cmd.stdin(Stdio::null())
+        .stdout(pumps.pipe("broken", Broken).unwrap());
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd);
+    // `yes` writes forever: only a closed pipe ends it. (A hang guard, not a timing check.)
+    let mut status = None;
+    for _ in 0..600 {
+        status = child.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let Some(status) = status else {
+        child.kill().unwrap();
+        panic!("the child kept writing to a pump whose sink failed");
+    };
+    assert_eq!(status.signal(), Some(13), "SIGPIPE");
+    pumps.finish();
+}
