@@ -213,6 +213,14 @@ fn sigkill_leaves_a_dir_that_the_next_invocation_sweeps() {
         .spawn()
         .unwrap();
     wait_for(&f.path("started"));
+    // The broker records its child in the marker right after the spawn; kill it only then
+    // (a broker killed in between leaves a dir whose marker names no live process).
+    wait_for_condition(|| {
+        f.scratch_dirs().iter().any(|d| {
+            std::fs::read_to_string(d.join(".broker-owner"))
+                .is_ok_and(|m| m.split_whitespace().count() == 4)
+        })
+    });
     let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
     child.wait().unwrap();
