@@ -1,5 +1,6 @@
 //! Secrets Manager: reads (string, JSON field, binary; version stages and ids) and rotation.
 
+use broker_core::json::{self, SecretJson};
 use broker_core::{
     Credential, Error, FieldPath, FieldSegment, Request, Result, Rotation, SecretValue,
 };
@@ -189,11 +190,11 @@ fn replace_field(
     path: &FieldPath,
     value: &SecretValue,
 ) -> Result<SecretValue> {
-    let mut parsed: serde_json::Value =
-        serde_json::from_slice(document.expose()).map_err(|_| {
-            Error::invalid_config("the secret is not a JSON document, so a field cannot be rotated")
-        })?;
-    let mut node = &mut parsed;
+    // Every string, key and number is wiped when `parsed` is dropped.
+    let mut parsed = SecretJson::parse(document.expose()).map_err(|_| {
+        Error::invalid_config("the secret is not a JSON document, so a field cannot be rotated")
+    })?;
+    let mut node = parsed.value_mut();
     for seg in &path.0 {
         node = match (seg, node) {
             (FieldSegment::Key(k), serde_json::Value::Object(map)) => map.get_mut(k),
@@ -207,21 +208,7 @@ fn replace_field(
             "field `{path}` is not a string, so it cannot be rotated"
         )));
     }
+    json::wipe(node);
     *node = serde_json::Value::String(value.expose_str()?.to_string());
-    let out = SecretValue::new(
-        serde_json::to_vec(&parsed).map_err(|_| Error::internal("JSON re-encoding failed"))?,
-    );
-    zeroize_json(parsed);
-    Ok(out)
-}
-
-/// Best-effort wipe of the strings in a parsed document.
-fn zeroize_json(value: serde_json::Value) {
-    use zeroize::Zeroize;
-    match value {
-        serde_json::Value::String(mut s) => s.zeroize(),
-        serde_json::Value::Array(items) => items.into_iter().for_each(zeroize_json),
-        serde_json::Value::Object(map) => map.into_iter().for_each(|(_, v)| zeroize_json(v)),
-        _ => {}
-    }
+    json::to_vec_exact(parsed.value()).map(SecretValue::from)
 }

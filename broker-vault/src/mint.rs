@@ -10,6 +10,7 @@ use zeroize::Zeroizing;
 use crate::auth::{AuthReply, Session};
 use crate::client::Method;
 use crate::provider::{VaultProvider, json_body, to_secret};
+use broker_core::json::SecretJson;
 
 /// The default TTL of a minted child token when the credential gives no `ttl`.
 const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
@@ -197,7 +198,9 @@ impl VaultProvider {
                 .await
         }
         .map_err(|e| e.into_error(&format!("minting from `{target}`"), client.address()))?;
-        let v = reply.json()?;
+        // Wiped when dropped.
+        let v = SecretJson::from_value(reply.json()?);
+        let v = v.value();
         let data = &v["data"];
         let value = match reference.field_path() {
             Some(path) => to_secret(path.select(data).ok_or_else(|| {
@@ -205,7 +208,15 @@ impl VaultProvider {
             })?)?,
             None => match (data["private_key"].as_str(), data["certificate"].as_str()) {
                 (Some(key), Some(cert)) => {
-                    let mut pem = Zeroizing::new(String::new());
+                    // Sized up front: a growing buffer would free partial copies unwiped.
+                    let chain = data["ca_chain"].as_array().into_iter().flatten();
+                    let len = key.len() + cert.len() + 2;
+                    let len = len
+                        + chain
+                            .filter_map(Value::as_str)
+                            .map(|c| c.len() + 1)
+                            .sum::<usize>();
+                    let mut pem = Zeroizing::new(String::with_capacity(len));
                     pem.push_str(key.trim_end());
                     pem.push('\n');
                     pem.push_str(cert.trim_end());

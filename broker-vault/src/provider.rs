@@ -56,18 +56,11 @@ pub(crate) fn parse_ref(text: &str, key: &str) -> Result<Reference> {
 }
 
 pub(crate) fn to_secret(node: &Value) -> Result<SecretValue> {
-    Ok(match node {
-        Value::String(s) => SecretValue::copy_from(s.as_bytes()),
-        other => SecretValue::new(
-            serde_json::to_vec(other).map_err(|_| Error::internal("JSON re-encoding failed"))?,
-        ),
-    })
+    broker_core::json::to_secret(node)
 }
 
 pub(crate) fn json_body<T: Serialize>(value: &T) -> Result<Zeroizing<Vec<u8>>> {
-    serde_json::to_vec(value)
-        .map(Zeroizing::new)
-        .map_err(|_| Error::internal("JSON encoding failed"))
+    broker_core::json::to_vec_exact(value)
 }
 
 impl VaultProvider {
