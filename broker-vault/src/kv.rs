@@ -11,6 +11,7 @@ use zeroize::Zeroizing;
 use crate::client::Method;
 use crate::errors::CallError;
 use crate::provider::{VaultProvider, json_body, to_secret};
+use broker_core::json::SecretJson;
 
 #[derive(Clone, Debug)]
 pub(crate) struct Mount {
@@ -190,9 +191,12 @@ impl VaultProvider {
             .read_kv(request.nested, reference, &mount, false)
             .await
             .map_err(attach)?;
+        // Wiped when dropped.
+        let secret = SecretJson::from_value(secret);
+        let secret = secret.value();
         let value = match reference.field_path() {
             Some(path) => {
-                let node = path.select(&secret).ok_or_else(|| {
+                let node = path.select(secret).ok_or_else(|| {
                     let fields: Vec<&str> = secret
                         .as_object()
                         .map(|o| o.keys().map(String::as_str).collect())
@@ -204,7 +208,7 @@ impl VaultProvider {
                 })?;
                 to_secret(node).map_err(attach)?
             }
-            None => Self::deliver_whole(request, &secret).map_err(attach)?,
+            None => Self::deliver_whole(request, secret).map_err(attach)?,
         };
         Ok(Credential::new(value))
     }
@@ -234,11 +238,14 @@ impl VaultProvider {
                 "rotate writes KV secrets; dynamic secrets are minted, not rotated",
             )));
         }
-        let (mut secret, version) = self
+        let (secret, version) = self
             .read_kv(request.nested, reference, &mount, true)
             .await
             .map_err(attach)?;
+        // Wiped when dropped, as is every body built from it.
+        let mut secret = SecretJson::from_value(secret);
         let obj = secret
+            .value_mut()
             .as_object_mut()
             .ok_or_else(|| attach(Error::internal("the stored secret is not a map")))?;
         let value = generate_value();
@@ -250,10 +257,11 @@ impl VaultProvider {
         let target = reference.target();
         if mount.kv == Some(2) {
             let path = data_path(&mount, target);
-            let body = json_body(&serde_json::json!({
+            let body = SecretJson::from_value(serde_json::json!({
                 "options": { "cas": version.unwrap_or(0) },
-                "data": secret,
-            }))?;
+                "data": secret.value(),
+            }));
+            let body = json_body(body.value())?;
             let reply = self
                 .call(request.nested, Method::Post, &path, Some(&body))
                 .await
@@ -268,7 +276,7 @@ impl VaultProvider {
                 version: new_version.map(|v| v.to_string()),
             })
         } else {
-            let body = json_body(&secret)?;
+            let body = json_body(secret.value())?;
             self.call(request.nested, Method::Post, target, Some(&body))
                 .await
                 .map_err(|e| {
