@@ -60,7 +60,7 @@ fn bench(c: &mut Criterion) {
             let provider = AwsProvider::new(settings.clone(), dir.path()).unwrap();
             let ctx = RequestContext::new();
             let request = Request::new(&spec.reference, dir.path(), &ctx)
-                .with_spec(&spec)
+                .with_terms(spec.terms())
                 .with_nested(&Fake);
             provider.mint(&request).await.unwrap()
         })

@@ -38,7 +38,7 @@ impl AwsProvider {
             .assume(request, &role)
             .await
             .map_err(|e| e.with_reference(reference))?;
-        let kind = request.spec.map(|s| s.kind).unwrap_or_default();
+        let kind = request.kind().unwrap_or_default();
         let lease = Lease {
             id: minted.assumed_role_arn.clone(),
             expires_at: SystemTime::try_from(minted.expiration).ok(),

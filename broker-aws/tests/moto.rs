@@ -190,7 +190,7 @@ async fn mint(
     p.mint(
         &Request::new(&spec.reference, &base, &ctx)
             .with_credential(&spec.name)
-            .with_spec(spec)
+            .with_terms(spec.terms())
             .with_nested(keys),
     )
     .await
@@ -749,7 +749,7 @@ async fn assume_role_sends_exactly_the_scope_and_retries_at_most_three_times() {
     let minted = provider
         .mint(
             &Request::new(&s.reference, &base, &ctx)
-                .with_spec(&s)
+                .with_terms(s.terms())
                 .with_nested(&keys),
         )
         .await
@@ -799,7 +799,7 @@ async fn assume_role_sends_exactly_the_scope_and_retries_at_most_three_times() {
     let err = provider
         .mint(
             &Request::new(&s.reference, &base, &ctx)
-                .with_spec(&s)
+                .with_terms(s.terms())
                 .with_nested(&keys),
         )
         .await
@@ -819,7 +819,7 @@ async fn assume_role_sends_exactly_the_scope_and_retries_at_most_three_times() {
     let err = provider
         .mint(
             &Request::new(&s.reference, &base, &ctx)
-                .with_spec(&s)
+                .with_terms(s.terms())
                 .with_nested(&keys),
         )
         .await

@@ -390,7 +390,7 @@ impl Broker {
         let (_, provider) = self.provider_for(&spec.reference).map_err(attach)?;
         let request = Request::new(&spec.reference, self.config.base_dir(), context)
             .with_credential(&spec.name)
-            .with_spec(spec)
+            .with_terms(spec.terms())
             .with_nested(self);
         let event = self.action_event(EventKind::Rotation, Action::Rotate, Some(spec), context);
         // Not retried: a rotation that timed out may have happened.

@@ -370,7 +370,7 @@ impl Broker {
             let (_, provider) = self.provider_for(&spec.reference)?;
             let request = Request::new(&spec.reference, self.config().base_dir(), context)
                 .with_credential(&spec.name)
-                .with_spec(spec)
+                .with_terms(spec.terms())
                 .with_nested(self);
             let result = retry::retry(&self.runtime.retry, &*self.runtime.sleeper, |_| async {
                 match spec.source {

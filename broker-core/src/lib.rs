@@ -55,7 +55,9 @@ pub use config::{Config, CredentialSpec, DeliveryKind, Source};
 pub use egress::{Badge, Destination, Target};
 pub use error::{Error, ErrorKind, Result};
 pub use layers::Refreshed;
-pub use provider::{Check, CredentialProvider, Request, RequestContext, ResolveRef, Rotation};
+pub use provider::{
+    Check, CredentialProvider, Request, RequestContext, ResolveRef, Rotation, Terms,
+};
 pub use reference::{FieldPath, FieldSegment, Reference};
 pub use registry::{BackendContext, Capabilities, ProviderDescriptor, Registry};
 pub use secret::{Credential, Lease, SecretValue};

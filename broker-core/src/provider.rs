@@ -5,12 +5,13 @@
 //! [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) error. `egress` says where a
 //! request would go without doing any I/O; `check` reports health for `broker doctor`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::config::{CredentialSpec, Scope};
+use crate::config::{DeliveryKind, Scope};
 use crate::egress::Destination;
 use crate::{Credential, Error, Reference, Result, SecretValue};
 
@@ -62,6 +63,55 @@ impl ResolveRef for NoNestedRefs {
     }
 }
 
+/// What a credential asks of its backend beyond the reference: the few things backends read
+/// from a credential's config entry, in a type of its own so the config file's shape
+/// ([`CredentialSpec`](crate::CredentialSpec)) can change without touching any backend.
+///
+/// Built by [`CredentialSpec::terms`](crate::CredentialSpec::terms) for config credentials;
+/// embedders fill it in directly. [`Terms::default()`] is an ad-hoc request: no TTL, no
+/// scope, no options, and no delivery kind.
+#[derive(Debug, Clone, Copy, Default)]
+#[non_exhaustive]
+pub struct Terms<'a> {
+    /// The requested lifetime (mint).
+    pub ttl: Option<Duration>,
+    /// The capability bound (mint).
+    pub scope: Option<&'a Scope>,
+    /// Backend-specific options (`identity:` for age, say). Settings, never values.
+    pub options: Option<&'a BTreeMap<String, serde_json::Value>>,
+    /// How the value is delivered (env or file); `None` when the caller delivers nothing
+    /// (an ad-hoc or nested request).
+    pub kind: Option<DeliveryKind>,
+}
+
+impl<'a> Terms<'a> {
+    /// Terms with a delivery kind and nothing else.
+    pub fn new(kind: Option<DeliveryKind>) -> Self {
+        Terms {
+            kind,
+            ..Terms::default()
+        }
+    }
+    /// Sets the requested lifetime.
+    #[must_use]
+    pub fn with_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.ttl = ttl;
+        self
+    }
+    /// Sets the capability bound.
+    #[must_use]
+    pub fn with_scope(mut self, scope: Option<&'a Scope>) -> Self {
+        self.scope = scope;
+        self
+    }
+    /// Sets the backend-specific options.
+    #[must_use]
+    pub fn with_options(mut self, options: &'a BTreeMap<String, serde_json::Value>) -> Self {
+        self.options = Some(options);
+        self
+    }
+}
+
 /// One request to a provider.
 #[non_exhaustive]
 pub struct Request<'a> {
@@ -69,8 +119,8 @@ pub struct Request<'a> {
     pub reference: &'a Reference,
     /// The credential's name in the config (or the reference text for ad-hoc requests).
     pub credential: &'a str,
-    /// The credential's spec, when the request comes from the config.
-    pub spec: Option<&'a CredentialSpec>,
+    /// What the credential asks for: TTL, scope, options, delivery kind.
+    pub terms: Terms<'a>,
     /// The directory relative paths are resolved against (the config file's directory).
     pub base_dir: &'a Path,
     /// Who is asking.
@@ -80,12 +130,12 @@ pub struct Request<'a> {
 }
 
 impl<'a> Request<'a> {
-    /// A request for `reference` with no spec, relative to `base_dir`.
+    /// A request for `reference` with default [`Terms`], relative to `base_dir`.
     pub fn new(reference: &'a Reference, base_dir: &'a Path, context: &'a RequestContext) -> Self {
         Request {
             reference,
             credential: "",
-            spec: None,
+            terms: Terms::default(),
             base_dir,
             context,
             nested: &NoNestedRefs,
@@ -97,10 +147,10 @@ impl<'a> Request<'a> {
         self.credential = name;
         self
     }
-    /// Sets the credential spec.
+    /// Sets what the credential asks for.
     #[must_use]
-    pub fn with_spec(mut self, spec: &'a CredentialSpec) -> Self {
-        self.spec = Some(spec);
+    pub fn with_terms(mut self, terms: Terms<'a>) -> Self {
+        self.terms = terms;
         self
     }
     /// Sets the nested-reference resolver.
@@ -111,15 +161,19 @@ impl<'a> Request<'a> {
     }
     /// The requested TTL (mint credentials).
     pub fn ttl(&self) -> Option<Duration> {
-        self.spec.and_then(|s| s.ttl)
+        self.terms.ttl
     }
     /// The requested scope (mint credentials).
     pub fn scope(&self) -> Option<&'a Scope> {
-        self.spec.and_then(|s| s.scope.as_ref())
+        self.terms.scope
     }
     /// A backend-specific credential option (`identity:` for age, say), as JSON.
     pub fn option(&self, key: &str) -> Option<&'a serde_json::Value> {
-        self.spec.and_then(|s| s.options.get(key))
+        self.terms.options.and_then(|o| o.get(key))
+    }
+    /// How the value is delivered; `None` for an ad-hoc or nested request.
+    pub fn kind(&self) -> Option<DeliveryKind> {
+        self.terms.kind
     }
     /// `path` made absolute against the base dir; `~/` expands to `$HOME`.
     pub fn path(&self, path: &str) -> PathBuf {

@@ -162,10 +162,7 @@ impl CredentialProvider for SopsProvider {
         let path = request.path(reference.target());
         let format = format_of(reference, &path).map_err(attach)?;
         let field = reference.field_path();
-        if field.is_none()
-            && format != Format::Binary
-            && let Some(spec) = request.spec
-            && spec.kind == DeliveryKind::Env
+        if field.is_none() && format != Format::Binary && request.kind() == Some(DeliveryKind::Env)
         {
             return Err(attach(
                 Error::invalid_config(format!(

@@ -148,9 +148,7 @@ impl VaultProvider {
     }
 
     fn deliver_whole(request: &Request<'_>, secret: &Value) -> Result<SecretValue> {
-        if let Some(spec) = request.spec
-            && spec.kind == DeliveryKind::Env
-        {
+        if request.kind() == Some(DeliveryKind::Env) {
             let fields: Vec<&str> = secret
                 .as_object()
                 .map(|o| o.keys().map(String::as_str).collect())

@@ -174,7 +174,7 @@ pub async fn with_spec<T>(
     let ctx = RequestContext::new();
     let req = Request::new(&spec.reference, base, &ctx)
         .with_credential(&spec.name)
-        .with_spec(&spec)
+        .with_terms(spec.terms())
         .with_nested(refs);
     f(&req).await
 }
