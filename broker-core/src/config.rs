@@ -133,17 +133,6 @@ pub struct CredentialSpec {
     pub line: u64,
 }
 
-impl CredentialSpec {
-    /// What this credential asks of its backend (TTL, scope, options, delivery kind), for a
-    /// provider [`Request`](crate::Request).
-    pub fn terms(&self) -> crate::Terms<'_> {
-        crate::Terms::new(Some(self.kind))
-            .with_ttl(self.ttl)
-            .with_scope(self.scope.as_ref())
-            .with_options(&self.options)
-    }
-}
-
 /// The `audit:` section.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -209,6 +198,61 @@ impl BackendSettings {
     }
 }
 
+/// The top-level `serve:` section (the daemon's settings), kept as source so `broker-serve`
+/// parses it into its own type (unknown keys stay errors there) with line numbers intact.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    line: u64,
+    file: Arc<Path>,
+    source: Arc<str>,
+}
+
+impl ServeSettings {
+    /// The line the section starts on.
+    pub fn line(&self) -> u64 {
+        self.line
+    }
+    /// Parses the section into the daemon's settings type.
+    pub fn parse<T: de::DeserializeOwned>(&self) -> Result<T> {
+        let parsed =
+            serde_saphyr::with_deserializer_from_str_with_options(&self.source, options(), |d| {
+                PickServe::<T>(std::marker::PhantomData).deserialize(d)
+            });
+        match parsed {
+            Ok(Some(t)) => Ok(t),
+            Ok(None) => Err(Error::internal("the `serve` section vanished")),
+            Err(e) => Err(yaml_error(&self.file, &e).with_hint("in `serve`")),
+        }
+    }
+}
+
+struct PickServe<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: de::DeserializeOwned> DeserializeSeed<'de> for PickServe<T> {
+    type Value = Option<T>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Option<T>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, T: de::DeserializeOwned> Visitor<'de> for PickServe<T> {
+    type Value = Option<T>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Option<T>, A::Error> {
+        let mut found = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "serve" {
+                found = Some(map.next_value::<T>()?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
 /// The loaded config.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -230,6 +274,8 @@ pub struct Config {
     pub tenant: Option<String>,
     /// The alert hook (`alert:`).
     pub alert: Option<AlertConfig>,
+    /// The daemon's section (`serve:`), parsed by `broker-serve`.
+    pub serve: Option<ServeSettings>,
 }
 
 impl Config {
@@ -315,6 +361,11 @@ impl Config {
                 .map(|a| crate::provider::resolve_path(&base_dir, &a.path)),
             tenant: raw.tenant,
             alert: raw.alert,
+            serve: raw.serve.map(|s| ServeSettings {
+                line: s.referenced.line(),
+                file: file.clone(),
+                source: source.clone(),
+            }),
             egress: raw.egress,
             credentials,
             backends,
@@ -641,6 +692,8 @@ struct RawConfig {
     tenant: Option<String>,
     #[serde(default)]
     alert: Option<AlertConfig>,
+    #[serde(default)]
+    serve: Option<Spanned<IgnoredAny>>,
 }
 
 #[derive(Default)]

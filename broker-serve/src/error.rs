@@ -1,0 +1,56 @@
+//! Errors as the API returns them: `{"error": {"kind", "message"}}`, never a value.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use broker_core::ErrorKind;
+
+/// An API error: an HTTP status, a stable `kind` and a message. Never holds a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// A stable, lower-case kind (`unknown_peer`, `agent_blocked`, `ttl_too_long`, ...).
+    pub kind: &'static str,
+    /// For people.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with `status`, `kind` and `message`.
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<broker_core::Error> for ApiError {
+    fn from(e: broker_core::Error) -> Self {
+        let kind = e.kind();
+        let status = match kind {
+            ErrorKind::PolicyDenied | ErrorKind::EgressDenied => StatusCode::FORBIDDEN,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::InvalidReference | ErrorKind::InvalidConfig | ErrorKind::NotConfigured => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            ErrorKind::Transient => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::PermissionDenied
+            | ErrorKind::AuthenticationFailed
+            | ErrorKind::UnexpectedAnswer
+            | ErrorKind::Integrity => StatusCode::BAD_GATEWAY,
+            ErrorKind::Unsupported => StatusCode::NOT_IMPLEMENTED,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        // broker_core errors never hold a value (their messages are names and references).
+        ApiError::new(status, kind.as_str(), e.message())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"kind": self.kind, "message": self.message}});
+        (self.status, axum::Json(body)).into_response()
+    }
+}

@@ -1,0 +1,328 @@
+//! The daemon on a unix socket in a temp dir, run as a child process (this test binary,
+//! re-executed with the canary in its environment), with an `env:` credential and an audit log.
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use broker_core::testkit::{assert_no_canary, record_skip};
+use broker_serve::client::{self, Answer};
+
+const CANARY: &str = "canary-serve-7f3a9c1e5b2d4f60a8e1";
+const OTHER_UID: u32 = 65534;
+const AGENT_B_UID: u32 = 65533;
+
+/// The daemon itself, when re-executed by [`start`]; does nothing in a normal test run.
+#[test]
+#[ignore = "run by the other tests as the daemon process"]
+fn daemon_child() {
+    let Some(config) = std::env::var_os("BROKER_SERVE_TEST_CONFIG") else {
+        return;
+    };
+    use broker_env as _;
+    tracing_subscriber::fmt()
+        .with_env_filter("trace")
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let broker = broker_core::Broker::load(Path::new(&config)).unwrap();
+        let serve = broker_serve::ServeConfig::from_config(broker.config()).unwrap();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+        broker_serve::Daemon::new(broker, serve)
+            .run(async move {
+                term.recv().await;
+            })
+            .await
+            .unwrap();
+    });
+}
+
+struct Daemon {
+    child: Child,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn stop(mut self) -> (String, String) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let out = self.child.wait_with_output_ref();
+        let audit =
+            std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default();
+        (out, audit)
+    }
+}
+
+trait WaitRef {
+    fn wait_with_output_ref(&mut self) -> String;
+}
+
+impl WaitRef for Child {
+    fn wait_with_output_ref(&mut self) -> String {
+        use std::io::Read;
+        let mut s = String::new();
+        if let Some(mut e) = self.stderr.take() {
+            e.read_to_string(&mut s).unwrap();
+        }
+        let status = self.wait().unwrap();
+        assert!(status.success(), "daemon exited with {status}: {s}");
+        s
+    }
+}
+
+fn start(extra_agents: &str) -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let uid = rustix::process::getuid().as_raw();
+    let config = dir.path().join(".broker.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "credentials:\n  api: {{ ref: \"env:BROKER_SERVE_TEST_CANARY\", as: API_TOKEN }}\n\
+             audit: {{ path: audit.jsonl }}\n\
+             serve:\n  listen: run/broker.sock\n  agents:\n    - {{ id: Agent-A, uid: {uid} }}\n{extra_agents}\
+             \x20 admins: [{{ uid: {uid} }}]\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "daemon_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("BROKER_SERVE_TEST_CONFIG", &config)
+        .env("BROKER_SERVE_TEST_CANARY", CANARY)
+        .env("BROKER_AGENT_ID", "admin-by-claim")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let socket = dir.path().join("run/broker.sock");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "the daemon did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Daemon { child, dir, socket }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn call(socket: &Path, method: &str, path: &str, body: &[u8]) -> Answer {
+    rt().block_on(client::call(socket, method, path, body.to_vec()))
+        .unwrap()
+}
+
+fn kind_of(a: &Answer) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    v["error"]["kind"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_mapped_peer_gets_the_value_and_refusals_have_exact_kinds() {
+    let d = start("");
+    let bodies = std::cell::RefCell::new(String::new());
+    let expect = |a: Answer, status: u16, kind: &str| {
+        let text = String::from_utf8_lossy(&a.body).to_string();
+        assert_eq!(a.status, status, "{text}");
+        assert_eq!(kind_of(&a), kind, "{text}");
+        bodies.borrow_mut().push_str(&text);
+    };
+
+    // The mapped uid (ours) gets the value.
+    let a = call(&d.socket, "POST", "/v1/credentials/api", b"{}");
+    assert_eq!(a.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(v["value"], CANARY);
+    assert_eq!(v["request_id"].as_str().unwrap().len(), 32);
+    // An empty body is `{}`; a shorter ttl caps expires_at.
+    let a = call(&d.socket, "POST", "/v1/credentials/api", b"");
+    assert_eq!(a.status, 200);
+    let a = call(
+        &d.socket,
+        "POST",
+        "/v1/credentials/api",
+        br#"{"ttl": "5m", "task_id": "t-1"}"#,
+    );
+    assert_eq!(a.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    assert!(v["expires_at"].is_string());
+
+    // Bad input.
+    expect(
+        call(&d.socket, "POST", "/v1/credentials/api", b"{not json"),
+        400,
+        "malformed_request",
+    );
+    expect(
+        call(&d.socket, "POST", "/v1/credentials/api", br#"{"nope": 1}"#),
+        400,
+        "malformed_request",
+    );
+    let big = vec![b' '; broker_serve::BODY_LIMIT + 1];
+    expect(
+        call(&d.socket, "POST", "/v1/credentials/api", &big),
+        413,
+        "body_too_large",
+    );
+    expect(
+        call(&d.socket, "POST", "/v1/credentials/nope", b"{}"),
+        404,
+        "unknown_credential",
+    );
+    expect(
+        call(&d.socket, "GET", "/v1/nothing", b""),
+        404,
+        "no_such_route",
+    );
+    expect(
+        call(&d.socket, "GET", "/v1/credentials/api", b""),
+        405,
+        "method_not_allowed",
+    );
+
+    // The manifest is secret-free and lists what the agent may request.
+    let a = call(&d.socket, "GET", "/v1/manifest", b"");
+    assert_eq!(a.status, 200);
+    let text = String::from_utf8_lossy(&a.body).to_string();
+    assert!(text.contains("\"credential\":\"api\""), "{text}");
+    bodies.borrow_mut().push_str(&text);
+
+    // Admin blocks the agent: refused until unblocked.
+    let a = call(&d.socket, "POST", "/v1/agents/AGENT-A/block", b"");
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    expect(
+        call(&d.socket, "POST", "/v1/credentials/api", b"{}"),
+        403,
+        "agent_blocked",
+    );
+    expect(
+        call(&d.socket, "GET", "/v1/manifest", b""),
+        403,
+        "agent_blocked",
+    );
+    let a = call(&d.socket, "POST", "/v1/agents/agent-a/unblock", b"");
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        call(&d.socket, "POST", "/v1/credentials/api", b"{}").status,
+        200
+    );
+
+    let a = call(&d.socket, "GET", "/healthz", b"");
+    assert_eq!(a.status, 200);
+
+    let (logs, audit) = d.stop();
+    assert_no_canary("error bodies", &bodies.borrow(), &[CANARY]);
+    assert_no_canary("daemon logs", &logs, &[CANARY]);
+    assert_no_canary("audit log", &audit, &[CANARY]);
+    assert!(audit.contains("\"agent_id\":\"agent-a\""), "{audit}");
+    assert!(
+        !audit.contains("admin-by-claim"),
+        "BROKER_AGENT_ID must be ignored: {audit}"
+    );
+    assert!(audit.contains("\"outcome\":\"agent_blocked\""), "{audit}");
+    assert!(logs.contains("serving"), "{logs}");
+}
+
+/// Runs `curl` against `socket` as `uid` (root only; skipped otherwise).
+fn curl_as(uid: u32, socket: &Path, method: &str, path: &str) -> Option<(u16, String)> {
+    if !rustix::process::geteuid().is_root()
+        || Command::new("setpriv").arg("--version").output().is_err()
+    {
+        record_skip("setpriv as root is needed to connect as another uid");
+        return None;
+    }
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid",
+            &uid.to_string(),
+            "--regid",
+            &uid.to_string(),
+            "--clear-groups",
+        ])
+        .args([
+            "curl",
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            method,
+            "--unix-socket",
+        ])
+        .arg(socket)
+        .arg(format!("http://broker{path}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    Some((code.parse().unwrap(), body.to_string()))
+}
+
+#[test]
+fn other_uids_are_identified_by_the_kernel() {
+    let d = start(&format!("    - {{ id: agent-b, uid: {AGENT_B_UID} }}\n"));
+    // Let other uids reach the socket (the daemon made it 0600 in a 0700 dir).
+    use std::os::unix::fs::PermissionsExt;
+    for p in [d.dir.path(), &d.dir.path().join("run"), &d.socket] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let Some((status, body)) = curl_as(OTHER_UID, &d.socket, "POST", "/v1/credentials/api") else {
+        d.stop();
+        return;
+    };
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("\"kind\":\"unknown_peer\""), "{body}");
+    let (status, body) =
+        curl_as(AGENT_B_UID, &d.socket, "POST", "/v1/agents/agent-a/block").unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("\"kind\":\"not_admin\""), "{body}");
+    let (status, body) = curl_as(AGENT_B_UID, &d.socket, "POST", "/v1/credentials/api").unwrap();
+    assert_eq!(status, 200, "agent-b is mapped: {body}");
+    assert!(body.contains(CANARY));
+    let (logs, audit) = d.stop();
+    assert_no_canary("daemon logs", &logs, &[CANARY]);
+    assert_no_canary("audit log", &audit, &[CANARY]);
+    assert!(audit.contains("\"outcome\":\"unknown_peer\""), "{audit}");
+    assert!(audit.contains(&format!("uid {OTHER_UID}")), "{audit}");
+    assert!(audit.contains("\"agent_id\":\"agent-b\""), "{audit}");
+}
+
+#[test]
+fn a_live_socket_is_refused_and_a_stale_one_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let rt = rt();
+    let _guard = rt.enter();
+    let live = broker_serve::bind_socket(&path, 0o600).unwrap();
+    let e = broker_serve::bind_socket(&path, 0o600).unwrap_err();
+    assert!(e.message().contains("another daemon"), "{e}");
+    drop(live);
+    // The file stays behind with nobody accepting: stale, replaced.
+    assert!(path.exists());
+    let _again = broker_serve::bind_socket(&path, 0o600).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, b"x").unwrap();
+    let e = broker_serve::bind_socket(&path, 0o600).unwrap_err();
+    assert!(e.message().contains("not a socket"), "{e}");
+}
