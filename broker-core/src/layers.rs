@@ -470,10 +470,14 @@ impl Broker {
     /// Re-mints the minted `kind: file` credentials of `delivery` that are due (through the
     /// cache, so policy, retry and audit apply) and replaces their files atomically. Call it
     /// again at [`Refreshed::next`]. Env-delivered credentials are fixed for the child's life.
+    ///
+    /// `before_write` gets each credential's new values *before* its file is replaced, so a
+    /// redactor can learn them before the child can read (and print) them.
     pub async fn refresh_files(
         &self,
         delivery: &crate::Delivery,
         context: &RequestContext,
+        mut before_write: impl FnMut(&[(String, SecretValue)]) + Send,
     ) -> Result<Refreshed> {
         let mut out = Refreshed {
             next: None,
@@ -496,10 +500,14 @@ impl Broker {
                     self.authorize(&spec.name, Some(Action::Mint), context)?;
                     let l = self.lookup(spec, context).await?;
                     if l.served != Served::Cached {
+                        let fresh: Vec<(String, SecretValue)> = l
+                            .credential
+                            .values()
+                            .map(|v| (spec.name.clone(), v.clone()))
+                            .collect();
+                        before_write(&fresh);
                         scratch.replace_secret(&spec.name, l.credential.value())?;
-                        for v in l.credential.values() {
-                            out.secrets.push((spec.name.clone(), v.clone()));
-                        }
+                        out.secrets.extend(fresh);
                     }
                     l
                 }

@@ -323,25 +323,26 @@ impl<'b> Session<'b> {
     /// the next try is [`REFRESH_RETRY`] later (or never, when the first scheduling failed).
     /// Returns how many new values were written.
     ///
-    /// Not cancel-safe: once started, let it finish (a file may be replaced before the
-    /// redactor is swapped).
+    /// Not cancel-safe: once started, let it finish (the redactor may already match a value
+    /// whose file was not written yet, and the schedule is not updated).
     pub async fn refresh(&mut self) -> Result<usize> {
         let first = self.next_refresh == NextRefresh::Unscheduled;
+        let (delivery, renewed, redactor) = (&self.delivery, &mut self.renewed, &self.redactor);
+        // The redactor learns each new value before its file is replaced: a child that reads
+        // the file and prints it at once is still redacted.
+        let learn = |fresh: &[(String, SecretValue)]| {
+            renewed.extend(fresh.iter().cloned());
+            let all = delivery.secrets().iter().chain(renewed.iter());
+            redactor.replace(Arc::new(Redactor::new(all.map(|(n, v)| (n.as_str(), v)))));
+        };
         match self
             .broker
-            .refresh_files(&self.delivery, &self.context)
+            .refresh_files(&self.delivery, &self.context, learn)
             .await
         {
             Ok(r) => {
-                let count = r.secrets.len();
-                if count > 0 {
-                    self.renewed.extend(r.secrets);
-                    let all = self.delivery.secrets().iter().chain(self.renewed.iter());
-                    self.redactor
-                        .replace(Arc::new(Redactor::new(all.map(|(n, v)| (n.as_str(), v)))));
-                }
                 self.next_refresh = r.next.map_or(NextRefresh::Never, NextRefresh::At);
-                Ok(count)
+                Ok(r.secrets.len())
             }
             Err(e) if first => {
                 tracing::warn!("cannot schedule re-minting of file credentials: {e}");
