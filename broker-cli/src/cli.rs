@@ -37,6 +37,32 @@ pub enum Command {
     Revoke(RevokeArgs),
     /// Print an aws-sts:// credential as AWS `credential_process` JSON (for ~/.aws/config).
     CredentialProcess(CredentialProcessArgs),
+    /// Run the agent-facing daemon (`serve:` in the config) until SIGTERM or SIGINT.
+    #[cfg(feature = "serve")]
+    Serve,
+    /// Print one credential obtained from a running daemon (to a terminal, or with --reveal).
+    #[cfg(feature = "serve")]
+    Request(RequestArgs),
+}
+
+/// `broker request`.
+#[cfg(feature = "serve")]
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    /// The credential's name in the daemon's config.
+    pub name: String,
+    /// The daemon's unix socket.
+    #[arg(long, env = "BROKER_FROM", value_name = "SOCKET")]
+    pub from: PathBuf,
+    /// A shorter lifetime than the configured one (`90s`, `5m`).
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: Option<String>,
+    /// Print even when standard output is not a terminal.
+    #[arg(long)]
+    pub reveal: bool,
+    /// The whole answer as JSON (value included; same --reveal rule).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `--json`.

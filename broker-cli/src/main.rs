@@ -210,6 +210,75 @@ async fn dispatch(cli: Cli, swept: Vec<PathBuf>) -> Result<u8, Error> {
             }
             Ok(0)
         }
+        #[cfg(feature = "serve")]
+        Command::Serve => {
+            let broker = load(config, None)?;
+            let serve = broker_serve::ServeConfig::from_config(broker.config())?;
+            let shutdown = async {
+                let term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+                match term {
+                    Ok(mut term) => tokio::select! {
+                        _ = term.recv() => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    },
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                }
+            };
+            broker_serve::Daemon::new(broker, serve)
+                .run(shutdown)
+                .await?;
+            Ok(0)
+        }
+        #[cfg(feature = "serve")]
+        Command::Request(args) => {
+            let stdout = std::io::stdout();
+            if !args.reveal && !stdout.is_terminal() {
+                return Err(Error::new(
+                    broker_core::ErrorKind::PolicyDenied,
+                    format!("refusing to print credential `{}` to a pipe or file", args.name),
+                )
+                .with_hint("pass --reveal if you really mean to, or use `broker run` to hand it to a program"));
+            }
+            let request = broker_serve::CredentialRequest {
+                ttl: args.ttl.map(broker_serve::TtlValue::Text),
+                ..Default::default()
+            };
+            let answer =
+                broker_serve::client::request_credential(&args.from, &args.name, &request).await?;
+            let mut out = stdout.lock();
+            let written = if args.json {
+                let companions: std::collections::BTreeMap<&str, &str> = answer
+                    .companions
+                    .iter()
+                    .filter_map(|(k, v)| v.expose_str().ok().map(|v| (k.as_str(), v)))
+                    .collect();
+                let body = serde_json::json!({
+                    "value": answer.value.expose_str()?,
+                    "companions": companions,
+                    "expires_at": answer.expires_at,
+                    "lease_id": answer.lease_id,
+                    "request_id": answer.request_id,
+                });
+                let text = zeroize::Zeroizing::new(body.to_string());
+                out.write_all(text.as_bytes())
+                    .and_then(|()| out.write_all(b"\n"))
+            } else {
+                out.write_all(answer.value.expose()).and_then(|()| {
+                    if out.is_terminal() {
+                        out.write_all(b"\n")
+                    } else {
+                        Ok(())
+                    }
+                })
+            };
+            written
+                .and_then(|()| out.flush())
+                .map_err(|e| Error::io("cannot write to standard output", &e))?;
+            Ok(0)
+        }
         #[cfg(feature = "aws")]
         Command::CredentialProcess(args) => {
             let broker = load(config, None)?;
