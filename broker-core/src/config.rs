@@ -133,6 +133,17 @@ pub struct CredentialSpec {
     pub line: u64,
 }
 
+impl CredentialSpec {
+    /// What this credential asks of its backend (TTL, scope, options, delivery kind), for a
+    /// provider [`Request`](crate::Request).
+    pub fn terms(&self) -> crate::Terms<'_> {
+        crate::Terms::new(Some(self.kind))
+            .with_ttl(self.ttl)
+            .with_scope(self.scope.as_ref())
+            .with_options(&self.options)
+    }
+}
+
 /// The `audit:` section.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
