@@ -390,10 +390,7 @@ async fn no_record_of_any_kind_holds_a_value() {
     let mut delivery = broker.deliver(&[], &ctx).await.unwrap(); // decisions + issuances
     broker.resolve("plain", &ctx).await.unwrap(); // cached
     clock.advance(Duration::from_secs(500));
-    let refreshed = broker
-        .refresh_files(&delivery, &ctx, |_| {})
-        .await
-        .unwrap(); // refresh
+    let refreshed = broker.refresh_files(&delivery, &ctx, |_| {}).await.unwrap(); // refresh
     assert_eq!(refreshed.secrets.len(), 1);
     let file = delivery.scratch().unwrap().path().join("minted");
     assert_eq!(
