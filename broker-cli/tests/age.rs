@@ -73,6 +73,14 @@ fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
 }
 
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// A project dir with a `.broker.yml`, an X25519 key, an agenix-style host key in `$HOME`.
 struct Project {
     dir: tempfile::TempDir,
@@ -147,11 +155,13 @@ fn get_run_audit_rotate() {
     let Some(p) = Project::new() else { return };
 
     let out = p.broker(&["get", "token", "--reveal"]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(out.stdout, TOKEN.as_bytes());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(stdout(&out), TOKEN);
+    assert_eq!(stderr(&out), "");
     let out = p.broker(&["get", "host", "--reveal"]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(out.stdout, HOST_SECRET.as_bytes());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(stdout(&out), HOST_SECRET);
+    assert_eq!(stderr(&out), "");
 
     // `run`: the value reaches the child; what the child prints is redacted.
     let out = Command::new(env!("CARGO_BIN_EXE_broker"))
@@ -170,15 +180,17 @@ fn get_run_audit_rotate() {
         .output()
         .unwrap();
     let t = text(&out);
-    assert!(out.status.success(), "{t}");
-    assert!(t.contains("match"), "the child got the value: {t}");
-    assert!(t.contains("[REDACTED:token]"), "{t}");
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    // `match`: the child got the value; then both values, redacted by name.
+    assert_eq!(stdout(&out), "match\n[REDACTED:token]\n[REDACTED:host]");
+    assert_eq!(stderr(&out), "");
     assert_no_canary("run output", &t, &[TOKEN, HOST_SECRET]);
 
     // `audit`: local files, allowed with egress off; no values.
     let out = p.broker(&["audit", "--json"]);
     let t = text(&out);
-    assert!(out.status.success(), "{t}");
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert_eq!(stderr(&out), "");
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let entries = json["entries"].as_array().unwrap();
     assert_eq!(entries.len(), 2, "{t}");
@@ -195,8 +207,12 @@ fn get_run_audit_rotate() {
     let before = std::fs::read(&file).unwrap();
     let out = p.broker(&["rotate", "token", "--json"]);
     let t = text(&out);
-    assert!(out.status.success(), "{t}");
-    assert!(t.contains("2 recipients"), "{t}");
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert_eq!(
+        stdout(&out),
+        "{\"credential\":\"token\",\"summary\":\"re-encrypted token.age to 2 recipients with a fresh file key (armored)\",\"version\":null}\n"
+    );
+    assert_eq!(stderr(&out), "");
     assert_no_canary("rotate", &t, &[TOKEN]);
     let after = std::fs::read(&file).unwrap();
     assert_ne!(before, after);
@@ -226,11 +242,18 @@ fn errors_are_one_line_and_leak_nothing() {
         .unwrap()
         .replace("identity: \"~/.ssh/id_ed25519\"", "identity: keys/me.txt");
     std::fs::write(p.path().join(".broker.yml"), yaml).unwrap();
+    let d = p.path().display();
     let out = p.broker(&["get", "host", "--reveal"]);
     let t = text(&out);
-    assert!(!out.status.success(), "{t}");
-    assert!(t.contains("no identity matches"), "{t}");
-    assert!(t.contains("tried:") && t.contains("me.txt"), "{t}");
+    assert_eq!(out.status.code(), Some(69), "{t}");
+    assert_eq!(stdout(&out), "");
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: credential `host` (agenix:secrets/host.age): no identity matches {d}/secrets/host.age; tried: {d}/keys/me.txt\n\
+             hint: the file is not encrypted to any of these keys (or its recipient lines were damaged); set `identity:` (credential or backends.age) or AGE_IDENTITY_FILE\n"
+        )
+    );
     assert_no_canary("wrong key", &t, &[TOKEN, HOST_SECRET]);
 
     // Corrupted file.
@@ -242,14 +265,25 @@ fn errors_are_one_line_and_leak_nothing() {
     std::fs::write(&file, bytes).unwrap();
     let out = p.broker(&["get", "token", "--reveal"]);
     let t = text(&out);
-    assert!(!out.status.success(), "{t}");
-    assert!(t.contains("cannot decrypt"), "{t}");
+    assert_eq!(out.status.code(), Some(69), "{t}");
+    assert_eq!(stdout(&out), "");
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: credential `token` (age:secrets/token.age): cannot decrypt {d}/secrets/token.age: the payload fails authentication: the file is corrupted, truncated or was tampered with\n"
+        )
+    );
     assert_no_canary("corrupted", &t, &[TOKEN, HOST_SECRET]);
 
     // Missing file.
     std::fs::remove_file(&file).unwrap();
     let out = p.broker(&["get", "token", "--reveal"]);
-    let t = text(&out);
-    assert!(!out.status.success(), "{t}");
-    assert!(t.contains("does not exist"), "{t}");
+    assert_eq!(out.status.code(), Some(69), "{}", text(&out));
+    assert_eq!(stdout(&out), "");
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: credential `token` (age:secrets/token.age): age file {d}/secrets/token.age does not exist\n"
+        )
+    );
 }
