@@ -148,8 +148,13 @@ impl CredentialSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
-    /// Where the JSONL log goes, relative to the config file.
-    pub path: String,
+    /// Where the JSONL log goes, relative to the config file. Required unless `enabled: false`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// `false` turns the log off in so many words (`audit: { enabled: false }`); the daemon
+    /// refuses to start without a log otherwise. Default true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
     /// Whether each record is fsynced before the credential is handed out. Default true.
     #[serde(default = "default_true")]
     pub fsync: bool,
@@ -281,6 +286,8 @@ pub struct Config {
     pub audit_path: Option<PathBuf>,
     /// Whether audit records are fsynced before a credential is handed out (`audit.fsync`).
     pub audit_fsync: bool,
+    /// Whether the config turns the audit log off explicitly (`audit: { enabled: false }`).
+    pub audit_disabled: bool,
     /// The tenant this config's agents belong to (`tenant:`).
     pub tenant: Option<String>,
     /// The alert hook (`alert:`).
@@ -362,14 +369,31 @@ impl Config {
             credentials.push(spec);
         }
 
+        match &raw.audit {
+            Some(a) if a.enabled && a.path.is_none() => {
+                return Err(Error::invalid_config("`audit` has no `path`")
+                    .with_location(path.display().to_string())
+                    .with_hint("give `audit.path`, or say `audit: { enabled: false }`"));
+            }
+            Some(a) if !a.enabled && a.path.is_some() => {
+                return Err(Error::invalid_config(
+                    "`audit` has a `path` but says `enabled: false`",
+                )
+                .with_location(path.display().to_string())
+                .with_hint("remove one of them"));
+            }
+            _ => {}
+        }
         Ok(Config {
+            audit_disabled: raw.audit.as_ref().is_some_and(|a| !a.enabled),
             policy: raw
                 .policy
                 .map(|p| crate::provider::resolve_path(&base_dir, &p)),
             audit_fsync: raw.audit.as_ref().is_none_or(|a| a.fsync),
             audit_path: raw
                 .audit
-                .map(|a| crate::provider::resolve_path(&base_dir, &a.path)),
+                .and_then(|a| a.path)
+                .map(|p| crate::provider::resolve_path(&base_dir, &p)),
             tenant: raw.tenant,
             alert: raw.alert,
             serve: raw.serve.map(|s| ServeSettings {

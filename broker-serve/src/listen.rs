@@ -112,6 +112,7 @@ impl Daemon {
     /// Binds the configured socket and serves until `shutdown` completes; then stops
     /// accepting, lets in-flight requests finish (up to 30 s) and removes the socket.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        self.require_audit_log()?;
         let path: PathBuf = self.app.config.listen.clone();
         let listener = bind_socket(&path, self.app.config.mode)?;
         tracing::info!(socket = %path.display(), "serving");
@@ -124,12 +125,31 @@ impl Daemon {
         result
     }
 
-    /// Serves connections from `listener` until `shutdown` completes, then drains.
+    /// Refuses to serve without an audit log unless the config turns it off in so many words
+    /// (`audit: { enabled: false }`).
+    pub fn require_audit_log(&self) -> Result<()> {
+        let broker = &self.app.broker;
+        if broker.audit_log().is_some() || broker.config().audit_disabled {
+            return Ok(());
+        }
+        Err(Error::invalid_config(format!(
+            "the daemon needs an audit log and {} has none",
+            broker.config().path().display()
+        ))
+        .with_hint(
+            "add `audit: { path: .broker/audit.jsonl }`, or say `audit: { enabled: false }` \
+             to serve without one",
+        ))
+    }
+
+    /// Serves connections from `listener` until `shutdown` completes, then drains. Refuses
+    /// to start without an audit log (see [`Daemon::require_audit_log`]).
     pub async fn serve(
         self,
         listener: UnixListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<()> {
+        self.require_audit_log()?;
         let router = router(self.app.clone());
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();
