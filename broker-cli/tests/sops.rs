@@ -32,6 +32,31 @@ fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
 }
 
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// What `get --reveal whole_file` prints: the decrypted document, re-serialised.
+const WHOLE_FILE: &str = "db:
+    user: broker
+    password: s3cr3t-pa55
+    port: 5432
+    tls: true
+    ratio: 0.75
+api_keys:
+    - key-one
+    - key-two
+multiline: |
+    line one
+    line two
+unicode: h\u{e9}llo w\u{f6}rld \u{2713}
+public_unencrypted: not-secret
+";
+
 const KMS_ONLY: &str = "secret: ENC[AES256_GCM,data:AAAA,iv:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=,tag:AAAAAAAAAAAAAAAAAAAAAA==,type:str]
 sops:
     kms:
@@ -69,40 +94,59 @@ fn setup() -> tempfile::TempDir {
 fn get_audit_and_refusals() {
     let dir = setup();
     let d = dir.path();
-    let out = broker(d, &["get", "--reveal", "db_password"]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(out.stdout, PASSWORD.as_bytes());
-    let out = broker(d, &["get", "--reveal", "first_key"]);
-    assert_eq!(out.stdout, b"key-one", "{}", text(&out));
-    let out = broker(d, &["get", "--reveal", "dotenv_key"]);
-    assert_eq!(out.stdout, b"key-one", "{}", text(&out));
-
-    let out = broker(d, &["get", "--reveal", "whole_file"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let doc = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        doc.contains("password: s3cr3t-pa55") && doc.contains("- key-two"),
-        "{doc}"
-    );
+    for (name, value) in [
+        ("db_password", PASSWORD),
+        ("first_key", "key-one"),
+        ("dotenv_key", "key-one"),
+        ("whole_file", WHOLE_FILE),
+    ] {
+        let out = broker(d, &["get", "--reveal", name]);
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out));
+        assert_eq!(stdout(&out), value, "{name}");
+        assert_eq!(stderr(&out), "", "{name}");
+    }
 
     let out = broker(d, &["get", "--reveal", "whole_env"]);
-    assert!(!out.status.success());
-    let t = text(&out);
-    assert!(t.contains("kind: file") && t.contains("#some.key"), "{t}");
-    assert_no_canary("whole-document env error", &t, &[PASSWORD, "key-one"]);
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert_eq!(stdout(&out), "");
+    assert_eq!(
+        stderr(&out),
+        "error: credential `whole_env` (sops:secrets.enc.yaml): the whole yaml document cannot be delivered as one environment variable\n\
+         hint: select one key (`sops:secrets.enc.yaml#some.key`) or use `kind: file`\n"
+    );
 
     let out = broker(d, &["audit", "--json"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(stderr(&out), "");
     let t = text(&out);
-    assert!(t.contains("kms.eu-west-1.amazonaws.com"), "{t}");
     assert_no_canary("audit", &t, &[PASSWORD, "key-one"]);
+    let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kms = manifest["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["credential"] == "kms")
+        .unwrap();
+    assert_eq!(
+        kms["destinations"],
+        serde_json::json!([
+            { "target": { "type": "file", "address": d.join("kms.yaml") }, "badge": "local" },
+            { "target": { "type": "host", "address": "https://kms.eu-west-1.amazonaws.com" }, "badge": "managed-cloud" },
+        ]),
+        "{t}"
+    );
+    assert_eq!(kms["allowed"], false, "{t}");
 
     let out = broker(d, &["get", "--reveal", "kms"]);
-    assert!(!out.status.success());
-    let t = text(&out);
-    assert!(
-        t.contains("egress") && t.contains("kms.eu-west-1.amazonaws.com"),
-        "{t}"
+    assert_eq!(out.status.code(), Some(77), "{}", text(&out));
+    assert_eq!(stdout(&out), "");
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: credential `kms` (sops:kms.yaml#secret): egress is disabled; this would reach https://kms.eu-west-1.amazonaws.com (managed-cloud)\n\
+             hint: set `egress.enabled: true` in {} after reviewing `broker audit`\n",
+            d.join(".broker.yml").display()
+        )
     );
 }
 
@@ -115,8 +159,15 @@ fn rotate_then_real_sops_decrypts() {
     let d = dir.path();
     let before = std::fs::read(d.join("secrets.enc.yaml")).unwrap();
     let out = broker(d, &["rotate", "db_password"]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert_no_canary("rotate output", &text(&out), &[PASSWORD]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "rotated `db_password`: re-encrypted {} with a new data key for 1 master key\n",
+            d.join("secrets.enc.yaml").display()
+        )
+    );
+    assert_eq!(stderr(&out), "");
     assert_ne!(before, std::fs::read(d.join("secrets.enc.yaml")).unwrap());
     let out = Command::new(sops)
         .args([
@@ -132,5 +183,6 @@ fn rotate_then_real_sops_decrypts() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(out.stdout, PASSWORD.as_bytes());
     let out = broker(d, &["get", "--reveal", "db_password"]);
-    assert_eq!(out.stdout, PASSWORD.as_bytes(), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(stdout(&out), PASSWORD);
 }
