@@ -103,6 +103,34 @@ fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
 }
 
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `stdout` with the request id that ends each STS session name (`AGENT@<32 hex>`, random per
+/// request) replaced by `<request-id>`; panics if a session name has no such id.
+fn stdout_masked(out: &Output) -> String {
+    let text = stdout(out);
+    let mut masked = String::new();
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find(":assumed-role/") {
+        let at = i + rest[i..].find('@').unwrap() + 1;
+        let id = &rest[at..];
+        let n = id
+            .find(|c: char| !matches!(c, '0'..='9' | 'a'..='f'))
+            .unwrap_or(id.len());
+        assert_eq!(n, 32, "no request id after the session name: {text}");
+        masked.push_str(&rest[..at]);
+        masked.push_str("<request-id>");
+        rest = &id[n..];
+    }
+    masked + rest
+}
+
 /// A python snippet the child runs: it checks its env, calls STS and SM with the minted
 /// credentials and prints only non-secret facts.
 const CHILD: &str = r#"
@@ -145,13 +173,14 @@ fn run_with_aws_sm_and_aws_sts_under_iam_enforcement() {
         ],
     );
     let all = text(&out);
-    assert!(out.status.success(), "{all}");
-    assert!(all.contains("api token ok"), "{all}");
-    assert!(
-        all.contains("caller arn:aws:sts::123456789012:assumed-role/agent-deploy/cli-test@"),
-        "{all}"
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert_eq!(
+        stdout_masked(&out),
+        "api token ok\n\
+         caller arn:aws:sts::123456789012:assumed-role/agent-deploy/cli-test@<request-id>\n\
+         region us-east-1\n"
     );
-    assert!(all.contains("region us-east-1"), "{all}");
+    assert_eq!(stderr(&out), "");
     assert_no_canary(
         "broker run output",
         &all,
@@ -187,8 +216,12 @@ print("caller", boto3.client("sts", endpoint_url=sys.argv[1]).get_caller_identit
         ],
     );
     let all = text(&out);
-    assert!(out.status.success(), "{all}");
-    assert!(all.contains("assumed-role/agent-deploy/cli-test@"), "{all}");
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert_eq!(
+        stdout_masked(&out),
+        "caller arn:aws:sts::123456789012:assumed-role/agent-deploy/cli-test@<request-id>\n"
+    );
+    assert_eq!(stderr(&out), "");
 
     // A role whose trust policy refuses the broker: one clear error naming the role.
     let dir = moto.project(&format!(
@@ -196,11 +229,16 @@ print("caller", boto3.client("sts", endpoint_url=sys.argv[1]).get_caller_identit
         moto.s("/refusing_role")
     ));
     let out = moto.broker(dir.path(), &["run", "--only", "refused", "--", "true"]);
-    assert!(!out.status.success());
-    let all = text(&out);
-    assert!(
-        all.contains("role/someone-else") && all.contains("AccessDenied"),
-        "{all}"
+    assert_eq!(out.status.code(), Some(69), "{}", text(&out));
+    assert_eq!(stdout(&out), "");
+    let role = moto.s("/refusing_role");
+    assert_eq!(role, "arn:aws:iam::123456789012:role/someone-else");
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: credential `refused` (aws-sts://{role}): AWS denied AssumeRole on role {role} (AccessDenied: User: arn:aws:iam::123456789012:user/broker is not authorized to perform: sts:AssumeRole)\n\
+             hint: the role's trust policy must allow the broker's identity to call sts:AssumeRole (and sts:TagSession / sts:SetSourceIdentity when used)\n"
+        )
     );
 }
 
@@ -220,7 +258,8 @@ fn credential_process_feeds_boto3() {
     .unwrap();
     // The document itself.
     let out = moto.broker(dir.path(), &["credential-process", "deploy"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(stderr(&out), "");
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["Version"], 1);
     for key in [
@@ -233,8 +272,13 @@ fn credential_process_feeds_boto3() {
     }
     // A resolve credential is refused.
     let out = moto.broker(dir.path(), &["credential-process", "api"]);
-    assert!(!out.status.success());
-    assert!(text(&out).contains("aws-sts://"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert_eq!(stdout(&out), "");
+    assert_eq!(
+        stderr(&out),
+        "error: credential `api` is a `aws-sm:` reference; credential-process serves `aws-sts://` credentials\n\
+         hint: declare it as `mint: \"aws-sts://ROLE_ARN\"`\n"
+    );
 
     // boto3 runs the broker through the profile and the call succeeds against moto.
     let script = r#"
@@ -260,9 +304,10 @@ print("caller", s.client("sts", endpoint_url=sys.argv[1]).get_caller_identity()[
         .output()
         .unwrap();
     let all = text(&out);
-    assert!(out.status.success(), "{all}");
-    assert!(
-        all.contains("caller arn:aws:sts::123456789012:assumed-role/agent-deploy/boto3-test@"),
-        "{all}"
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert_eq!(
+        stdout_masked(&out),
+        "caller arn:aws:sts::123456789012:assumed-role/agent-deploy/boto3-test@<request-id>\n"
     );
+    assert_eq!(stderr(&out), "");
 }
