@@ -476,7 +476,10 @@ impl Broker {
         event.lease_id = Some(lease_id.to_string());
         event.outcome = Some("revoked".into());
         self.guarded(true, event, |_| provider.revoke(lease_id, self))
-            .await
+            .await?;
+        // A revoked credential is never served from the cache again.
+        self.runtime.cache.evict_lease(lease_id);
+        Ok(())
     }
 
     /// Health of every compiled-in backend. Checks run only for backends a credential uses and

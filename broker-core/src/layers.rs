@@ -114,6 +114,25 @@ fn scope_key(spec: &CredentialSpec) -> String {
         .unwrap_or_default()
 }
 
+/// The lifetime to mint with: the configured `ttl`, shortened by the request's (never longer).
+fn ttl_for(spec: &CredentialSpec, context: &RequestContext) -> Option<std::time::Duration> {
+    match (spec.ttl, context.ttl) {
+        (Some(configured), Some(asked)) => Some(configured.min(asked)),
+        (configured, asked) => configured.or(asked),
+    }
+}
+
+/// Minted credentials are per agent (and per requested lifetime); stored values are shared.
+fn cache_key(spec: &CredentialSpec, context: &RequestContext) -> CacheKey {
+    let key = CacheKey::new(&spec.name, scope_key(spec));
+    match spec.source {
+        Source::Resolve => key,
+        Source::Mint => key
+            .with_agent(context.agent_id.clone())
+            .with_ttl(context.ttl.and(ttl_for(spec, context))),
+    }
+}
+
 impl Broker {
     /// Replaces the clock (tests drive expiry with [`ManualClock`](crate::lease::ManualClock)).
     /// Empties the cache.
@@ -284,7 +303,9 @@ impl Broker {
             badge: badge.as_str(),
             credential_tenant: spec.and_then(|s| s.tenant.as_deref()).unwrap_or(&tenant),
             max_ttl: spec.and_then(|s| s.ttl).map_or(0, |t| t.as_secs()),
-            ttl_seconds: spec.and_then(|s| s.ttl).map_or(0, |t| t.as_secs()),
+            ttl_seconds: spec
+                .and_then(|s| ttl_for(s, context))
+                .map_or(0, |t| t.as_secs()),
             scope_actions: spec
                 .and_then(|s| s.scope.as_ref())
                 .map_or(empty, |s| &s.actions),
@@ -296,6 +317,9 @@ impl Broker {
         };
         let decision = self.runtime.policy.decide(&request)?;
         let mut event = self.event(EventKind::Decision, Severity::Info, action, spec, context);
+        if let Some(s) = spec {
+            event.ttl = ttl_for(s, context).map(|t| t.as_secs());
+        }
         if spec.is_none() {
             event.credential = Some(name.to_string());
         }
@@ -364,13 +388,17 @@ impl Broker {
 
     async fn lookup(&self, spec: &CredentialSpec, context: &RequestContext) -> Result<Lookup> {
         let action = action_for(spec);
-        let key = CacheKey::new(&spec.name, scope_key(spec));
+        let key = cache_key(spec, context);
+        let ttl = match spec.source {
+            Source::Mint => ttl_for(spec, context),
+            Source::Resolve => spec.ttl,
+        };
         let outcome: Mutex<Option<(u32, bool)>> = Mutex::new(None);
         let fetch = || async {
             let (_, provider) = self.provider_for(&spec.reference)?;
             let request = Request::new(&spec.reference, self.config().base_dir(), context)
                 .with_credential(&spec.name)
-                .with_terms(spec.terms())
+                .with_terms(spec.terms().with_ttl(ttl))
                 .with_nested(self);
             let result = retry::retry(&self.runtime.retry, &*self.runtime.sleeper, |_| async {
                 match spec.source {
@@ -384,7 +412,7 @@ impl Broker {
                     *outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some((attempts, false));
                     let expires_at =
                         credential.lease().and_then(|l| l.expires_at).or_else(|| {
-                            match (spec.source, spec.ttl) {
+                            match (spec.source, ttl) {
                                 (Source::Mint, Some(ttl)) => Some(self.runtime.clock.now() + ttl),
                                 _ => None,
                             }
@@ -420,6 +448,7 @@ impl Broker {
                     Served::Stale(_) => (EventKind::Refresh, Severity::Warning, "stale"),
                 };
                 let mut event = self.event(kind, severity, action, Some(spec), context);
+                event.ttl = ttl.map(|t| t.as_secs());
                 event.outcome = Some(outcome.into());
                 event.expiry = lookup.expires_at.map(audit::rfc3339);
                 event.lease_id = lookup.credential.lease().map(|l| l.id.clone());
@@ -493,7 +522,7 @@ impl Broker {
             {
                 continue;
             }
-            let key = CacheKey::new(&spec.name, scope_key(spec));
+            let key = cache_key(spec, context);
             let lookup = match self.runtime.cache.peek(&key) {
                 Some(l) => l,
                 None => {

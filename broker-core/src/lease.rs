@@ -105,22 +105,42 @@ impl RefreshPolicy {
     }
 }
 
-/// What a cache entry is keyed by: the credential's name and its scope (canonical JSON).
+/// What a cache entry is keyed by: the credential's name and its scope (canonical JSON); for
+/// minted credentials also the agent they were issued to and a requested lifetime, so two
+/// agents never share a minted lease.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
     /// The credential's name.
     pub credential: String,
     /// The scope, as canonical text; empty when unscoped.
     pub scope: String,
+    /// The agent a minted credential is issued to (`None`: shared).
+    pub agent: Option<String>,
+    /// A lifetime shorter than the configured one, when a request asked for it.
+    pub ttl: Option<Duration>,
 }
 
 impl CacheKey {
-    /// A key for `credential` with `scope`.
+    /// A key for `credential` with `scope`, shared by every agent.
     pub fn new(credential: impl Into<String>, scope: impl Into<String>) -> Self {
         CacheKey {
             credential: credential.into(),
             scope: scope.into(),
+            agent: None,
+            ttl: None,
         }
+    }
+    /// The same key for `agent` only.
+    #[must_use]
+    pub fn with_agent(mut self, agent: Option<String>) -> Self {
+        self.agent = agent;
+        self
+    }
+    /// The same key for a requested lifetime.
+    #[must_use]
+    pub fn with_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.ttl = ttl;
+        self
     }
 }
 
@@ -331,6 +351,22 @@ impl LeaseCache {
         if let Some(slot) = removed {
             slot.store(None);
         }
+    }
+
+    /// Drops every entry holding lease `lease_id` (revoked, say); returns how many were dropped.
+    pub fn evict_lease(&self, lease_id: &str) -> usize {
+        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0;
+        for slot in slots.values() {
+            if slot
+                .current()
+                .is_some_and(|e| e.credential.lease().is_some_and(|l| l.id == lease_id))
+            {
+                slot.store(None);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Drops every entry whose credential has expired; returns how many were dropped.

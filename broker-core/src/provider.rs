@@ -24,6 +24,9 @@ pub struct RequestContext {
     pub request_id: String,
     /// The task id, if the caller runs tasks.
     pub task_id: Option<String>,
+    /// A lifetime this request asks for (a daemon's per-request `ttl`). It only ever shortens:
+    /// a minted credential gets the shorter of this and the configured `ttl`.
+    pub ttl: Option<Duration>,
 }
 
 impl RequestContext {
@@ -33,6 +36,7 @@ impl RequestContext {
             agent_id: None,
             request_id: random_id(),
             task_id: None,
+            ttl: None,
         }
     }
 }

@@ -290,6 +290,8 @@ async fn credential(
         }
         return Err(err);
     }
+    // Minting gets the shorter lifetime; a stored value's `expires_at` is capped below.
+    ctx.ttl = requested_ttl;
     let credential = match app.broker.resolve(&name, &ctx).await {
         Ok(c) => c,
         // Undeclared names are refused (and recorded) by the runtime layers; say so plainly.
