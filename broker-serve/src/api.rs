@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ServeConfig;
 use crate::error::ApiError;
-use crate::state::State;
+use crate::state::{LeaseRecord, State};
 
 /// Who is on the other end of a unix socket connection, from `SO_PEERCRED`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +117,8 @@ pub(crate) fn router(app: App) -> Router {
         .route("/healthz", get(healthz))
         .route("/v1/credentials/{name}", post(credential))
         .route("/v1/manifest", get(manifest))
+        .route("/v1/leases", get(leases))
+        .route("/v1/leases/{id}/revoke", post(revoke))
         .route("/v1/agents/{id}/block", post(block))
         .route("/v1/agents/{id}/unblock", post(unblock))
         .fallback(no_route)
@@ -320,6 +322,19 @@ async fn credential(
         companions.insert(var.as_str(), v.expose_str().map_err(|_| not_text(var))?);
     }
     let lease = credential.lease();
+    if let (Some(lease), Some(spec), Some(agent)) = (lease, &spec, &ctx.agent_id) {
+        let backend = app.broker.registry().for_scheme(spec.reference.scheme());
+        app.state
+            .record_lease(LeaseRecord::new(
+                lease.id.clone(),
+                name.clone(),
+                agent.clone(),
+                backend.map_or("", |d| d.name).to_string(),
+                lease.expires_at,
+                backend.is_some_and(|d| d.capabilities.revoke),
+            ))
+            .await?;
+    }
     let mut expires = lease.and_then(|l| l.expires_at).or_else(|| {
         spec.as_ref()
             .filter(|s| s.source == Source::Mint)
@@ -460,6 +475,26 @@ async fn set_blocked(
     } else {
         app.state.unblock(&agent).await?
     };
+    // A blocked agent loses every live lease: revoked where the backend can, else marked.
+    let mut revoked = Vec::new();
+    let mut marked = Vec::new();
+    let mut failed = Vec::new();
+    if blocked {
+        for lease in app.state.leases(Some(&agent)).await? {
+            if lease.revoked {
+                continue;
+            }
+            match revoke_lease(&app, &lease, &ctx).await {
+                Ok(true) => revoked.push(lease.lease_id),
+                Ok(false) => marked.push(serde_json::json!({
+                    "lease_id": lease.lease_id, "expires_at": lease.expires_at
+                })),
+                Err(e) => failed.push(serde_json::json!({
+                    "lease_id": lease.lease_id, "kind": e.kind
+                })),
+            }
+        }
+    }
     let mut e = app.event(EventKind::Notice, Severity::Warning, &ctx);
     e.outcome = Some(
         if blocked {
@@ -472,7 +507,107 @@ async fn set_blocked(
     e.reason = Some(format!("agent `{agent}` by admin {}", describe(&peer)));
     app.broker.record(&e)?;
     tracing::info!(agent = %agent, blocked, "agent block state changed");
-    Ok(Json(
-        serde_json::json!({ "agent": agent, "blocked": blocked, "changed": changed }),
-    ))
+    let mut body = serde_json::json!({ "agent": agent, "blocked": blocked, "changed": changed });
+    if blocked {
+        body["revoked"] = revoked.into();
+        body["marked"] = marked.into();
+        body["failed"] = failed.into();
+    }
+    Ok(Json(body))
+}
+
+/// Revokes `lease` through the broker's revoke path (policy, retry, audit) where its backend
+/// can revoke singly, and marks it revoked either way; `true` if the backend revoked it.
+/// A lease that is only marked stays valid at the backend until it expires; it is no longer
+/// served from the cache.
+async fn revoke_lease(
+    app: &App,
+    lease: &LeaseRecord,
+    ctx: &RequestContext,
+) -> Result<bool, ApiError> {
+    if lease.revocable {
+        app.broker
+            .revoke_as(&lease.lease_id, Some(&lease.backend), ctx)
+            .await?;
+    } else {
+        app.broker.cache().evict_lease(&lease.lease_id);
+        let mut e = app.event(EventKind::Revocation, Severity::Warning, ctx);
+        e.lease_id = Some(lease.lease_id.clone());
+        e.backend = Some(lease.backend.clone());
+        e.credential = Some(lease.credential.clone());
+        e.outcome = Some("marked_revoked".into());
+        e.expiry = lease.expires_at.clone();
+        e.reason = Some(format!(
+            "`{}` cannot revoke a lease singly; it stays valid until it expires",
+            lease.backend
+        ));
+        app.broker.record(&e)?;
+    }
+    app.state.mark_revoked(&lease.lease_id).await?;
+    Ok(lease.revocable)
+}
+
+/// Who may see and revoke which leases: an admin all, an agent its own.
+async fn lease_caller(
+    app: &App,
+    peer: &Peer,
+    ctx: &mut RequestContext,
+) -> Result<Option<String>, ApiError> {
+    if app.config.is_admin(peer.uid) {
+        ctx.agent_id = app.config.agent_for(peer.uid, peer.gid).map(str::to_string);
+        return Ok(None);
+    }
+    app.agent(peer, ctx).await.map(Some)
+}
+
+async fn leases(
+    AxState(app): AxState<App>,
+    Extension(peer): Extension<Peer>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut ctx = RequestContext::new();
+    let agent = lease_caller(&app, &peer, &mut ctx).await?;
+    let leases = app.state.leases(agent.as_deref()).await?;
+    Ok(Json(serde_json::json!({ "leases": leases })))
+}
+
+async fn revoke(
+    AxState(app): AxState<App>,
+    Extension(peer): Extension<Peer>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut ctx = RequestContext::new();
+    let agent = lease_caller(&app, &peer, &mut ctx).await?;
+    let lease = app.state.lease(&id).await?;
+    let Some(lease) = lease.filter(|l| agent.as_ref().is_none_or(|a| *a == l.agent)) else {
+        // Someone else's lease looks like no lease at all.
+        let err = ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_lease",
+            "no live lease with this id issued to the caller",
+        );
+        let mut e = app.event(EventKind::Decision, Severity::Warning, &ctx);
+        e.action = Some("revoke".into());
+        e.lease_id = Some(id.clone());
+        e.decision = Some("denied".into());
+        e.outcome = Some(err.kind.into());
+        e.error_kind = Some(err.kind.into());
+        e.reason = Some(describe(&peer));
+        if let Err(err) = app.broker.record(&e) {
+            tracing::error!("cannot record a refusal in the audit log: {err}");
+        }
+        return Err(err);
+    };
+    if lease.revoked {
+        return Ok(Json(serde_json::json!({
+            "lease_id": lease.lease_id,
+            "outcome": "already_revoked",
+            "expires_at": lease.expires_at,
+        })));
+    }
+    let revoked = revoke_lease(&app, &lease, &ctx).await?;
+    Ok(Json(serde_json::json!({
+        "lease_id": lease.lease_id,
+        "outcome": if revoked { "revoked" } else { "marked" },
+        "expires_at": lease.expires_at,
+    })))
 }

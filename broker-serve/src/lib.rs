@@ -9,7 +9,7 @@
 //!
 //! - [`ServeConfig`]: the `serve:` section.
 //! - [`Daemon`]: binds the socket and serves until a shutdown signal.
-//! - [`State`]: blocks (and later leases and rate limits) behind one small trait;
+//! - [`State`]: blocks and issued leases (and later rate limits) behind one small trait;
 //!   [`MemoryState`] is the default.
 //! - [`client`]: asks a daemon for a credential over its socket.
 //!
@@ -28,7 +28,7 @@ pub use api::{CredentialRequest, CredentialResponse, Peer, TtlValue};
 pub use config::{AdminEntry, AgentEntry, ServeConfig, default_socket_path};
 pub use error::ApiError;
 pub use listen::{Daemon, bind_socket};
-pub use state::{MemoryState, State};
+pub use state::{LeaseRecord, MemoryState, State};
 
 /// The most a request body may hold.
 pub const BODY_LIMIT: usize = 64 * 1024;

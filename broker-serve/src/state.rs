@@ -1,12 +1,64 @@
-//! State that outlives one request: blocked agents today; leases and rate-limit counters
-//! later. One small trait, so a shared store (for many daemons behind one address) can replace
-//! the in-memory default without touching the request path.
+//! State that outlives one request: blocked agents and the leases the daemon issued (rate-limit
+//! counters later). One small trait, so a shared store (for many daemons behind one address)
+//! can replace the in-memory default without touching the request path.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use broker_core::Result;
+use serde::Serialize;
+
+/// A lease the daemon handed to an agent. Secret-free: ids, names and times only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeaseRecord {
+    /// The backend's lease id (`token-accessor:...` for an OpenBao child token).
+    pub lease_id: String,
+    /// The credential's name.
+    pub credential: String,
+    /// The agent it was issued to.
+    pub agent: String,
+    /// The backend that issued it.
+    pub backend: String,
+    /// When it stops working, if known (RFC 3339).
+    pub expires_at: Option<String>,
+    /// Whether the backend can revoke it singly (OpenBao tokens and leases can; STS sessions
+    /// cannot: those are only marked revoked).
+    pub revocable: bool,
+    /// Whether it was revoked (or, when not `revocable`, marked revoked) through the daemon.
+    pub revoked: bool,
+    #[serde(skip)]
+    pub(crate) expires: Option<SystemTime>,
+}
+
+impl LeaseRecord {
+    /// A live lease record.
+    pub fn new(
+        lease_id: String,
+        credential: String,
+        agent: String,
+        backend: String,
+        expires: Option<SystemTime>,
+        revocable: bool,
+    ) -> LeaseRecord {
+        LeaseRecord {
+            lease_id,
+            credential,
+            agent,
+            backend,
+            expires_at: expires.map(broker_core::audit::rfc3339),
+            revocable,
+            revoked: false,
+            expires,
+        }
+    }
+
+    /// When it stops working, if known.
+    pub fn expires(&self) -> Option<SystemTime> {
+        self.expires
+    }
+}
 
 /// The daemon's mutable state. Agent ids are normalised before they reach it.
 #[async_trait]
@@ -17,29 +69,66 @@ pub trait State: Send + Sync + 'static {
     async fn unblock(&self, agent: &str) -> Result<bool>;
     /// Whether `agent` is blocked.
     async fn is_blocked(&self, agent: &str) -> Result<bool>;
+    /// Records a lease handed out (again, for a cached one: the record is kept as it is).
+    async fn record_lease(&self, lease: LeaseRecord) -> Result<()>;
+    /// The lease `lease_id`, if the daemon issued it and it has not expired.
+    async fn lease(&self, lease_id: &str) -> Result<Option<LeaseRecord>>;
+    /// Unexpired leases, of `agent` only or of everyone (`None`), in id order.
+    async fn leases(&self, agent: Option<&str>) -> Result<Vec<LeaseRecord>>;
+    /// Marks `lease_id` revoked; `true` if it was live.
+    async fn mark_revoked(&self, lease_id: &str) -> Result<bool>;
 }
 
 /// The default [`State`]: in this process's memory, gone on restart.
 #[derive(Debug, Default)]
 pub struct MemoryState {
     blocked: Mutex<BTreeSet<String>>,
+    leases: Mutex<BTreeMap<String, LeaseRecord>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl MemoryState {
-    fn blocked(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
-        self.blocked.lock().unwrap_or_else(|p| p.into_inner())
+    fn live(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, LeaseRecord>> {
+        let mut leases = lock(&self.leases);
+        let now = SystemTime::now();
+        leases.retain(|_, l| l.expires.is_none_or(|e| e > now));
+        leases
     }
 }
 
 #[async_trait]
 impl State for MemoryState {
     async fn block(&self, agent: &str) -> Result<bool> {
-        Ok(self.blocked().insert(agent.to_string()))
+        Ok(lock(&self.blocked).insert(agent.to_string()))
     }
     async fn unblock(&self, agent: &str) -> Result<bool> {
-        Ok(self.blocked().remove(agent))
+        Ok(lock(&self.blocked).remove(agent))
     }
     async fn is_blocked(&self, agent: &str) -> Result<bool> {
-        Ok(self.blocked().contains(agent))
+        Ok(lock(&self.blocked).contains(agent))
+    }
+    async fn record_lease(&self, lease: LeaseRecord) -> Result<()> {
+        self.live().entry(lease.lease_id.clone()).or_insert(lease);
+        Ok(())
+    }
+    async fn lease(&self, lease_id: &str) -> Result<Option<LeaseRecord>> {
+        Ok(self.live().get(lease_id).cloned())
+    }
+    async fn leases(&self, agent: Option<&str>) -> Result<Vec<LeaseRecord>> {
+        Ok(self
+            .live()
+            .values()
+            .filter(|l| agent.is_none_or(|a| l.agent == a))
+            .cloned()
+            .collect())
+    }
+    async fn mark_revoked(&self, lease_id: &str) -> Result<bool> {
+        Ok(self
+            .live()
+            .get_mut(lease_id)
+            .is_some_and(|l| !std::mem::replace(&mut l.revoked, true)))
     }
 }

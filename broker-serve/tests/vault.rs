@@ -108,3 +108,85 @@ fn minted_tokens_are_per_agent_and_a_shorter_ttl_mints_a_shorter_token() {
     assert!(audit.contains("\"agent_id\":\"agent-b\""), "{audit}");
     assert!(audit.contains("\"ttl\":120"), "{audit}");
 }
+
+#[test]
+fn leases_are_listed_revoked_by_owner_or_admin_and_a_block_revokes_them() {
+    let Some(bao) = OpenBao::start(ROOT, "bao-serve-revoke") else {
+        return;
+    };
+    if !can_switch_uid() {
+        return;
+    }
+    let d = start(&bao);
+    let a = json(&d.call("POST", "/v1/credentials/ci", "{}"));
+    let (ta, la) = (
+        a["value"].as_str().unwrap().to_string(),
+        a["lease_id"].as_str().unwrap().to_string(),
+    );
+    let s = json(&d.call("POST", "/v1/credentials/ci", r#"{"ttl": 90}"#));
+    let ts = s["value"].as_str().unwrap().to_string();
+    let (status, body) = curl_as(AGENT_B_UID, &d.socket, "POST", "/v1/credentials/ci", "{}");
+    assert_eq!(status, 200, "{body}");
+    let b: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let (tb, lb) = (
+        b["value"].as_str().unwrap().to_string(),
+        b["lease_id"].as_str().unwrap().to_string(),
+    );
+
+    // An agent sees its own leases; our uid is also an admin, so it sees all three.
+    let (status, body) = curl_as(AGENT_B_UID, &d.socket, "GET", "/v1/leases", "");
+    assert_eq!(status, 200, "{body}");
+    let mine: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mine = mine["leases"].as_array().unwrap();
+    assert_eq!(mine.len(), 1, "{body}");
+    assert_eq!(mine[0]["lease_id"], lb.as_str());
+    assert_eq!(mine[0]["agent"], "agent-b");
+    assert_eq!(mine[0]["revocable"], true);
+    let all = json(&d.call("GET", "/v1/leases", ""));
+    assert_eq!(all["leases"].as_array().unwrap().len(), 3, "{all}");
+
+    // Agent B cannot revoke agent A's lease: it looks like no lease at all.
+    let path = format!("/v1/leases/{la}/revoke");
+    let (status, body) = curl_as(AGENT_B_UID, &d.socket, "POST", &path, "");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("\"kind\":\"unknown_lease\""), "{body}");
+    assert!(lookup(&bao, &ta).is_some());
+
+    // Revoked through the API, the token stops working and is not served again.
+    let r = d.call("POST", &path, "");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(json(&r)["outcome"], "revoked");
+    assert!(lookup(&bao, &ta).is_none(), "the revoked token still works");
+    let again = json(&d.call("POST", &path, ""));
+    assert_eq!(again["outcome"], "already_revoked");
+    let fresh = json(&d.call("POST", "/v1/credentials/ci", "{}"));
+    assert_ne!(fresh["value"].as_str().unwrap(), ta);
+    let tf = fresh["value"].as_str().unwrap().to_string();
+    assert!(lookup(&bao, &tf).is_some());
+    let r = d.call("POST", "/v1/leases/token-accessor:nope/revoke", "");
+    assert_eq!(r.status, 404);
+    assert_eq!(kind_of(&r), "unknown_lease");
+
+    // Blocking agent B revokes its live token; agent A's are untouched.
+    let r = d.call("POST", "/v1/agents/agent-b/block", "");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = json(&r);
+    assert_eq!(v["revoked"], serde_json::json!([lb]), "{v}");
+    assert_eq!(v["marked"], serde_json::json!([]), "{v}");
+    assert_eq!(v["failed"], serde_json::json!([]), "{v}");
+    assert!(
+        lookup(&bao, &tb).is_none(),
+        "the blocked agent's token still works"
+    );
+    assert!(lookup(&bao, &ts).is_some());
+    let (status, body) = curl_as(AGENT_B_UID, &d.socket, "POST", "/v1/credentials/ci", "{}");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("\"kind\":\"agent_blocked\""), "{body}");
+
+    let (logs, audit) = d.stop();
+    for text in [&logs, &audit] {
+        assert_no_canary("daemon output", text, &[ROOT, &ta, &tb, &ts, &tf]);
+    }
+    assert!(audit.contains("\"outcome\":\"revoked\""), "{audit}");
+    assert!(audit.contains("\"outcome\":\"unknown_lease\""), "{audit}");
+}
