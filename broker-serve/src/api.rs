@@ -104,6 +104,8 @@ pub(crate) struct App {
     pub(crate) broker: Arc<Broker>,
     pub(crate) config: Arc<ServeConfig>,
     pub(crate) state: Arc<dyn State>,
+    /// Per-agent in-flight caps (`serve.limits.concurrency`); agents come from the config.
+    pub(crate) inflight: Arc<std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Semaphore>>>>,
 }
 
 /// The caller, verified.
@@ -207,7 +209,51 @@ impl App {
             self.record_refusal(ctx, &err, describe(peer));
             return Err(err);
         }
+        if let Some(wait) = self.state.check_rate(&id).await? {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            let err = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("agent `{id}` is over its rate limit (`serve.limits`)"),
+            )
+            .with_retry_after(secs.max(1));
+            self.record_refusal(ctx, &err, describe(peer));
+            return Err(err);
+        }
         Ok(id)
+    }
+
+    /// One of `agent`'s in-flight slots, or a refusal when all are taken.
+    fn slot(
+        &self,
+        agent: &str,
+        peer: &Peer,
+        ctx: &RequestContext,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ApiError> {
+        let cap = self.config.limits.concurrency;
+        if cap == 0 {
+            return Ok(None);
+        }
+        let semaphore = self
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(agent.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(cap as usize)))
+            .clone();
+        match semaphore.try_acquire_owned() {
+            Ok(permit) => Ok(Some(permit)),
+            Err(_) => {
+                let err = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_in_flight",
+                    format!("agent `{agent}` has {cap} requests in flight (`serve.limits`)"),
+                )
+                .with_retry_after(1);
+                self.record_refusal(ctx, &err, describe(peer));
+                Err(err)
+            }
+        }
     }
 }
 
@@ -251,7 +297,8 @@ async fn credential(
     body: Body,
 ) -> Result<Response, ApiError> {
     let mut ctx = RequestContext::new();
-    app.agent(&peer, &mut ctx).await?;
+    let agent = app.agent(&peer, &mut ctx).await?;
+    let _slot = app.slot(&agent, &peer, &ctx)?;
     let bytes = read_body(body).await?;
     let req: CredentialRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
         CredentialRequest::default()

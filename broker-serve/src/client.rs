@@ -18,6 +18,8 @@ pub struct Answer {
     pub status: u16,
     /// The body (may hold a value: wiped on drop).
     pub body: zeroize::Zeroizing<Vec<u8>>,
+    /// `Retry-After` in seconds, on a 429.
+    pub retry_after: Option<u64>,
 }
 
 /// Sends one request to the daemon at `socket` and reads the whole answer.
@@ -44,6 +46,11 @@ pub async fn call(socket: &Path, method: &str, path: &str, body: Vec<u8>) -> Res
         .await
         .map_err(|e| Error::transient(format!("talking to {}: {e}", socket.display())))?;
     let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(hyper::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
     let body = Limited::new(response.into_body(), ANSWER_LIMIT)
         .collect()
         .await
@@ -52,6 +59,7 @@ pub async fn call(socket: &Path, method: &str, path: &str, body: Vec<u8>) -> Res
     Ok(Answer {
         status,
         body: zeroize::Zeroizing::new(body.to_vec()),
+        retry_after,
     })
 }
 
@@ -71,7 +79,7 @@ pub fn api_error(answer: &Answer) -> Error {
             let kind = match answer.status {
                 403 => ErrorKind::PolicyDenied,
                 404 => ErrorKind::NotFound,
-                503 => ErrorKind::Transient,
+                503 | 429 => ErrorKind::Transient,
                 400 | 413 => ErrorKind::InvalidConfig,
                 _ => ErrorKind::UnexpectedAnswer,
             };

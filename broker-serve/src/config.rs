@@ -41,6 +41,79 @@ struct RawServe {
     admins: Vec<AdminEntry>,
     #[serde(default)]
     header_timeout: Option<String>,
+    #[serde(default)]
+    limits: Limits,
+}
+
+/// `serve.limits`: per-agent request limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// How fast an agent's token bucket refills: a number of requests per second, or
+    /// `"N/s"`, `"N/m"`, `"N/h"` (0: no rate limit).
+    #[serde(deserialize_with = "rate")]
+    pub rate: Rate,
+    /// The bucket's size: how many requests an agent may make at once after a quiet spell.
+    pub burst: u32,
+    /// Requests one agent may have in flight at once (0: no cap).
+    pub concurrency: u32,
+}
+
+/// A refill rate: `requests` per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// How many requests (0: unlimited).
+    pub requests: u32,
+    /// Per how long.
+    pub per: Duration,
+}
+
+impl Rate {
+    /// `n` requests per second.
+    pub fn per_second(n: u32) -> Rate {
+        Rate {
+            requests: n,
+            per: Duration::from_secs(1),
+        }
+    }
+}
+
+fn rate<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Rate, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(u32),
+        Text(String),
+    }
+    let bad =
+        || serde::de::Error::custom("expected a number (per second) or \"N/s\", \"N/m\", \"N/h\"");
+    match Raw::deserialize(d)? {
+        Raw::N(n) => Ok(Rate::per_second(n)),
+        Raw::Text(t) => {
+            let (n, unit) = t.split_once('/').ok_or_else(bad)?;
+            let requests = n.trim().parse().map_err(|_| bad())?;
+            let per = match unit.trim() {
+                "s" => 1,
+                "m" => 60,
+                "h" => 3600,
+                _ => return Err(bad()),
+            };
+            Ok(Rate {
+                requests,
+                per: Duration::from_secs(per),
+            })
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            rate: Rate::per_second(100),
+            burst: 200,
+            concurrency: 64,
+        }
+    }
 }
 
 /// The daemon's settings, validated.
@@ -57,6 +130,8 @@ pub struct ServeConfig {
     /// How long a client may take to send its request headers (`serve.header_timeout`;
     /// default 10s).
     pub header_timeout: Duration,
+    /// Per-agent limits (`serve.limits`).
+    pub limits: Limits,
 }
 
 /// `$XDG_RUNTIME_DIR/broker/broker.sock`; without `XDG_RUNTIME_DIR`, `/run/broker/broker.sock`
@@ -133,7 +208,13 @@ impl ServeConfig {
             Some(t) => parse_duration(&t)
                 .map_err(|e| Error::invalid_config(format!("`serve.header_timeout`: {e}")))?,
         };
+        if raw.limits.rate.requests > 0 && raw.limits.burst == 0 {
+            return Err(Error::invalid_config(
+                "`serve.limits.burst` must be at least 1 when `rate` is set",
+            ));
+        }
         Ok(ServeConfig {
+            limits: raw.limits,
             listen,
             mode,
             agents,

@@ -13,6 +13,8 @@ pub struct ApiError {
     pub kind: &'static str,
     /// For people.
     pub message: String,
+    /// Seconds to wait before asking again (`Retry-After`), for 429 answers.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -22,7 +24,15 @@ impl ApiError {
             status,
             kind,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same error with a `Retry-After` of `seconds`.
+    #[must_use]
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 }
 
@@ -51,6 +61,13 @@ impl From<broker_core::Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": {"kind": self.kind, "message": self.message}});
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
+        }
+        response
     }
 }

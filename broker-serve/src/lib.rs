@@ -25,7 +25,7 @@ mod listen;
 mod state;
 
 pub use api::{CredentialRequest, CredentialResponse, Peer, TtlValue};
-pub use config::{AdminEntry, AgentEntry, ServeConfig, default_socket_path};
+pub use config::{AdminEntry, AgentEntry, Limits, Rate, ServeConfig, default_socket_path};
 pub use error::ApiError;
 pub use listen::{Daemon, bind_socket};
 pub use state::{LeaseRecord, MemoryState, State};

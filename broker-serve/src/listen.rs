@@ -19,6 +19,9 @@ use crate::state::{MemoryState, State};
 /// How long in-flight requests may take to finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(30);
 
+/// How often the state forgets full token buckets and expired leases.
+const SWEEP: Duration = Duration::from_secs(60);
+
 /// Binds the unix socket at `path` with `mode`: the parent directory is created (0700) if
 /// missing; a stale socket (nothing accepts on it) is replaced; a live one, or a file that is
 /// not a socket, is refused. The socket is created under umask 0177, then set to `mode`.
@@ -91,8 +94,9 @@ impl Daemon {
         Daemon {
             app: App {
                 broker: Arc::new(broker),
+                state: Arc::new(MemoryState::new(config.limits)),
                 config: Arc::new(config),
-                state: Arc::new(MemoryState::default()),
+                inflight: Arc::default(),
             },
         }
     }
@@ -157,6 +161,17 @@ impl Daemon {
             .header_read_timeout(self.app.config.header_timeout)
             .keep_alive(true);
         tokio::pin!(shutdown);
+        let state = self.app.state.clone();
+        let sweeper = tokio::spawn(async move {
+            let mut every = tokio::time::interval(SWEEP);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                if let Err(e) = state.sweep().await {
+                    tracing::warn!("sweeping the daemon's state failed: {e}");
+                }
+            }
+        });
         loop {
             let (stream, _) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -196,6 +211,7 @@ impl Daemon {
             });
         }
         drop(listener);
+        sweeper.abort();
         tracing::info!("shutting down: finishing in-flight requests");
         if tokio::time::timeout(DRAIN, graceful.shutdown())
             .await

@@ -3,12 +3,15 @@
 //! can replace the in-memory default without touching the request path.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU32;
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use broker_core::Result;
 use serde::Serialize;
+
+use crate::config::Limits;
 
 /// A lease the daemon handed to an agent. Secret-free: ids, names and times only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -77,13 +80,53 @@ pub trait State: Send + Sync + 'static {
     async fn leases(&self, agent: Option<&str>) -> Result<Vec<LeaseRecord>>;
     /// Marks `lease_id` revoked; `true` if it was live.
     async fn mark_revoked(&self, lease_id: &str) -> Result<bool>;
+    /// Takes one request from `agent`'s token bucket: `None` when admitted, else how long
+    /// until the next request would be.
+    async fn check_rate(&self, agent: &str) -> Result<Option<Duration>>;
+    /// Forgets what no longer matters (full buckets, expired leases); the daemon calls it
+    /// periodically so the maps do not grow without bound.
+    async fn sweep(&self) -> Result<()>;
 }
 
+type Limiter = governor::DefaultKeyedRateLimiter<String>;
+
 /// The default [`State`]: in this process's memory, gone on restart.
-#[derive(Debug, Default)]
 pub struct MemoryState {
     blocked: Mutex<BTreeSet<String>>,
     leases: Mutex<BTreeMap<String, LeaseRecord>>,
+    limiter: Option<Limiter>,
+}
+
+impl std::fmt::Debug for MemoryState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryState")
+            .field("blocked", &*lock(&self.blocked))
+            .field("leases", &lock(&self.leases).len())
+            .field("rate_limited", &self.limiter.is_some())
+            .finish()
+    }
+}
+
+impl Default for MemoryState {
+    fn default() -> Self {
+        MemoryState::new(Limits::default())
+    }
+}
+
+impl MemoryState {
+    /// An empty state whose token buckets follow `limits` (`rate: 0`: no rate limit).
+    pub fn new(limits: Limits) -> MemoryState {
+        let limiter = NonZeroU32::new(limits.rate.requests).and_then(|n| {
+            let burst = NonZeroU32::new(limits.burst).unwrap_or(n);
+            governor::Quota::with_period(limits.rate.per / n.get())
+                .map(|q| governor::RateLimiter::keyed(q.allow_burst(burst)))
+        });
+        MemoryState {
+            blocked: Mutex::default(),
+            leases: Mutex::default(),
+            limiter,
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -130,5 +173,23 @@ impl State for MemoryState {
             .live()
             .get_mut(lease_id)
             .is_some_and(|l| !std::mem::replace(&mut l.revoked, true)))
+    }
+    async fn check_rate(&self, agent: &str) -> Result<Option<Duration>> {
+        use governor::clock::{Clock, DefaultClock};
+        let Some(limiter) = &self.limiter else {
+            return Ok(None);
+        };
+        Ok(limiter
+            .check_key(&agent.to_string())
+            .err()
+            .map(|not_until| not_until.wait_time_from(DefaultClock::default().now())))
+    }
+    async fn sweep(&self) -> Result<()> {
+        if let Some(limiter) = &self.limiter {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+        drop(self.live());
+        Ok(())
     }
 }
