@@ -183,8 +183,15 @@ impl AlertCommand {
 
     /// Runs the command with `event` (secret-free JSON) on stdin and waits for it, at most
     /// [`AlertCommand::timeout`]. Its output is discarded; a failure is returned, not raised.
+    ///
+    /// Strings in the event longer than [`ALERT_STRING_LIMIT`] characters are elided, so a
+    /// huge reference cannot make a huge payload. The payload is written under the same
+    /// deadline (a command that never reads its stdin cannot stall the broker), and when `sh`
+    /// exits or times out its whole process group is killed, so nothing it started outlives it.
     pub async fn run(&self, event: &serde_json::Value) -> Result<()> {
-        let mut payload = serde_json::to_vec(event)
+        let mut event = event.clone();
+        cap_strings(&mut event);
+        let mut payload = serde_json::to_vec(&event)
             .map_err(|_| Error::internal("cannot encode the alert event"))?;
         payload.push(b'\n');
         let this = self.clone();
@@ -194,8 +201,9 @@ impl AlertCommand {
     }
 
     fn run_blocking(&self, payload: &[u8]) -> Result<()> {
+        use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
         use std::os::unix::process::CommandExt;
-        // Its own process group, so a timeout kills everything it started, not just `sh`.
+        // Its own process group, so everything it started can be killed, not just `sh`.
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(&self.command)
@@ -205,26 +213,57 @@ impl AlertCommand {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| Error::io("cannot start alert.command", &e))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            // A command that ignores its input closes the pipe early: not an error.
-            let _ = stdin.write_all(payload);
-        }
         let deadline = std::time::Instant::now() + self.timeout;
+        // The group id is the child's pid (`process_group(0)`). It cannot be reused while the
+        // child is not reaped, so the group is killed before the child is reaped.
+        let group = Pid::from_child(&child);
+        let kill_group = || {
+            let _ = rustix::process::kill_process_group(group, Signal::KILL);
+        };
+        // The payload is written without blocking, a piece at a time, inside the deadline
+        // loop: a command that never reads its stdin must not hold the broker past it.
+        let mut stdin = child.stdin.take().and_then(|pipe| {
+            rustix::io::ioctl_fionbio(&pipe, true).ok()?;
+            Some(pipe)
+        });
+        let mut written = 0usize;
         loop {
-            match child.try_wait() {
-                Ok(Some(status)) if status.success() => return Ok(()),
-                Ok(Some(status)) => {
+            if let Some(pipe) = stdin.as_mut() {
+                match pipe.write(&payload[written..]) {
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    // A command that ignores its input closes the pipe early: not an error.
+                    Err(_) => written = payload.len(),
+                }
+                if written >= payload.len() {
+                    stdin = None;
+                }
+            }
+            // Look without reaping (`NOWAIT`), so the group id stays reserved.
+            let exited = rustix::process::waitid(
+                WaitId::Pid(group),
+                WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT,
+            );
+            match exited {
+                Ok(Some(_)) => {
+                    drop(stdin.take());
+                    // `sh` is done: whatever it left running in the background goes with it.
+                    kill_group();
+                    let status = child
+                        .wait()
+                        .map_err(|e| Error::io("cannot wait for alert.command", &e))?;
+                    if status.success() {
+                        return Ok(());
+                    }
                     return Err(Error::new(
                         ErrorKind::Io,
                         format!("alert.command exited with {status}"),
                     ));
                 }
                 Ok(None) if std::time::Instant::now() >= deadline => {
-                    // The group id is the child's pid (`process_group(0)`); it cannot have
-                    // been reused, as the child is not reaped yet.
-                    let group = rustix::process::Pid::from_child(&child);
-                    let _ =
-                        rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+                    drop(stdin.take());
+                    kill_group();
                     let _ = child.kill();
                     let _ = child.wait();
                     return Err(Error::new(
@@ -236,8 +275,52 @@ impl AlertCommand {
                     ));
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-                Err(e) => return Err(Error::io("cannot wait for alert.command", &e)),
+                Err(e) => {
+                    drop(stdin.take());
+                    kill_group();
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(Error::io(
+                        "cannot wait for alert.command",
+                        &std::io::Error::from(e),
+                    ));
+                }
             }
         }
+    }
+}
+
+/// The most characters of one string an alert event passes to `alert.command`; longer strings
+/// keep their first [`ALERT_STRING_LIMIT`] characters, an ellipsis and their length.
+pub const ALERT_STRING_LIMIT: usize = 1024;
+
+/// Elides every string in `value` (keys included) longer than [`ALERT_STRING_LIMIT`].
+fn cap_strings(value: &mut serde_json::Value) {
+    fn cap(text: &str) -> Option<String> {
+        let (cut, _) = text.char_indices().nth(ALERT_STRING_LIMIT)?;
+        Some(format!(
+            "{}… ({} chars)",
+            &text[..cut],
+            text.chars().count()
+        ))
+    }
+    match value {
+        serde_json::Value::String(s) => {
+            if let Some(short) = cap(s) {
+                *s = short;
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(cap_strings),
+        serde_json::Value::Object(map) => {
+            let long_keys: Vec<String> = map.keys().filter(|k| cap(k).is_some()).cloned().collect();
+            for key in long_keys {
+                if let Some(mut v) = map.remove(&key) {
+                    cap_strings(&mut v);
+                    map.insert(cap(&key).unwrap_or(key), v);
+                }
+            }
+            map.values_mut().for_each(cap_strings);
+        }
+        _ => {}
     }
 }

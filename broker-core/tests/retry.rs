@@ -273,3 +273,114 @@ async fn a_timed_out_alert_command_is_killed_with_its_children() {
         "the alert command's child {pid} outlived its timeout"
     );
 }
+
+/// Whether a process is running (not gone, not a zombie waiting to be reaped).
+fn running(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
+}
+
+/// Polls for up to 5 s until `pid` stops running; kills it and fails if it does not.
+fn assert_gone(pid: &str, what: &str) {
+    let mut tries = 0;
+    while running(pid) && tries < 500 {
+        std::thread::sleep(Duration::from_millis(10));
+        tries += 1;
+    }
+    let survived = running(pid);
+    if survived {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", pid])
+            .status();
+    }
+    assert!(!survived, "{what} {pid} is still running");
+}
+
+/// Reads the file a command writes its pid into, waiting up to 5 s for it.
+fn read_pid(path: &std::path::Path) -> String {
+    for _ in 0..500 {
+        if let Ok(pid) = std::fs::read_to_string(path) {
+            return pid.trim().to_string();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{} was never written", path.display());
+}
+
+/// Finding F3: a command that never reads its stdin cannot hold the broker past the timeout
+/// with a payload larger than a pipe buffer (64 KiB); it is killed with its process group.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alert_command_that_never_reads_a_huge_payload_is_still_timed_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let cmd = retry::AlertCommand {
+        command: format!(
+            "echo $$ > '{}.tmp' && mv '{0}.tmp' '{0}'; sleep 300",
+            pid_file.display()
+        ),
+        timeout: Duration::from_secs(1),
+    };
+    // Many strings under the per-string cap: the payload stays above 64 KiB.
+    let event = serde_json::json!({ "refs": vec!["x".repeat(1000); 200] });
+    assert!(serde_json::to_vec(&event).unwrap().len() > 128 * 1024);
+    let err = tokio::time::timeout(Duration::from_secs(60), cmd.run(&event))
+        .await
+        .expect("alert.command hung past its timeout")
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "alert.command did not finish within 1s and was killed"
+    );
+    let pid = read_pid(&pid_file);
+    let group = rustix::process::Pid::from_raw(pid.parse().unwrap()).unwrap();
+    let mut tries = 0;
+    while rustix::process::test_kill_process_group(group).is_ok() && tries < 500 {
+        std::thread::sleep(Duration::from_millis(10));
+        tries += 1;
+    }
+    assert!(
+        rustix::process::test_kill_process_group(group).is_err(),
+        "the alert command's process group {pid} outlived its timeout"
+    );
+}
+
+/// Finding F3: a huge string in the event (a 70 KB reference) is elided before it reaches
+/// the command.
+#[tokio::test]
+async fn long_strings_in_the_alert_event_are_elided() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("event.json");
+    let cmd = retry::AlertCommand::new(format!("cat > '{}'", out.display()));
+    let reference = format!("env:{}", "A".repeat(70_000));
+    cmd.run(&serde_json::json!({ "reference": reference, "kind": "transient" }))
+        .await
+        .unwrap();
+    let event: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let shown = event["reference"].as_str().unwrap();
+    let expected = format!(
+        "env:{}… (70004 chars)",
+        "A".repeat(retry::ALERT_STRING_LIMIT - 4)
+    );
+    assert_eq!(shown, expected);
+    assert_eq!(event["kind"], "transient");
+}
+
+/// Finding F4: when `sh` exits, whatever it started in the background is killed with it.
+#[tokio::test]
+async fn an_alert_commands_background_children_die_when_it_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let cmd = retry::AlertCommand::new(format!(
+        "sleep 45 & echo $! > '{}.tmp' && mv '{0}.tmp' '{0}'; echo started",
+        pid_file.display()
+    ));
+    cmd.run(&serde_json::json!({})).await.unwrap();
+    let pid = read_pid(&pid_file);
+    assert_gone(&pid, "the alert command's background child");
+}
