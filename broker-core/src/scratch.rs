@@ -3,7 +3,10 @@
 //! A scratch dir is created 0700 under the first usable root: `$XDG_RUNTIME_DIR` (when it is a
 //! directory we own with mode 0700), else `/dev/shm`, else the system temp dir. A shared root
 //! is used only when it is owned by us or root and, if group- or other-writable, has the sticky
-//! bit: otherwise another user could rename our dir and put a symlink in its place. Every
+//! bit: otherwise another user could rename our dir and put a symlink in its place. Each root
+//! is first canonicalised, and every directory above it, from `/` down, must pass the same
+//! rule (walked with `O_NOFOLLOW`): the root is then used by its canonical path, so the path
+//! given to the child has no symlink and no component another user could rename. Every
 //! operation of the broker itself (creating, replacing and wiping files, reading the marker,
 //! removing the dir) goes through an open directory fd (`openat`/`renameat`/`unlinkat` with
 //! `O_NOFOLLOW`), never through the path; [`ScratchDir::path`] is only for the child.
@@ -80,41 +83,81 @@ fn shm_dir() -> PathBuf {
     PathBuf::from("/dev/shm")
 }
 
-/// Opens `path` as a root and checks that no other user can rename entries in it.
-fn open_root(path: &Path, private: bool) -> std::result::Result<OwnedFd, String> {
-    let fd = rustix::fs::open(
-        path,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| io::Error::from(e).to_string())?;
-    let st = rustix::fs::fstat(&fd).map_err(|e| io::Error::from(e).to_string())?;
+/// Flags for walking down to a root: a directory, never a symlink; `O_PATH` needs only search
+/// permission, so an ancestor we may not list (mode 0711) can still be walked and checked.
+const WALK_FLAGS: OFlags = OFlags::PATH
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+/// The rule for a shared directory (a shared root, and every ancestor of any root): owned by us
+/// or root and, if group- or other-writable, sticky, so no other user can rename its entries.
+fn check_shared(st: &rustix::fs::Stat, me: u32) -> std::result::Result<(), String> {
+    let mode = st.st_mode & 0o7777;
+    if st.st_uid != me && st.st_uid != 0 {
+        return Err("owned by another user".into());
+    }
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Err("writable by group or others without the sticky bit".into());
+    }
+    Ok(())
+}
+
+/// Opens `path` as a root and checks that no other user can rename entries in it or in any
+/// directory above it. Returns the open root and its canonical path (no symlink, no `..`),
+/// which is the only path handed on: a symlink in `path` is resolved once, here, and the
+/// directories the result goes through are the ones checked.
+fn open_root(path: &Path, private: bool) -> std::result::Result<(OwnedFd, PathBuf), String> {
+    let errno = |e: Errno| io::Error::from(e).to_string();
+    let canon = std::fs::canonicalize(path).map_err(|e| e.to_string())?;
+    let resolved = |reason: String| {
+        if canon.as_path() == path {
+            reason
+        } else {
+            format!("{reason} (resolved to {})", canon.display())
+        }
+    };
     let me = rustix::process::getuid().as_raw();
+    // Walk down from `/` one component at a time with `O_NOFOLLOW`, checking each directory
+    // before looking up the next name in it: a component swapped for a symlink after
+    // `canonicalize` fails the walk instead of leading elsewhere.
+    let mut walked = PathBuf::from("/");
+    let mut dir = rustix::fs::open("/", WALK_FLAGS, Mode::empty()).map_err(errno)?;
+    for component in canon.components() {
+        let name = match component {
+            std::path::Component::RootDir => continue,
+            std::path::Component::Normal(name) => name,
+            _ => return Err(resolved("not a canonical path".into())),
+        };
+        let st = rustix::fs::fstat(&dir).map_err(errno)?;
+        check_shared(&st, me)
+            .map_err(|reason| resolved(format!("ancestor {}: {reason}", walked.display())))?;
+        walked.push(name);
+        dir = rustix::fs::openat(&dir, name, WALK_FLAGS, Mode::empty())
+            .map_err(|e| resolved(format!("{}: {}", walked.display(), errno(e))))?;
+    }
+    let fd = rustix::fs::openat(&dir, ".", DIR_FLAGS, Mode::empty()).map_err(errno)?;
+    let st = rustix::fs::fstat(&fd).map_err(errno)?;
     let mode = st.st_mode & 0o7777;
     if private {
         if st.st_uid != me {
-            return Err("not owned by this user".into());
+            return Err(resolved("not owned by this user".into()));
         }
         if mode & 0o077 != 0 {
-            return Err(format!("mode {mode:04o}, not 0700"));
+            return Err(resolved(format!("mode {mode:04o}, not 0700")));
         }
     } else {
-        if st.st_uid != me && st.st_uid != 0 {
-            return Err("owned by another user".into());
-        }
-        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
-            return Err("writable by group or others without the sticky bit".into());
-        }
+        check_shared(&st, me).map_err(resolved)?;
     }
-    Ok(fd)
+    Ok((fd, canon))
 }
 
-/// The usable parent directories, most private first.
+/// The usable parent directories (canonical paths), most private first.
 pub fn scratch_roots() -> Vec<PathBuf> {
     candidates()
         .into_iter()
-        .filter(|c| open_root(&c.path, c.private).is_ok())
-        .map(|c| c.path)
+        .filter_map(|c| open_root(&c.path, c.private).ok())
+        .map(|(_, path)| path)
         .collect()
 }
 
@@ -146,8 +189,8 @@ impl ScratchDir {
     pub fn create() -> Result<ScratchDir> {
         let mut why = Vec::new();
         for c in candidates() {
-            let made = open_root(&c.path, c.private).and_then(|root| {
-                Self::create_at(root, &c.path).map_err(|e| e.message().to_owned())
+            let made = open_root(&c.path, c.private).and_then(|(root, canon)| {
+                Self::create_at(root, &canon).map_err(|e| e.message().to_owned())
             });
             match made {
                 Ok(dir) => return Ok(dir),
@@ -161,15 +204,16 @@ impl ScratchDir {
         .with_hint("set XDG_RUNTIME_DIR or TMPDIR to a directory only you can write (mode 0700)"))
     }
 
-    /// Creates a scratch dir under `root`, which must pass the checks for a shared root.
+    /// Creates a scratch dir under `root`, which (and every directory above it) must pass the
+    /// checks for a shared root. [`ScratchDir::path`] is then under `root`'s canonical path.
     pub fn create_in(root: &Path) -> Result<ScratchDir> {
-        let fd = open_root(root, false).map_err(|reason| {
+        let (fd, canon) = open_root(root, false).map_err(|reason| {
             Error::new(
                 ErrorKind::Io,
                 format!("cannot create a scratch dir: {}: {reason}", root.display()),
             )
         })?;
-        Self::create_at(fd, root)
+        Self::create_at(fd, &canon)
     }
 
     fn create_at(root: OwnedFd, root_path: &Path) -> Result<ScratchDir> {
@@ -202,7 +246,8 @@ impl ScratchDir {
         Ok(scratch)
     }
 
-    /// The directory, for handing paths to the child. The broker itself never uses it.
+    /// The directory, for handing paths to the child. The broker itself never uses it. It is
+    /// under the root's canonical path: no symlink in it, and every directory in it checked.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -461,15 +506,16 @@ fn in_use(marker: Option<&str>, name: &str) -> bool {
 pub fn sweep_stale() -> Vec<PathBuf> {
     candidates()
         .iter()
-        .filter_map(|c| Some((open_root(&c.path, c.private).ok()?, &c.path)))
-        .flat_map(|(fd, path)| sweep_root(fd.as_fd(), path))
+        .filter_map(|c| open_root(&c.path, c.private).ok())
+        .flat_map(|(fd, path)| sweep_root(fd.as_fd(), &path))
         .collect()
 }
 
-/// [`sweep_stale`] for one root (nothing when `root` fails the checks for a shared root).
+/// [`sweep_stale`] for one root (nothing when `root` fails the checks for a shared root); the
+/// paths returned are under `root`'s canonical path.
 pub fn sweep_stale_in(root: &Path) -> Vec<PathBuf> {
     match open_root(root, false) {
-        Ok(fd) => sweep_root(fd.as_fd(), root),
+        Ok((fd, canon)) => sweep_root(fd.as_fd(), &canon),
         Err(_) => Vec::new(),
     }
 }

@@ -46,6 +46,119 @@ fn a_root_writable_by_others_without_the_sticky_bit_is_refused() {
     assert!(dir.path().starts_with(root.path()));
 }
 
+/// Whether any directory `path` goes through, or `path` itself, is a symlink.
+fn has_symlink(path: &Path) -> bool {
+    path.ancestors()
+        .any(|p| fs::symlink_metadata(p).unwrap().is_symlink())
+}
+
+#[test]
+fn a_root_under_an_ancestor_writable_by_others_without_the_sticky_bit_is_refused() {
+    let top = tempfile::tempdir().unwrap();
+    // Owned by root (we are root in tests) but writable by everyone, no sticky bit: another
+    // user could rename `mine` and put a link or a dir of theirs in its place.
+    let shared = top.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    chmod(&shared, 0o777);
+    let root = shared.join("mine");
+    fs::create_dir(&root).unwrap();
+    chmod(&root, 0o700);
+    let e = ScratchDir::create_in(&root).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Io);
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "cannot create a scratch dir: {}: ancestor {}: writable by group or others without the sticky bit",
+            root.display(),
+            shared.display()
+        )
+    );
+    assert_eq!(fs::read_dir(&root).unwrap().count(), 0);
+    let planted = root.join(format!("{DIR_PREFIX}999999999-0"));
+    fs::create_dir(&planted).unwrap();
+    assert!(sweep_stale_in(&root).is_empty());
+    assert!(planted.is_dir());
+    fs::remove_dir(&planted).unwrap();
+
+    // Any ancestor counts, not only the parent.
+    let deeper = root.join("deeper");
+    fs::create_dir(&deeper).unwrap();
+    chmod(&deeper, 0o700);
+    let e = ScratchDir::create_in(&deeper).unwrap_err();
+    assert!(
+        e.to_string().ends_with(&format!(
+            "ancestor {}: writable by group or others without the sticky bit",
+            shared.display()
+        )),
+        "{e}"
+    );
+    fs::remove_dir(&deeper).unwrap();
+
+    // Sticky, or not writable by others: usable.
+    for mode in [0o1777, 0o755] {
+        chmod(&shared, mode);
+        let dir = ScratchDir::create_in(&root).unwrap();
+        assert!(dir.path().starts_with(&root), "{mode:o}");
+    }
+}
+
+#[test]
+fn a_root_reached_through_a_symlink_is_used_by_its_canonical_path() {
+    let top = tempfile::tempdir().unwrap();
+    let real = top.path().join("real");
+    fs::create_dir(&real).unwrap();
+    chmod(&real, 0o1777);
+    let real = fs::canonicalize(&real).unwrap();
+    let evil = top.path().join("evil");
+    fs::create_dir(&evil).unwrap();
+    // The reproduction of F1: the link lives in a dir writable by everyone without the sticky
+    // bit; it points at a good root (sticky, owned by root).
+    let shared = top.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    chmod(&shared, 0o777);
+    let link = shared.join("mine");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+
+    let dir = ScratchDir::create_in(&link).unwrap();
+    assert_eq!(dir.path().parent().unwrap(), real);
+    assert!(!has_symlink(dir.path()), "{}", dir.path().display());
+    let token = dir
+        .write_secret("token", &SecretValue::copy_from(CANARY.as_bytes()))
+        .unwrap();
+    assert_eq!(token.parent().unwrap(), dir.path());
+
+    // The other user swaps the link for one to a dir of theirs holding the same name: the path
+    // the child was given does not go through the link, so it still reads our file.
+    let name = dir.path().file_name().unwrap();
+    fs::create_dir(evil.join(name)).unwrap();
+    fs::write(evil.join(name).join("token"), "their file").unwrap();
+    let new_link = shared.join("mine.new");
+    std::os::unix::fs::symlink(&evil, &new_link).unwrap();
+    fs::rename(&new_link, &link).unwrap();
+    assert_eq!(fs::read(&token).unwrap(), CANARY.as_bytes());
+
+    // The sweep reports canonical paths too.
+    let dead = real.join(format!("{DIR_PREFIX}999999999-0"));
+    fs::create_dir(&dead).unwrap();
+    std::os::unix::fs::symlink(&real, &new_link).unwrap();
+    assert_eq!(sweep_stale_in(&new_link), vec![dead]);
+
+    // A link to a root that fails the checks says where it leads.
+    let bad = top.path().join("bad");
+    fs::create_dir(&bad).unwrap();
+    chmod(&bad, 0o777);
+    let to_bad = top.path().join("to-bad");
+    std::os::unix::fs::symlink(&bad, &to_bad).unwrap();
+    assert_eq!(
+        ScratchDir::create_in(&to_bad).unwrap_err().to_string(),
+        format!(
+            "cannot create a scratch dir: {}: writable by group or others without the sticky bit (resolved to {})",
+            to_bad.display(),
+            fs::canonicalize(&bad).unwrap().display()
+        )
+    );
+}
+
 #[test]
 fn a_missing_root_is_an_io_error() {
     let root = tempfile::tempdir().unwrap();
