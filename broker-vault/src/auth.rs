@@ -16,6 +16,21 @@ use crate::settings::Auth;
 /// The default Kubernetes service-account token file.
 const K8S_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
+/// The largest token, JWT or PEM file the Vault backend reads.
+pub(crate) const MAX_LOCAL_FILE: u64 = 1 << 20;
+
+/// Reads a token, JWT or PEM file through [`broker_core::localfile`]: a FIFO, device or
+/// directory fails at once instead of blocking the broker or exhausting its memory, and so does
+/// a file over [`MAX_LOCAL_FILE`] ([`ErrorKind::Unsupported`]; OS errors keep their kind).
+pub(crate) fn read_local(path: &Path, what: &str) -> Result<Zeroizing<Vec<u8>>> {
+    broker_core::localfile::read(path, MAX_LOCAL_FILE).map_err(|e| {
+        e.to_error(
+            format_args!("cannot read the {what} {}", path.display()),
+            ErrorKind::Unsupported,
+        )
+    })
+}
+
 /// The broker's own token and what Vault said about it.
 pub(crate) struct Session {
     token: SecretValue,
@@ -123,13 +138,7 @@ impl VaultProvider {
 
     fn read_file(&self, path: &str, what: &str) -> Result<SecretValue> {
         let path = broker_core::provider::resolve_path(&self.inner.base_dir, path);
-        let bytes = std::fs::read(&path).map_err(|e| {
-            Error::io(
-                format_args!("cannot read the {what} {}", path.display()),
-                &e,
-            )
-        })?;
-        let mut bytes = Zeroizing::new(bytes);
+        let mut bytes = read_local(&path, what)?;
         while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
             bytes.pop();
         }

@@ -79,12 +79,7 @@ impl std::fmt::Debug for Client {
 }
 
 fn read_pem(path: &Path, what: &str) -> Result<Zeroizing<Vec<u8>>, Error> {
-    std::fs::read(path).map(Zeroizing::new).map_err(|e| {
-        Error::io(
-            format_args!("cannot read the Vault {what} {}", path.display()),
-            &e,
-        )
-    })
+    crate::auth::read_local(path, &format!("Vault {what}"))
 }
 
 fn tls_config(options: &ClientOptions) -> Result<rustls::ClientConfig, Error> {
