@@ -4,13 +4,20 @@
 use std::time::SystemTime;
 
 use aws_sdk_sts::primitives::{DateTime, DateTimeFormat};
-use broker_core::{Credential, DeliveryKind, Error, Lease, Request, Result, SecretValue};
+use broker_core::{
+    Credential, DeliveryKind, Error, ErrorKind, Lease, Request, Result, SecretValue,
+};
 use zeroize::Zeroizing;
 
 use crate::errors::{Call, from_sdk};
 use crate::policy::{duration_seconds, session_name, session_policy};
 use crate::provider::AwsProvider;
 use crate::target::RoleTarget;
+
+/// The largest web identity token file read. It goes through [`broker_core::localfile`], so a
+/// FIFO, device or directory fails at once instead of blocking the broker or exhausting its
+/// memory.
+const MAX_TOKEN_FILE: u64 = 1 << 20;
 
 /// The variable `kind: file` credentials also set to the credentials file's path.
 pub const SHARED_CREDENTIALS_FILE_VAR: &str = "AWS_SHARED_CREDENTIALS_FILE";
@@ -85,10 +92,10 @@ impl AwsProvider {
                     .with_hint("remove them, or drop `backends.aws.web_identity_token_file` to use AssumeRole"));
                 }
                 let path = crate::resolve(&self.base_dir, file);
-                let token = std::fs::read(&path).map(Zeroizing::new).map_err(|e| {
-                    Error::io(
+                let token = broker_core::localfile::read(&path, MAX_TOKEN_FILE).map_err(|e| {
+                    e.to_error(
                         format_args!("cannot read the web identity token file {}", path.display()),
-                        &e,
+                        ErrorKind::Unsupported,
                     )
                 })?;
                 let token = std::str::from_utf8(&token)
