@@ -49,7 +49,10 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: cannot start the async runtime: {e}"
+            );
             return ExitCode::from(exit::SOFTWARE);
         }
     };
@@ -88,16 +91,26 @@ fn wants_json(command: &Command) -> bool {
 }
 
 /// Prints an error: one line, then a hint line if there is one (or one JSON object).
+///
+/// Control characters and bidi overrides are escaped here too, whatever the error echoes, so
+/// nothing in it can drive the terminal or forge a line. Write errors are ignored: with
+/// stderr closed the exit code still tells what happened (`eprintln!` would panic).
 fn report(e: &Error, json: bool) {
+    let mut err = std::io::stderr().lock();
     if json {
         let value = serde_json::json!({ "error": output::error_json(e) });
-        eprintln!("{value}");
+        let _ = writeln!(err, "{value}");
         return;
     }
-    eprintln!("error: {}", bounded(&e.to_string()));
+    let _ = writeln!(err, "error: {}", human(&e.to_string()));
     if let Some(hint) = e.hint() {
-        eprintln!("hint: {}", bounded(hint));
+        let _ = writeln!(err, "hint: {}", human(hint));
     }
+}
+
+/// A line of an error for a terminal: control characters escaped, then [`bounded`].
+fn human(line: &str) -> String {
+    bounded(&broker_core::grammar::escape_controls(line)).into_owned()
 }
 
 /// The longest error or hint line printed whole; the pieces of input an error echoes are cut

@@ -165,7 +165,10 @@ pub async fn print_doctor(
             Err(None) => println!(
                 "config: none found (run in a directory with .broker.yml, or pass --config)"
             ),
-            Err(Some(e)) => println!("config: invalid: {e}"),
+            Err(Some(e)) => println!(
+                "config: invalid: {}",
+                broker_core::grammar::escape_controls(&e.to_string())
+            ),
         }
         if !reports.is_empty() {
             let rows: Vec<Vec<String>> = reports

@@ -659,3 +659,162 @@ fn missing_policy_file_is_a_config_error() {
         )
     );
 }
+
+/// Finding F7: control characters and escape codes in a reference reached the terminal raw
+/// (an OSC title and a clear-screen), and a newline forged `ok` and `hint` lines.
+#[test]
+fn check_escapes_control_characters_in_what_it_echoes() {
+    let f = Fixture::new(CONFIG);
+    let out = f.run(&["check", "env:X\u{1b}]0;pwned\u{7}\u{1b}[2J"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert_eq!(stdout(&out), "");
+    assert_eq!(
+        stderr(&out),
+        "error: invalid reference `env:X\\x1b]0;pwned\\x07\\x1b[2J` at column 6: a control character is not allowed in a reference\n"
+    );
+    let out = f.run(&["check", "env:X`\nok  env:FORGED  (env)\nhint: all good"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert_eq!(stdout(&out), "");
+    assert_eq!(
+        stderr(&out),
+        "error: invalid reference `env:X`\\nok  env:FORGED  (env)\\nhint: all good` at column 7: whitespace is not allowed in a reference\n"
+    );
+    let out = f.run(&["check", "env:X\u{202e}\u{9b}2J"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        !stderr(&out).contains('\u{202e}') && !stderr(&out).contains('\u{9b}'),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("`env:X\\u{202e}\\u{9b}2J`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Finding F7: the same for a reference read from a repository's `.broker.yml`.
+#[test]
+fn config_references_with_control_characters_are_escaped_in_errors() {
+    let f = Fixture::new("credentials:\n  api: { ref: \"env:X\\e]0;pwned\\a\\nok  forged\" }\n");
+    let out = f.run(&["audit"]);
+    assert_eq!(out.status.code(), Some(78));
+    let err = stderr(&out);
+    assert!(!err.chars().any(|c| c.is_control() && c != '\n'), "{err:?}");
+    assert_eq!(
+        err.lines().filter(|l| !l.starts_with("hint: ")).count(),
+        1,
+        "{err:?}"
+    );
+    assert!(
+        err.contains("env:X\\x1b]0;pwned\\x07\\nok  forged"),
+        "{err:?}"
+    );
+}
+
+/// Finding F9: with stderr closed an error panicked (exit 101) instead of exiting 78.
+#[test]
+fn an_error_with_stderr_closed_still_exits_78() {
+    let f = Fixture::new(CONFIG);
+    let script = format!(
+        "exec '{}' check 'bad::ref' 2>&-",
+        env!("CARGO_BIN_EXE_broker")
+    );
+    let out = Command::new("sh")
+        .args(["-c", &script])
+        .current_dir(f.dir.path())
+        .env_remove("BROKER_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    // A pipe whose read end is gone: EPIPE, not a panic.
+    let mut child = f
+        .cmd(&["check", "bad::ref"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    assert_eq!(child.wait().unwrap().code(), Some(78));
+}
+
+/// Finding F8: invisible characters and lookalike letters made ids that got past a forbid on
+/// `mallory` and were logged as `mallory`; ids had no length cap. Only ASCII letters, digits
+/// and `._@:/+-`, at most 256 bytes: anything else is a bad command line (exit 2).
+#[test]
+fn agent_ids_with_invisible_or_lookalike_characters_or_too_long_are_refused() {
+    let f = agent_fixture();
+    let refused = |value: &str, what: &str| {
+        format!(
+            "error: invalid value '{value}' for '--agent <ID>': an agent id must not contain {what} (only ASCII letters, digits and `._@:/+-`)\n\nFor more information, try '--help'.\n"
+        )
+    };
+    let cases = [
+        ("mallory\u{200b}", "U+200B"),
+        ("\u{feff}mallory", "U+FEFF"),
+        ("mallory\u{2060}", "U+2060"),
+        ("mallory\u{ad}", "U+00AD"),
+        ("m\u{430}llory", "U+0430"),
+        ("\u{ff4d}allory", "U+FF4D"),
+        ("mal lory", "a space"),
+    ];
+    for (id, what) in cases {
+        let out = f.run(&["get", "api", "--reveal", "--agent", id]);
+        assert_eq!(out.status.code(), Some(2), "{id:?}");
+        assert_eq!(stderr(&out), refused(id, what), "{id:?}");
+        assert_eq!(stdout(&out), "");
+        let out = f
+            .cmd(&["get", "api", "--reveal"])
+            .env("BROKER_AGENT_ID", id)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "BROKER_AGENT_ID={id:?}");
+        assert_eq!(stderr(&out), refused(id, what), "BROKER_AGENT_ID={id:?}");
+    }
+    let long = "a".repeat(257);
+    let out = f.run(&["get", "api", "--reveal", "--agent", &long]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: invalid value '{long}' for '--agent <ID>': an agent id must be at most 256 bytes, not 257\n\nFor more information, try '--help'.\n"
+        )
+    );
+    for ok in [
+        "a".repeat(256),
+        "spiffe://example.org/ns/CI/sa/deploy-bot".to_string(),
+        "ci-bot+1@example.org".to_string(),
+        "svc:build_2.x".to_string(),
+    ] {
+        let out = f.run(&["get", "api", "--reveal", "--agent", &ok]);
+        assert_eq!(out.status.code(), Some(0), "{ok}: {}", stderr(&out));
+        assert_eq!(stdout(&out), CANARY);
+    }
+}
+
+/// Finding F8: a policy literal no valid agent id can equal is a config error, not a forbid
+/// that silently matches nobody.
+#[test]
+fn a_policy_naming_a_lookalike_or_invisible_agent_id_is_a_config_error() {
+    let f = agent_fixture();
+    for (literal, shown, what) in [
+        ("m\u{430}llory", "m\u{430}llory", "U+0430"),
+        ("mallory\u{200b}", "mallory\\u{200b}", "U+200B"),
+    ] {
+        std::fs::write(
+            f.path("policy.cedar"),
+            AGENT_POLICY.replace("\"mallory\"", &format!("\"{literal}\"")),
+        )
+        .unwrap();
+        let out = f.run(&["get", "api", "--reveal", "--agent", "mallory"]);
+        assert_eq!(out.status.code(), Some(78), "{literal:?}");
+        assert_eq!(
+            stderr(&out),
+            format!(
+                "error: {}: policy: `Agent::\"{shown}\"` can never match: an agent id must not contain {what} (only ASCII letters, digits and `._@:/+-`)\nhint: see docs/runtime.md for how agent ids are normalised\n",
+                f.path("policy.cedar").display()
+            ),
+            "{literal:?}"
+        );
+    }
+}

@@ -42,16 +42,45 @@ pub const ECHO_LIMIT: usize = 200;
 
 /// `text` as an error message may echo it: unchanged up to [`ECHO_LIMIT`] characters, else its
 /// first [`ECHO_LIMIT`] characters, an ellipsis and the total length (`env:AAAA… (1048581
-/// chars)`), so a huge reference or config value cannot make a huge error.
+/// chars)`), so a huge reference or config value cannot make a huge error. Control characters
+/// and bidi overrides are escaped ([`escape_controls`]), so echoed input cannot drive the
+/// terminal or forge lines.
 pub fn elide(text: &str) -> std::borrow::Cow<'_, str> {
     match text.char_indices().nth(ECHO_LIMIT) {
-        None => std::borrow::Cow::Borrowed(text),
+        None => escape_controls(text),
         Some((cut, _)) => std::borrow::Cow::Owned(format!(
             "{}… ({} chars)",
-            &text[..cut],
+            escape_controls(&text[..cut]),
             text.chars().count()
         )),
     }
+}
+
+/// Whether `c` must not reach a terminal as it is: C0 controls, DEL, C1 controls and the
+/// Unicode bidi embeddings, overrides and isolates (U+202A–U+202E, U+2066–U+2069).
+pub fn is_unsafe_char(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` with every [`is_unsafe_char`] escaped: `\n`, `\r`, `\t`, `\x1b` for the other
+/// ASCII controls, `\u{9b}` / `\u{202e}` for the rest. Borrowed when there is nothing to
+/// escape; a backslash is left as it is, so escaping twice changes nothing.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(is_unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if is_unsafe_char(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// How a scheme's references are written.

@@ -52,35 +52,76 @@ action "resolve", "mint", "revoke", "rotate" appliesTo {
 /// The principal id used when a request names no agent.
 pub const ANONYMOUS: &str = "anonymous";
 
+/// The longest agent id, in bytes (after trimming).
+pub const AGENT_ID_MAX: usize = 256;
+
+/// The characters an agent id may have besides ASCII letters and digits.
+pub const AGENT_ID_PUNCTUATION: &str = "._@:/+-";
+
 /// An agent id in the form policy sees it: trimmed and lower-cased, so case and whitespace
 /// tricks cannot dodge a `forbid`. Empty (or whitespace-only) is no agent at all: `None`,
-/// which policy sees as [`ANONYMOUS`]. A control character anywhere is an error.
+/// which policy sees as [`ANONYMOUS`]. A control character anywhere is an error, and so is
+/// anything but ASCII letters, digits and [`AGENT_ID_PUNCTUATION`] (invisible characters,
+/// lookalike letters, inner spaces) or an id longer than [`AGENT_ID_MAX`] bytes: ids that look
+/// like another cannot get past a `forbid` on it, nor fill the audit log.
 pub fn normalize_agent_id(id: &str) -> Result<Option<String>> {
+    let refuse = |why: String| Err(Error::new(crate::ErrorKind::PolicyDenied, why));
     if id.chars().any(char::is_control) {
-        return Err(Error::new(
-            crate::ErrorKind::PolicyDenied,
-            "an agent id must not contain control characters",
-        ));
+        return refuse("an agent id must not contain control characters".into());
     }
     let id = id.trim();
-    Ok((!id.is_empty()).then(|| id.to_lowercase()))
+    if id.is_empty() {
+        return Ok(None);
+    }
+    if id.len() > AGENT_ID_MAX {
+        return refuse(format!(
+            "an agent id must be at most {AGENT_ID_MAX} bytes, not {}",
+            id.len()
+        ));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !c.is_ascii_alphanumeric() && !AGENT_ID_PUNCTUATION.contains(*c))
+    {
+        return refuse(format!(
+            "an agent id must not contain {} (only ASCII letters, digits and `{AGENT_ID_PUNCTUATION}`)",
+            if c == ' ' {
+                "a space".to_string()
+            } else {
+                format!("U+{:04X}", c as u32)
+            }
+        ));
+    }
+    Ok(Some(id.to_ascii_lowercase()))
 }
 
 /// Refuses `Agent::"..."` literals that no normalised agent id can equal (upper case, outer
-/// whitespace, empty): a `forbid` naming one would silently match nobody.
+/// whitespace, empty, characters or a length [`normalize_agent_id`] refuses): a `forbid`
+/// naming one would silently match nobody.
 fn check_agent_literals(policies: &PolicySet) -> std::result::Result<(), String> {
     fn walk(v: &serde_json::Value) -> std::result::Result<(), String> {
         match v {
             serde_json::Value::Object(map) => {
                 if map.get("type").and_then(|t| t.as_str()) == Some("Agent")
                     && let Some(id) = map.get("id").and_then(|i| i.as_str())
-                    && normalize_agent_id(id).ok().flatten().as_deref() != Some(id)
                 {
-                    return Err(format!(
-                        "policy: `Agent::{:?}` can never match: agent ids are trimmed and lower-cased, write `Agent::{:?}`",
-                        crate::grammar::elide(id),
-                        crate::grammar::elide(id.trim()).to_lowercase()
-                    ));
+                    match normalize_agent_id(id) {
+                        Ok(Some(n)) if n == id => {}
+                        Err(e) if !id.trim().is_empty() => {
+                            return Err(format!(
+                                "policy: `Agent::{:?}` can never match: {}",
+                                crate::grammar::elide(id),
+                                e.message()
+                            ));
+                        }
+                        _ => {
+                            return Err(format!(
+                                "policy: `Agent::{:?}` can never match: agent ids are trimmed and lower-cased, write `Agent::{:?}`",
+                                crate::grammar::elide(id),
+                                crate::grammar::elide(id.trim()).to_lowercase()
+                            ));
+                        }
+                    }
                 }
                 map.values().try_for_each(walk)
             }
