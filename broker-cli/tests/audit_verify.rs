@@ -188,3 +188,64 @@ fn the_manifest_form_of_audit_still_works() {
     assert_eq!(out.status.code(), Some(0));
     assert!(text(&out.stdout).contains("no credentials declared"));
 }
+
+/// F5: an edited last record behind a checkpoint that is one record behind used to print ok.
+#[test]
+fn an_edited_tail_behind_the_checkpoint_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = make_log(dir.path(), 2);
+    rewrite(&log, |l| {
+        l[2] = l[2].replace("cred-2", "cred-X");
+        let mut forged: serde_json::Value = serde_json::from_str(&l[2]).unwrap();
+        forged["seq"] = 3.into();
+        forged["prev"] = broker_core::audit::digest(l[2].as_bytes()).into();
+        l.push(forged.to_string());
+    });
+    let out = broker(dir.path(), &["audit", "verify", log.to_str().unwrap()]);
+    assert_eq!(text(&out.stdout), "");
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "error: audit log {} is broken at seq 2 (line 3): seq 2 does not match the checkpoint's digest: it was edited\n{HINT}",
+            log.display()
+        )
+    );
+    assert_eq!(out.status.code(), Some(69));
+}
+
+/// F2: a FIFO in place of the checkpoint used to make `verify` hang; it is a broken log (69).
+#[test]
+fn a_fifo_checkpoint_fails_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = make_log(dir.path(), 2);
+    let cp = broker_core::audit::checkpoint_path(&log);
+    std::fs::remove_file(&cp).unwrap();
+    assert!(Command::new("mkfifo").arg(&cp).status().unwrap().success());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_broker"))
+        .args(["audit", "verify", log.to_str().unwrap()])
+        .current_dir(dir.path())
+        .env_remove("BROKER_CONFIG")
+        .env("BROKER_LOG", "off")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("`broker audit verify` blocked on a FIFO checkpoint");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "error: audit log {} is broken at seq 2 (line 3): checkpoint {} is a FIFO, not a regular file\n{HINT}",
+            log.display(),
+            cp.display()
+        )
+    );
+    assert_eq!(out.status.code(), Some(69));
+}

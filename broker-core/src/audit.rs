@@ -10,7 +10,8 @@
 //! Truncating the tail leaves a valid chain, so each append also rewrites a checkpoint beside
 //! the log (`<log>.checkpoint`: last `seq`, its digest and the log's length). [`verify`]
 //! compares the log's end with it, and so does every append before it writes: a log whose
-//! last record was cut or edited, or a non-empty log without a checkpoint, refuses the append
+//! last record was cut or edited, whose last line is cut short or garbled, or a non-empty log
+//! without a checkpoint (or with a FIFO or device in its place), refuses the append
 //! (an [`ErrorKind::Io`] error, like an unwritable log) and runs `alert.command` when one is
 //! set ([`AuditLog::with_alert`]), so the next request cannot launder the tampering into a
 //! chain that verifies. The one state accepted besides an exact match is a checkpoint one
@@ -35,11 +36,47 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::localfile;
 use crate::retry::AlertCommand;
 use crate::{Error, ErrorKind, Result};
 
 /// The log format version written in the header.
 pub const FORMAT_VERSION: u32 = 1;
+
+/// The largest checkpoint file read (a real one is under 200 bytes).
+const MAX_CHECKPOINT: u64 = 64 << 10;
+/// The longest line [`verify`] reads as one record (a real one is well under 4 KiB).
+const MAX_RECORD: u64 = 1 << 20;
+
+/// Opens `path` for reading the way [`crate::localfile`] does (`O_NONBLOCK`, so a FIFO does not
+/// wait for a writer) and refuses anything that is not a regular file.
+fn open_regular(path: &Path) -> std::result::Result<File, localfile::ReadError> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    )?;
+    let file = File::from(fd);
+    let kind = FileType::from_raw_mode(rustix::fs::fstat(&file)?.st_mode);
+    if kind != FileType::RegularFile {
+        return Err(localfile::ReadError::NotRegular(file_type_name(kind)));
+    }
+    Ok(file)
+}
+
+fn file_type_name(kind: rustix::fs::FileType) -> &'static str {
+    use rustix::fs::FileType;
+    match kind {
+        FileType::Fifo => "a FIFO",
+        FileType::Socket => "a socket",
+        FileType::CharacterDevice => "a character device",
+        FileType::BlockDevice => "a block device",
+        FileType::Directory => "a directory",
+        FileType::Symlink => "a symbolic link",
+        _ => "not a regular file",
+    }
+}
 
 /// How serious an event is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -295,9 +332,27 @@ impl AuditLog {
             .append(true)
             .create(true)
             .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .custom_flags(
+                (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
+            )
             .open(&self.path)
             .map_err(|e| self.fail("open", &e))?;
+        let kind = rustix::fs::FileType::from_raw_mode(
+            rustix::fs::fstat(&file)
+                .map_err(|e| self.fail("read", &std::io::Error::from(e)))?
+                .st_mode,
+        );
+        if kind != rustix::fs::FileType::RegularFile {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "cannot open audit log {}: {}, not a regular file",
+                    self.path.display(),
+                    file_type_name(kind)
+                ),
+            )
+            .with_hint("the request was refused because it could not be recorded; point `audit.path` at a regular file"));
+        }
         rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
             .map_err(|e| self.fail("lock", &std::io::Error::from(e)))?;
         let result = self.append_locked(&mut file, event, now);
@@ -307,7 +362,11 @@ impl AuditLog {
 
     fn append_locked(&self, file: &mut File, event: &Event, now: SystemTime) -> Result<u64> {
         let len = file.metadata().map_err(|e| self.fail("read", &e))?.len();
-        let mut tail = self.read_tail(file, len)?;
+        // A cut or garbled last line is tampering like a mismatched checkpoint: refused the
+        // same way, with the alert.
+        let mut tail = self
+            .read_tail(file, len)?
+            .map_err(|problem| self.tampered(problem, now))?;
         self.check_tail(&tail, len, now)?;
         let mut buf = Vec::with_capacity(512);
         if len == 0 {
@@ -358,10 +417,23 @@ impl AuditLog {
     /// on a mismatch runs the alert command and returns the refusal.
     fn check_tail(&self, tail: &Tail, len: u64, now: SystemTime) -> Result<()> {
         let cp_path = checkpoint_path(&self.path);
-        let checkpoint = match std::fs::read(&cp_path) {
+        let checkpoint = match localfile::read(&cp_path, MAX_CHECKPOINT) {
             Ok(text) => Some(serde_json::from_slice::<Checkpoint>(&text).ok()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(self.fail("read the checkpoint of", &e)),
+            Err(e) if e.is_not_found() => None,
+            Err(localfile::ReadError::Io(e)) => {
+                return Err(self.fail("read the checkpoint of", &e));
+            }
+            // A FIFO, device or oversized file in its place: never blocks, and is tampering.
+            Err(e) => {
+                return Err(self.tampered(
+                    format!(
+                        "audit log {} does not match its checkpoint: its checkpoint {} is {e}",
+                        self.path.display(),
+                        cp_path.display()
+                    ),
+                    now,
+                ));
+            }
         };
         let problem = match checkpoint {
             None if len == 0 => return Ok(()),
@@ -398,14 +470,22 @@ impl AuditLog {
                 tail.seq, cp.seq
             ),
         };
-        let message = format!(
-            "audit log {} does not match its checkpoint: {problem}",
-            self.path.display()
-        );
-        self.raise_alert(&message, now);
-        Err(Error::new(ErrorKind::Io, message).with_hint(
-            "the request was refused because it could not be recorded; run `broker audit verify`, keep the log as evidence and start a new one",
+        Err(self.tampered(
+            format!(
+                "audit log {} does not match its checkpoint: {problem}",
+                self.path.display()
+            ),
+            now,
         ))
+    }
+
+    /// The refusal of an append to a tampered log: runs the alert command and returns an
+    /// [`ErrorKind::Io`] error (exit 74, as for an unwritable log) with `message`.
+    fn tampered(&self, message: String, now: SystemTime) -> Error {
+        self.raise_alert(&message, now);
+        Error::new(ErrorKind::Io, message).with_hint(
+            "the request was refused because it could not be recorded; run `broker audit verify`, keep the log as evidence and start a new one",
+        )
     }
 
     /// Runs the alert command (if any) with a secret-free event describing `message`. The log
@@ -439,10 +519,11 @@ impl AuditLog {
         }
     }
 
-    /// Finds the last line's seq and digest by reading the end of the file.
-    fn read_tail(&self, file: &mut File, len: u64) -> Result<Tail> {
+    /// Finds the last line's seq and digest by reading the end of the file. The inner error is
+    /// a tail that is not a whole record (cut or garbled); the outer one an I/O failure.
+    fn read_tail(&self, file: &mut File, len: u64) -> Result<std::result::Result<Tail, String>> {
         if len == 0 {
-            return Ok(Tail::default());
+            return Ok(Ok(Tail::default()));
         }
         let mut window: u64 = 4096;
         loop {
@@ -456,8 +537,8 @@ impl AuditLog {
             let body = match bytes.last() {
                 Some(b'\n') => &bytes[..bytes.len() - 1],
                 _ => {
-                    return Err(Error::integrity(format!(
-                        "audit log {} ends in a partial record; run `broker audit verify`",
+                    return Ok(Err(format!(
+                        "audit log {} ends in a partial record: it was cut or a write was interrupted",
                         self.path.display()
                     )));
                 }
@@ -465,6 +546,14 @@ impl AuditLog {
             let (line, line_start) = match body.iter().rposition(|b| *b == b'\n') {
                 Some(i) => (&body[i + 1..], start + i as u64 + 1),
                 None if start == 0 => (body, 0),
+                // Not a record: do not read a huge garbage line into memory.
+                None if len - start > MAX_RECORD => {
+                    return Ok(Err(format!(
+                        "the last record of audit log {} is unreadable: it is longer than {} bytes",
+                        self.path.display(),
+                        MAX_RECORD
+                    )));
+                }
                 None => {
                     window *= 4;
                     continue;
@@ -476,21 +565,21 @@ impl AuditLog {
                 .and_then(|v| v.get("prev").and_then(serde_json::Value::as_str))
                 .unwrap_or("")
                 .to_string();
-            let seq = value
+            let Some(seq) = value
                 .as_ref()
                 .and_then(|v| v.get("seq").and_then(serde_json::Value::as_u64))
-                .ok_or_else(|| {
-                    Error::integrity(format!(
-                        "the last record of audit log {} is unreadable; run `broker audit verify`",
-                        self.path.display()
-                    ))
-                })?;
-            return Ok(Tail {
+            else {
+                return Ok(Err(format!(
+                    "the last record of audit log {} is unreadable: it was edited or replaced",
+                    self.path.display()
+                )));
+            };
+            return Ok(Ok(Tail {
                 start: line_start,
                 seq,
                 digest: digest(line),
                 prev,
-            });
+            }));
         }
     }
 
@@ -565,10 +654,47 @@ pub struct Problem {
 }
 
 /// Recomputes the chain of the log at `path` and compares its end with the checkpoint.
-/// I/O errors are errors; a broken chain is a [`Verification`] with a [`Problem`].
+/// A broken chain, a checkpoint that does not name one of the log's records by its digest (and
+/// length), or one that is not a regular file or does not parse, is a [`Verification`] with a
+/// [`Problem`]. A log that is missing or not a regular file is an error of its kind
+/// ([`ErrorKind::Integrity`] for the latter); an I/O failure reading either file is an
+/// [`ErrorKind::Io`] error.
+///
+/// The log is streamed (one record of at most 1 MiB in memory at a time) from a file opened
+/// `O_NONBLOCK` and checked to be a regular file, under a shared `flock` so a concurrent append
+/// is not seen half done; the checkpoint is read through [`localfile`] (at most 64 KiB).
 pub fn verify(path: &Path) -> Result<Verification> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| Error::io(format_args!("cannot read audit log {}", path.display()), &e))?;
+    use std::io::BufRead;
+    let read_error =
+        |e: &std::io::Error| Error::io(format_args!("cannot read audit log {}", path.display()), e);
+    let file = open_regular(path).map_err(|e| {
+        e.to_error(
+            format_args!("cannot read audit log {}", path.display()),
+            ErrorKind::Integrity,
+        )
+    })?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockShared)
+        .map_err(|e| read_error(&e.into()))?;
+    let cp_path = checkpoint_path(path);
+    // Read now (under the lock), judged after the chain: a broken chain is reported first.
+    let checkpoint = match localfile::read(&cp_path, MAX_CHECKPOINT) {
+        Err(e) if e.is_not_found() => None,
+        Err(localfile::ReadError::Io(e)) => {
+            return Err(Error::io(
+                format_args!("cannot read checkpoint {}", cp_path.display()),
+                &e,
+            ));
+        }
+        Err(e) => Some(Err(format!("checkpoint {} is {e}", cp_path.display()))),
+        Ok(text) => Some(
+            serde_json::from_slice::<Checkpoint>(&text)
+                .map_err(|_| format!("checkpoint {} is unreadable", cp_path.display())),
+        ),
+    };
+    let cp_seq = match &checkpoint {
+        Some(Ok(cp)) => Some(cp.seq),
+        _ => None,
+    };
     let mut out = Verification {
         path: path.to_path_buf(),
         records: 0,
@@ -577,18 +703,40 @@ pub fn verify(path: &Path) -> Result<Verification> {
         problem: None,
     };
     let bad = |seq: u64, line: u64, reason: String| Some(Problem { seq, line, reason });
-    if bytes.is_empty() {
-        out.problem = bad(0, 1, "the log is empty: its header is missing".into());
-        return Ok(out);
-    }
-    let (body, partial) = match bytes.last() {
-        Some(b'\n') => (&bytes[..bytes.len() - 1], false),
-        _ => (&bytes[..], true),
-    };
+    let mut reader = std::io::BufReader::new(file);
+    let mut line = Vec::new();
+    let mut offset: u64 = 0;
+    let mut partial = false;
     let mut prev_digest = String::new();
-    for (expected, line) in (0u64..).zip(body.split(|b| *b == b'\n')) {
+    // The digest of record `cp_seq` and the log's length after it.
+    let mut at_checkpoint: Option<(String, u64)> = None;
+    for expected in 0u64.. {
         let lineno = expected + 1;
-        let value: serde_json::Value = match serde_json::from_slice(line) {
+        line.clear();
+        let n = Read::take(&mut reader, MAX_RECORD + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| read_error(&e))?;
+        if n == 0 {
+            if expected == 0 {
+                out.problem = bad(0, 1, "the log is empty: its header is missing".into());
+                return Ok(out);
+            }
+            break;
+        }
+        offset += n as u64;
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        } else if n as u64 > MAX_RECORD {
+            out.problem = bad(
+                expected,
+                lineno,
+                format!("the line is longer than {MAX_RECORD} bytes: not a record"),
+            );
+            return Ok(out);
+        } else {
+            partial = true;
+        }
+        let value: serde_json::Value = match serde_json::from_slice(&line) {
             Ok(v) => v,
             Err(_) => {
                 out.problem = bad(expected, lineno, "not a JSON record".into());
@@ -643,9 +791,15 @@ pub fn verify(path: &Path) -> Result<Verification> {
                 return Ok(out);
             }
         }
-        prev_digest = digest(line);
+        prev_digest = digest(&line);
         out.last_seq = expected;
         out.records = expected;
+        if cp_seq == Some(expected) {
+            at_checkpoint = Some((prev_digest.clone(), offset));
+        }
+        if partial {
+            break;
+        }
     }
     if partial {
         out.problem = bad(
@@ -655,59 +809,72 @@ pub fn verify(path: &Path) -> Result<Verification> {
         );
         return Ok(out);
     }
-    let cp_path = checkpoint_path(path);
-    match std::fs::read(&cp_path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    let last = out.last_seq;
+    match checkpoint {
+        None => {
             // Without it, records cut from the end leave a chain that verifies.
             out.problem = bad(
-                out.last_seq,
-                out.last_seq + 1,
+                last,
+                last + 1,
                 format!(
                     "checkpoint {} is missing: records may have been cut from the end",
                     cp_path.display()
                 ),
             );
         }
-        Err(e) => {
-            return Err(Error::io(
-                format_args!("cannot read checkpoint {}", cp_path.display()),
-                &e,
-            ));
+        Some(Err(reason)) => {
+            out.checkpoint = CheckpointStatus::Mismatch;
+            out.problem = bad(last, last + 1, reason);
         }
-        Ok(text) => match serde_json::from_slice::<Checkpoint>(&text) {
-            Err(_) => {
-                out.checkpoint = CheckpointStatus::Mismatch;
+        Some(Ok(cp)) if cp.seq > last => {
+            out.checkpoint = CheckpointStatus::Mismatch;
+            out.problem = bad(
+                last + 1,
+                last + 2,
+                format!(
+                    "the log ends at seq {last} but the checkpoint records seq {}: records were cut from the end",
+                    cp.seq
+                ),
+            );
+        }
+        Some(Ok(cp)) => {
+            // The same rule as an append's check: the checkpoint names the last record, or the
+            // one before it (an append interrupted between its two writes), by digest and length.
+            let (cp_digest, cp_end) = at_checkpoint.unwrap_or_default();
+            out.checkpoint = CheckpointStatus::Mismatch;
+            if cp.digest != cp_digest {
                 out.problem = bad(
-                    out.last_seq,
-                    out.last_seq + 1,
-                    format!("checkpoint {} is unreadable", cp_path.display()),
-                );
-            }
-            Ok(cp) if cp.seq > out.last_seq => {
-                out.checkpoint = CheckpointStatus::Mismatch;
-                out.problem = bad(
-                    out.last_seq + 1,
-                    out.last_seq + 2,
-                    format!(
-                        "the log ends at seq {} but the checkpoint records seq {}: records were cut from the end",
-                        out.last_seq, cp.seq
-                    ),
-                );
-            }
-            Ok(cp) if cp.seq == out.last_seq && cp.digest != prev_digest => {
-                out.checkpoint = CheckpointStatus::Mismatch;
-                out.problem = bad(
-                    out.last_seq,
-                    out.last_seq + 1,
+                    cp.seq,
+                    cp.seq + 1,
                     format!(
                         "seq {} does not match the checkpoint's digest: it was edited",
-                        out.last_seq
+                        cp.seq
+                    ),
+                );
+            } else if let Some(len) = cp.len.filter(|l| *l != cp_end) {
+                out.problem = bad(
+                    cp.seq,
+                    cp.seq + 1,
+                    format!(
+                        "the log is {cp_end} bytes long through seq {} but the checkpoint records {len}: it was edited",
+                        cp.seq
+                    ),
+                );
+            } else if cp.seq == last {
+                out.checkpoint = CheckpointStatus::Matches;
+            } else if cp.seq + 1 == last {
+                out.checkpoint = CheckpointStatus::Behind;
+            } else {
+                out.problem = bad(
+                    cp.seq + 1,
+                    cp.seq + 2,
+                    format!(
+                        "the checkpoint records seq {} but the log goes on to seq {last}: records were added past it",
+                        cp.seq
                     ),
                 );
             }
-            Ok(cp) if cp.seq == out.last_seq => out.checkpoint = CheckpointStatus::Matches,
-            Ok(_) => out.checkpoint = CheckpointStatus::Behind,
-        },
+        }
     }
     Ok(out)
 }

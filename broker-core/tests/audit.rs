@@ -167,17 +167,213 @@ fn an_edited_last_record_is_caught_by_the_checkpoint() {
     assert_eq!(bad_seq(&path), 4);
 }
 
+/// A log whose appends run `alert.command`, which writes the alert event to the returned file.
+fn alerting(dir: &Path, path: &Path) -> (AuditLog, std::path::PathBuf) {
+    let alerted = dir.join("alert.json");
+    let log = AuditLog::new(path, AuditOptions::default()).with_alert(Some(AlertCommand::new(
+        format!("cat > '{}'", alerted.display()),
+    )));
+    (log, alerted)
+}
+
+/// The alert `alert.command` received, checked to be the tampering alert for `err`.
+fn assert_alerted(alerted: &Path, err: &Error) {
+    let alert: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(alerted).expect("alert.command ran"))
+            .unwrap();
+    assert_eq!(alert["severity"], "alert");
+    assert_eq!(alert["outcome"], "audit_log_tampered");
+    assert_eq!(alert["reason"], err.message());
+}
+
+/// Runs `f` on a thread of its own; fails (instead of hanging) when it takes over 10 s.
+fn within_deadline<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(v) => v,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("blocked for 10 s"),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("the thread panicked"),
+    }
+}
+
+/// F6: a cut last line used to refuse the append as an integrity error (exit 69) without the
+/// alert; it is tampering like a mismatched checkpoint: exit 74 and `alert.command`.
 #[test]
 fn a_partial_last_line_is_reported_and_blocks_appends() {
-    let (_dir, path) = log_with(2);
+    let (dir, path) = log_with(2);
     let mut text = std::fs::read_to_string(&path).unwrap();
     text.push_str("{\"seq\":3,");
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, &text).unwrap();
     assert!(audit::verify(&path).unwrap().problem.is_some());
-    let err = AuditLog::new(&path, AuditOptions::default())
-        .append(&event(3), t0())
-        .unwrap_err();
+    let (log, alerted) = alerting(dir.path(), &path);
+    let err = log.append(&event(3), t0()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io);
+    assert_eq!(
+        err.message(),
+        format!(
+            "audit log {} ends in a partial record: it was cut or a write was interrupted",
+            path.display()
+        )
+    );
+    assert_alerted(&alerted, &err);
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        text,
+        "nothing appended"
+    );
+}
+
+/// F6: the same for the tail of `truncate -s -30`.
+#[test]
+fn a_truncated_last_line_refuses_the_append_with_the_alert() {
+    let (dir, path) = log_with(3);
+    let len = std::fs::metadata(&path).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len - 30)
+        .unwrap();
+    let (log, alerted) = alerting(dir.path(), &path);
+    let err = log.append(&event(4), t0()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io);
+    assert!(
+        err.message()
+            .ends_with("ends in a partial record: it was cut or a write was interrupted"),
+        "{err}"
+    );
+    assert_alerted(&alerted, &err);
+}
+
+/// F6: a garbage last line is refused the same way.
+#[test]
+fn a_garbage_last_line_refuses_the_append_with_the_alert() {
+    let (dir, path) = log_with(2);
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("garbage\n");
+    std::fs::write(&path, &text).unwrap();
+    assert_eq!(bad_seq(&path), 3);
+    let (log, alerted) = alerting(dir.path(), &path);
+    let err = log.append(&event(3), t0()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io);
+    assert_eq!(
+        err.message(),
+        format!(
+            "the last record of audit log {} is unreadable: it was edited or replaced",
+            path.display()
+        )
+    );
+    assert_alerted(&alerted, &err);
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        text,
+        "nothing appended"
+    );
+}
+
+/// F5: with the checkpoint one record behind, `verify` accepted any digest: edit the
+/// checkpointed last record, append one that chains to the edit, and the log verified.
+#[test]
+fn an_edited_checkpointed_record_is_caught_when_the_checkpoint_is_behind() {
+    let (_dir, path) = log_with(2);
+    let mut l = lines(&path);
+    l[2] = l[2].replace("cred-2", "cred-X");
+    let mut forged: serde_json::Value = serde_json::from_str(&l[2]).unwrap();
+    forged["seq"] = 3.into();
+    forged["prev"] = audit::digest(l[2].as_bytes()).into();
+    l.push(forged.to_string());
+    write_lines(&path, &l);
+    let v = audit::verify(&path).unwrap();
+    assert_eq!(v.checkpoint, CheckpointStatus::Mismatch);
+    let p = v.problem.expect("the edit is found");
+    assert_eq!(p.seq, 2);
+    assert_eq!(
+        p.reason,
+        "seq 2 does not match the checkpoint's digest: it was edited"
+    );
+}
+
+/// F5: "behind" is one record at most, as for appends.
+#[test]
+fn a_checkpoint_more_than_one_record_behind_fails_verify() {
+    let (_dir, path) = log_with(2);
+    let cp = audit::checkpoint_path(&path);
+    let old = std::fs::read(&cp).unwrap();
+    let log = AuditLog::new(&path, AuditOptions::default());
+    log.append(&event(3), t0()).unwrap();
+    log.append(&event(4), t0()).unwrap();
+    std::fs::write(&cp, old).unwrap();
+    let v = audit::verify(&path).unwrap();
+    assert_eq!(v.checkpoint, CheckpointStatus::Mismatch);
+    let p = v.problem.expect("the stale checkpoint is found");
+    assert_eq!(p.seq, 3);
+    assert_eq!(
+        p.reason,
+        "the checkpoint records seq 2 but the log goes on to seq 4: records were added past it"
+    );
+}
+
+/// F2: a FIFO in place of the checkpoint used to block every append and `verify` forever.
+#[test]
+fn a_fifo_checkpoint_fails_appends_and_verify_at_once() {
+    let (dir, path) = log_with(2);
+    let cp = audit::checkpoint_path(&path);
+    std::fs::remove_file(&cp).unwrap();
+    rustix::fs::mkfifoat(rustix::fs::CWD, &cp, rustix::fs::Mode::from_raw_mode(0o600)).unwrap();
+    let (log, alerted) = alerting(dir.path(), &path);
+    let err = within_deadline(move || log.append(&event(3), t0()).unwrap_err());
+    assert_eq!(err.kind(), ErrorKind::Io);
+    assert_eq!(
+        err.message(),
+        format!(
+            "audit log {} does not match its checkpoint: its checkpoint {} is a FIFO, not a regular file",
+            path.display(),
+            cp.display()
+        )
+    );
+    assert_alerted(&alerted, &err);
+    let p = path.clone();
+    let v = within_deadline(move || audit::verify(&p).unwrap());
+    assert_eq!(v.checkpoint, CheckpointStatus::Mismatch);
+    assert_eq!(
+        v.problem.unwrap().reason,
+        format!("checkpoint {} is a FIFO, not a regular file", cp.display())
+    );
+}
+
+/// F2: `verify` of a FIFO (or device) fails at once instead of blocking or reading forever.
+#[test]
+fn verify_refuses_a_log_that_is_not_a_regular_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("audit.jsonl");
+    rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    )
+    .unwrap();
+    let p = fifo.clone();
+    let err = within_deadline(move || audit::verify(&p).unwrap_err());
     assert_eq!(err.kind(), ErrorKind::Integrity);
+    assert_eq!(
+        err.message(),
+        format!(
+            "cannot read audit log {}: a FIFO, not a regular file",
+            fifo.display()
+        )
+    );
+    let err = within_deadline(|| audit::verify(Path::new("/dev/zero")).unwrap_err());
+    assert_eq!(
+        err.message(),
+        "cannot read audit log /dev/zero: a character device, not a regular file"
+    );
+    // Appends refuse it too, instead of writing into a pipe.
+    let log = AuditLog::new(&fifo, AuditOptions::default());
+    let err = within_deadline(move || log.append(&event(1), t0()).unwrap_err());
+    assert_eq!(err.kind(), ErrorKind::Io);
 }
 
 /// Issue 10: an append used to continue from whatever the log's last line was, so one normal
