@@ -121,7 +121,7 @@ pub struct RunArgs {
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pub only: Vec<String>,
     /// The agent's identity, for policy and the audit log.
-    #[arg(long, env = "BROKER_AGENT_ID", value_name = "ID", value_parser = agent_id)]
+    #[arg(long, env = "BROKER_AGENT_ID", value_name = "ID", value_parser = AgentId)]
     pub agent: Option<String>,
     /// Do not redact the command's output (recorded in the audit log; the run is refused if
     /// it cannot be recorded).
@@ -151,7 +151,7 @@ pub struct GetArgs {
     #[arg(long)]
     pub reveal: bool,
     /// The agent's identity, for policy and the audit log.
-    #[arg(long, env = "BROKER_AGENT_ID", value_name = "ID", value_parser = agent_id)]
+    #[arg(long, env = "BROKER_AGENT_ID", value_name = "ID", value_parser = AgentId)]
     pub agent: Option<String>,
 }
 
@@ -181,14 +181,40 @@ pub struct CredentialProcessArgs {
     /// The credential's name in the config (an `aws-sts://` mint credential).
     pub name: String,
     /// The agent's identity, for policy and the audit log.
-    #[arg(long, env = "BROKER_AGENT_ID", value_name = "ID", value_parser = agent_id)]
+    #[arg(long, env = "BROKER_AGENT_ID", value_name = "ID", value_parser = AgentId)]
     pub agent: Option<String>,
 }
 
-/// `--agent` / `BROKER_AGENT_ID`, normalised as policy sees it (trimmed, lower-cased; no
-/// control characters). Empty means anonymous.
-fn agent_id(raw: &str) -> Result<String, String> {
-    broker_core::policy::normalize_agent_id(raw)
-        .map(Option::unwrap_or_default)
-        .map_err(|e| e.message().to_string())
+/// `--agent` / `BROKER_AGENT_ID`, normalised as policy sees it (trimmed, lower-cased; only
+/// ASCII letters, digits and `._@:/+-`). Empty means anonymous. A refused id is not echoed
+/// (clap's usual message would repeat it whole, invisible characters and all): the reason
+/// names what is wrong.
+#[derive(Clone)]
+struct AgentId;
+
+impl clap::builder::TypedValueParser for AgentId {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        let refuse = |reason: &str| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!(
+                    "invalid value for '--agent <ID>': {reason}\n\nFor more information, try '--help'.\n"
+                ),
+            )
+            .with_cmd(cmd)
+        };
+        let raw = value
+            .to_str()
+            .ok_or_else(|| refuse("an agent id must be UTF-8"))?;
+        broker_core::policy::normalize_agent_id(raw)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| refuse(e.message()))
+    }
 }
