@@ -123,6 +123,11 @@ pub struct RunArgs {
     /// The agent's identity, for policy and the audit log.
     #[arg(long, env = "BROKER_AGENT_ID", value_name = "ID", value_parser = AgentId)]
     pub agent: Option<String>,
+    /// Obtain the credentials from the `broker serve` daemon at this unix socket instead of a
+    /// local config (which is then not read); the daemon decides who the caller is.
+    #[cfg(feature = "serve")]
+    #[arg(long, env = "BROKER_FROM", value_name = "SOCKET")]
+    pub from: Option<PathBuf>,
     /// Do not redact the command's output (recorded in the audit log; the run is refused if
     /// it cannot be recorded).
     #[arg(long)]

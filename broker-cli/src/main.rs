@@ -182,6 +182,19 @@ async fn dispatch(cli: Cli, swept: Vec<PathBuf>) -> Result<u8, Error> {
             output::print_doctor(broker.as_ref(), &swept, args.json).await
         }
         Command::Check(args) => check(&args.references, args.json),
+        #[cfg(feature = "serve")]
+        Command::Run(args) if args.from.is_some() => {
+            // The daemon holds the config; locally there is nothing to read.
+            if args.no_redact {
+                return Err(Error::invalid_config(
+                    "--no-redact cannot be used with --from: there is no local audit log to record it in",
+                ));
+            }
+            let registry = broker_core::Registry::global().clone();
+            let empty = broker_core::Config::from_str("", Path::new(".broker.yml"), &registry)?;
+            let broker = Broker::new(empty, registry)?;
+            run::run(&broker, &args, RequestContext::new()).await
+        }
         Command::Run(args) => {
             let broker = load(config, None)?;
             run::run(&broker, &args, context(args.agent.clone())).await

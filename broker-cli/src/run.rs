@@ -74,7 +74,7 @@ pub async fn run(broker: &Broker, args: &RunArgs, context: RequestContext) -> Re
         );
     }
     let mut session = tokio::select! {
-        s = broker.session(&args.only, &context) => s?,
+        s = session(broker, args, &context) => s?,
         n = signals.next() => return Ok(128 + n as u8),
     };
     // The broker's own logs and panics are redacted from here on, even with --no-redact.
@@ -212,6 +212,20 @@ pub async fn run(broker: &Broker, args: &RunArgs, context: RequestContext) -> Re
         return Err(Error::io("could not wipe the scratch dir", &e));
     }
     Ok(code)
+}
+
+/// The task's credentials: from the daemon named by `--from`, or resolved locally.
+async fn session<'b>(
+    broker: &'b Broker,
+    args: &RunArgs,
+    context: &RequestContext,
+) -> Result<Session<'b>, Error> {
+    #[cfg(feature = "serve")]
+    if let Some(socket) = &args.from {
+        let delivery = broker_serve::client::deliver(socket, &args.only).await?;
+        return Ok(Session::new(broker, delivery, context.clone()));
+    }
+    broker.session(&args.only, context).await
 }
 
 enum Outcome {

@@ -130,6 +130,73 @@ impl Delivery {
             None => Ok(()),
         }
     }
+
+    /// A delivery of credentials obtained elsewhere (from a `broker serve` daemon, say), each
+    /// as `(name, variable, kind, credential)`: delivered exactly as [`Broker::deliver`] does
+    /// (env values; `kind: file` values in 0600 files of a fresh scratch dir). No policy, gate
+    /// or audit here: whoever obtained the values applied them. On failure the scratch dir is
+    /// already wiped.
+    pub fn from_credentials<'a>(
+        items: impl IntoIterator<Item = (&'a str, &'a str, DeliveryKind, &'a Credential)>,
+    ) -> Result<Delivery> {
+        let mut delivery = Delivery {
+            env: Vec::new(),
+            secrets: Vec::new(),
+            scratch: None,
+        };
+        for (name, env_var, kind, credential) in items {
+            delivery.add(name, env_var, kind, credential)?;
+        }
+        Ok(delivery)
+    }
+
+    /// Adds credential `name`, delivered under `env_var` as `kind`.
+    fn add(
+        &mut self,
+        name: &str,
+        env_var: &str,
+        kind: DeliveryKind,
+        credential: &Credential,
+    ) -> Result<()> {
+        for value in credential.values() {
+            self.secrets.push((name.to_string(), value.clone()));
+        }
+        match kind {
+            DeliveryKind::Env if !credential.delivers_primary_env() => {}
+            DeliveryKind::Env => self
+                .env
+                .push((env_var.to_string(), credential.value().clone())),
+            DeliveryKind::File => {
+                let scratch = match &mut self.scratch {
+                    Some(scratch) => scratch,
+                    None => self.scratch.insert(ScratchDir::create()?),
+                };
+                let path = scratch
+                    .write_secret(name, credential.value())
+                    .map_err(|e| e.with_credential(name))?;
+                let path = path
+                    .into_os_string()
+                    .into_string()
+                    .map_err(|_| Error::internal("scratch path is not UTF-8"))?;
+                for var in credential.path_vars() {
+                    if var != env_var {
+                        self.env
+                            .push((var.clone(), SecretValue::from(path.clone())));
+                    }
+                }
+                self.env
+                    .push((env_var.to_string(), SecretValue::from(path)));
+            }
+        }
+        for (var, value) in credential.companions() {
+            self.env.push((var.clone(), value.clone()));
+        }
+        for (var, value) in credential.plain_env() {
+            self.env
+                .push((var.clone(), SecretValue::from(value.clone())));
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for Delivery {
@@ -338,46 +405,7 @@ impl Broker {
         };
         for spec in specs {
             let credential = self.issue(spec, context).await?;
-            for value in credential.values() {
-                delivery.secrets.push((spec.name.clone(), value.clone()));
-            }
-            match spec.kind {
-                DeliveryKind::Env if !credential.delivers_primary_env() => {}
-                DeliveryKind::Env => delivery
-                    .env
-                    .push((spec.env_var.clone(), credential.value().clone())),
-                DeliveryKind::File => {
-                    let scratch = match &mut delivery.scratch {
-                        Some(scratch) => scratch,
-                        None => delivery.scratch.insert(ScratchDir::create()?),
-                    };
-                    let path = scratch
-                        .write_secret(&spec.name, credential.value())
-                        .map_err(|e| e.with_credential(&spec.name))?;
-                    let path = path
-                        .into_os_string()
-                        .into_string()
-                        .map_err(|_| Error::internal("scratch path is not UTF-8"))?;
-                    for var in credential.path_vars() {
-                        if *var != spec.env_var {
-                            delivery
-                                .env
-                                .push((var.clone(), SecretValue::from(path.clone())));
-                        }
-                    }
-                    delivery
-                        .env
-                        .push((spec.env_var.clone(), SecretValue::from(path)));
-                }
-            }
-            for (var, value) in credential.companions() {
-                delivery.env.push((var.clone(), value.clone()));
-            }
-            for (var, value) in credential.plain_env() {
-                delivery
-                    .env
-                    .push((var.clone(), SecretValue::from(value.clone())));
-            }
+            delivery.add(&spec.name, &spec.env_var, spec.kind, &credential)?;
         }
         Ok(delivery)
     }

@@ -72,6 +72,16 @@ pub struct CredentialResponse {
     pub lease_id: Option<String>,
     /// The request id (also in the audit log).
     pub request_id: String,
+    /// For `kind: env`: only the companions are delivered, not `value` under the credential's
+    /// variable (the value is still redacted).
+    #[serde(default)]
+    pub companions_only: bool,
+    /// For `kind: file`: extra variables that also hold the file's path.
+    #[serde(default)]
+    pub path_vars: Vec<String>,
+    /// Non-secret variables delivered alongside (`AWS_REGION`, say).
+    #[serde(default)]
+    pub plain_env: BTreeMap<String, String>,
 }
 
 fn secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SecretValue, D::Error> {
@@ -97,6 +107,12 @@ struct CredentialBody<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     lease_id: Option<&'a str>,
     request_id: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    companions_only: bool,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    path_vars: &'a [String],
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    plain_env: BTreeMap<&'a str, &'a str>,
 }
 
 #[derive(Clone)]
@@ -398,6 +414,13 @@ async fn credential(
         expires_at: expires.map(broker_core::audit::rfc3339),
         lease_id: lease.map(|l| l.id.as_str()),
         request_id: &ctx.request_id,
+        companions_only: !credential.delivers_primary_env(),
+        path_vars: credential.path_vars(),
+        plain_env: credential
+            .plain_env()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect(),
     };
     let bytes = serde_json::to_vec(&body).map_err(|_| {
         ApiError::new(

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use broker_core::{Error, ErrorKind, Result};
+use broker_core::{Credential, Delivery, DeliveryKind, Error, ErrorKind, Result};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -118,4 +118,92 @@ pub async fn request_credential(
             "the daemon's answer is not a credential",
         )
     })
+}
+
+/// One row of `GET /v1/manifest`, as much as a client needs to deliver it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ManifestRow {
+    /// The credential's name.
+    pub credential: String,
+    /// The variable the task sees.
+    pub delivered_as: String,
+    /// Env or file.
+    pub kind: DeliveryKind,
+}
+
+/// The credentials the daemon at `socket` lets the caller request (`GET /v1/manifest`).
+pub async fn manifest(socket: &Path) -> Result<Vec<ManifestRow>> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        entries: Vec<ManifestRow>,
+    }
+    let answer = call(socket, "GET", "/v1/manifest", Vec::new()).await?;
+    if answer.status != 200 {
+        return Err(api_error(&answer));
+    }
+    serde_json::from_slice::<Body>(&answer.body)
+        .map(|b| b.entries)
+        .map_err(|_| {
+            Error::new(
+                ErrorKind::UnexpectedAnswer,
+                "the daemon's answer is not a manifest",
+            )
+        })
+}
+
+/// Obtains `only` (every credential the manifest offers the caller when empty) from the daemon
+/// at `socket` and prepares them for a child process, each under the variable and as the kind
+/// the manifest names ([`Delivery::from_credentials`]): what `broker run --from` delivers.
+pub async fn deliver(socket: &Path, only: &[String]) -> Result<Delivery> {
+    let offered = manifest(socket).await?;
+    let rows: Vec<&ManifestRow> = if only.is_empty() {
+        offered.iter().collect()
+    } else {
+        only.iter()
+            .map(|name| {
+                offered
+                    .iter()
+                    .find(|r| r.credential == *name)
+                    .ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::NotFound,
+                            format!(
+                                "the daemon does not offer `{}` to this caller",
+                                broker_core::grammar::elide(name)
+                            ),
+                        )
+                        .with_hint("its manifest lists what you may request: GET /v1/manifest")
+                    })
+            })
+            .collect::<Result<_>>()?
+    };
+    let mut obtained = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let answer =
+            request_credential(socket, &row.credential, &CredentialRequest::default()).await?;
+        obtained.push(credential_of(answer));
+    }
+    Delivery::from_credentials(
+        rows.iter()
+            .zip(&obtained)
+            .map(|(r, c)| (r.credential.as_str(), r.delivered_as.as_str(), r.kind, c)),
+    )
+}
+
+/// The daemon's answer as a [`Credential`] (its lease is the daemon's business).
+fn credential_of(answer: CredentialResponse) -> Credential {
+    let mut credential = Credential::new(answer.value);
+    for (var, value) in answer.companions {
+        credential = credential.with_companion(var, value);
+    }
+    for var in answer.path_vars {
+        credential = credential.with_path_var(var);
+    }
+    for (var, value) in answer.plain_env {
+        credential = credential.with_plain_env(var, value);
+    }
+    if answer.companions_only {
+        credential = credential.companions_only();
+    }
+    credential
 }
