@@ -64,10 +64,16 @@ impl Daemon {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().unwrap();
+        let mut child = cmd.spawn().unwrap();
         let socket = dir.path().join("run/broker.sock");
         let deadline = Instant::now() + Duration::from_secs(60);
         while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            if child.try_wait().unwrap().is_some() {
+                use std::io::Read;
+                let mut logs = String::new();
+                let _ = child.stderr.take().unwrap().read_to_string(&mut logs);
+                panic!("the daemon exited: {logs}");
+            }
             assert!(Instant::now() < deadline, "the daemon did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
