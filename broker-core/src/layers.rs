@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::audit::{self, AuditLog, AuditOptions, Event, EventKind, Severity};
-use crate::config::{Config, CredentialSpec, Source};
+use crate::config::{Config, CredentialSpec, Scope, Source};
 use crate::egress::Badge;
 use crate::lease::{
     CacheKey, Clock, Fetched, LeaseCache, Lookup, RefreshPolicy, Served, SystemClock,
@@ -107,11 +107,18 @@ fn action_for(spec: &CredentialSpec) -> Action {
     }
 }
 
-fn scope_key(spec: &CredentialSpec) -> String {
-    spec.scope
-        .as_ref()
+fn scope_key(spec: &CredentialSpec, context: &RequestContext) -> String {
+    scope_for(spec, context)
         .and_then(|s| serde_json::to_string(s).ok())
         .unwrap_or_default()
+}
+
+/// The scope to mint with: the request's (narrowed) scope, else the configured one.
+fn scope_for<'a>(spec: &'a CredentialSpec, context: &'a RequestContext) -> Option<&'a Scope> {
+    match spec.source {
+        Source::Mint => context.scope.as_ref().or(spec.scope.as_ref()),
+        Source::Resolve => spec.scope.as_ref(),
+    }
 }
 
 /// The lifetime to mint with: the configured `ttl`, shortened by the request's (never longer).
@@ -124,7 +131,7 @@ fn ttl_for(spec: &CredentialSpec, context: &RequestContext) -> Option<std::time:
 
 /// Minted credentials are per agent (and per requested lifetime); stored values are shared.
 fn cache_key(spec: &CredentialSpec, context: &RequestContext) -> CacheKey {
-    let key = CacheKey::new(&spec.name, scope_key(spec));
+    let key = CacheKey::new(&spec.name, scope_key(spec, context));
     match spec.source {
         Source::Resolve => key,
         Source::Mint => key
@@ -214,10 +221,7 @@ impl Broker {
                 .registry()
                 .for_scheme(spec.reference.scheme())
                 .map(|d| d.name.to_string());
-            e.scope = spec
-                .scope
-                .as_ref()
-                .and_then(|s| serde_json::to_value(s).ok());
+            e.scope = scope_for(spec, context).and_then(|s| serde_json::to_value(s).ok());
             e.ttl = spec.ttl.map(|t| t.as_secs());
         }
         e
@@ -307,10 +311,10 @@ impl Broker {
                 .and_then(|s| ttl_for(s, context))
                 .map_or(0, |t| t.as_secs()),
             scope_actions: spec
-                .and_then(|s| s.scope.as_ref())
+                .and_then(|s| scope_for(s, context))
                 .map_or(empty, |s| &s.actions),
             scope_resources: spec
-                .and_then(|s| s.scope.as_ref())
+                .and_then(|s| scope_for(s, context))
                 .map_or(empty, |s| &s.resources),
             task_id: context.task_id.as_deref(),
             time: self.runtime.clock.now(),
@@ -398,7 +402,11 @@ impl Broker {
             let (_, provider) = self.provider_for(&spec.reference)?;
             let request = Request::new(&spec.reference, self.config().base_dir(), context)
                 .with_credential(&spec.name)
-                .with_terms(spec.terms().with_ttl(ttl))
+                .with_terms(
+                    spec.terms()
+                        .with_ttl(ttl)
+                        .with_scope(scope_for(spec, context)),
+                )
                 .with_nested(self);
             let result = retry::retry(&self.runtime.retry, &*self.runtime.sleeper, |_| async {
                 match spec.source {

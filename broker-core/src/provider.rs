@@ -27,6 +27,11 @@ pub struct RequestContext {
     /// A lifetime this request asks for (a daemon's per-request `ttl`). It only ever shortens:
     /// a minted credential gets the shorter of this and the configured `ttl`.
     pub ttl: Option<Duration>,
+    /// A scope this request asks for (a daemon's per-request `scope`), used in place of the
+    /// credential's configured `scope:` for minting, policy, the lease cache key and the audit
+    /// log. Whoever sets it must make sure it only narrows the configured one (`broker serve`
+    /// refuses a wider one with `scope_too_wide`).
+    pub scope: Option<Scope>,
 }
 
 impl RequestContext {
@@ -37,6 +42,7 @@ impl RequestContext {
             request_id: random_id(),
             task_id: None,
             ttl: None,
+            scope: None,
         }
     }
 }

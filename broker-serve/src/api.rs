@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use broker_core::audit::{Event, EventKind, Severity};
+use broker_core::config::Scope;
 use broker_core::policy::{Action, PolicyRequest};
 use broker_core::{Broker, RequestContext, SecretValue, Source};
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,9 @@ pub struct Peer {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialRequest {
+    /// A narrower scope than the credential's configured `scope:` (`scope_too_wide` otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<ScopeRequest>,
     /// A shorter lifetime than the credential's configured `ttl` (`"5m"` or seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<TtlValue>,
@@ -43,6 +47,21 @@ pub struct CredentialRequest {
     /// Why the caller asks (accepted; not recorded yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// A requested scope. An omitted list keeps the configured one; every action and resource
+/// asked for must be covered by a configured one (equal, or matched by its `*` / `?`
+/// wildcards; a wildcard asked for is covered only by a `*` that spans it). The configured
+/// `conditions` always apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeRequest {
+    /// Actions (e.g. `s3:GetObject`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actions: Option<Vec<String>>,
+    /// Resources (e.g. `arn:aws:s3:::bucket-a/reports/*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Vec<String>>,
 }
 
 /// A ttl as JSON: a duration string (`"90s"`, `"5m"`) or a number of seconds.
@@ -280,6 +299,77 @@ fn describe(peer: &Peer) -> String {
     }
 }
 
+/// The scope `want` asks for, if it only narrows `configured`.
+fn narrow(name: &str, configured: Option<&Scope>, want: &ScopeRequest) -> Result<Scope, ApiError> {
+    let too_wide = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "scope_too_wide", m);
+    let Some(configured) = configured else {
+        return Err(too_wide(format!(
+            "`{name}` has no configured `scope:` for a request to narrow"
+        )));
+    };
+    let pick = |what: &str, asked: &Option<Vec<String>>, allowed: &[String]| match asked {
+        None => Ok(allowed.to_vec()),
+        Some(list) if list.is_empty() => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_request",
+            format!("`scope.{what}` is empty; omit it to keep the configured ones"),
+        )),
+        Some(list) => match list
+            .iter()
+            .find(|a| !allowed.iter().any(|p| covers(p.as_bytes(), a.as_bytes())))
+        {
+            Some(wider) => Err(too_wide(format!(
+                "`scope.{what}` asks for `{}`, which `{name}`'s configured scope does not cover",
+                broker_core::grammar::elide(wider)
+            ))),
+            None => Ok(list.clone()),
+        },
+    };
+    Ok(Scope {
+        actions: pick("actions", &want.actions, &configured.actions)?,
+        resources: pick("resources", &want.resources, &configured.resources)?,
+        conditions: configured.conditions.clone(),
+    })
+}
+
+/// Whether every string `asked` stands for (its `*` and `?` being wildcards) is matched by
+/// `pattern`: literals match themselves, `?` one character that is not `*`, `*` anything
+/// (wildcards included).
+fn covers(pattern: &[u8], asked: &[u8]) -> bool {
+    // Glob matching with backtracking to the last `*`.
+    let (mut p, mut a) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while a < asked.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, a));
+                p += 1;
+                continue;
+            }
+            Some(b'?') if asked[a] != b'*' => {
+                p += 1;
+                a += 1;
+                continue;
+            }
+            Some(c) if *c != b'?' && *c == asked[a] => {
+                p += 1;
+                a += 1;
+                continue;
+            }
+            _ => {}
+        }
+        match star {
+            Some((sp, sa)) => {
+                p = sp + 1;
+                a = sa + 1;
+                star = Some((sp, sa + 1));
+            }
+            None => return false,
+        }
+    }
+    pattern[p..].iter().all(|c| *c == b'*')
+}
+
 fn parse_ttl(ttl: &TtlValue) -> Result<Duration, ApiError> {
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "malformed_request", m);
     let d = match ttl {
@@ -354,6 +444,24 @@ async fn credential(
             tracing::error!("cannot record a refusal in the audit log: {err}");
         }
         return Err(err);
+    }
+    if let Some(want) = &req.scope {
+        match narrow(&name, spec.as_ref().and_then(|s| s.scope.as_ref()), want) {
+            Ok(scope) => ctx.scope = Some(scope),
+            Err(err) => {
+                let mut e = app.event(EventKind::Decision, Severity::Warning, &ctx);
+                e.credential = Some(name.clone());
+                e.scope = serde_json::to_value(want).ok();
+                e.decision = Some("denied".into());
+                e.outcome = Some(err.kind.into());
+                e.error_kind = Some(err.kind.into());
+                e.reason = Some(describe(&peer));
+                if let Err(err) = app.broker.record(&e) {
+                    tracing::error!("cannot record a refusal in the audit log: {err}");
+                }
+                return Err(err);
+            }
+        }
     }
     // Minting gets the shorter lifetime; a stored value's `expires_at` is capped below.
     ctx.ttl = requested_ttl;
@@ -680,4 +788,41 @@ async fn revoke(
         "outcome": if revoked { "revoked" } else { "marked" },
         "expires_at": lease.expires_at,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::covers;
+
+    #[test]
+    fn a_pattern_covers_only_what_it_matches() {
+        let yes = [
+            ("s3:GetObject", "s3:GetObject"),
+            ("s3:*", "s3:GetObject"),
+            ("s3:Get*", "s3:Get*"),
+            ("arn:aws:s3:::bucket-a/*", "arn:aws:s3:::bucket-a/reports/*"),
+            ("arn:aws:s3:::bucket-?/x", "arn:aws:s3:::bucket-a/x"),
+            ("a?c", "a?c"),
+            ("*", "*"),
+        ];
+        for (p, a) in yes {
+            assert!(covers(p.as_bytes(), a.as_bytes()), "{p} should cover {a}");
+        }
+        let no = [
+            ("s3:GetObject", "s3:*"),
+            ("s3:Get*", "s3:*"),
+            ("s3:GetObject", "s3:GetObjectAcl"),
+            ("arn:aws:s3:::bucket-a/*", "arn:aws:s3:::bucket-b/x"),
+            ("arn:aws:s3:::bucket-a/*", "arn:aws:s3:::bucket-a*"),
+            ("a?", "a*"),
+            ("a*b", "a*"),
+            ("", "x"),
+        ];
+        for (p, a) in no {
+            assert!(
+                !covers(p.as_bytes(), a.as_bytes()),
+                "{p} should not cover {a}"
+            );
+        }
+    }
 }

@@ -24,7 +24,7 @@ mod error;
 mod listen;
 mod state;
 
-pub use api::{CredentialRequest, CredentialResponse, Peer, TtlValue};
+pub use api::{CredentialRequest, CredentialResponse, Peer, ScopeRequest, TtlValue};
 pub use config::{AdminEntry, AgentEntry, Limits, Rate, ServeConfig, default_socket_path};
 pub use error::ApiError;
 pub use listen::{Daemon, bind_socket};

@@ -40,6 +40,8 @@ pub fn daemon_main() {
 /// A running daemon.
 pub struct Daemon {
     pub child: Child,
+    /// Reads the daemon's stderr as it comes (a full pipe would block its logging).
+    logs: Option<std::thread::JoinHandle<String>>,
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
 }
@@ -77,7 +79,19 @@ impl Daemon {
             assert!(Instant::now() < deadline, "the daemon did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Daemon { child, dir, socket }
+        let mut stderr = child.stderr.take().unwrap();
+        let logs = std::thread::spawn(move || {
+            use std::io::Read;
+            let mut logs = Vec::new();
+            let _ = stderr.read_to_end(&mut logs);
+            String::from_utf8_lossy(&logs).into_owned()
+        });
+        Daemon {
+            child,
+            logs: Some(logs),
+            dir,
+            socket,
+        }
     }
 
     /// Lets other uids reach the socket (the daemon made it 0600 in a 0700 dir).
@@ -105,19 +119,25 @@ impl Daemon {
 
     /// SIGTERM; the daemon's logs and audit log.
     pub fn stop(mut self) -> (String, String) {
-        use std::io::Read;
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        let mut logs = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            e.read_to_string(&mut logs).unwrap();
-        }
         let status = self.child.wait().unwrap();
+        let logs = self.logs.take().unwrap().join().unwrap();
         assert!(status.success(), "daemon exited with {status}: {logs}");
         let audit =
             std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default();
         (logs, audit)
+    }
+}
+
+/// A test that fails before [`Daemon::stop`] leaves no daemon behind.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.logs.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
