@@ -77,6 +77,14 @@ impl Daemon {
     }
 }
 
+/// A test that fails before [`Daemon::stop`] leaves no daemon behind.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// `broker run --from` in an empty dir (no .broker.yml anywhere up), with a clean environment.
 fn client(socket: &Path, runtime: &Path, args: &[&str]) -> std::process::Output {
     let cwd = tempfile::tempdir().unwrap();
