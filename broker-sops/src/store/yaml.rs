@@ -82,6 +82,15 @@ pub(crate) fn parse(text: &str) -> Result<Node, String> {
             None => *root = Some(node),
             Some(Open::List(list)) => list.push(node),
             Some(Open::Map { items, key, .. }) => match key.take() {
+                // As Go sops (yaml.v3) does: a key given twice is an error, not a second entry
+                // whose comments and encryption context (the key path) would be ambiguous.
+                Some(k)
+                    if items
+                        .iter()
+                        .any(|i| matches!(i, Item::Pair(o, _) if *o == k)) =>
+                {
+                    return Err(format!("mapping key `{k}` is given twice"));
+                }
                 Some(k) => items.push(Item::Pair(k, node)),
                 None => match node {
                     Node::Str(s) => *key = Some(s),
@@ -368,6 +377,14 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::tree::leaf_bytes;
+
+    #[test]
+    fn a_key_given_twice_is_refused() {
+        let err = parse("a: 1\nb:\n    c: 2\na: 3\n").err();
+        assert_eq!(err.as_deref(), Some("mapping key `a` is given twice"));
+        let err = parse("b:\n    c: 2\n    c: 3\n").err();
+        assert_eq!(err.as_deref(), Some("mapping key `c` is given twice"));
+    }
 
     #[test]
     fn parse_and_emit_round_trip() {
