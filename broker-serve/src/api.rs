@@ -192,7 +192,20 @@ impl App {
     /// Records a refusal the runtime layers never saw. A failure to record is logged: the
     /// request is refused either way.
     fn record_refusal(&self, ctx: &RequestContext, err: &ApiError, reason: String) {
+        self.record_refusal_with(ctx, err, reason, |_| {});
+    }
+
+    /// [`record_refusal`](Self::record_refusal) with fields of the request the record names
+    /// (`fill` sets them: the credential, a ttl, a scope, a lease id).
+    fn record_refusal_with(
+        &self,
+        ctx: &RequestContext,
+        err: &ApiError,
+        reason: String,
+        fill: impl FnOnce(&mut Event),
+    ) {
         let mut e = self.event(EventKind::Decision, Severity::Warning, ctx);
+        fill(&mut e);
         e.decision = Some("denied".into());
         e.outcome = Some(err.kind.to_string());
         e.error_kind = Some(err.kind.to_string());
@@ -433,32 +446,20 @@ async fn credential(
                 max.as_secs()
             ),
         );
-        let mut e = app.event(EventKind::Decision, Severity::Warning, &ctx);
-        e.credential = Some(name.clone());
-        e.ttl = Some(want.as_secs());
-        e.decision = Some("denied".into());
-        e.outcome = Some(err.kind.into());
-        e.error_kind = Some(err.kind.into());
-        e.reason = Some(describe(&peer));
-        if let Err(err) = app.broker.record(&e) {
-            tracing::error!("cannot record a refusal in the audit log: {err}");
-        }
+        app.record_refusal_with(&ctx, &err, describe(&peer), |e| {
+            e.credential = Some(name.clone());
+            e.ttl = Some(want.as_secs());
+        });
         return Err(err);
     }
     if let Some(want) = &req.scope {
         match narrow(&name, spec.as_ref().and_then(|s| s.scope.as_ref()), want) {
             Ok(scope) => ctx.scope = Some(scope),
             Err(err) => {
-                let mut e = app.event(EventKind::Decision, Severity::Warning, &ctx);
-                e.credential = Some(name.clone());
-                e.scope = serde_json::to_value(want).ok();
-                e.decision = Some("denied".into());
-                e.outcome = Some(err.kind.into());
-                e.error_kind = Some(err.kind.into());
-                e.reason = Some(describe(&peer));
-                if let Err(err) = app.broker.record(&e) {
-                    tracing::error!("cannot record a refusal in the audit log: {err}");
-                }
+                app.record_refusal_with(&ctx, &err, describe(&peer), |e| {
+                    e.credential = Some(name.clone());
+                    e.scope = serde_json::to_value(want).ok();
+                });
                 return Err(err);
             }
         }
@@ -763,16 +764,10 @@ async fn revoke(
             "unknown_lease",
             "no live lease with this id issued to the caller",
         );
-        let mut e = app.event(EventKind::Decision, Severity::Warning, &ctx);
-        e.action = Some("revoke".into());
-        e.lease_id = Some(id.clone());
-        e.decision = Some("denied".into());
-        e.outcome = Some(err.kind.into());
-        e.error_kind = Some(err.kind.into());
-        e.reason = Some(describe(&peer));
-        if let Err(err) = app.broker.record(&e) {
-            tracing::error!("cannot record a refusal in the audit log: {err}");
-        }
+        app.record_refusal_with(&ctx, &err, describe(&peer), |e| {
+            e.action = Some("revoke".into());
+            e.lease_id = Some(id.clone());
+        });
         return Err(err);
     };
     if lease.revoked {
