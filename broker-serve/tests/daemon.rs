@@ -2,12 +2,13 @@
 //! re-executed with the canary in its environment), with an `env:` credential and an audit log.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-use broker_core::testkit::{assert_no_canary, record_skip};
+use std::path::Path;
+
+use broker_core::testkit::assert_no_canary;
 use broker_serve::client::{self, Answer};
+use common::{Daemon, kind_of};
 
 const CANARY: &str = "canary-serve-7f3a9c1e5b2d4f60a8e1";
 const OTHER_UID: u32 = 65534;
@@ -17,104 +18,27 @@ const AGENT_B_UID: u32 = 65533;
 #[test]
 #[ignore = "run by the other tests as the daemon process"]
 fn daemon_child() {
-    let Some(config) = std::env::var_os("BROKER_SERVE_TEST_CONFIG") else {
-        return;
-    };
     use broker_env as _;
-    tracing_subscriber::fmt()
-        .with_env_filter("trace")
-        .with_writer(std::io::stderr)
-        .init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let broker = broker_core::Broker::load(Path::new(&config)).unwrap();
-        let serve = broker_serve::ServeConfig::from_config(broker.config()).unwrap();
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
-        broker_serve::Daemon::new(broker, serve)
-            .run(async move {
-                term.recv().await;
-            })
-            .await
-            .unwrap();
-    });
+    common::daemon_main();
 }
 
-struct Daemon {
-    child: Child,
-    dir: tempfile::TempDir,
-    socket: PathBuf,
-}
-
-impl Daemon {
-    fn stop(mut self) -> (String, String) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let out = self.child.wait_with_output_ref();
-        let audit =
-            std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default();
-        (out, audit)
-    }
-}
-
-trait WaitRef {
-    fn wait_with_output_ref(&mut self) -> String;
-}
-
-impl WaitRef for Child {
-    fn wait_with_output_ref(&mut self) -> String {
-        use std::io::Read;
-        let mut s = String::new();
-        if let Some(mut e) = self.stderr.take() {
-            e.read_to_string(&mut s).unwrap();
-        }
-        let status = self.wait().unwrap();
-        assert!(status.success(), "daemon exited with {status}: {s}");
-        s
-    }
-}
-
+/// The daemon with an `env:` credential holding the canary, `Agent-A` (this uid, also admin)
+/// and `extra_agents` (YAML list items); `BROKER_AGENT_ID` is set to show it is ignored.
 fn start(extra_agents: &str) -> Daemon {
-    let dir = tempfile::tempdir().unwrap();
     let uid = rustix::process::getuid().as_raw();
-    let config = dir.path().join(".broker.yml");
-    std::fs::write(
+    let config = format!(
+        "credentials:\n  api: {{ ref: \"env:BROKER_SERVE_TEST_CANARY\", as: API_TOKEN }}\n\
+         audit: {{ path: audit.jsonl }}\n\
+         serve:\n  listen: run/broker.sock\n  agents:\n    - {{ id: Agent-A, uid: {uid} }}\n{extra_agents}\
+         \x20 admins: [{{ uid: {uid} }}]\n"
+    );
+    Daemon::start(
         &config,
-        format!(
-            "credentials:\n  api: {{ ref: \"env:BROKER_SERVE_TEST_CANARY\", as: API_TOKEN }}\n\
-             audit: {{ path: audit.jsonl }}\n\
-             serve:\n  listen: run/broker.sock\n  agents:\n    - {{ id: Agent-A, uid: {uid} }}\n{extra_agents}\
-             \x20 admins: [{{ uid: {uid} }}]\n"
-        ),
+        &[
+            ("BROKER_SERVE_TEST_CANARY", CANARY),
+            ("BROKER_AGENT_ID", "admin-by-claim"),
+        ],
     )
-    .unwrap();
-    let child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "daemon_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("BROKER_SERVE_TEST_CONFIG", &config)
-        .env("BROKER_SERVE_TEST_CANARY", CANARY)
-        .env("BROKER_AGENT_ID", "admin-by-claim")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let socket = dir.path().join("run/broker.sock");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(Instant::now() < deadline, "the daemon did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Daemon { child, dir, socket }
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -124,14 +48,10 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A request with a raw (possibly not UTF-8, possibly oversized) body.
 fn call(socket: &Path, method: &str, path: &str, body: &[u8]) -> Answer {
     rt().block_on(client::call(socket, method, path, body.to_vec()))
         .unwrap()
-}
-
-fn kind_of(a: &Answer) -> String {
-    let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
-    v["error"]["kind"].as_str().unwrap().to_string()
 }
 
 #[test]
@@ -242,46 +162,13 @@ fn a_mapped_peer_gets_the_value_and_refusals_have_exact_kinds() {
 
 /// Runs `curl` against `socket` as `uid` (root only; skipped otherwise).
 fn curl_as(uid: u32, socket: &Path, method: &str, path: &str) -> Option<(u16, String)> {
-    if !rustix::process::geteuid().is_root()
-        || Command::new("setpriv").arg("--version").output().is_err()
-    {
-        record_skip("setpriv as root is needed to connect as another uid");
-        return None;
-    }
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid",
-            &uid.to_string(),
-            "--regid",
-            &uid.to_string(),
-            "--clear-groups",
-        ])
-        .args([
-            "curl",
-            "-s",
-            "-w",
-            "\n%{http_code}",
-            "-X",
-            method,
-            "--unix-socket",
-        ])
-        .arg(socket)
-        .arg(format!("http://broker{path}"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    Some((code.parse().unwrap(), body.to_string()))
+    common::can_switch_uid().then(|| common::curl_as(uid, socket, method, path, ""))
 }
 
 #[test]
 fn other_uids_are_identified_by_the_kernel() {
     let d = start(&format!("    - {{ id: agent-b, uid: {AGENT_B_UID} }}\n"));
-    // Let other uids reach the socket (the daemon made it 0600 in a 0700 dir).
-    use std::os::unix::fs::PermissionsExt;
-    for p in [d.dir.path(), &d.dir.path().join("run"), &d.socket] {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).unwrap();
-    }
+    d.open_to_all();
     let Some((status, body)) = curl_as(OTHER_UID, &d.socket, "POST", "/v1/credentials/api") else {
         d.stop();
         return;
