@@ -526,7 +526,7 @@ impl Broker {
         for spec in &self.config().credentials {
             if spec.kind != crate::DeliveryKind::File
                 || spec.source != Source::Mint
-                || !scratch.path().join(&spec.name).is_file()
+                || !scratch.holds(&spec.name)
             {
                 continue;
             }

@@ -259,6 +259,14 @@ impl ScratchDir {
         Ok(self.path.join(name))
     }
 
+    /// Whether the dir holds a regular file `name` (looked up through the dir fd, not
+    /// following a symlink).
+    pub fn holds(&self, name: &str) -> bool {
+        check_name(name).is_ok()
+            && rustix::fs::statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile)
+    }
+
     /// Replaces file `name` atomically (write a sibling, then rename over it), keeping 0600.
     pub fn replace_secret(&self, name: &str, value: &SecretValue) -> Result<PathBuf> {
         check_name(name)?;
@@ -609,6 +617,11 @@ mod tests {
                 .is_err()
         );
         assert_eq!(fs::read(&victim).unwrap(), b"untouched");
+        assert!(!dir.holds("token"), "a symlink is not a file the dir holds");
+        dir.write_secret("real", &SecretValue::copy_from(b"x"))
+            .unwrap();
+        assert!(dir.holds("real"));
+        assert!(!dir.holds("missing") && !dir.holds("../real"));
     }
 
     #[test]
