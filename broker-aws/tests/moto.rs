@@ -7,15 +7,13 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 
 use broker_aws::{AwsProvider, Settings};
 use broker_core::config::Scope;
 use broker_core::testkit::{
-    self, Conformance, PeerProcess, assert_no_canary, free_port, require_peer,
+    self, Conformance, PeerProcess, assert_no_canary, capture_server, free_port, require_peer,
 };
 use broker_core::{
     Credential, CredentialProvider, CredentialSpec, DeliveryKind, ErrorKind, Reference, Request,
@@ -622,55 +620,6 @@ async fn web_identity_mint() {
         "{}",
         check.detail
     );
-}
-
-/// A local HTTP server that records request bodies and answers each with `respond(n)`.
-fn capture_server(respond: fn(usize) -> (u16, String)) -> (String, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 8192];
-            let body = loop {
-                let n = stream.read(&mut chunk).unwrap_or(0);
-                if n == 0 {
-                    break None;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                let text = String::from_utf8_lossy(&buf).to_string();
-                if let Some(end) = text.find("\r\n\r\n") {
-                    let len = text[..end]
-                        .lines()
-                        .find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case("content-length")
-                                .then(|| v.trim().parse::<usize>().ok())?
-                        })
-                        .unwrap_or(0);
-                    if buf.len() >= end + 4 + len {
-                        break Some(text[end + 4..end + 4 + len].to_string());
-                    }
-                }
-            };
-            let Some(body) = body else { continue };
-            let n = {
-                let mut seen = log.lock().unwrap();
-                seen.push(body);
-                seen.len()
-            };
-            let (status, reply) = respond(n);
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {status} X\r\ncontent-type: text/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
-                reply.len()
-            );
-        }
-    });
-    (url, seen)
 }
 
 fn form(body: &str) -> HashMap<String, String> {

@@ -293,6 +293,60 @@ fn post_empty(port: u16, path: &str) {
     );
 }
 
+/// A local HTTP server on 127.0.0.1 that records each request body and answers the `n`th
+/// (1-based) with `respond(n)`: `(status, XML body)`. A recording stand-in for an API whose
+/// requests a test asserts exactly (AWS STS, say); returns its URL and the bodies seen.
+pub fn capture_server(
+    respond: fn(usize) -> (u16, String),
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 8192];
+            let body = loop {
+                let n = stream.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break Some(text[end + 4..end + 4 + len].to_string());
+                    }
+                }
+            };
+            let Some(body) = body else { continue };
+            let n = {
+                let mut seen = log.lock().unwrap();
+                seen.push(body);
+                seen.len()
+            };
+            let (status, reply) = respond(n);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\ncontent-type: text/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+                reply.len()
+            );
+        }
+    });
+    (url, seen)
+}
+
 /// Asserts `text` contains none of `canaries` (nor a 12-byte prefix of one).
 #[track_caller]
 pub fn assert_no_canary(what: &str, text: &str, canaries: &[&str]) {

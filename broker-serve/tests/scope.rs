@@ -6,11 +6,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
-use broker_core::testkit::assert_no_canary;
+use broker_core::testkit::{assert_no_canary, capture_server};
 use common::{Daemon, json, kind_of};
 
 const SECRET: &str = "canary-serve-scope-secret-8c1f04";
@@ -27,46 +25,7 @@ const ASSUME_ROLE_XML: &str = r#"<AssumeRoleResponse xmlns="https://sts.amazonaw
 
 /// A local STS stand-in that records each request body and answers AssumeRole.
 fn recording_sts() -> (String, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 8192];
-            let body = loop {
-                let n = stream.read(&mut chunk).unwrap_or(0);
-                if n == 0 {
-                    break None;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                let text = String::from_utf8_lossy(&buf).to_string();
-                if let Some(end) = text.find("\r\n\r\n") {
-                    let len = text[..end]
-                        .lines()
-                        .find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case("content-length")
-                                .then(|| v.trim().parse::<usize>().ok())?
-                        })
-                        .unwrap_or(0);
-                    if buf.len() >= end + 4 + len {
-                        break Some(text[end + 4..end + 4 + len].to_string());
-                    }
-                }
-            };
-            let Some(body) = body else { continue };
-            log.lock().unwrap().push(body);
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\ncontent-type: text/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{ASSUME_ROLE_XML}",
-                ASSUME_ROLE_XML.len()
-            );
-        }
-    });
-    (url, seen)
+    capture_server(|_| (200, ASSUME_ROLE_XML.to_string()))
 }
 
 /// A form-encoded body's parameter `key`, decoded.
