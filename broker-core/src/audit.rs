@@ -170,6 +170,13 @@ pub struct Event {
     /// How many provider attempts were made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
+    /// How the caller was identified (a daemon's verified peer, certificate or token), never
+    /// a secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// Why the caller said it asked (free text from the request, elided).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
 }
 
 impl Event {
@@ -195,6 +202,8 @@ impl Event {
             outcome: None,
             error_kind: None,
             attempts: None,
+            identity: None,
+            purpose: None,
         }
     }
 }

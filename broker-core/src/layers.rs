@@ -208,11 +208,7 @@ impl Broker {
         spec: Option<&CredentialSpec>,
         context: &RequestContext,
     ) -> Event {
-        let mut e = Event::new(kind, severity);
-        e.agent_id = context.agent_id.clone();
-        e.tenant = self.config().tenant.clone();
-        e.request_id = Some(context.request_id.clone());
-        e.task_id = context.task_id.clone();
+        let mut e = self.context_event(kind, severity, context);
         e.action = Some(action.as_str().to_string());
         if let Some(spec) = spec {
             e.credential = Some(spec.name.clone());
@@ -224,6 +220,30 @@ impl Broker {
             e.scope = scope_for(spec, context).and_then(|s| serde_json::to_value(s).ok());
             e.ttl = spec.ttl.map(|t| t.as_secs());
         }
+        e
+    }
+
+    /// An event of `kind` naming who asks: the agent, its tenant (the verified one, else the
+    /// config's), how it was identified, the request and task ids and the stated purpose.
+    pub fn context_event(
+        &self,
+        kind: EventKind,
+        severity: Severity,
+        context: &RequestContext,
+    ) -> Event {
+        let mut e = Event::new(kind, severity);
+        e.agent_id = context.agent_id.clone();
+        e.tenant = context
+            .tenant
+            .clone()
+            .or_else(|| self.config().tenant.clone());
+        e.request_id = Some(context.request_id.clone());
+        e.task_id = context.task_id.clone();
+        e.identity = context.identity.clone();
+        e.purpose = context
+            .purpose
+            .as_deref()
+            .map(|p| crate::grammar::elide(p).into_owned());
         e
     }
 
@@ -241,11 +261,7 @@ impl Broker {
     /// Records a notice such as `redaction_disabled` for a run (`broker run --no-redact`).
     /// An error means it could not be recorded; callers should refuse to go on.
     pub fn record_notice(&self, context: &RequestContext, what: &str, detail: &str) -> Result<()> {
-        let mut e = Event::new(EventKind::Notice, Severity::Warning);
-        e.agent_id = context.agent_id.clone();
-        e.tenant = self.config().tenant.clone();
-        e.request_id = Some(context.request_id.clone());
-        e.task_id = context.task_id.clone();
+        let mut e = self.context_event(EventKind::Notice, Severity::Warning, context);
         e.outcome = Some(what.to_string());
         e.reason = Some(detail.to_string());
         self.record(&e)
@@ -290,7 +306,8 @@ impl Broker {
         let action = action
             .or_else(|| spec.map(action_for))
             .unwrap_or(Action::Resolve);
-        let tenant = self.config().tenant.clone().unwrap_or_default();
+        let config_tenant = self.config().tenant.clone().unwrap_or_default();
+        let tenant = context.tenant.clone().unwrap_or_else(|| config_tenant.clone());
         let empty: &[String] = &[];
         let backend = spec
             .and_then(|s| self.registry().for_scheme(s.reference.scheme()))
@@ -305,7 +322,9 @@ impl Broker {
             declared: spec.is_some(),
             backend,
             badge: badge.as_str(),
-            credential_tenant: spec.and_then(|s| s.tenant.as_deref()).unwrap_or(&tenant),
+            credential_tenant: spec
+                .and_then(|s| s.tenant.as_deref())
+                .unwrap_or(&config_tenant),
             max_ttl: spec.and_then(|s| s.ttl).map_or(0, |t| t.as_secs()),
             ttl_seconds: spec
                 .and_then(|s| ttl_for(s, context))
@@ -620,7 +639,8 @@ impl Broker {
         backend: &str,
         context: &RequestContext,
     ) -> Result<()> {
-        let tenant = self.config().tenant.clone().unwrap_or_default();
+        let config_tenant = self.config().tenant.clone().unwrap_or_default();
+        let tenant = context.tenant.clone().unwrap_or_else(|| config_tenant.clone());
         let badge = self
             .registry()
             .by_name(backend)
@@ -633,7 +653,7 @@ impl Broker {
             declared: false,
             backend,
             badge: badge.as_str(),
-            credential_tenant: &tenant,
+            credential_tenant: &config_tenant,
             max_ttl: 0,
             ttl_seconds: 0,
             scope_actions: &[],

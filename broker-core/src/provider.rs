@@ -32,6 +32,14 @@ pub struct RequestContext {
     /// log. Whoever sets it must make sure it only narrows the configured one (`broker serve`
     /// refuses a wider one with `scope_too_wide`).
     pub scope: Option<Scope>,
+    /// The caller's tenant, when a verified identity carries one (a daemon's JWT claim);
+    /// `None` means the config's `tenant`. Policy sees it as `principal.tenant`.
+    pub tenant: Option<String>,
+    /// How the caller was identified, secret-free, for the audit log (`unix peer uid 1000 gid
+    /// 1000 pid 42`, `mtls sha256:…`, `jwt iss=… sub=…`); `None` for a local CLI run.
+    pub identity: Option<String>,
+    /// Why the caller says it asks (a daemon request's `reason`), recorded as given.
+    pub purpose: Option<String>,
 }
 
 impl RequestContext {
@@ -43,6 +51,9 @@ impl RequestContext {
             task_id: None,
             ttl: None,
             scope: None,
+            tenant: None,
+            identity: None,
+            purpose: None,
         }
     }
 }
