@@ -21,6 +21,7 @@ mod api;
 pub mod client;
 mod config;
 mod error;
+pub mod jwt;
 mod listen;
 mod state;
 

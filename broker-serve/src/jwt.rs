@@ -1,0 +1,1 @@
+//! JWT bearer identity (`serve.jwt`): platform-injected tokens verified against a JWKS.
