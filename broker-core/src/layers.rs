@@ -267,9 +267,11 @@ impl Broker {
         self.record(&e)
     }
 
-    /// Records an alert and runs `alert.command`. Failing to record or run it is logged, not
+    /// Records an alert (the event as given; make it `Severity::Alert`) and runs `alert.command`
+    /// with it. Failing to record or run it is logged, not returned: callers have already
+    /// failed closed.
     /// returned: the request has already failed closed.
-    async fn alert(&self, event: &Event) {
+    pub async fn alert(&self, event: &Event) {
         if let Err(e) = self.record(event) {
             tracing::error!("cannot record an alert in the audit log: {e}");
         }
