@@ -270,7 +270,6 @@ impl Broker {
     /// Records an alert (the event as given; make it `Severity::Alert`) and runs `alert.command`
     /// with it. Failing to record or run it is logged, not returned: callers have already
     /// failed closed.
-    /// returned: the request has already failed closed.
     pub async fn alert(&self, event: &Event) {
         if let Err(e) = self.record(event) {
             tracing::error!("cannot record an alert in the audit log: {e}");
