@@ -376,7 +376,7 @@ impl Broker {
     /// Resolves (or mints) the credential `name` for one request, through policy, the egress
     /// gate, the lease cache, retry and the audit log (in that order).
     pub async fn resolve(&self, name: &str, context: &RequestContext) -> Result<Credential> {
-        let spec = self.authorize(name, None, context)?;
+        let spec = self.authorize(name, None, context).await?;
         self.issue(spec, context).await
     }
 
@@ -394,10 +394,10 @@ impl Broker {
             names.iter().map(String::as_str).collect()
         };
         // Policy and gate for everything before resolving anything: a refusal does no I/O.
-        let specs: Vec<&CredentialSpec> = names
-            .iter()
-            .map(|n| self.authorize(n, None, context))
-            .collect::<Result<_>>()?;
+        let mut specs: Vec<&CredentialSpec> = Vec::with_capacity(names.len());
+        for n in &names {
+            specs.push(self.authorize(n, None, context).await?);
+        }
         let mut delivery = Delivery {
             env: Vec::new(),
             secrets: Vec::new(),
@@ -413,7 +413,7 @@ impl Broker {
     /// Rotates the stored key material behind credential `name`.
     pub async fn rotate(&self, name: &str, context: &RequestContext) -> Result<Rotation> {
         use crate::{audit::EventKind, policy::Action};
-        let spec = self.authorize(name, Some(Action::Rotate), context)?;
+        let spec = self.authorize(name, Some(Action::Rotate), context).await?;
         let attach = |e: Error| e.with_credential(name).with_reference(&spec.reference);
         let (_, provider) = self.provider_for(&spec.reference).map_err(attach)?;
         let request = Request::new(&spec.reference, self.config.base_dir(), context)
@@ -498,7 +498,7 @@ impl Broker {
                 })?
             }
         };
-        self.decide_revoke(lease_id, &name, context)?;
+        self.decide_revoke(lease_id, &name, context).await?;
         let mut event = self.action_event(EventKind::Revocation, Action::Revoke, None, context);
         event.backend = Some(name.clone());
         event.lease_id = Some(lease_id.to_string());

@@ -258,6 +258,23 @@ impl Broker {
         }
     }
 
+    /// [`Broker::record`] for async code: with a [held](AuditLog::hold) log (a daemon) it
+    /// awaits the group-committed flush that covers `event` without blocking the runtime's
+    /// thread; otherwise it appends in place as [`Broker::record`] does. The runtime layers
+    /// record through it.
+    pub async fn record_async(&self, event: &Event) -> Result<()> {
+        match &self.runtime.audit {
+            Some(log) => log
+                .append_async(event, self.runtime.clock.now())
+                .await
+                .map(|_| ()),
+            None => {
+                tracing::debug!(event = ?event.event, outcome = ?event.outcome, "audit (no log configured)");
+                Ok(())
+            }
+        }
+    }
+
     /// Records a notice such as `redaction_disabled` for a run (`broker run --no-redact`).
     /// An error means it could not be recorded; callers should refuse to go on.
     pub fn record_notice(&self, context: &RequestContext, what: &str, detail: &str) -> Result<()> {
@@ -271,7 +288,7 @@ impl Broker {
     /// with it. Failing to record or run it is logged, not returned: callers have already
     /// failed closed.
     pub async fn alert(&self, event: &Event) {
-        if let Err(e) = self.record(event) {
+        if let Err(e) = self.record_async(event).await {
             tracing::error!("cannot record an alert in the audit log: {e}");
         }
         if let Some(cmd) = &self.runtime.alert {
@@ -297,7 +314,7 @@ impl Broker {
 
     /// Layers 1–2: policy, then the egress gate, with one `decision` record. `name` may be
     /// undeclared (denied and recorded).
-    pub(crate) fn authorize(
+    pub(crate) async fn authorize(
         &self,
         name: &str,
         action: Option<Action>,
@@ -308,7 +325,10 @@ impl Broker {
             .or_else(|| spec.map(action_for))
             .unwrap_or(Action::Resolve);
         let config_tenant = self.config().tenant.clone().unwrap_or_default();
-        let tenant = context.tenant.clone().unwrap_or_else(|| config_tenant.clone());
+        let tenant = context
+            .tenant
+            .clone()
+            .unwrap_or_else(|| config_tenant.clone());
         let empty: &[String] = &[];
         let backend = spec
             .and_then(|s| self.registry().for_scheme(s.reference.scheme()))
@@ -394,7 +414,7 @@ impl Broker {
             (Some(e), true) => format!("egress gate: {}", e.message()),
             _ => decision.reason.clone(),
         });
-        self.record(&event)?;
+        self.record_async(&event).await?;
         if let Some(e) = refusal {
             return Err(e);
         }
@@ -491,7 +511,7 @@ impl Broker {
                     event.error_kind = Some(e.kind().as_str().into());
                 }
                 // Refuse rather than hand out an unrecorded credential (it is dropped here).
-                self.record(&event).map_err(attach)?;
+                self.record_async(&event).await.map_err(attach)?;
                 Ok(lookup)
             }
             Err(e) => {
@@ -516,7 +536,7 @@ impl Broker {
                 }
                 if exhausted {
                     self.alert(&event).await;
-                } else if let Err(audit_error) = self.record(&event) {
+                } else if let Err(audit_error) = self.record_async(&event).await {
                     tracing::error!("cannot record a failure in the audit log: {audit_error}");
                 }
                 Err(e)
@@ -554,7 +574,8 @@ impl Broker {
             let lookup = match self.runtime.cache.peek(&key) {
                 Some(l) => l,
                 None => {
-                    self.authorize(&spec.name, Some(Action::Mint), context)?;
+                    self.authorize(&spec.name, Some(Action::Mint), context)
+                        .await?;
                     let l = self.lookup(spec, context).await?;
                     if l.served != Served::Cached {
                         let fresh: Vec<(String, SecretValue)> = l
@@ -595,7 +616,7 @@ impl Broker {
         match retry::retry(&policy, &*self.runtime.sleeper, op).await {
             Ok((v, attempts)) => {
                 event.attempts = Some(attempts);
-                self.record(&event)?;
+                self.record_async(&event).await?;
                 Ok(v)
             }
             Err(mut f) => {
@@ -616,7 +637,7 @@ impl Broker {
                 event.attempts = Some(f.attempts);
                 if f.exhausted {
                     self.alert(&event).await;
-                } else if let Err(e) = self.record(&event) {
+                } else if let Err(e) = self.record_async(&event).await {
                     tracing::error!("cannot record a failure in the audit log: {e}");
                 }
                 Err(f.error)
@@ -634,14 +655,17 @@ impl Broker {
         self.event(kind, Severity::Info, action, spec, context)
     }
 
-    pub(crate) fn decide_revoke(
+    pub(crate) async fn decide_revoke(
         &self,
         lease_id: &str,
         backend: &str,
         context: &RequestContext,
     ) -> Result<()> {
         let config_tenant = self.config().tenant.clone().unwrap_or_default();
-        let tenant = context.tenant.clone().unwrap_or_else(|| config_tenant.clone());
+        let tenant = context
+            .tenant
+            .clone()
+            .unwrap_or_else(|| config_tenant.clone());
         let badge = self
             .registry()
             .by_name(backend)
@@ -684,7 +708,7 @@ impl Broker {
             event.severity = Severity::Warning;
         }
         event.reason = Some(decision.reason.clone());
-        self.record(&event)?;
+        self.record_async(&event).await?;
         if decision.allowed {
             Ok(())
         } else {
