@@ -199,25 +199,26 @@ pub const AWS_STS: SchemeGrammar = SchemeGrammar {
     validate: aws_role_arn,
 };
 
-/// `gcp-sm://PROJECT/SECRET[/VERSION][#field]`.
+/// `gcp-sm://PROJECT/SECRET[/VERSION][#field][?location=L]` (VERSION: a number, `latest` or
+/// an alias).
 pub const GCP_SM: SchemeGrammar = SchemeGrammar {
     scheme: "gcp-sm",
-    form: "gcp-sm://PROJECT/SECRET[/VERSION][#field]",
+    form: "gcp-sm://PROJECT/SECRET[/VERSION|/ALIAS][#field][?location=L]",
     shape: Shape::Hierarchical,
     operation: Operation::Resolve,
     field: true,
-    query: QueryKeys::None,
+    query: QueryKeys::Only(&["location"]),
     validate: gcp_secret,
 };
 
-/// `gcp-iam://SA_EMAIL[?PARAM=VALUE...]`.
+/// `gcp-iam://SA_EMAIL[?id-token=true&audience=URL]`.
 pub const GCP_IAM: SchemeGrammar = SchemeGrammar {
     scheme: "gcp-iam",
-    form: "gcp-iam://SA_EMAIL[?PARAM=VALUE...]",
+    form: "gcp-iam://SA_EMAIL[?id-token=true&audience=URL]",
     shape: Shape::Hierarchical,
     operation: Operation::Mint,
     field: false,
-    query: QueryKeys::Any,
+    query: QueryKeys::Only(&["id-token", "audience"]),
     validate: gcp_service_account,
 };
 
@@ -493,14 +494,19 @@ fn gcp_secret(t: &str) -> Result<(), TargetError> {
         );
     }
     if let Some(version) = segs.get(2) {
-        let ok = *version == "latest"
-            || (!version.is_empty()
-                && version.bytes().all(|b| b.is_ascii_digit())
-                && !version.starts_with('0'));
-        if !ok {
+        let number = !version.is_empty()
+            && version.bytes().all(|b| b.is_ascii_digit())
+            && !version.starts_with('0');
+        // `latest` or a version alias: a letter, then letters, digits, `_` or `-`, at most 63.
+        let alias = (1..=63).contains(&version.len())
+            && version.starts_with(|c: char| c.is_ascii_alphabetic())
+            && version
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !(number || alias) {
             return err(
                 secret_at + secret.len() + 1,
-                "a version is a positive number or `latest`",
+                "a version is a positive number, `latest` or an alias (a letter, then letters, digits, `_` or `-`)",
             );
         }
     }

@@ -195,10 +195,16 @@ const ACCEPTED: &[(&str, &str, &str, &str)] = &[
         "gcp-iam://deployer@my-project.iam.gserviceaccount.com",
     ),
     (
-        "gcp-iam://deployer@my-project.iam.gserviceaccount.com?scopes=https://www.googleapis.com/auth/cloud-platform",
+        "gcp-iam://deployer@my-project.iam.gserviceaccount.com?id-token=true&audience=https://api.example.com",
         "gcp-iam",
         "deployer@my-project.iam.gserviceaccount.com",
-        "gcp-iam://deployer@my-project.iam.gserviceaccount.com?scopes=https://www.googleapis.com/auth/cloud-platform",
+        "gcp-iam://deployer@my-project.iam.gserviceaccount.com?id-token=true&audience=https://api.example.com",
+    ),
+    (
+        "gcp-sm://my-project/sa-key/prod#client_email?location=europe-west1",
+        "gcp-sm",
+        "my-project/sa-key/prod",
+        "gcp-sm://my-project/sa-key/prod?location=europe-west1#client_email",
     ),
     (
         "azurekv://my-vault/STAGING-TOKEN",
@@ -418,12 +424,16 @@ const MALFORMED: &[(&str, &str)] = &[
         "invalid reference `gcp-sm://Bad_Project/secret` at column 10: a project is a project number or an id of 6-30 lowercase letters, digits and hyphens",
     ),
     (
-        "gcp-sm://my-project/secret/v1",
-        "invalid reference `gcp-sm://my-project/secret/v1` at column 28: a version is a positive number or `latest`",
+        "gcp-sm://my-project/secret/1v",
+        "invalid reference `gcp-sm://my-project/secret/1v` at column 28: a version is a positive number, `latest` or an alias (a letter, then letters, digits, `_` or `-`)",
     ),
     (
         "gcp-sm://my-project/secret/0",
-        "invalid reference `gcp-sm://my-project/secret/0` at column 28: a version is a positive number or `latest`",
+        "invalid reference `gcp-sm://my-project/secret/0` at column 28: a version is a positive number, `latest` or an alias (a letter, then letters, digits, `_` or `-`)",
+    ),
+    (
+        "gcp-iam://deployer@my-project.iam.gserviceaccount.com?scopes=x",
+        "invalid reference `gcp-iam://deployer@my-project.iam.gserviceaccount.com?scopes=x` at column 55: unknown query parameter `scopes` for `gcp-iam` (accepted: id-token, audience)",
     ),
     (
         "gcp-iam://not-an-email",
