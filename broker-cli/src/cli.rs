@@ -45,18 +45,64 @@ pub enum Command {
     Request(RequestArgs),
 }
 
+/// How to reach a `broker serve` daemon: `--from` and, over TLS, the client's proof.
+#[cfg(feature = "serve")]
+#[derive(Debug, Clone, Args)]
+pub struct FromArgs {
+    /// The daemon: its unix socket path, or `https://HOST:PORT`.
+    #[arg(long, env = "BROKER_FROM", value_name = "SOCKET_OR_URL")]
+    pub from: Option<String>,
+    /// The CA that signed an https:// daemon's certificate (default: the system's roots).
+    #[arg(long, env = "BROKER_CA", value_name = "PEM", requires = "from")]
+    pub ca: Option<PathBuf>,
+    /// A client certificate to present to an https:// daemon (mTLS), with --key.
+    #[arg(long, env = "BROKER_CERT", value_name = "PEM", requires_all = ["from", "key"])]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key.
+    #[arg(long, env = "BROKER_KEY", value_name = "PEM", requires_all = ["from", "cert"])]
+    pub key: Option<PathBuf>,
+    /// A file holding a JWT to present as a bearer token (e.g. a projected service-account
+    /// token); re-read on every request.
+    #[arg(long, env = "BROKER_TOKEN_FILE", value_name = "PATH", requires = "from")]
+    pub token_file: Option<PathBuf>,
+}
+
+#[cfg(feature = "serve")]
+impl FromArgs {
+    /// The daemon endpoint, if `--from` was given.
+    pub fn endpoint(&self) -> Result<Option<broker_serve::client::Endpoint>, broker_core::Error> {
+        let Some(from) = &self.from else {
+            return Ok(None);
+        };
+        let options = broker_serve::client::ClientOptions {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            token_file: self.token_file.clone(),
+        };
+        broker_serve::client::Endpoint::parse(from, &options).map(Some)
+    }
+}
+
 /// `broker request`.
 #[cfg(feature = "serve")]
 #[derive(Debug, Args)]
 pub struct RequestArgs {
     /// The credential's name in the daemon's config.
     pub name: String,
-    /// The daemon's unix socket.
-    #[arg(long, env = "BROKER_FROM", value_name = "SOCKET")]
-    pub from: PathBuf,
+    /// The daemon and how to prove who we are.
+    #[command(flatten)]
+    pub daemon: FromArgs,
     /// A shorter lifetime than the configured one (`90s`, `5m`).
     #[arg(long, value_name = "DURATION")]
     pub ttl: Option<String>,
+    /// A narrower scope than the configured one, as JSON:
+    /// `{"actions": ["s3:GetObject"], "resources": ["arn:aws:s3:::bucket/reports/*"]}`.
+    #[arg(long, value_name = "JSON")]
+    pub scope: Option<String>,
+    /// Why this is asked for (recorded in the daemon's audit log).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
     /// Print even when standard output is not a terminal.
     #[arg(long)]
     pub reveal: bool,
@@ -123,11 +169,11 @@ pub struct RunArgs {
     /// The agent's identity, for policy and the audit log.
     #[arg(long, env = "BROKER_AGENT_ID", value_name = "ID", value_parser = AgentId)]
     pub agent: Option<String>,
-    /// Obtain the credentials from the `broker serve` daemon at this unix socket instead of a
-    /// local config (which is then not read); the daemon decides who the caller is.
+    /// Obtain the credentials from a `broker serve` daemon (`--from`) instead of a local
+    /// config (which is then not read); the daemon decides who the caller is.
     #[cfg(feature = "serve")]
-    #[arg(long, env = "BROKER_FROM", value_name = "SOCKET")]
-    pub from: Option<PathBuf>,
+    #[command(flatten)]
+    pub daemon: FromArgs,
     /// Do not redact the command's output (recorded in the audit log; the run is refused if
     /// it cannot be recorded).
     #[arg(long)]

@@ -183,7 +183,7 @@ async fn dispatch(cli: Cli, swept: Vec<PathBuf>) -> Result<u8, Error> {
         }
         Command::Check(args) => check(&args.references, args.json),
         #[cfg(feature = "serve")]
-        Command::Run(args) if args.from.is_some() => {
+        Command::Run(args) if args.daemon.from.is_some() => {
             // The daemon holds the config; locally there is nothing to read.
             if args.no_redact {
                 return Err(Error::invalid_config(
@@ -240,6 +240,13 @@ async fn dispatch(cli: Cli, swept: Vec<PathBuf>) -> Result<u8, Error> {
         Command::Serve => {
             let broker = load(config, None)?;
             let serve = broker_serve::ServeConfig::from_config(broker.config())?;
+            // SIGHUP reads the same file again (the one found now, not a new search).
+            let config_path = broker.config().path().to_path_buf();
+            let reload: broker_serve::Reload = Box::new(move || {
+                let broker = load(Some(&config_path), None)?;
+                let serve = broker_serve::ServeConfig::from_config(broker.config())?;
+                Ok((broker, serve))
+            });
             let shutdown = async {
                 let term =
                     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
@@ -253,7 +260,8 @@ async fn dispatch(cli: Cli, swept: Vec<PathBuf>) -> Result<u8, Error> {
                     }
                 }
             };
-            broker_serve::Daemon::new(broker, serve)
+            broker_serve::Daemon::new(broker, serve)?
+                .with_reload(reload)
                 .run(shutdown)
                 .await?;
             Ok(0)
@@ -268,12 +276,27 @@ async fn dispatch(cli: Cli, swept: Vec<PathBuf>) -> Result<u8, Error> {
                 )
                 .with_hint("pass --reveal if you really mean to, or use `broker run` to hand it to a program"));
             }
+            let daemon = args.daemon.endpoint()?.ok_or_else(|| {
+                Error::invalid_config("`broker request` needs --from (or BROKER_FROM)")
+            })?;
+            let scope = args
+                .scope
+                .as_deref()
+                .map(|s| {
+                    serde_json::from_str::<broker_serve::ScopeRequest>(s).map_err(|e| {
+                        Error::invalid_config(format!("--scope is not a scope: {e}"))
+                            .with_hint(r#"e.g. --scope '{"resources": ["arn:aws:s3:::bucket/reports/*"]}'"#)
+                    })
+                })
+                .transpose()?;
             let request = broker_serve::CredentialRequest {
                 ttl: args.ttl.map(broker_serve::TtlValue::Text),
+                scope,
+                reason: args.reason,
                 ..Default::default()
             };
             let answer =
-                broker_serve::client::request_credential(&args.from, &args.name, &request).await?;
+                broker_serve::client::request_credential(&daemon, &args.name, &request).await?;
             let mut out = stdout.lock();
             let written = if args.json {
                 let companions: std::collections::BTreeMap<&str, &str> = answer

@@ -221,8 +221,8 @@ async fn session<'b>(
     context: &RequestContext,
 ) -> Result<Session<'b>, Error> {
     #[cfg(feature = "serve")]
-    if let Some(socket) = &args.from {
-        let delivery = broker_serve::client::deliver(socket, &args.only).await?;
+    if let Some(daemon) = args.daemon.endpoint()? {
+        let delivery = broker_serve::client::deliver(&daemon, &args.only).await?;
         return Ok(Session::new(broker, delivery, context.clone()));
     }
     broker.session(&args.only, context).await

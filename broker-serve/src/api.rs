@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::extract::{Extension, Path, State as AxState};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -18,18 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ServeConfig;
 use crate::error::ApiError;
+use crate::identity::{Peer, Principal};
+use crate::metrics::Metrics;
 use crate::state::{LeaseRecord, State};
-
-/// Who is on the other end of a unix socket connection, from `SO_PEERCRED`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Peer {
-    /// The peer's uid.
-    pub uid: u32,
-    /// The peer's gid.
-    pub gid: u32,
-    /// The peer's pid, when the kernel reports it.
-    pub pid: Option<i32>,
-}
 
 /// `POST /v1/credentials/{name}`'s body. Every field is optional; an empty body is `{}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -134,19 +125,30 @@ struct CredentialBody<'a> {
     plain_env: BTreeMap<&'a str, &'a str>,
 }
 
-#[derive(Clone)]
-pub(crate) struct App {
+/// What a reload replaces: the broker (config, policy, backends, lease cache) and the
+/// `serve:` settings.
+pub(crate) struct Live {
     pub(crate) broker: Arc<Broker>,
     pub(crate) config: Arc<ServeConfig>,
-    pub(crate) state: Arc<dyn State>,
-    /// Per-agent in-flight caps (`serve.limits.concurrency`); agents come from the config.
-    pub(crate) inflight: Arc<std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Semaphore>>>>,
 }
 
-/// The caller, verified.
-enum Principal {
-    Agent(String),
-    AdminOnly,
+/// The daemon's request-handling state, shared by every connection.
+#[derive(Clone)]
+pub(crate) struct App {
+    live: Arc<std::sync::RwLock<Arc<Live>>>,
+    pub(crate) state: Arc<dyn State>,
+    /// Per-agent in-flight caps (`serve.limits.concurrency`).
+    inflight: Arc<std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Semaphore>>>>,
+    /// Recent refusals per agent (or peer), for the denial-storm alert.
+    denials: Arc<std::sync::Mutex<BTreeMap<String, std::collections::VecDeque<std::time::Instant>>>>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+/// One request's view: the live broker and settings, the verified caller and its context.
+struct Call {
+    live: Arc<Live>,
+    principal: Principal,
+    ctx: RequestContext,
 }
 
 pub(crate) fn router(app: App) -> Router {
@@ -180,81 +182,96 @@ async fn method_not_allowed() -> ApiError {
 }
 
 impl App {
-    fn event(&self, kind: EventKind, severity: Severity, ctx: &RequestContext) -> Event {
-        let mut e = Event::new(kind, severity);
-        e.agent_id = ctx.agent_id.clone();
-        e.tenant = self.broker.config().tenant.clone();
-        e.request_id = Some(ctx.request_id.clone());
-        e.task_id = ctx.task_id.clone();
-        e
-    }
-
-    /// Records a refusal the runtime layers never saw. A failure to record is logged: the
-    /// request is refused either way.
-    fn record_refusal(&self, ctx: &RequestContext, err: &ApiError, reason: String) {
-        self.record_refusal_with(ctx, err, reason, |_| {});
-    }
-
-    /// [`record_refusal`](Self::record_refusal) with fields of the request the record names
-    /// (`fill` sets them: the credential, a ttl, a scope, a lease id).
-    fn record_refusal_with(
-        &self,
-        ctx: &RequestContext,
-        err: &ApiError,
-        reason: String,
-        fill: impl FnOnce(&mut Event),
-    ) {
-        let mut e = self.event(EventKind::Decision, Severity::Warning, ctx);
-        fill(&mut e);
-        e.decision = Some("denied".into());
-        e.outcome = Some(err.kind.to_string());
-        e.error_kind = Some(err.kind.to_string());
-        e.reason = Some(reason);
-        if let Err(err) = self.broker.record(&e) {
-            tracing::error!("cannot record a refusal in the audit log: {err}");
+    pub(crate) fn new(broker: Broker, config: ServeConfig, state: Arc<dyn State>) -> App {
+        App {
+            live: Arc::new(std::sync::RwLock::new(Arc::new(Live {
+                broker: Arc::new(broker),
+                config: Arc::new(config),
+            }))),
+            state,
+            inflight: Arc::default(),
+            denials: Arc::default(),
+            metrics: Arc::new(Metrics::new()),
         }
     }
 
-    fn principal(&self, peer: &Peer, ctx: &RequestContext) -> Result<Principal, ApiError> {
-        if let Some(id) = self.config.agent_for(peer.uid, peer.gid) {
-            return Ok(Principal::Agent(id.to_string()));
-        }
-        if self.config.is_admin(peer.uid) {
-            return Ok(Principal::AdminOnly);
-        }
-        let err = ApiError::new(
-            StatusCode::FORBIDDEN,
-            "unknown_peer",
-            format!(
-                "uid {} gid {} is not mapped to an agent in `serve.agents`",
-                peer.uid, peer.gid
-            ),
-        );
-        self.record_refusal(ctx, &err, describe(peer));
-        Err(err)
+    /// The broker and settings in force now (a reload swaps them; a request keeps the ones it
+    /// started with).
+    pub(crate) fn live(&self) -> Arc<Live> {
+        self.live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
-    async fn agent(&self, peer: &Peer, ctx: &mut RequestContext) -> Result<String, ApiError> {
-        let id = match self.principal(peer, ctx)? {
-            Principal::Agent(id) => id,
-            Principal::AdminOnly => {
-                let err = ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "unknown_peer",
-                    format!("uid {} is an admin, not an agent", peer.uid),
-                );
-                self.record_refusal(ctx, &err, describe(peer));
-                return Err(err);
+    /// Puts a reloaded broker and settings in force.
+    pub(crate) fn replace(&self, live: Live) {
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Verifies who is calling; a refusal is recorded (and counted toward a denial storm).
+    async fn call(&self, peer: &Peer, headers: &HeaderMap) -> Result<Call, ApiError> {
+        let live = self.live();
+        let mut ctx = RequestContext::new();
+        ctx.identity = Some(peer.describe());
+        let authorization = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        match crate::identity::verify(&live.config, peer, authorization).await {
+            Ok(principal) => {
+                ctx.agent_id = principal.agent.clone();
+                ctx.tenant = principal.tenant.clone();
+                ctx.identity = Some(format!(
+                    "{}: {}",
+                    principal.method.as_str(),
+                    principal.identity
+                ));
+                Ok(Call {
+                    live,
+                    principal,
+                    ctx,
+                })
             }
+            Err(err) => {
+                self.refuse(&live, &ctx, &err, |_| {}).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// [`App::call`] for an agent: refused when the caller is not one, is blocked or is over
+    /// its rate limit.
+    async fn agent_call(
+        &self,
+        peer: &Peer,
+        headers: &HeaderMap,
+    ) -> Result<(Call, String), ApiError> {
+        let call = self.call(peer, headers).await?;
+        self.as_agent(call).await
+    }
+
+    /// The agent checks of [`App::agent_call`] on a verified caller.
+    async fn as_agent(&self, call: Call) -> Result<(Call, String), ApiError> {
+        let Some(id) = call.principal.agent.clone() else {
+            let err = ApiError::new(
+                StatusCode::FORBIDDEN,
+                "unknown_peer",
+                "the caller is an admin, not an agent",
+            );
+            self.refuse(&call.live, &call.ctx, &err, |_| {}).await;
+            return Err(err);
         };
-        ctx.agent_id = Some(id.clone());
         if self.state.is_blocked(&id).await? {
             let err = ApiError::new(
                 StatusCode::FORBIDDEN,
                 "agent_blocked",
                 format!("agent `{id}` is blocked"),
             );
-            self.record_refusal(ctx, &err, describe(peer));
+            self.refuse(&call.live, &call.ctx, &err, |_| {}).await;
             return Err(err);
         }
         if let Some(wait) = self.state.check_rate(&id).await? {
@@ -265,20 +282,93 @@ impl App {
                 format!("agent `{id}` is over its rate limit (`serve.limits`)"),
             )
             .with_retry_after(secs.max(1));
-            self.record_refusal(ctx, &err, describe(peer));
+            self.refuse(&call.live, &call.ctx, &err, |_| {}).await;
             return Err(err);
         }
-        Ok(id)
+        Ok((call, id))
+    }
+
+    /// Records a refusal the runtime layers never saw (`fill` sets the fields of the request
+    /// it names: the credential, a ttl, a scope, a lease id) and counts it toward a denial
+    /// storm. A failure to record is logged: the request is refused either way.
+    async fn refuse(
+        &self,
+        live: &Live,
+        ctx: &RequestContext,
+        err: &ApiError,
+        fill: impl FnOnce(&mut Event),
+    ) {
+        let mut e = live
+            .broker
+            .context_event(EventKind::Decision, Severity::Warning, ctx);
+        fill(&mut e);
+        e.decision = Some("denied".into());
+        e.outcome = Some(err.kind.to_string());
+        e.error_kind = Some(err.kind.to_string());
+        e.reason = Some(err.message.clone());
+        if let Err(err) = live.broker.record(&e) {
+            tracing::error!("cannot record a refusal in the audit log: {err}");
+        }
+        self.denied(live, ctx, err).await;
+    }
+
+    /// Counts a refusal of the caller in `ctx`; the `serve.denials.threshold`th within the
+    /// window raises an alert (then the count starts over).
+    async fn denied(&self, live: &Live, ctx: &RequestContext, err: &ApiError) {
+        self.metrics.refused(err.kind);
+        let threshold = live.config.denial_threshold as usize;
+        if threshold == 0 || err.status == StatusCode::TOO_MANY_REQUESTS {
+            return;
+        }
+        let who = ctx
+            .agent_id
+            .clone()
+            .or_else(|| ctx.identity.clone())
+            .unwrap_or_default();
+        let now = std::time::Instant::now();
+        let storm = {
+            let mut denials = self.denials.lock().unwrap_or_else(|p| p.into_inner());
+            let recent = denials.entry(who.clone()).or_default();
+            recent.push_back(now);
+            while recent
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > live.config.denial_window)
+            {
+                recent.pop_front();
+            }
+            let storm = recent.len() >= threshold;
+            if storm {
+                recent.clear();
+            }
+            if denials.len() > 10_000 {
+                denials.retain(|_, r| !r.is_empty());
+            }
+            storm
+        };
+        if storm {
+            self.metrics.alert();
+            let mut e = live
+                .broker
+                .context_event(EventKind::Failure, Severity::Alert, ctx);
+            e.outcome = Some("denial_storm".into());
+            e.reason = Some(format!(
+                "{threshold} refusals of `{}` within {}s (the last: {})",
+                broker_core::grammar::elide(&who),
+                live.config.denial_window.as_secs(),
+                err.kind
+            ));
+            tracing::warn!(caller = %who, "denial storm: alert raised");
+            live.broker.alert(&e).await;
+        }
     }
 
     /// One of `agent`'s in-flight slots, or a refusal when all are taken.
-    fn slot(
+    async fn slot(
         &self,
+        call: &Call,
         agent: &str,
-        peer: &Peer,
-        ctx: &RequestContext,
     ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ApiError> {
-        let cap = self.config.limits.concurrency;
+        let cap = call.live.config.limits.concurrency;
         if cap == 0 {
             return Ok(None);
         }
@@ -298,17 +388,10 @@ impl App {
                     format!("agent `{agent}` has {cap} requests in flight (`serve.limits`)"),
                 )
                 .with_retry_after(1);
-                self.record_refusal(ctx, &err, describe(peer));
+                self.refuse(&call.live, &call.ctx, &err, |_| {}).await;
                 Err(err)
             }
         }
-    }
-}
-
-fn describe(peer: &Peer) -> String {
-    match peer.pid {
-        Some(pid) => format!("unix peer uid {} gid {} pid {pid}", peer.uid, peer.gid),
-        None => format!("unix peer uid {} gid {}", peer.uid, peer.gid),
     }
 }
 
@@ -412,12 +495,13 @@ async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
 async fn credential(
     AxState(app): AxState<App>,
     Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
     Path(name): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let mut ctx = RequestContext::new();
-    let agent = app.agent(&peer, &mut ctx).await?;
-    let _slot = app.slot(&agent, &peer, &ctx)?;
+    let (call, agent) = app.agent_call(&peer, &headers).await?;
+    let _slot = app.slot(&call, &agent).await?;
+    let Call { live, mut ctx, .. } = call;
     let bytes = read_body(body).await?;
     let req: CredentialRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
         CredentialRequest::default()
@@ -431,7 +515,8 @@ async fn credential(
         })?
     };
     ctx.task_id = req.task_id.clone();
-    let spec = app.broker.config().credential(&name).cloned();
+    ctx.purpose = req.reason.clone();
+    let spec = live.broker.config().credential(&name).cloned();
     let requested_ttl = req.ttl.as_ref().map(parse_ttl).transpose()?;
     if let (Some(want), Some(spec)) = (requested_ttl, &spec)
         && let Some(max) = spec.ttl
@@ -446,37 +531,46 @@ async fn credential(
                 max.as_secs()
             ),
         );
-        app.record_refusal_with(&ctx, &err, describe(&peer), |e| {
+        app.refuse(&live, &ctx, &err, |e| {
             e.credential = Some(name.clone());
             e.ttl = Some(want.as_secs());
-        });
+        })
+        .await;
         return Err(err);
     }
     if let Some(want) = &req.scope {
         match narrow(&name, spec.as_ref().and_then(|s| s.scope.as_ref()), want) {
             Ok(scope) => ctx.scope = Some(scope),
             Err(err) => {
-                app.record_refusal_with(&ctx, &err, describe(&peer), |e| {
+                app.refuse(&live, &ctx, &err, |e| {
                     e.credential = Some(name.clone());
                     e.scope = serde_json::to_value(want).ok();
-                });
+                })
+                .await;
                 return Err(err);
             }
         }
     }
     // Minting gets the shorter lifetime; a stored value's `expires_at` is capped below.
     ctx.ttl = requested_ttl;
-    let credential = match app.broker.resolve(&name, &ctx).await {
+    let credential = match live.broker.resolve(&name, &ctx).await {
         Ok(c) => c,
-        // Undeclared names are refused (and recorded) by the runtime layers; say so plainly.
-        Err(_) if spec.is_none() => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_credential",
-                format!("no credential named `{name}`"),
-            ));
+        Err(e) => {
+            // Undeclared names are refused (and recorded) by the runtime layers; say so plainly.
+            let err = if spec.is_none() {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_credential",
+                    format!("no credential named `{name}`"),
+                )
+            } else {
+                e.into()
+            };
+            if err.status.is_client_error() {
+                app.denied(&live, &ctx, &err).await;
+            }
+            return Err(err);
         }
-        Err(e) => return Err(e.into()),
     };
     let not_text = |what: &str| {
         ApiError::new(
@@ -495,7 +589,7 @@ async fn credential(
     }
     let lease = credential.lease();
     if let (Some(lease), Some(spec), Some(agent)) = (lease, &spec, &ctx.agent_id) {
-        let backend = app.broker.registry().for_scheme(spec.reference.scheme());
+        let backend = live.broker.registry().for_scheme(spec.reference.scheme());
         app.state
             .record_lease(LeaseRecord::new(
                 lease.id.clone(),
@@ -548,27 +642,33 @@ async fn credential(
 async fn manifest(
     AxState(app): AxState<App>,
     Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let mut ctx = RequestContext::new();
-    let agent = match app.principal(&peer, &ctx)? {
-        Principal::Agent(id) => {
-            ctx.agent_id = Some(id.clone());
-            if app.state.is_blocked(&id).await? {
+    let call = app.call(&peer, &headers).await?;
+    let agent = match &call.principal.agent {
+        Some(id) => {
+            if app.state.is_blocked(id).await? {
                 let err = ApiError::new(
                     StatusCode::FORBIDDEN,
                     "agent_blocked",
                     format!("agent `{id}` is blocked"),
                 );
-                app.record_refusal(&ctx, &err, describe(&peer));
+                app.refuse(&call.live, &call.ctx, &err, |_| {}).await;
                 return Err(err);
             }
-            Some(id)
+            Some(id.clone())
         }
-        Principal::AdminOnly => None,
+        None => None,
     };
-    let manifest = app.broker.manifest()?;
-    let config = app.broker.config();
-    let tenant = config.tenant.clone().unwrap_or_default();
+    let broker = &call.live.broker;
+    let manifest = broker.manifest()?;
+    let config = broker.config();
+    let config_tenant = config.tenant.clone().unwrap_or_default();
+    let tenant = call
+        .principal
+        .tenant
+        .clone()
+        .unwrap_or_else(|| config_tenant.clone());
     let empty: &[String] = &[];
     let mut entries = Vec::new();
     for entry in manifest.entries {
@@ -587,7 +687,7 @@ async fn manifest(
                 declared: true,
                 backend: entry.backend,
                 badge: entry.badge.as_str(),
-                credential_tenant: spec.tenant.as_deref().unwrap_or(&tenant),
+                credential_tenant: spec.tenant.as_deref().unwrap_or(&config_tenant),
                 max_ttl: spec.ttl.map_or(0, |t| t.as_secs()),
                 ttl_seconds: spec.ttl.map_or(0, |t| t.as_secs()),
                 scope_actions: spec.scope.as_ref().map_or(empty, |s| &s.actions),
@@ -595,7 +695,7 @@ async fn manifest(
                 task_id: None,
                 time: SystemTime::now(),
             };
-            if !app.broker.policy().decide(&request)?.allowed || !entry.allowed {
+            if !broker.policy().decide(&request)?.allowed || !entry.allowed {
                 continue;
             }
         }
@@ -607,38 +707,44 @@ async fn manifest(
 async fn block(
     AxState(app): AxState<App>,
     Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    set_blocked(app, peer, id, true).await
+    set_blocked(app, peer, headers, id, true).await
 }
 
 async fn unblock(
     AxState(app): AxState<App>,
     Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    set_blocked(app, peer, id, false).await
+    set_blocked(app, peer, headers, id, false).await
+}
+
+/// [`App::call`] for an admin: refused when the caller is not one.
+async fn admin_call(app: &App, peer: &Peer, headers: &HeaderMap) -> Result<Call, ApiError> {
+    let call = app.call(peer, headers).await?;
+    if !call.principal.admin {
+        let err = ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_admin",
+            "the caller is not in `serve.admins`",
+        );
+        app.refuse(&call.live, &call.ctx, &err, |_| {}).await;
+        return Err(err);
+    }
+    Ok(call)
 }
 
 async fn set_blocked(
     app: App,
     peer: Peer,
+    headers: HeaderMap,
     id: String,
     blocked: bool,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let mut ctx = RequestContext::new();
-    if let Some(agent) = app.config.agent_for(peer.uid, peer.gid) {
-        ctx.agent_id = Some(agent.to_string());
-    }
-    if !app.config.is_admin(peer.uid) {
-        let err = ApiError::new(
-            StatusCode::FORBIDDEN,
-            "not_admin",
-            format!("uid {} is not in `serve.admins`", peer.uid),
-        );
-        app.record_refusal(&ctx, &err, describe(&peer));
-        return Err(err);
-    }
+    let call = admin_call(&app, &peer, &headers).await?;
     let agent = broker_core::policy::normalize_agent_id(&id)
         .ok()
         .flatten()
@@ -663,7 +769,7 @@ async fn set_blocked(
             if lease.revoked {
                 continue;
             }
-            match revoke_lease(&app, &lease, &ctx).await {
+            match revoke_lease(&app, &call.live, &lease, &call.ctx).await {
                 Ok(true) => revoked.push(lease.lease_id),
                 Ok(false) => marked.push(serde_json::json!({
                     "lease_id": lease.lease_id, "expires_at": lease.expires_at
@@ -674,7 +780,10 @@ async fn set_blocked(
             }
         }
     }
-    let mut e = app.event(EventKind::Notice, Severity::Warning, &ctx);
+    let mut e = call
+        .live
+        .broker
+        .context_event(EventKind::Notice, Severity::Warning, &call.ctx);
     e.outcome = Some(
         if blocked {
             "agent_blocked"
@@ -683,8 +792,8 @@ async fn set_blocked(
         }
         .into(),
     );
-    e.reason = Some(format!("agent `{agent}` by admin {}", describe(&peer)));
-    app.broker.record(&e)?;
+    e.reason = Some(format!("agent `{agent}` by admin {}", call.principal.identity));
+    call.live.broker.record(&e)?;
     tracing::info!(agent = %agent, blocked, "agent block state changed");
     let mut body = serde_json::json!({ "agent": agent, "blocked": blocked, "changed": changed });
     if blocked {
@@ -699,18 +808,21 @@ async fn set_blocked(
 /// can revoke singly, and marks it revoked either way; `true` if the backend revoked it.
 /// A lease that is only marked stays valid at the backend until it expires; it is no longer
 /// served from the cache.
-async fn revoke_lease(
+pub(crate) async fn revoke_lease(
     app: &App,
+    live: &Live,
     lease: &LeaseRecord,
     ctx: &RequestContext,
 ) -> Result<bool, ApiError> {
     if lease.revocable {
-        app.broker
+        live.broker
             .revoke_as(&lease.lease_id, Some(&lease.backend), ctx)
             .await?;
     } else {
-        app.broker.cache().evict_lease(&lease.lease_id);
-        let mut e = app.event(EventKind::Revocation, Severity::Warning, ctx);
+        live.broker.cache().evict_lease(&lease.lease_id);
+        let mut e = live
+            .broker
+            .context_event(EventKind::Revocation, Severity::Warning, ctx);
         e.lease_id = Some(lease.lease_id.clone());
         e.backend = Some(lease.backend.clone());
         e.credential = Some(lease.credential.clone());
@@ -720,31 +832,32 @@ async fn revoke_lease(
             "`{}` cannot revoke a lease singly; it stays valid until it expires",
             lease.backend
         ));
-        app.broker.record(&e)?;
+        live.broker.record(&e)?;
     }
     app.state.mark_revoked(&lease.lease_id).await?;
     Ok(lease.revocable)
 }
 
-/// Who may see and revoke which leases: an admin all, an agent its own.
+/// Who may see and revoke which leases: an admin all (`None`), an agent its own.
 async fn lease_caller(
     app: &App,
     peer: &Peer,
-    ctx: &mut RequestContext,
-) -> Result<Option<String>, ApiError> {
-    if app.config.is_admin(peer.uid) {
-        ctx.agent_id = app.config.agent_for(peer.uid, peer.gid).map(str::to_string);
-        return Ok(None);
+    headers: &HeaderMap,
+) -> Result<(Call, Option<String>), ApiError> {
+    let call = app.call(peer, headers).await?;
+    if call.principal.admin {
+        return Ok((call, None));
     }
-    app.agent(peer, ctx).await.map(Some)
+    let (call, agent) = app.as_agent(call).await?;
+    Ok((call, Some(agent)))
 }
 
 async fn leases(
     AxState(app): AxState<App>,
     Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let mut ctx = RequestContext::new();
-    let agent = lease_caller(&app, &peer, &mut ctx).await?;
+    let (_call, agent) = lease_caller(&app, &peer, &headers).await?;
     let leases = app.state.leases(agent.as_deref()).await?;
     Ok(Json(serde_json::json!({ "leases": leases })))
 }
@@ -752,10 +865,10 @@ async fn leases(
 async fn revoke(
     AxState(app): AxState<App>,
     Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let mut ctx = RequestContext::new();
-    let agent = lease_caller(&app, &peer, &mut ctx).await?;
+    let (call, agent) = lease_caller(&app, &peer, &headers).await?;
     let lease = app.state.lease(&id).await?;
     let Some(lease) = lease.filter(|l| agent.as_ref().is_none_or(|a| *a == l.agent)) else {
         // Someone else's lease looks like no lease at all.
@@ -764,10 +877,11 @@ async fn revoke(
             "unknown_lease",
             "no live lease with this id issued to the caller",
         );
-        app.record_refusal_with(&ctx, &err, describe(&peer), |e| {
+        app.refuse(&call.live, &call.ctx, &err, |e| {
             e.action = Some("revoke".into());
             e.lease_id = Some(id.clone());
-        });
+        })
+        .await;
         return Err(err);
     };
     if lease.revoked {
@@ -777,7 +891,7 @@ async fn revoke(
             "expires_at": lease.expires_at,
         })));
     }
-    let revoked = revoke_lease(&app, &lease, &ctx).await?;
+    let revoked = revoke_lease(&app, &call.live, &lease, &call.ctx).await?;
     Ok(Json(serde_json::json!({
         "lease_id": lease.lease_id,
         "outcome": if revoked { "revoked" } else { "marked" },

@@ -1,31 +1,113 @@
 //! The `serve:` section of `.broker.yml`.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use broker_core::config::parse_duration;
 use broker_core::{Config, Error, Result};
 use serde::Deserialize;
 
-/// One `serve.agents` entry: a unix peer (uid, optionally gid) and the agent id it is.
+use crate::jwt::JwtVerifier;
+
+/// One `serve.agents` entry: how a verified caller maps to an agent id. Exactly one of `uid`
+/// (a unix peer, optionally with `gid`) and `spiffe` (a client certificate's SAN URI) names
+/// the caller; a JWT's agent id comes from its claims (`serve.jwt`), not from here.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentEntry {
     /// The agent id (normalised: trimmed, lower-cased).
     pub id: String,
-    /// The peer's uid.
-    pub uid: u32,
-    /// The peer's gid, when the uid alone is not enough.
+    /// The unix peer's uid.
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// The unix peer's gid, when the uid alone is not enough.
     #[serde(default)]
     pub gid: Option<u32>,
+    /// A client certificate's SPIFFE ID (SAN URI), e.g. `spiffe://example.org/ci/agent`.
+    #[serde(default)]
+    pub spiffe: Option<String>,
+    /// The agent's tenant (default: the config's `tenant`).
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
-/// One `serve.admins` entry: a unix peer allowed to block and unblock agents.
+/// One `serve.admins` entry: a unix peer (`uid`) or a verified agent id (`id`, from any
+/// identity method) allowed to list and revoke every lease and to block agents.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminEntry {
     /// The peer's uid.
-    pub uid: u32,
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// A verified agent id.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+/// `serve.tls`: a TCP listener with TLS.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    listen: String,
+    cert: String,
+    key: String,
+    #[serde(default)]
+    client_ca: Option<String>,
+    #[serde(default)]
+    client_auth: Option<String>,
+}
+
+/// Whether TLS clients must present a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Every client presents a certificate chained to `client_ca` (mTLS).
+    Required,
+    /// A certificate is verified when presented; without one, a bearer token is required.
+    Optional,
+    /// No client certificates (no `client_ca`): bearer tokens only.
+    None,
+}
+
+/// `serve.tls`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// The address to listen on (`127.0.0.1:8443`).
+    pub listen: SocketAddr,
+    /// The server's certificate chain (PEM).
+    pub cert: PathBuf,
+    /// The server's private key (PEM).
+    pub key: PathBuf,
+    /// The CA client certificates must chain to (PEM).
+    pub client_ca: Option<PathBuf>,
+    /// Whether a client certificate is required.
+    pub client_auth: ClientAuth,
+}
+
+/// `serve.admin`: the admin/metrics listener (`/metrics`, `/healthz`, `/readyz`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: String,
+}
+
+/// `serve.denials`: when repeated refusals of one agent raise an alert.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDenials {
+    #[serde(default)]
+    threshold: Option<u32>,
+    #[serde(default)]
+    window: Option<String>,
+}
+
+/// `serve.store`: where blocks and issued leases are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    #[serde(default)]
+    path: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -36,6 +118,14 @@ struct RawServe {
     #[serde(default)]
     mode: Option<String>,
     #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    tls: Option<RawTls>,
+    #[serde(default)]
+    admin: Option<RawAdmin>,
+    #[serde(default)]
+    jwt: Option<crate::jwt::JwtSettings>,
+    #[serde(default)]
     agents: Vec<AgentEntry>,
     #[serde(default)]
     admins: Vec<AdminEntry>,
@@ -43,6 +133,12 @@ struct RawServe {
     header_timeout: Option<String>,
     #[serde(default)]
     limits: Limits,
+    #[serde(default)]
+    denials: Option<RawDenials>,
+    #[serde(default)]
+    store: Option<RawStore>,
+    #[serde(default)]
+    revoke_on_shutdown: bool,
 }
 
 /// `serve.limits`: per-agent request limits.
@@ -57,6 +153,11 @@ pub struct Limits {
     pub burst: u32,
     /// Requests one agent may have in flight at once (0: no cap).
     pub concurrency: u32,
+    /// Open connections in all (further ones are closed at once).
+    pub connections: u32,
+    /// Open connections from one peer (a unix uid, an IP address), so one cannot starve the
+    /// others.
+    pub connections_per_peer: u32,
 }
 
 /// A refill rate: `requests` per `per`.
@@ -112,26 +213,47 @@ impl Default for Limits {
             rate: Rate::per_second(100),
             burst: 200,
             concurrency: 64,
+            connections: 4096,
+            connections_per_peer: 256,
         }
     }
 }
 
 /// The daemon's settings, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// The unix socket path (`serve.listen`; default [`default_socket_path`]).
-    pub listen: PathBuf,
+    /// The unix socket path (`serve.listen`; default [`default_socket_path`] unless only
+    /// `serve.tls` is configured); `None`: no unix socket.
+    pub listen: Option<PathBuf>,
     /// The socket file's mode (`serve.mode`, an octal string; default `0600`).
     pub mode: u32,
-    /// Peers that are agents.
+    /// The socket file's group (`serve.group`: a name or a gid).
+    pub group: Option<u32>,
+    /// The TLS listener (`serve.tls`).
+    pub tls: Option<TlsSettings>,
+    /// The admin/metrics listener (`serve.admin.listen`).
+    pub admin_listen: Option<SocketAddr>,
+    /// JWT bearer identity (`serve.jwt`).
+    pub jwt: Option<Arc<JwtVerifier>>,
+    /// How callers map to agents.
     pub agents: Vec<AgentEntry>,
-    /// Peers that are admins.
+    /// Who is an admin.
     pub admins: Vec<AdminEntry>,
     /// How long a client may take to send its request headers (`serve.header_timeout`;
     /// default 10s).
     pub header_timeout: Duration,
     /// Per-agent limits (`serve.limits`).
     pub limits: Limits,
+    /// Refusals of one agent within `denial_window` that raise an alert (`serve.denials`;
+    /// default 20 in 60s; 0: never).
+    pub denial_threshold: u32,
+    /// The window for `denial_threshold`.
+    pub denial_window: Duration,
+    /// Where blocks and issued leases are kept across restarts (`serve.store.path`; default
+    /// `.broker/serve-state.json` beside the config).
+    pub store_path: PathBuf,
+    /// Revoke the leases this daemon issued when it shuts down (`serve.revoke_on_shutdown`).
+    pub revoke_on_shutdown: bool,
 }
 
 /// `$XDG_RUNTIME_DIR/broker/broker.sock`; without `XDG_RUNTIME_DIR`, `/run/broker/broker.sock`
@@ -175,8 +297,10 @@ impl ServeConfig {
             Some(l) if l.trim().is_empty() => {
                 return Err(Error::invalid_config("`serve.listen` is empty"));
             }
-            Some(l) => base_dir.join(l),
-            None => default_socket_path(xdg, euid)?,
+            Some(l) if l == "none" => None,
+            Some(l) => Some(base_dir.join(l)),
+            None if raw.tls.is_some() => None,
+            None => Some(default_socket_path(xdg, euid)?),
         };
         let mode = match raw.mode {
             None => 0o600,
@@ -190,53 +314,194 @@ impl ServeConfig {
                     .with_hint("write it as a string, e.g. `mode: \"0660\"`")
                 })?,
         };
+        let group = raw.group.as_deref().map(group_id).transpose()?;
         let mut agents: Vec<AgentEntry> = Vec::new();
         for mut a in raw.agents {
-            a.id = broker_core::policy::normalize_agent_id(&a.id)?.ok_or_else(|| {
-                Error::invalid_config(format!("`serve.agents`: uid {} has an empty id", a.uid))
-            })?;
-            if let Some(other) = agents.iter().find(|b| b.uid == a.uid && b.gid == a.gid) {
+            a.id = broker_core::policy::normalize_agent_id(&a.id)?
+                .ok_or_else(|| Error::invalid_config("`serve.agents`: an entry has an empty id"))?;
+            match (&a.uid, &a.spiffe) {
+                (Some(_), None) => {}
+                (None, Some(uri)) if uri.starts_with("spiffe://") && a.gid.is_none() => {}
+                _ => {
+                    return Err(Error::invalid_config(format!(
+                        "`serve.agents`: `{}` needs exactly one of `uid` (with an optional \
+                         `gid`) and `spiffe: spiffe://...`",
+                        a.id
+                    )));
+                }
+            }
+            if let Some(other) = agents
+                .iter()
+                .find(|b| b.uid == a.uid && b.gid == a.gid && b.spiffe == a.spiffe)
+            {
                 return Err(Error::invalid_config(format!(
-                    "`serve.agents`: uid {} is mapped twice (`{}` and `{}`)",
-                    a.uid, other.id, a.id
+                    "`serve.agents`: one caller is mapped twice (`{}` and `{}`)",
+                    other.id, a.id
                 )));
             }
             agents.push(a);
         }
-        let header_timeout = match raw.header_timeout {
-            None => Duration::from_secs(10),
+        let mut admins = raw.admins;
+        for a in &mut admins {
+            if a.uid.is_some() == a.id.is_some() {
+                return Err(Error::invalid_config(
+                    "`serve.admins`: each entry needs exactly one of `uid` and `id`",
+                ));
+            }
+            if let Some(id) = &a.id {
+                a.id = broker_core::policy::normalize_agent_id(id)?;
+            }
+        }
+        let duration = |key: &str, v: Option<String>, default: Duration| match v {
+            None => Ok(default),
             Some(t) => parse_duration(&t)
-                .map_err(|e| Error::invalid_config(format!("`serve.header_timeout`: {e}")))?,
+                .map_err(|e| Error::invalid_config(format!("`serve.{key}`: {e}"))),
         };
+        let header_timeout = duration("header_timeout", raw.header_timeout, Duration::from_secs(10))?;
         if raw.limits.rate.requests > 0 && raw.limits.burst == 0 {
             return Err(Error::invalid_config(
                 "`serve.limits.burst` must be at least 1 when `rate` is set",
             ));
         }
+        if raw.limits.connections == 0 || raw.limits.connections_per_peer == 0 {
+            return Err(Error::invalid_config(
+                "`serve.limits.connections` and `connections_per_peer` must be at least 1",
+            ));
+        }
+        let jwt = raw
+            .jwt
+            .map(|j| JwtVerifier::new(j, base_dir).map(Arc::new))
+            .transpose()?;
+        let tls = raw
+            .tls
+            .map(|t| tls_settings(t, base_dir, jwt.is_some()))
+            .transpose()?;
+        let admin_listen = raw
+            .admin
+            .map(|a| {
+                a.listen.parse::<SocketAddr>().map_err(|_| {
+                    Error::invalid_config(format!(
+                        "`serve.admin.listen: {}` is not an address such as 127.0.0.1:9464",
+                        broker_core::grammar::elide(&a.listen)
+                    ))
+                })
+            })
+            .transpose()?;
+        let denials = raw.denials.unwrap_or(RawDenials {
+            threshold: None,
+            window: None,
+        });
+        let store_path = base_dir.join(
+            raw.store
+                .and_then(|s| s.path)
+                .unwrap_or_else(|| ".broker/serve-state.json".into()),
+        );
         Ok(ServeConfig {
             limits: raw.limits,
             listen,
             mode,
+            group,
+            tls,
+            admin_listen,
+            jwt,
             agents,
-            admins: raw.admins,
+            admins,
             header_timeout,
+            denial_threshold: denials.threshold.unwrap_or(20),
+            denial_window: duration("denials.window", denials.window, Duration::from_secs(60))?,
+            store_path,
+            revoke_on_shutdown: raw.revoke_on_shutdown,
         })
     }
 
-    /// The agent id a peer with `uid`/`gid` is, if any: an entry naming both wins over one
+    /// The agent a unix peer with `uid`/`gid` is, if any: an entry naming both wins over one
     /// naming only the uid.
-    pub fn agent_for(&self, uid: u32, gid: u32) -> Option<&str> {
+    pub fn agent_for_unix(&self, uid: u32, gid: u32) -> Option<&AgentEntry> {
         self.agents
             .iter()
-            .find(|a| a.uid == uid && a.gid == Some(gid))
-            .or_else(|| self.agents.iter().find(|a| a.uid == uid && a.gid.is_none()))
-            .map(|a| a.id.as_str())
+            .find(|a| a.uid == Some(uid) && a.gid == Some(gid))
+            .or_else(|| {
+                self.agents
+                    .iter()
+                    .find(|a| a.uid == Some(uid) && a.gid.is_none())
+            })
     }
 
-    /// Whether a peer with `uid` is an admin.
-    pub fn is_admin(&self, uid: u32) -> bool {
-        self.admins.iter().any(|a| a.uid == uid)
+    /// The agent a client certificate with SAN URI `spiffe` is mapped to, if any.
+    pub fn agent_for_spiffe(&self, spiffe: &str) -> Option<&AgentEntry> {
+        self.agents
+            .iter()
+            .find(|a| a.spiffe.as_deref() == Some(spiffe))
     }
+
+    /// The agent id a unix peer is, if any (see [`ServeConfig::agent_for_unix`]).
+    pub fn agent_for(&self, uid: u32, gid: u32) -> Option<&str> {
+        self.agent_for_unix(uid, gid).map(|a| a.id.as_str())
+    }
+
+    /// Whether a caller (a unix peer's `uid`, a verified `agent` id) is an admin.
+    pub fn is_admin(&self, uid: Option<u32>, agent: Option<&str>) -> bool {
+        self.admins.iter().any(|a| {
+            (a.uid.is_some() && a.uid == uid) || (a.id.is_some() && a.id.as_deref() == agent)
+        })
+    }
+}
+
+/// A group name or number as a gid.
+fn group_id(group: &str) -> Result<u32> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    groups
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            Some((f.next()?, f.nth(1)?))
+        })
+        .find(|(name, _)| *name == group)
+        .and_then(|(_, gid)| gid.parse().ok())
+        .ok_or_else(|| {
+            Error::invalid_config(format!(
+                "`serve.group: {}` is not a group on this machine",
+                broker_core::grammar::elide(group)
+            ))
+        })
+}
+
+fn tls_settings(raw: RawTls, base_dir: &Path, bearer: bool) -> Result<TlsSettings> {
+    let listen = raw.listen.parse::<SocketAddr>().map_err(|_| {
+        Error::invalid_config(format!(
+            "`serve.tls.listen: {}` is not an address such as 127.0.0.1:8443",
+            broker_core::grammar::elide(&raw.listen)
+        ))
+    })?;
+    let client_auth = match (raw.client_auth.as_deref(), &raw.client_ca) {
+        (None | Some("required"), Some(_)) => ClientAuth::Required,
+        (Some("optional"), Some(_)) => ClientAuth::Optional,
+        (None | Some("none"), None) => ClientAuth::None,
+        (Some(other), _) => {
+            return Err(Error::invalid_config(format!(
+                "`serve.tls.client_auth: {}` needs `client_ca` and is one of `required`, \
+                 `optional` (`none` without `client_ca`)",
+                broker_core::grammar::elide(other)
+            )));
+        }
+    };
+    if client_auth != ClientAuth::Required && !bearer {
+        return Err(Error::invalid_config(
+            "`serve.tls` lets clients in without a certificate but `serve.jwt` is not set: \
+             nobody could be identified",
+        )
+        .with_hint("set `serve.tls.client_ca` (mTLS), or configure `serve.jwt`"));
+    }
+    Ok(TlsSettings {
+        listen,
+        cert: base_dir.join(raw.cert),
+        key: base_dir.join(raw.key),
+        client_ca: raw.client_ca.map(|c| base_dir.join(c)),
+        client_auth,
+    })
 }
 
 #[cfg(test)]
@@ -272,12 +537,12 @@ mod tests {
             1,
         )
         .expect("valid");
-        assert_eq!(c.listen, Path::new("/base/s.sock"));
+        assert_eq!(c.listen.as_deref(), Some(Path::new("/base/s.sock")));
         assert_eq!(c.mode, 0o660);
         assert_eq!(c.agent_for(5, 1), Some("ci-agent"));
         assert_eq!(c.agent_for(5, 9), Some("b"));
         assert_eq!(c.agent_for(6, 9), None);
-        assert!(c.is_admin(0) && !c.is_admin(5));
+        assert!(c.is_admin(Some(0), None) && !c.is_admin(Some(5), Some("ci-agent")));
     }
 
     #[test]

@@ -17,18 +17,26 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod admin;
 mod api;
 pub mod client;
 mod config;
 mod error;
+pub mod identity;
 pub mod jwt;
 mod listen;
+pub mod metrics;
 mod state;
+mod tls;
 
-pub use api::{CredentialRequest, CredentialResponse, Peer, ScopeRequest, TtlValue};
-pub use config::{AdminEntry, AgentEntry, Limits, Rate, ServeConfig, default_socket_path};
+pub use api::{CredentialRequest, CredentialResponse, ScopeRequest, TtlValue};
+pub use config::{
+    AdminEntry, AgentEntry, ClientAuth, Limits, Rate, ServeConfig, TlsSettings,
+    default_socket_path,
+};
 pub use error::ApiError;
-pub use listen::{Daemon, bind_socket};
+pub use identity::{ClientCert, Method, Peer, Principal};
+pub use listen::{Daemon, Reload, bind_socket, bind_socket_with_group};
 pub use state::{LeaseRecord, MemoryState, State};
 
 /// The most a request body may hold.

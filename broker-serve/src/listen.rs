@@ -1,19 +1,23 @@
 //! The unix socket listener and the accept loop.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io::ErrorKind as IoKind;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use broker_core::{Broker, Error, Result};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::UnixListener;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
 
-use crate::api::{App, Peer, router};
+use crate::api::{App, Live, revoke_lease, router};
 use crate::config::ServeConfig;
+use crate::identity::{ClientCert, Peer};
 use crate::state::{MemoryState, State};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
@@ -26,6 +30,11 @@ const SWEEP: Duration = Duration::from_secs(60);
 /// missing; a stale socket (nothing accepts on it) is replaced; a live one, or a file that is
 /// not a socket, is refused. The socket is created under umask 0177, then set to `mode`.
 pub fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener> {
+    bind_socket_with_group(path, mode, None)
+}
+
+/// [`bind_socket`], then the socket file's group set to `group` (`serve.group`).
+pub fn bind_socket_with_group(path: &Path, mode: u32, group: Option<u32>) -> Result<UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
         && !dir.exists()
     {
@@ -67,6 +76,11 @@ pub fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener> {
     let bound = std::os::unix::net::UnixListener::bind(path);
     rustix::process::umask(old);
     let listener = bound.map_err(|e| Error::io(format!("binding {}", path.display()), &e))?;
+    if let Some(gid) = group {
+        std::os::unix::fs::lchown(path, None, Some(gid)).map_err(|e| {
+            Error::io(format!("setting the group of {} to {gid}", path.display()), &e)
+        })?;
+    }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| Error::io(format!("setting the mode of {}", path.display()), &e))?;
     listener
@@ -75,29 +89,244 @@ pub fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener> {
     UnixListener::from_std(listener).map_err(|e| Error::io("socket", &e))
 }
 
+/// Builds a new broker and settings from the config files: what SIGHUP runs.
+pub type Reload = Box<dyn Fn() -> Result<(Broker, ServeConfig)> + Send + Sync>;
+
 /// The daemon: a broker, its `serve:` settings and its [`State`].
 pub struct Daemon {
     app: App,
+    config: Arc<ServeConfig>,
+    reload: Option<Arc<Reload>>,
 }
 
 impl std::fmt::Debug for Daemon {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Daemon")
-            .field("listen", &self.app.config.listen)
+            .field("listen", &self.config.listen)
+            .field("tls", &self.config.tls.as_ref().map(|t| t.listen))
             .finish_non_exhaustive()
     }
 }
 
+/// Open connections, overall and per peer; a guard gives its slot back on drop.
+struct ConnectionCaps {
+    overall: Arc<tokio::sync::Semaphore>,
+    per_peer: Mutex<HashMap<String, u32>>,
+    per_peer_cap: u32,
+}
+
+struct ConnectionSlot {
+    caps: Arc<ConnectionCaps>,
+    key: String,
+    _overall: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut per_peer = self.caps.per_peer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per_peer.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                per_peer.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl ConnectionCaps {
+    fn new(config: &ServeConfig) -> Arc<ConnectionCaps> {
+        Arc::new(ConnectionCaps {
+            overall: Arc::new(tokio::sync::Semaphore::new(
+                config.limits.connections as usize,
+            )),
+            per_peer: Mutex::default(),
+            per_peer_cap: config.limits.connections_per_peer,
+        })
+    }
+
+    /// A slot for a connection from `key`, or which cap it hit.
+    fn admit(self: &Arc<Self>, key: String) -> std::result::Result<ConnectionSlot, &'static str> {
+        let mut per_peer = self.per_peer.lock().unwrap_or_else(|p| p.into_inner());
+        let n = per_peer.entry(key.clone()).or_insert(0);
+        if *n >= self.per_peer_cap {
+            return Err("per_peer");
+        }
+        let permit = self
+            .overall
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| "overall")?;
+        *n += 1;
+        Ok(ConnectionSlot {
+            caps: self.clone(),
+            key,
+            _overall: permit,
+        })
+    }
+}
+
+/// What every accept loop shares.
+#[derive(Clone)]
+struct Serving {
+    app: App,
+    http: hyper::server::conn::http1::Builder,
+    /// Taken out when draining starts: connections after that are closed at once.
+    graceful: Arc<Mutex<Option<GracefulShutdown>>>,
+    caps: Arc<ConnectionCaps>,
+    handshake_timeout: Duration,
+}
+
+impl Serving {
+    /// Serves HTTP/1.1 on `io` for `peer` until it closes (or the daemon drains).
+    fn spawn<IO>(&self, io: IO, peer: Peer, slot: ConnectionSlot)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let router = router(self.app.clone());
+        let metrics = self.app.metrics.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(peer.clone());
+            let mut router = router.clone();
+            let metrics = metrics.clone();
+            let path = req.uri().path().to_string();
+            let started = Instant::now();
+            async move {
+                let answer =
+                    tower::Service::call(&mut router, req.map(axum::body::Body::new)).await;
+                if let Ok(a) = &answer {
+                    metrics.answered(&path, a.status().as_u16(), started.elapsed());
+                }
+                answer
+            }
+        });
+        let watcher = self
+            .graceful
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(GracefulShutdown::watcher);
+        let Some(watcher) = watcher else {
+            return; // draining
+        };
+        let conn = watcher.watch(self.http.serve_connection(TokioIo::new(io), service));
+        let metrics = self.app.metrics.clone();
+        metrics.connection(1);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("connection ended: {e}");
+            }
+            metrics.connection(-1);
+            drop(slot);
+        });
+    }
+
+    fn admit(&self, peer: &Peer) -> Option<ConnectionSlot> {
+        match self.caps.admit(peer.cap_key()) {
+            Ok(slot) => Some(slot),
+            Err(cap) => {
+                self.app.metrics.connection_refused(cap);
+                tracing::debug!(peer = %peer.describe(), cap, "connection refused: at its cap");
+                None
+            }
+        }
+    }
+
+    async fn accept_unix(self, listener: UnixListener) {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let peer = match stream.peer_cred() {
+                Ok(c) => Peer::Unix {
+                    uid: c.uid(),
+                    gid: c.gid(),
+                    pid: c.pid(),
+                },
+                Err(e) => {
+                    tracing::warn!("no peer credentials on a connection, dropped: {e}");
+                    continue;
+                }
+            };
+            tracing::trace!(peer = %peer.describe(), "connection");
+            if let Some(slot) = self.admit(&peer) {
+                self.spawn(stream, peer, slot);
+            }
+        }
+    }
+
+    async fn accept_tls(self, listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor) {
+        loop {
+            let (stream, addr) = match listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let bare = Peer::Tls { addr, cert: None };
+            let Some(slot) = self.admit(&bare) else {
+                continue;
+            };
+            let serving = self.clone();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let tls = match tokio::time::timeout(
+                    serving.handshake_timeout,
+                    acceptor.accept(stream),
+                )
+                .await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::info!(peer = %addr, "TLS handshake refused: {e}");
+                        serving.app.metrics.refused("tls_handshake");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!(peer = %addr, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let cert = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|der| Arc::new(ClientCert::from_der(der)));
+                let peer = Peer::Tls { addr, cert };
+                tracing::trace!(peer = %peer.describe(), "connection");
+                serving.spawn(tls, peer, slot);
+            });
+        }
+    }
+}
+
 impl Daemon {
-    /// A daemon for `broker` with `config` and in-memory state.
-    pub fn new(broker: Broker, config: ServeConfig) -> Daemon {
+    /// A daemon for `broker` with `config`; blocks and issued leases are kept in
+    /// `serve.store.path` (read now), so they survive a restart.
+    pub fn new(broker: Broker, config: ServeConfig) -> Result<Daemon> {
+        let state = MemoryState::open(config.limits, &config.store_path)?;
+        Ok(Daemon::with_state_of(broker, config, Arc::new(state)))
+    }
+
+    /// A daemon whose state lives in this process only (tests, embedders).
+    pub fn in_memory(broker: Broker, config: ServeConfig) -> Daemon {
+        let state = MemoryState::new(config.limits);
+        Daemon::with_state_of(broker, config, Arc::new(state))
+    }
+
+    fn with_state_of(broker: Broker, config: ServeConfig, state: Arc<dyn State>) -> Daemon {
+        let config = Arc::new(config);
         Daemon {
-            app: App {
-                broker: Arc::new(broker),
-                state: Arc::new(MemoryState::new(config.limits)),
-                config: Arc::new(config),
-                inflight: Arc::default(),
-            },
+            app: App::new(broker, (*config).clone(), state),
+            config,
+            reload: None,
         }
     }
 
@@ -108,31 +337,25 @@ impl Daemon {
         self
     }
 
-    /// The socket path from the config.
-    pub fn socket_path(&self) -> &Path {
-        &self.app.config.listen
+    /// What SIGHUP runs: a new broker and settings are put in force atomically when `reload`
+    /// succeeds; when it fails the old ones stay and the failure is logged and audited.
+    /// Listener settings (`listen`, `tls`, `admin`) only change on a restart.
+    #[must_use]
+    pub fn with_reload(mut self, reload: Reload) -> Daemon {
+        self.reload = Some(Arc::new(reload));
+        self
     }
 
-    /// Binds the configured socket and serves until `shutdown` completes; then stops
-    /// accepting, lets in-flight requests finish (up to 30 s) and removes the socket.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
-        self.require_audit_log()?;
-        let path: PathBuf = self.app.config.listen.clone();
-        let listener = bind_socket(&path, self.app.config.mode)?;
-        tracing::info!(socket = %path.display(), "serving");
-        let result = self.serve(listener, shutdown).await;
-        if let Err(e) = std::fs::remove_file(&path)
-            && e.kind() != IoKind::NotFound
-        {
-            tracing::warn!("cannot remove {}: {e}", path.display());
-        }
-        result
+    /// The socket path from the config.
+    pub fn socket_path(&self) -> Option<&Path> {
+        self.config.listen.as_deref()
     }
 
     /// Refuses to serve without an audit log unless the config turns it off in so many words
     /// (`audit: { enabled: false }`).
     pub fn require_audit_log(&self) -> Result<()> {
-        let broker = &self.app.broker;
+        let live = self.app.live();
+        let broker = &live.broker;
         if broker.audit_log().is_some() || broker.config().audit_disabled {
             return Ok(());
         }
@@ -146,23 +369,96 @@ impl Daemon {
         ))
     }
 
-    /// Serves connections from `listener` until `shutdown` completes, then drains. Refuses
-    /// to start without an audit log (see [`Daemon::require_audit_log`]).
+    /// Binds every configured listener and serves until `shutdown` completes; then stops
+    /// accepting, lets in-flight requests finish (up to 30 s), revokes this daemon's leases
+    /// when `serve.revoke_on_shutdown` says so, and removes the socket.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        self.require_audit_log()?;
+        let unix = match &self.config.listen {
+            Some(path) => Some(bind_socket_with_group(
+                path,
+                self.config.mode,
+                self.config.group,
+            )?),
+            None => None,
+        };
+        let config = self.config.clone();
+        let result = self.serve(unix, shutdown).await;
+        if let Some(path) = &config.listen
+            && let Err(e) = std::fs::remove_file(path)
+            && e.kind() != IoKind::NotFound
+        {
+            tracing::warn!("cannot remove {}: {e}", path.display());
+        }
+        result
+    }
+
+    /// Serves connections from `unix` (and the configured TCP listeners) until `shutdown`
+    /// completes, then drains. Refuses to start without an audit log (see
+    /// [`Daemon::require_audit_log`]).
     pub async fn serve(
         self,
-        listener: UnixListener,
+        unix: Option<UnixListener>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<()> {
         self.require_audit_log()?;
-        let router = router(self.app.clone());
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let config = self.config.clone();
+        let tls = match &config.tls {
+            Some(t) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(t)?);
+                let listener = TcpListener::bind(t.listen)
+                    .await
+                    .map_err(|e| Error::io(format!("binding {}", t.listen), &e))?;
+                Some((listener, acceptor))
+            }
+            None => None,
+        };
+        let admin = match config.admin_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| Error::io(format!("binding {addr}"), &e))?,
+            ),
+            None => None,
+        };
+        if unix.is_none() && tls.is_none() {
+            return Err(Error::invalid_config(
+                "the daemon has nothing to listen on: set `serve.listen` or `serve.tls`",
+            ));
+        }
+        let graceful = Arc::new(Mutex::new(Some(GracefulShutdown::new())));
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
-            .header_read_timeout(self.app.config.header_timeout)
+            .header_read_timeout(config.header_timeout)
             .keep_alive(true);
-        tokio::pin!(shutdown);
+        let serving = Serving {
+            app: self.app.clone(),
+            http,
+            graceful: graceful.clone(),
+            caps: ConnectionCaps::new(&config),
+            handshake_timeout: config.header_timeout,
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(listener) = unix {
+            if let Some(path) = &config.listen {
+                tracing::info!(socket = %path.display(), "serving");
+            }
+            tasks.spawn(serving.clone().accept_unix(listener));
+        }
+        if let Some((listener, acceptor)) = tls {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "serving TLS");
+            }
+            tasks.spawn(serving.clone().accept_tls(listener, acceptor));
+        }
+        if let Some(listener) = admin {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "serving admin and metrics");
+            }
+            tasks.spawn(crate::admin::serve(listener, self.app.clone(), serving.http.clone()));
+        }
         let state = self.app.state.clone();
-        let sweeper = tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut every = tokio::time::interval(SWEEP);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -172,53 +468,94 @@ impl Daemon {
                 }
             }
         });
-        loop {
-            let (stream, _) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => break,
-            };
-            let peer = match stream.peer_cred() {
-                Ok(c) => Peer {
-                    uid: c.uid(),
-                    gid: c.gid(),
-                    pid: c.pid(),
-                },
-                Err(e) => {
-                    tracing::warn!("no peer credentials on a connection, dropped: {e}");
-                    continue;
-                }
-            };
-            tracing::debug!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "connection");
-            let router = router.clone();
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                req.extensions_mut().insert(peer);
-                let mut router = router.clone();
-                async move { tower::Service::call(&mut router, req.map(axum::body::Body::new)).await }
-            });
-            let conn = http.serve_connection(TokioIo::new(stream), service);
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!("connection ended: {e}");
-                }
-            });
+        if let Some(reload) = self.reload.clone() {
+            tasks.spawn(reload_on_hangup(self.app.clone(), reload));
         }
-        drop(listener);
-        sweeper.abort();
+        self.app.metrics.set_ready(true);
+        shutdown.await;
+        self.app.metrics.set_ready(false);
+        // Stop accepting (the admin listener too), then drain.
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        drop(serving);
         tracing::info!("shutting down: finishing in-flight requests");
-        if tokio::time::timeout(DRAIN, graceful.shutdown())
-            .await
-            .is_err()
+        let graceful = graceful.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(graceful) = graceful
+            && tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err()
         {
             tracing::warn!("in-flight requests still running after {DRAIN:?}; stopping anyway");
         }
+        if config.revoke_on_shutdown {
+            self.revoke_all().await;
+        }
         Ok(())
+    }
+
+    /// Revokes (or marks) every live lease the state holds (`serve.revoke_on_shutdown`).
+    async fn revoke_all(&self) {
+        let live: Arc<Live> = self.app.live();
+        let leases = match self.app.state.leases(None).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("cannot list leases to revoke on shutdown: {e}");
+                return;
+            }
+        };
+        let mut ctx = broker_core::RequestContext::new();
+        ctx.identity = Some("broker serve shutting down (`serve.revoke_on_shutdown`)".into());
+        for lease in leases.iter().filter(|l| !l.revoked) {
+            match revoke_lease(&self.app, &live, lease, &ctx).await {
+                Ok(true) => tracing::info!(lease = %lease.lease_id, "revoked on shutdown"),
+                Ok(false) => tracing::info!(lease = %lease.lease_id, "marked revoked on shutdown"),
+                Err(e) => tracing::warn!(lease = %lease.lease_id, "revoking on shutdown failed: {}", e.message),
+            }
+        }
+    }
+}
+
+/// Reloads on every SIGHUP until aborted.
+async fn reload_on_hangup(app: App, reload: Arc<Reload>) {
+    let mut hangup =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!("cannot watch SIGHUP, reloads are off: {e}");
+                return;
+            }
+        };
+    while hangup.recv().await.is_some() {
+        let old = app.live();
+        let ctx = broker_core::RequestContext::new();
+        let reload = reload.clone();
+        let loaded = tokio::task::spawn_blocking(move || reload())
+            .await
+            .unwrap_or_else(|e| Err(Error::internal(format!("the reload panicked: {e}"))));
+        match loaded {
+            Ok((broker, config)) => {
+                if config.listen != old.config.listen
+                    || config.tls != old.config.tls
+                    || config.admin_listen != old.config.admin_listen
+                {
+                    tracing::warn!("listener settings changed: they take effect on a restart");
+                }
+                if let Err(e) = broker.record_notice(&ctx, "config_reloaded", "on SIGHUP") {
+                    tracing::error!("cannot record the reload in the audit log: {e}");
+                }
+                app.replace(Live {
+                    broker: Arc::new(broker),
+                    config: Arc::new(config),
+                });
+                app.metrics.reloaded(true);
+                tracing::info!("config and policy reloaded");
+            }
+            Err(e) => {
+                app.metrics.reloaded(false);
+                tracing::error!("reload failed, the old config stays in force: {e}");
+                let detail = format!("the old config stays in force: {e}");
+                if let Err(e) = old.broker.record_notice(&ctx, "config_reload_failed", &detail) {
+                    tracing::error!("cannot record the failed reload in the audit log: {e}");
+                }
+            }
+        }
     }
 }

@@ -4,17 +4,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use broker_core::Result;
-use serde::Serialize;
+use broker_core::{Error, ErrorKind, Result};
+use serde::{Deserialize, Serialize};
 
 use crate::config::Limits;
 
 /// A lease the daemon handed to an agent. Secret-free: ids, names and times only.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseRecord {
     /// The backend's lease id (`token-accessor:...` for an OpenBao child token).
     pub lease_id: String,
@@ -90,12 +91,29 @@ pub trait State: Send + Sync + 'static {
 
 type Limiter = governor::DefaultKeyedRateLimiter<String>;
 
-/// The default [`State`]: in this process's memory, gone on restart.
+/// The default [`State`]: in this process's memory; with a file ([`MemoryState::open`]),
+/// blocks and issued leases are also written there on every change (atomically, 0600) and
+/// read back on start, so they survive a restart. Rate-limit buckets start full again.
 pub struct MemoryState {
     blocked: Mutex<BTreeSet<String>>,
     leases: Mutex<BTreeMap<String, LeaseRecord>>,
     limiter: Option<Limiter>,
+    file: Option<PathBuf>,
+    /// Serialises writes of `file`.
+    saving: Mutex<()>,
 }
+
+/// What [`MemoryState::open`] keeps in its file. Secret-free.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Saved {
+    version: u32,
+    blocked: Vec<String>,
+    leases: Vec<LeaseRecord>,
+}
+
+/// The largest state file read.
+const MAX_STATE_FILE: u64 = 64 << 20;
 
 impl std::fmt::Debug for MemoryState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -125,8 +143,75 @@ impl MemoryState {
             blocked: Mutex::default(),
             leases: Mutex::default(),
             limiter,
+            file: None,
+            saving: Mutex::default(),
         }
     }
+
+    /// A state kept in `path` as well: read now (a missing file is an empty state; its
+    /// directory is created 0700), rewritten on every block, unblock, new lease and
+    /// revocation.
+    pub fn open(limits: Limits, path: &Path) -> Result<MemoryState> {
+        let mut state = MemoryState::new(limits);
+        match broker_core::localfile::read(path, MAX_STATE_FILE) {
+            Ok(bytes) => {
+                let saved: Saved = serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::new(
+                        ErrorKind::InvalidConfig,
+                        format!(
+                            "the daemon's state file {} is not valid: {e}",
+                            path.display()
+                        ),
+                    )
+                    .with_hint("move it aside to start with no blocks and no leases")
+                })?;
+                *lock(&state.blocked) = saved.blocked.into_iter().collect();
+                let now = SystemTime::now();
+                let mut leases = lock(&state.leases);
+                for mut lease in saved.leases {
+                    lease.expires = lease.expires_at.as_deref().and_then(parse_time);
+                    if lease.expires.is_none_or(|e| e > now) {
+                        leases.insert(lease.lease_id.clone(), lease);
+                    }
+                }
+            }
+            Err(e) if e.is_not_found() => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    use std::os::unix::fs::DirBuilderExt;
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(dir)
+                        .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
+                }
+            }
+            Err(e) => return Err(e.to_error(format!("the daemon's state file {}", path.display()), ErrorKind::Io)),
+        }
+        state.file = Some(path.to_path_buf());
+        Ok(state)
+    }
+
+    /// Writes the file, if there is one. A failure fails the change that caused it.
+    fn save(&self) -> Result<()> {
+        let Some(path) = &self.file else {
+            return Ok(());
+        };
+        let _one_writer = lock(&self.saving);
+        let saved = Saved {
+            version: 1,
+            blocked: lock(&self.blocked).iter().cloned().collect(),
+            leases: self.live().values().cloned().collect(),
+        };
+        let bytes = serde_json::to_vec_pretty(&saved)
+            .map_err(|e| Error::internal(format!("cannot encode the daemon's state: {e}")))?;
+        broker_core::localfile::write_atomically(path, &bytes)
+    }
+}
+
+fn parse_time(text: &str) -> Option<SystemTime> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(SystemTime::from)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -145,16 +230,29 @@ impl MemoryState {
 #[async_trait]
 impl State for MemoryState {
     async fn block(&self, agent: &str) -> Result<bool> {
-        Ok(lock(&self.blocked).insert(agent.to_string()))
+        let changed = lock(&self.blocked).insert(agent.to_string());
+        self.save()?;
+        Ok(changed)
     }
     async fn unblock(&self, agent: &str) -> Result<bool> {
-        Ok(lock(&self.blocked).remove(agent))
+        let changed = lock(&self.blocked).remove(agent);
+        self.save()?;
+        Ok(changed)
     }
     async fn is_blocked(&self, agent: &str) -> Result<bool> {
         Ok(lock(&self.blocked).contains(agent))
     }
     async fn record_lease(&self, lease: LeaseRecord) -> Result<()> {
-        self.live().entry(lease.lease_id.clone()).or_insert(lease);
+        let new = match self.live().entry(lease.lease_id.clone()) {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(lease);
+                true
+            }
+            std::collections::btree_map::Entry::Occupied(_) => false,
+        };
+        if new {
+            self.save()?;
+        }
         Ok(())
     }
     async fn lease(&self, lease_id: &str) -> Result<Option<LeaseRecord>> {
@@ -169,10 +267,14 @@ impl State for MemoryState {
             .collect())
     }
     async fn mark_revoked(&self, lease_id: &str) -> Result<bool> {
-        Ok(self
+        let changed = self
             .live()
             .get_mut(lease_id)
-            .is_some_and(|l| !std::mem::replace(&mut l.revoked, true)))
+            .is_some_and(|l| !std::mem::replace(&mut l.revoked, true));
+        if changed {
+            self.save()?;
+        }
+        Ok(changed)
     }
     async fn check_rate(&self, agent: &str) -> Result<Option<Duration>> {
         use governor::clock::{Clock, DefaultClock};

@@ -16,7 +16,7 @@ fn daemon(dir: &Path, audit: &str) -> broker_core::Result<broker_serve::Daemon> 
     let config = Config::from_str(&text, &dir.join(".broker.yml"), &registry)?;
     let broker = Broker::new(config, registry)?;
     let serve = broker_serve::ServeConfig::from_config(broker.config())?;
-    Ok(broker_serve::Daemon::new(broker, serve))
+    broker_serve::Daemon::new(broker, serve)
 }
 
 fn run(d: broker_serve::Daemon) -> broker_core::Result<()> {

@@ -28,7 +28,15 @@ pub fn daemon_main() {
         let serve = broker_serve::ServeConfig::from_config(broker.config()).unwrap();
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+        let path = std::path::PathBuf::from(&config);
+        let reload: broker_serve::Reload = Box::new(move || {
+            let broker = broker_core::Broker::load(&path)?;
+            let serve = broker_serve::ServeConfig::from_config(broker.config())?;
+            Ok((broker, serve))
+        });
         broker_serve::Daemon::new(broker, serve)
+            .unwrap()
+            .with_reload(reload)
             .run(async move {
                 term.recv().await;
             })
