@@ -173,6 +173,7 @@ async fn dispatch(cli: Cli, swept: Vec<PathBuf>) -> Result<u8, Error> {
         }
         Command::Audit(args) => {
             let broker = load(config, args.dir.as_deref())?;
+            output::warn_if_audit_off(broker.config());
             let manifest = broker.manifest()?;
             output::print_manifest(&manifest, args.json);
             Ok(0)

@@ -44,6 +44,22 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// `broker audit`'s warning (on stderr, so `--json` output stays one document) when the config
+/// turns the audit log off in so many words (`audit: { enabled: false }`): nothing the broker
+/// hands out is recorded, and a daemon started from it serves without a log.
+pub fn warn_if_audit_off(config: &broker_core::Config) {
+    use std::io::Write;
+    if !config.audit_disabled {
+        return;
+    }
+    let path = config.path().display().to_string();
+    let path = broker_core::grammar::escape_controls(&path);
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "warning: the audit log is off (`audit: {{ enabled: false }}` in {path}): nothing the broker hands out is recorded"
+    );
+}
+
 /// `broker audit`.
 pub fn print_manifest(manifest: &Manifest, as_json: bool) {
     if as_json {

@@ -249,3 +249,29 @@ fn a_fifo_checkpoint_fails_at_once() {
     );
     assert_eq!(out.status.code(), Some(69));
 }
+
+/// `broker audit` says so when the config turns the audit log off (`audit: { enabled: false }`),
+/// in text and `--json` mode alike (stderr), and says nothing otherwise.
+#[test]
+fn the_manifest_warns_when_the_audit_log_is_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join(".broker.yml");
+    std::fs::write(&config, "credentials: {}\naudit: { enabled: false }\n").unwrap();
+    let warning = format!(
+        "warning: the audit log is off (`audit: {{ enabled: false }}` in {}): nothing the broker hands out is recorded\n",
+        config.display()
+    );
+    let out = broker(dir.path(), &["audit"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stderr), warning);
+    assert!(text(&out.stdout).contains("no credentials declared"));
+    let out = broker(dir.path(), &["audit", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stderr), warning);
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
+
+    std::fs::write(&config, "credentials: {}\naudit: { path: audit.jsonl }\n").unwrap();
+    let out = broker(dir.path(), &["audit"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stderr), "");
+}
