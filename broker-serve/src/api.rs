@@ -291,7 +291,7 @@ impl App {
     /// Records a refusal the runtime layers never saw (`fill` sets the fields of the request
     /// it names: the credential, a ttl, a scope, a lease id) and counts it toward a denial
     /// storm. A failure to record is logged: the request is refused either way.
-    async fn refuse(
+    pub(crate) async fn refuse(
         &self,
         live: &Live,
         ctx: &RequestContext,

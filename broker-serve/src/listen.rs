@@ -285,7 +285,15 @@ impl Serving {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
                         tracing::info!(peer = %addr, "TLS handshake refused: {e}");
-                        serving.app.metrics.refused("tls_handshake");
+                        let live = serving.app.live();
+                        let mut ctx = broker_core::RequestContext::new();
+                        ctx.identity = Some(format!("tls {addr}"));
+                        let err = crate::ApiError::new(
+                            axum::http::StatusCode::UNAUTHORIZED,
+                            "tls_handshake_refused",
+                            format!("the TLS handshake was refused: {e}"),
+                        );
+                        serving.app.refuse(&live, &ctx, &err, |_| {}).await;
                         return;
                     }
                     Err(_) => {

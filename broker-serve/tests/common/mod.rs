@@ -57,7 +57,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the daemon with `config` (its `.broker.yml`) and `env`.
     pub fn start(config: &str, env: &[(&str, &str)]) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
+        Daemon::start_in(tempfile::tempdir().unwrap(), config, env)
+    }
+
+    /// [`Daemon::start`] in `dir` (a restart keeps the dir: its state file, its audit log).
+    pub fn start_in(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Daemon {
         let path = dir.path().join(".broker.yml");
         std::fs::write(&path, config).unwrap();
         let mut cmd = Command::new(std::env::current_exe().unwrap());
@@ -123,6 +127,32 @@ impl Daemon {
                 body.as_bytes().to_vec(),
             ))
             .unwrap()
+    }
+
+    /// Sends `signal` (`HUP`, `TERM`) to the daemon.
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal}");
+    }
+
+    /// Stops the daemon (SIGTERM) and hands back its dir, to start it again there.
+    pub fn stop_keeping_dir(mut self) -> (String, tempfile::TempDir) {
+        self.signal("TERM");
+        let status = self.child.wait().unwrap();
+        let logs = self.logs.take().unwrap().join().unwrap();
+        assert!(status.success(), "daemon exited with {status}: {logs}");
+        let dir = tempfile::tempdir().unwrap();
+        let dir = std::mem::replace(&mut self.dir, dir);
+        (logs, dir)
+    }
+
+    /// The audit log so far.
+    pub fn audit(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default()
     }
 
     /// SIGTERM; the daemon's logs and audit log.
@@ -199,4 +229,51 @@ pub fn curl_as(uid: u32, socket: &Path, method: &str, path: &str, body: &str) ->
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let (body, code) = text.rsplit_once('\n').unwrap();
     (code.parse().unwrap(), body.to_string())
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the daemon to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something accepts on `127.0.0.1:port`.
+pub fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until `audit` (re-read each time) contains `what`.
+pub fn wait_for_audit(d: &Daemon, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let audit = d.audit();
+        if audit.contains(what) {
+            return audit;
+        }
+        assert!(Instant::now() < deadline, "no `{what}` in the audit log: {audit}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A plain HTTP/1.1 GET to `127.0.0.1:port`: (status, body).
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
 }
