@@ -761,7 +761,7 @@ impl JwtVerifier {
     fn head(&self, token: &str) -> std::result::Result<Head, TokenRefusal> {
         let malformed = |why: &str| TokenRefusal::new(MALFORMED, why);
         let mut parts = token.split('.');
-        let (Some(header), Some(payload), Some(_signature), None) =
+        let (Some(header), Some(payload), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(malformed(
@@ -805,6 +805,9 @@ impl JwtVerifier {
         let alg = Algorithm::from_str(alg).map_err(|_| refused())?;
         if !self.algorithms.contains(&alg) {
             return Err(refused());
+        }
+        if signature.is_empty() {
+            return Err(malformed("the token has no signature"));
         }
         let kid = match obj.get("kid") {
             None => None,
