@@ -8,6 +8,8 @@
 use broker_age as _;
 #[cfg(feature = "aws")]
 use broker_aws as _;
+#[cfg(feature = "azure")]
+use broker_azure as _;
 #[cfg(feature = "env")]
 use broker_env as _;
 #[cfg(feature = "sops")]
@@ -30,6 +32,8 @@ const FEATURES: &[&str] = &[
     "age",
     #[cfg(feature = "aws")]
     "aws",
+    #[cfg(feature = "azure")]
+    "azure",
     #[cfg(feature = "env")]
     "env",
     #[cfg(feature = "sops")]

@@ -80,6 +80,9 @@ fn compiled_schemes() -> Vec<&'static str> {
     if cfg!(feature = "aws") {
         s.extend(["aws-sm", "aws-sts"]);
     }
+    if cfg!(feature = "azure") {
+        s.extend(["azure-token", "azurekv"]);
+    }
     if cfg!(feature = "env") {
         s.push("env");
     }

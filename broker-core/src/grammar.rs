@@ -240,7 +240,7 @@ pub const AZURE_TOKEN: SchemeGrammar = SchemeGrammar {
     shape: Shape::Hierarchical,
     operation: Operation::Mint,
     field: false,
-    query: QueryKeys::Any,
+    query: QueryKeys::Only(&["scope"]),
     validate: azure_client,
 };
 
@@ -308,12 +308,12 @@ pub const KNOWN: &[KnownScheme] = &[
     KnownScheme {
         grammar: &AZUREKV,
         backend: "azure",
-        feature: None,
+        feature: Some("azure"),
     },
     KnownScheme {
         grammar: &AZURE_TOKEN,
         backend: "azure",
-        feature: None,
+        feature: Some("azure"),
     },
 ];
 
