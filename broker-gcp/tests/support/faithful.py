@@ -50,17 +50,15 @@ def sm_error(url, name):
 
 def iam(url, email, delegate):
     from google.api_core import exceptions
-    from google.auth.credentials import AnonymousCredentials
     from google.cloud import iam_credentials_v1
+    from google.oauth2.credentials import Credentials
     from google.protobuf import duration_pb2
 
-    class Bearer(AnonymousCredentials):
-        # The fake, like Google, wants a bearer token.
-        def apply(self, headers, token=None):
-            headers["authorization"] = "Bearer python-client"
-
+    # The fake, like Google, wants a bearer token.
     client = iam_credentials_v1.IAMCredentialsClient(
-        credentials=Bearer(), transport="rest", client_options={"api_endpoint": url}
+        credentials=Credentials(token="python-client"),
+        transport="rest",
+        client_options={"api_endpoint": url},
     )
     name = f"projects/-/serviceAccounts/{email}"
     access = client.generate_access_token(

@@ -21,7 +21,10 @@ use base64::Engine as _;
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub method: String,
+    /// The path, without the query.
     pub path: String,
+    /// The query (the Google clients add system parameters such as `$alt`).
+    pub query: String,
     pub authorization: Option<String>,
     pub content_type: Option<String>,
     pub body: String,
@@ -460,9 +463,13 @@ fn read_request(stream: &mut TcpStream) -> Option<Seen> {
             continue;
         }
         let mut first = head.lines().next()?.split_whitespace();
+        let method = first.next()?.to_string();
+        let target = first.next()?;
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
         return Some(Seen {
-            method: first.next()?.to_string(),
-            path: first.next()?.to_string(),
+            method,
+            path: path.to_string(),
+            query: query.to_string(),
             authorization: header("authorization"),
             content_type: header("content-type"),
             body: String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string(),
