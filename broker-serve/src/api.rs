@@ -140,7 +140,8 @@ pub(crate) struct App {
     /// Per-agent in-flight caps (`serve.limits.concurrency`).
     inflight: Arc<std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Semaphore>>>>,
     /// Recent refusals per agent (or peer), for the denial-storm alert.
-    denials: Arc<std::sync::Mutex<BTreeMap<String, std::collections::VecDeque<std::time::Instant>>>>,
+    denials:
+        Arc<std::sync::Mutex<BTreeMap<String, std::collections::VecDeque<std::time::Instant>>>>,
     pub(crate) metrics: Arc<Metrics>,
 }
 
@@ -198,10 +199,7 @@ impl App {
     /// The broker and settings in force now (a reload swaps them; a request keeps the ones it
     /// started with).
     pub(crate) fn live(&self) -> Arc<Live> {
-        self.live
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Puts a reloaded broker and settings in force.
@@ -225,11 +223,7 @@ impl App {
             Ok(principal) => {
                 ctx.agent_id = principal.agent.clone();
                 ctx.tenant = principal.tenant.clone();
-                ctx.identity = Some(format!(
-                    "{}: {}",
-                    principal.method.as_str(),
-                    principal.identity
-                ));
+                ctx.identity = Some(principal.identity.clone());
                 Ok(Call {
                     live,
                     principal,
@@ -792,7 +786,10 @@ async fn set_blocked(
         }
         .into(),
     );
-    e.reason = Some(format!("agent `{agent}` by admin {}", call.principal.identity));
+    e.reason = Some(format!(
+        "agent `{agent}` by admin {}",
+        call.principal.identity
+    ));
     call.live.broker.record(&e)?;
     tracing::info!(agent = %agent, blocked, "agent block state changed");
     let mut body = serde_json::json!({ "agent": agent, "blocked": blocked, "changed": changed });

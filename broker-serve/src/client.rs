@@ -107,7 +107,14 @@ impl Endpoint {
                     })?;
                 let identity = options.cert.as_deref().zip(options.key.as_deref());
                 Target::Tls {
-                    authority: format!("{}:{port}", if host.contains(':') { format!("[{host}]") } else { host.to_string() }),
+                    authority: format!(
+                        "{}:{port}",
+                        if host.contains(':') {
+                            format!("[{host}]")
+                        } else {
+                            host.to_string()
+                        }
+                    ),
                     server_name,
                     tls: crate::tls::client_config(options.ca.as_deref(), identity)?,
                 }
@@ -147,7 +154,10 @@ impl Endpoint {
             return Ok(None);
         };
         let bytes = broker_core::localfile::read(path, MAX_TOKEN_FILE).map_err(|e| {
-            e.to_error(format!("the token file {}", path.display()), ErrorKind::InvalidConfig)
+            e.to_error(
+                format!("the token file {}", path.display()),
+                ErrorKind::InvalidConfig,
+            )
         })?;
         let token = std::str::from_utf8(&bytes)
             .map(str::trim)
@@ -376,8 +386,7 @@ pub async fn deliver(to: &Endpoint, only: &[String]) -> Result<Delivery> {
     };
     let mut obtained = Vec::with_capacity(rows.len());
     for row in &rows {
-        let answer =
-            request_credential(to, &row.credential, &CredentialRequest::default()).await?;
+        let answer = request_credential(to, &row.credential, &CredentialRequest::default()).await?;
         obtained.push(credential_of(answer));
     }
     Delivery::from_credentials(

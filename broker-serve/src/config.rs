@@ -354,10 +354,15 @@ impl ServeConfig {
         }
         let duration = |key: &str, v: Option<String>, default: Duration| match v {
             None => Ok(default),
-            Some(t) => parse_duration(&t)
-                .map_err(|e| Error::invalid_config(format!("`serve.{key}`: {e}"))),
+            Some(t) => {
+                parse_duration(&t).map_err(|e| Error::invalid_config(format!("`serve.{key}`: {e}")))
+            }
         };
-        let header_timeout = duration("header_timeout", raw.header_timeout, Duration::from_secs(10))?;
+        let header_timeout = duration(
+            "header_timeout",
+            raw.header_timeout,
+            Duration::from_secs(10),
+        )?;
         if raw.limits.rate.requests > 0 && raw.limits.burst == 0 {
             return Err(Error::invalid_config(
                 "`serve.limits.burst` must be at least 1 when `rate` is set",

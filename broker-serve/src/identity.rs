@@ -88,7 +88,11 @@ impl Peer {
                 gid,
                 pid: Some(pid),
             } => format!("unix peer uid {uid} gid {gid} pid {pid}"),
-            Peer::Unix { uid, gid, pid: None } => format!("unix peer uid {uid} gid {gid}"),
+            Peer::Unix {
+                uid,
+                gid,
+                pid: None,
+            } => format!("unix peer uid {uid} gid {gid}"),
             Peer::Tls {
                 addr,
                 cert: Some(c),

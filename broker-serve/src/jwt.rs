@@ -957,7 +957,15 @@ impl JwtVerifier {
         reason: Reason,
         seen: u64,
     ) -> std::result::Result<Arc<KeySet>, TokenRefusal> {
-        let mut state = self.fetch.lock().await;
+        let mut state = if reason == Reason::Stale {
+            // A refresh of a set that still works never makes a request wait for another's.
+            match self.fetch.try_lock() {
+                Ok(state) => state,
+                Err(_) => return Ok(self.current()),
+            }
+        } else {
+            self.fetch.lock().await
+        };
         let current = self.current();
         if current.generation != seen {
             // Someone else (re)loaded while this request waited: use theirs.
@@ -973,9 +981,16 @@ impl JwtVerifier {
             }
             state.last_refetch = Some(now);
         }
+        // After a failure, a stale set is kept for a refetch interval, a missing one is
+        // refused for a short pause.
+        let pause = if reason == Reason::Stale {
+            REFETCH_INTERVAL
+        } else {
+            FAILURE_PAUSE
+        };
         if state
             .last_failure
-            .is_some_and(|t| now.duration_since(t) < FAILURE_PAUSE)
+            .is_some_and(|t| now.duration_since(t) < pause)
         {
             return match reason {
                 Reason::Stale => Ok(current),

@@ -31,8 +31,7 @@ mod tls;
 
 pub use api::{CredentialRequest, CredentialResponse, ScopeRequest, TtlValue};
 pub use config::{
-    AdminEntry, AgentEntry, ClientAuth, Limits, Rate, ServeConfig, TlsSettings,
-    default_socket_path,
+    AdminEntry, AgentEntry, ClientAuth, Limits, Rate, ServeConfig, TlsSettings, default_socket_path,
 };
 pub use error::ApiError;
 pub use identity::{ClientCert, Method, Peer, Principal};

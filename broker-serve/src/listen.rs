@@ -78,7 +78,10 @@ pub fn bind_socket_with_group(path: &Path, mode: u32, group: Option<u32>) -> Res
     let listener = bound.map_err(|e| Error::io(format!("binding {}", path.display()), &e))?;
     if let Some(gid) = group {
         std::os::unix::fs::lchown(path, None, Some(gid)).map_err(|e| {
-            Error::io(format!("setting the group of {} to {gid}", path.display()), &e)
+            Error::io(
+                format!("setting the group of {} to {gid}", path.display()),
+                &e,
+            )
         })?;
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
@@ -276,31 +279,34 @@ impl Serving {
             let serving = self.clone();
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let tls = match tokio::time::timeout(
-                    serving.handshake_timeout,
-                    acceptor.accept(stream),
-                )
-                .await
-                {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        tracing::info!(peer = %addr, "TLS handshake refused: {e}");
-                        let live = serving.app.live();
-                        let mut ctx = broker_core::RequestContext::new();
-                        ctx.identity = Some(format!("tls {addr}"));
-                        let err = crate::ApiError::new(
-                            axum::http::StatusCode::UNAUTHORIZED,
-                            "tls_handshake_refused",
-                            format!("the TLS handshake was refused: {e}"),
-                        );
-                        serving.app.refuse(&live, &ctx, &err, |_| {}).await;
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::info!(peer = %addr, "TLS handshake timed out");
-                        return;
-                    }
-                };
+                let tls =
+                    match tokio::time::timeout(serving.handshake_timeout, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                            // A port probe or a client that gave up: nothing to refuse.
+                            tracing::debug!(peer = %addr, "closed before the TLS handshake");
+                            return;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::info!(peer = %addr, "TLS handshake refused: {e}");
+                            let live = serving.app.live();
+                            let mut ctx = broker_core::RequestContext::new();
+                            ctx.identity = Some(format!("tls {addr}"));
+                            let err = crate::ApiError::new(
+                                axum::http::StatusCode::UNAUTHORIZED,
+                                "tls_handshake_refused",
+                                format!("the TLS handshake was refused: {e}"),
+                            );
+                            serving.app.refuse(&live, &ctx, &err, |_| {}).await;
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!(peer = %addr, "TLS handshake timed out");
+                            return;
+                        }
+                    };
                 let cert = tls
                     .get_ref()
                     .1
@@ -463,7 +469,11 @@ impl Daemon {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "serving admin and metrics");
             }
-            tasks.spawn(crate::admin::serve(listener, self.app.clone(), serving.http.clone()));
+            tasks.spawn(crate::admin::serve(
+                listener,
+                self.app.clone(),
+                serving.http.clone(),
+            ));
         }
         let state = self.app.state.clone();
         tasks.spawn(async move {
@@ -489,7 +499,9 @@ impl Daemon {
         tracing::info!("shutting down: finishing in-flight requests");
         let graceful = graceful.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(graceful) = graceful
-            && tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err()
+            && tokio::time::timeout(DRAIN, graceful.shutdown())
+                .await
+                .is_err()
         {
             tracing::warn!("in-flight requests still running after {DRAIN:?}; stopping anyway");
         }
@@ -515,7 +527,9 @@ impl Daemon {
             match revoke_lease(&self.app, &live, lease, &ctx).await {
                 Ok(true) => tracing::info!(lease = %lease.lease_id, "revoked on shutdown"),
                 Ok(false) => tracing::info!(lease = %lease.lease_id, "marked revoked on shutdown"),
-                Err(e) => tracing::warn!(lease = %lease.lease_id, "revoking on shutdown failed: {}", e.message),
+                Err(e) => {
+                    tracing::warn!(lease = %lease.lease_id, "revoking on shutdown failed: {}", e.message)
+                }
             }
         }
     }
@@ -523,14 +537,13 @@ impl Daemon {
 
 /// Reloads on every SIGHUP until aborted.
 async fn reload_on_hangup(app: App, reload: Arc<Reload>) {
-    let mut hangup =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::warn!("cannot watch SIGHUP, reloads are off: {e}");
-                return;
-            }
-        };
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!("cannot watch SIGHUP, reloads are off: {e}");
+            return;
+        }
+    };
     while hangup.recv().await.is_some() {
         let old = app.live();
         let ctx = broker_core::RequestContext::new();
@@ -560,7 +573,10 @@ async fn reload_on_hangup(app: App, reload: Arc<Reload>) {
                 app.metrics.reloaded(false);
                 tracing::error!("reload failed, the old config stays in force: {e}");
                 let detail = format!("the old config stays in force: {e}");
-                if let Err(e) = old.broker.record_notice(&ctx, "config_reload_failed", &detail) {
+                if let Err(e) = old
+                    .broker
+                    .record_notice(&ctx, "config_reload_failed", &detail)
+                {
                     tracing::error!("cannot record the failed reload in the audit log: {e}");
                 }
             }

@@ -64,7 +64,11 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("broker_serve");
         let requests = Family::<RouteStatus, Counter>::default();
-        registry.register("requests", "Requests answered, by route and status", requests.clone());
+        registry.register(
+            "requests",
+            "Requests answered, by route and status",
+            requests.clone(),
+        );
         let latency: Family<Route, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(latency_histogram);
         registry.register(
@@ -73,11 +77,19 @@ impl Metrics {
             latency.clone(),
         );
         let refusals = Family::<Kind, Counter>::default();
-        registry.register("refusals", "Requests refused, by error kind", refusals.clone());
+        registry.register(
+            "refusals",
+            "Requests refused, by error kind",
+            refusals.clone(),
+        );
         let alerts = Counter::default();
         registry.register("alerts", "Denial-storm alerts raised", alerts.clone());
         let connections = Gauge::<i64, AtomicI64>::default();
-        registry.register("open_connections", "Connections open now", connections.clone());
+        registry.register(
+            "open_connections",
+            "Connections open now",
+            connections.clone(),
+        );
         let connections_refused = Family::<Kind, Counter>::default();
         registry.register(
             "connections_refused",
@@ -192,7 +204,13 @@ mod tests {
         m.answered("/v1/credentials/db", 200, Duration::from_micros(300));
         m.refused("agent_blocked");
         let text = m.render();
-        assert!(text.contains("broker_serve_requests_total{route=\"credentials\",status=\"200\"} 1"), "{text}");
-        assert!(text.contains("broker_serve_refusals_total{kind=\"agent_blocked\"} 1"), "{text}");
+        assert!(
+            text.contains("broker_serve_requests_total{route=\"credentials\",status=\"200\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("broker_serve_refusals_total{kind=\"agent_blocked\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -185,7 +185,12 @@ impl MemoryState {
                         .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
                 }
             }
-            Err(e) => return Err(e.to_error(format!("the daemon's state file {}", path.display()), ErrorKind::Io)),
+            Err(e) => {
+                return Err(e.to_error(
+                    format!("the daemon's state file {}", path.display()),
+                    ErrorKind::Io,
+                ));
+            }
         }
         state.file = Some(path.to_path_buf());
         Ok(state)

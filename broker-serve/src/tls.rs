@@ -51,9 +51,8 @@ fn certificates(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>>
 /// The private key in the PEM file at `path`. The error never quotes the file.
 fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
     let pem = read_pem(path, "private key")?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|_| {
-        Error::invalid_config(format!("{} holds no PEM private key", path.display()))
-    })
+    PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|_| Error::invalid_config(format!("{} holds no PEM private key", path.display())))
 }
 
 fn roots(path: &Path, what: &str) -> Result<rustls::RootCertStore> {
@@ -120,9 +119,8 @@ pub(crate) fn client_config(
     let builder = match ca {
         Some(ca) => builder.with_root_certificates(roots(ca, "CA file")?),
         None => {
-            let verifier = rustls_platform_verifier::Verifier::new(provider).map_err(|e| {
-                Error::internal(format!("cannot load the system trust store: {e}"))
-            })?;
+            let verifier = rustls_platform_verifier::Verifier::new(provider)
+                .map_err(|e| Error::internal(format!("cannot load the system trust store: {e}")))?;
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(verifier))
@@ -130,10 +128,7 @@ pub(crate) fn client_config(
     };
     let mut config = match identity {
         Some((cert, key)) => builder
-            .with_client_auth_cert(
-                certificates(cert, "client certificate")?,
-                private_key(key)?,
-            )
+            .with_client_auth_cert(certificates(cert, "client certificate")?, private_key(key)?)
             .map_err(|e| {
                 Error::invalid_config(format!(
                     "the client certificate {} and key {} do not fit: {e}",

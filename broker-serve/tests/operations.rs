@@ -44,12 +44,18 @@ const ENV: &[(&str, &str)] = &[("BROKER_SERVE_TEST_CANARY", CANARY)];
 fn sighup_reloads_a_good_config_and_keeps_the_old_one_when_the_new_one_fails() {
     let d = Daemon::start(&config("", ""), ENV);
     let a = d.call("POST", "/v1/credentials/new", "{}");
-    assert_eq!((a.status, kind_of(&a).as_str()), (404, "unknown_credential"));
+    assert_eq!(
+        (a.status, kind_of(&a).as_str()),
+        (404, "unknown_credential")
+    );
 
     let path = d.dir.path().join(".broker.yml");
     std::fs::write(
         &path,
-        config("  new: { ref: \"env:BROKER_SERVE_TEST_CANARY\", as: NEW }\n", ""),
+        config(
+            "  new: { ref: \"env:BROKER_SERVE_TEST_CANARY\", as: NEW }\n",
+            "",
+        ),
     )
     .unwrap();
     d.signal("HUP");
@@ -63,7 +69,10 @@ fn sighup_reloads_a_good_config_and_keeps_the_old_one_when_the_new_one_fails() {
     let a = d.call("POST", "/v1/credentials/new", "{}");
     assert_eq!(a.status, 200, "the old config stays in force");
     let (logs, audit_after) = d.stop();
-    assert!(logs.contains("reload failed, the old config stays in force"), "{logs}");
+    assert!(
+        logs.contains("reload failed, the old config stays in force"),
+        "{logs}"
+    );
     for text in [&logs, &audit, &audit_after] {
         assert_no_canary("daemon output", text, &[CANARY]);
     }
@@ -79,7 +88,8 @@ fn a_block_survives_a_restart_and_the_state_file_is_private_and_secret_free() {
     let (_, dir) = d.stop_keeping_dir();
 
     let state = dir.path().join(".broker/serve-state.json");
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&state).unwrap().permissions());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&state).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
     let text = std::fs::read_to_string(&state).unwrap();
     assert!(text.contains("agent-a"), "{text}");
@@ -87,7 +97,11 @@ fn a_block_survives_a_restart_and_the_state_file_is_private_and_secret_free() {
 
     let d = Daemon::start_in(dir, &config("", ""), ENV);
     let a = d.call("POST", "/v1/credentials/api", "{}");
-    assert_eq!((a.status, kind_of(&a).as_str()), (403, "agent_blocked"), "still blocked after a restart");
+    assert_eq!(
+        (a.status, kind_of(&a).as_str()),
+        (403, "agent_blocked"),
+        "still blocked after a restart"
+    );
     let a = d.call("POST", "/v1/agents/agent-a/unblock", "");
     assert_eq!(a.status, 200);
     let a = d.call("POST", "/v1/credentials/api", "{}");
@@ -114,8 +128,14 @@ fn a_denial_storm_raises_an_alert() {
     }
     let audit = wait_for_audit(&d, "\"outcome\":\"denial_storm\"");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&alerts_path).unwrap_or_default().contains("denial_storm") {
-        assert!(std::time::Instant::now() < deadline, "alert.command did not run");
+    while !std::fs::read_to_string(&alerts_path)
+        .unwrap_or_default()
+        .contains("denial_storm")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "alert.command did not run"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let alert = std::fs::read_to_string(&alerts_path).unwrap();
@@ -131,7 +151,10 @@ fn a_denial_storm_raises_an_alert() {
 fn the_admin_listener_serves_metrics_and_readiness_without_values() {
     let port = free_port();
     let d = Daemon::start(
-        &config("", &format!("  admin: {{ listen: \"127.0.0.1:{port}\" }}\n")),
+        &config(
+            "",
+            &format!("  admin: {{ listen: \"127.0.0.1:{port}\" }}\n"),
+        ),
         ENV,
     );
     wait_for_port(port);
@@ -143,11 +166,21 @@ fn the_admin_listener_serves_metrics_and_readiness_without_values() {
         metrics.contains("broker_serve_requests_total{route=\"credentials\",status=\"200\"} 1"),
         "{metrics}"
     );
-    assert!(metrics.contains("broker_serve_refusals_total{kind=\"unknown_credential\"}"), "{metrics}");
-    assert!(metrics.contains("broker_serve_request_duration_seconds_bucket"), "{metrics}");
+    assert!(
+        metrics.contains("broker_serve_refusals_total{kind=\"unknown_credential\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("broker_serve_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
     assert_eq!(http_get(port, "/readyz").0, 200);
     assert_eq!(http_get(port, "/healthz").0, 200);
-    assert_eq!(http_get(port, "/v1/credentials/api").0, 404, "the API is not on the admin port");
+    assert_eq!(
+        http_get(port, "/v1/credentials/api").0,
+        404,
+        "the API is not on the admin port"
+    );
     let (logs, audit) = d.stop();
     for text in [&metrics, &logs, &audit] {
         assert_no_canary("daemon output", text, &[CANARY]);
@@ -208,7 +241,9 @@ fn ten_thousand_idle_connections_and_a_slow_client_do_not_starve_others() {
     assert_eq!(closed, 200, "connections over the per-peer cap are closed");
     // The first 64 were idle past the header timeout: hyper drops them too.
     let first = &mut idle[0];
-    first.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    first
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let mut buf = [0u8; 256];
     let n = first.read(&mut buf).unwrap_or(0);
     let answer = String::from_utf8_lossy(&buf[..n]);
@@ -217,8 +252,10 @@ fn ten_thousand_idle_connections_and_a_slow_client_do_not_starve_others() {
 
     // A client that sends half its headers is cut off; the daemon keeps serving.
     let mut slow = UnixStream::connect(&d.socket).unwrap();
-    slow.write_all(b"POST /v1/credentials/api HTTP/1.1\r\nhost: x\r\n").unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    slow.write_all(b"POST /v1/credentials/api HTTP/1.1\r\nhost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let n = slow.read(&mut buf).unwrap_or(0);
     let answer = String::from_utf8_lossy(&buf[..n]);
     assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
@@ -229,7 +266,11 @@ fn ten_thousand_idle_connections_and_a_slow_client_do_not_starve_others() {
             break;
         }
         // The closed connections may take a moment to leave the per-peer count.
-        assert!(std::time::Instant::now() < deadline, "not served: {}", a.status);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not served: {}",
+            a.status
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let (logs, audit) = d.stop();

@@ -257,7 +257,10 @@ pub fn wait_for_audit(d: &Daemon, what: &str) -> String {
         if audit.contains(what) {
             return audit;
         }
-        assert!(Instant::now() < deadline, "no `{what}` in the audit log: {audit}");
+        assert!(
+            Instant::now() < deadline,
+            "no `{what}` in the audit log: {audit}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -266,7 +269,11 @@ pub fn wait_for_audit(d: &Daemon, what: &str) -> String {
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let status = text
@@ -274,6 +281,9 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
