@@ -19,6 +19,11 @@ fn daemon_child() {
 }
 
 fn start(bao: &OpenBao) -> Daemon {
+    start_with(bao, "")
+}
+
+/// [`start`] with more `serve:` lines.
+fn start_with(bao: &OpenBao, serve_extra: &str) -> Daemon {
     let uid = rustix::process::getuid().as_raw();
     let url = bao.url();
     let config = format!(
@@ -32,7 +37,7 @@ serve:
   listen: run/broker.sock
   agents: [{{ id: agent-a, uid: {uid} }}, {{ id: agent-b, uid: {AGENT_B_UID} }}]
   admins: [{{ uid: {uid} }}]
-"#
+{serve_extra}"#
     );
     let d = Daemon::start(
         &config,
@@ -189,4 +194,22 @@ fn leases_are_listed_revoked_by_owner_or_admin_and_a_block_revokes_them() {
     }
     assert!(audit.contains("\"outcome\":\"revoked\""), "{audit}");
     assert!(audit.contains("\"outcome\":\"unknown_lease\""), "{audit}");
+}
+
+#[test]
+fn revoke_on_shutdown_revokes_the_tokens_the_daemon_minted() {
+    let Some(bao) = OpenBao::start(ROOT, "bao-serve-shutdown") else {
+        return;
+    };
+    let d = start_with(&bao, "  revoke_on_shutdown: true\n");
+    let a = json(&d.call("POST", "/v1/credentials/ci", "{}"));
+    let token = a["value"].as_str().unwrap().to_string();
+    assert!(lookup(&bao, &token).is_some());
+    let (logs, audit) = d.stop();
+    assert!(lookup(&bao, &token).is_none(), "revoked when the daemon stopped");
+    assert!(logs.contains("revoked on shutdown"), "{logs}");
+    assert!(audit.contains("\"event\":\"revocation\""), "{audit}");
+    for text in [&logs, &audit] {
+        assert_no_canary("daemon output", text, &[ROOT, &token]);
+    }
 }
