@@ -12,6 +12,8 @@ use broker_aws as _;
 use broker_azure as _;
 #[cfg(feature = "env")]
 use broker_env as _;
+#[cfg(feature = "gcp")]
+use broker_gcp as _;
 #[cfg(feature = "sops")]
 use broker_sops as _;
 #[cfg(feature = "vault")]
@@ -36,6 +38,8 @@ const FEATURES: &[&str] = &[
     "azure",
     #[cfg(feature = "env")]
     "env",
+    #[cfg(feature = "gcp")]
+    "gcp",
     #[cfg(feature = "sops")]
     "sops",
     #[cfg(feature = "vault")]

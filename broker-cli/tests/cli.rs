@@ -86,6 +86,9 @@ fn compiled_schemes() -> Vec<&'static str> {
     if cfg!(feature = "env") {
         s.push("env");
     }
+    if cfg!(feature = "gcp") {
+        s.extend(["gcp-iam", "gcp-sm"]);
+    }
     if cfg!(feature = "sops") {
         s.push("sops");
     }

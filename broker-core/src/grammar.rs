@@ -298,12 +298,12 @@ pub const KNOWN: &[KnownScheme] = &[
     KnownScheme {
         grammar: &GCP_SM,
         backend: "gcp",
-        feature: None,
+        feature: Some("gcp"),
     },
     KnownScheme {
         grammar: &GCP_IAM,
         backend: "gcp",
-        feature: None,
+        feature: Some("gcp"),
     },
     KnownScheme {
         grammar: &AZUREKV,

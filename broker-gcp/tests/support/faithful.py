@@ -33,6 +33,21 @@ def sm_read(url, name):
     return out
 
 
+def sm_seed(url, project, secret, data):
+    from google.cloud import secretmanager
+
+    client = secret_manager(url)
+    client.create_secret(
+        parent=f"projects/{project}",
+        secret_id=secret,
+        secret=secretmanager.Secret(replication={"automatic": {}}),
+    )
+    version = client.add_secret_version(
+        parent=f"projects/{project}/secrets/{secret}", payload={"data": data.encode()}
+    )
+    return {"name": version.name}
+
+
 def sm_state(url, name):
     version = secret_manager(url).get_secret_version(name=name)
     return {"name": version.name, "state": version.state.name}
@@ -134,6 +149,7 @@ def main():
     command, *args = sys.argv[1:]
     result = {
         "sm-read": sm_read,
+        "sm-seed": sm_seed,
         "sm-state": sm_state,
         "sm-error": sm_error,
         "iam": iam,

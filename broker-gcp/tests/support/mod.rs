@@ -525,13 +525,25 @@ fn rand_u64() -> u64 {
     h.finish()
 }
 
-/// `2026-11-30T17:02:36Z`.
+/// `2026-11-30T17:02:36Z` (civil date from the day count, Howard Hinnant's algorithm).
 pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
-    time::OffsetDateTime::from_unix_timestamp(secs)
-        .unwrap()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap()
+    let secs = t.duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// The CRC32C of `data` (Castagnoli), for seeding checksums.
