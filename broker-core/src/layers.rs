@@ -21,7 +21,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use crate::audit::{self, AuditLog, AuditOptions, Event, EventKind, Severity};
+use crate::audit::{self, AuditLog, AuditOptions, Event, EventKind, Receipt, Severity};
 use crate::config::{Config, CredentialSpec, Scope, Source};
 use crate::egress::Badge;
 use crate::lease::{
@@ -38,7 +38,7 @@ pub(crate) struct Runtime {
     pub(crate) cache: LeaseCache,
     pub(crate) retry: RetryPolicy,
     pub(crate) sleeper: Arc<dyn Sleeper>,
-    pub(crate) audit: Option<AuditLog>,
+    pub(crate) audit: Option<Arc<AuditLog>>,
     pub(crate) alert: Option<AlertCommand>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) refresh: RefreshPolicy,
@@ -64,13 +64,15 @@ impl Runtime {
             retry: RetryPolicy::default(),
             sleeper: Arc::new(TokioSleeper),
             audit: config.audit_path.as_ref().map(|p| {
-                AuditLog::new(
-                    p.clone(),
-                    AuditOptions {
-                        fsync: config.audit_fsync,
-                    },
+                Arc::new(
+                    AuditLog::new(
+                        p.clone(),
+                        AuditOptions {
+                            fsync: config.audit_fsync,
+                        },
+                    )
+                    .with_alert(alert.clone()),
                 )
-                .with_alert(alert.clone())
             }),
             alert,
             clock,
@@ -169,6 +171,14 @@ impl Broker {
     /// Replaces the audit log (`None`: no log).
     #[must_use]
     pub fn with_audit_log(mut self, log: Option<AuditLog>) -> Self {
+        self.runtime.audit = log.map(Arc::new);
+        self
+    }
+
+    /// Uses `log`, shared with another broker: a daemon's reload keeps the log it
+    /// [holds](AuditLog::hold) (its lock, its writer thread, its chain) for the new config.
+    #[must_use]
+    pub fn with_shared_audit_log(mut self, log: Option<Arc<AuditLog>>) -> Self {
         self.runtime.audit = log;
         self
     }
@@ -176,11 +186,13 @@ impl Broker {
     /// Replaces the alert hook.
     #[must_use]
     pub fn with_alert_command(mut self, alert: Option<AlertCommand>) -> Self {
-        self.runtime.audit = self
-            .runtime
-            .audit
-            .take()
-            .map(|log| log.with_alert(alert.clone()));
+        self.runtime.audit = self.runtime.audit.take().map(|log| {
+            // A log shared with another broker keeps the alert hook it was given.
+            match Arc::try_unwrap(log) {
+                Ok(log) => Arc::new(log.with_alert(alert.clone())),
+                Err(shared) => shared,
+            }
+        });
         self.runtime.alert = alert;
         self
     }
@@ -195,9 +207,14 @@ impl Broker {
         &self.runtime.cache
     }
 
+    /// The audit log, shareable with another broker (see [`Broker::with_shared_audit_log`]).
+    pub fn shared_audit_log(&self) -> Option<Arc<AuditLog>> {
+        self.runtime.audit.clone()
+    }
+
     /// The audit log, if the config has one.
     pub fn audit_log(&self) -> Option<&AuditLog> {
-        self.runtime.audit.as_ref()
+        self.runtime.audit.as_deref()
     }
 
     fn event(
@@ -275,6 +292,19 @@ impl Broker {
         }
     }
 
+    /// Queues `event` for the audit log without waiting for its flush ([`AuditLog::submit`]);
+    /// wait on the [`Receipt`] before acting on the request. Without a log the receipt is
+    /// already answered.
+    pub fn submit_record(&self, event: &Event) -> Result<Receipt> {
+        match &self.runtime.audit {
+            Some(log) => log.submit(event, self.runtime.clock.now()),
+            None => {
+                tracing::debug!(event = ?event.event, outcome = ?event.outcome, "audit (no log configured)");
+                Ok(Receipt::ready(Ok(0)))
+            }
+        }
+    }
+
     /// Records a notice such as `redaction_disabled` for a run (`broker run --no-redact`).
     /// An error means it could not be recorded; callers should refuse to go on.
     pub fn record_notice(&self, context: &RequestContext, what: &str, detail: &str) -> Result<()> {
@@ -320,6 +350,21 @@ impl Broker {
         action: Option<Action>,
         context: &RequestContext,
     ) -> Result<&CredentialSpec> {
+        let (spec, decision) = self.authorize_deferred(name, action, context).await?;
+        decision.wait().await?;
+        Ok(spec)
+    }
+
+    /// [`Broker::authorize`] that does not wait for a grant's `decision` record: the caller
+    /// waits on the [`Receipt`] before handing anything out (by then the flush covering its
+    /// own later record has answered it too, so a request waits for one flush, not two). A
+    /// refusal waits for its record.
+    pub(crate) async fn authorize_deferred(
+        &self,
+        name: &str,
+        action: Option<Action>,
+        context: &RequestContext,
+    ) -> Result<(&CredentialSpec, Receipt)> {
         let spec = self.config().credential(name);
         let action = action
             .or_else(|| spec.map(action_for))
@@ -414,11 +459,15 @@ impl Broker {
             (Some(e), true) => format!("egress gate: {}", e.message()),
             _ => decision.reason.clone(),
         });
-        self.record_async(&event).await?;
+        let decision = self.submit_record(&event)?;
         if let Some(e) = refusal {
+            decision.wait().await?;
             return Err(e);
         }
-        spec.ok_or_else(|| Error::internal("credential vanished"))
+        Ok((
+            spec.ok_or_else(|| Error::internal("credential vanished"))?,
+            decision,
+        ))
     }
 
     /// Layers 3–5 for an authorized `spec`: cache, retry(timeout(provider)), audit.

@@ -300,7 +300,7 @@ impl App {
         e.outcome = Some(err.kind.to_string());
         e.error_kind = Some(err.kind.to_string());
         e.reason = Some(err.message.clone());
-        if let Err(err) = live.broker.record(&e) {
+        if let Err(err) = live.broker.record_async(&e).await {
             tracing::error!("cannot record a refusal in the audit log: {err}");
         }
         self.denied(live, ctx, err).await;
@@ -790,7 +790,7 @@ async fn set_blocked(
         "agent `{agent}` by admin {}",
         call.principal.identity
     ));
-    call.live.broker.record(&e)?;
+    call.live.broker.record_async(&e).await?;
     tracing::info!(agent = %agent, blocked, "agent block state changed");
     let mut body = serde_json::json!({ "agent": agent, "blocked": blocked, "changed": changed });
     if blocked {
@@ -829,7 +829,7 @@ pub(crate) async fn revoke_lease(
             "`{}` cannot revoke a lease singly; it stays valid until it expires",
             lease.backend
         ));
-        live.broker.record(&e)?;
+        live.broker.record_async(&e).await?;
     }
     app.state.mark_revoked(&lease.lease_id).await?;
     Ok(lease.revocable)

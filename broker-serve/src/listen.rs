@@ -416,6 +416,11 @@ impl Daemon {
         shutdown: impl Future<Output = ()>,
     ) -> Result<()> {
         self.require_audit_log()?;
+        // Held for the daemon's lifetime: one writer, group-committed fsyncs; a CLI pointed at
+        // the same file waits briefly, then is refused with a clear message.
+        if let Some(log) = self.app.live().broker.audit_log() {
+            log.hold()?;
+        }
         let config = self.config.clone();
         let tls = match &config.tls {
             Some(t) => {
@@ -551,6 +556,19 @@ async fn reload_on_hangup(app: App, reload: Arc<Reload>) {
         let loaded = tokio::task::spawn_blocking(move || reload())
             .await
             .unwrap_or_else(|e| Err(Error::internal(format!("the reload panicked: {e}"))));
+        let loaded = loaded.and_then(|(broker, config)| {
+            // The held audit log (its lock, writer and chain) carries over when its path does;
+            // a new path is held now, or the reload fails.
+            let path = |b: &Broker| b.audit_log().map(|l| l.path().to_path_buf());
+            if path(&broker) == path(&old.broker) {
+                Ok((broker.with_shared_audit_log(old.broker.shared_audit_log()), config))
+            } else {
+                if let Some(log) = broker.audit_log() {
+                    log.hold()?;
+                }
+                Ok((broker, config))
+            }
+        });
         match loaded {
             Ok((broker, config)) => {
                 if config.listen != old.config.listen
