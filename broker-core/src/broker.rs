@@ -376,8 +376,14 @@ impl Broker {
     /// Resolves (or mints) the credential `name` for one request, through policy, the egress
     /// gate, the lease cache, retry and the audit log (in that order).
     pub async fn resolve(&self, name: &str, context: &RequestContext) -> Result<Credential> {
-        let spec = self.authorize(name, None, context).await?;
-        self.issue(spec, context).await
+        let (spec, decision) = self.authorize_deferred(name, None, context).await?;
+        let issued = self.issue(spec, context).await;
+        // Nothing is handed out before its decision is recorded (already, by now, in all but
+        // a failure: the issuance's flush came after the decision's).
+        let recorded = decision.wait().await;
+        let credential = issued?;
+        recorded?;
+        Ok(credential)
     }
 
     /// Resolves `names` (every credential when empty) and prepares them for a child process:
@@ -395,8 +401,11 @@ impl Broker {
         };
         // Policy and gate for everything before resolving anything: a refusal does no I/O.
         let mut specs: Vec<&CredentialSpec> = Vec::with_capacity(names.len());
+        let mut decisions = Vec::with_capacity(names.len());
         for n in &names {
-            specs.push(self.authorize(n, None, context).await?);
+            let (spec, decision) = self.authorize_deferred(n, None, context).await?;
+            specs.push(spec);
+            decisions.push(decision);
         }
         let mut delivery = Delivery {
             env: Vec::new(),
@@ -406,6 +415,9 @@ impl Broker {
         for spec in specs {
             let credential = self.issue(spec, context).await?;
             delivery.add(&spec.name, &spec.env_var, spec.kind, &credential)?;
+        }
+        for decision in decisions {
+            decision.wait().await?;
         }
         Ok(delivery)
     }

@@ -393,3 +393,43 @@ fn concurrent_resolves_through_a_held_broker_log() {
     drop(broker);
     assert_intact(&f.path("audit.jsonl"), 64 * 3);
 }
+
+/// A request queues its decision without waiting and waits once, for its issuance's flush;
+/// when the flush that holds its decision fails, the credential is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The guard holds back the writer, a thread of its own; no task waits on it.
+#[allow(clippy::await_holding_lock)]
+async fn a_request_whose_decision_was_not_written_is_refused() {
+    let _s = script("held-audit-fail", Script::default());
+    let f = Fixture::new(
+        "credentials:\n  plain: { ref: \"scripted:held-audit-fail\" }\naudit: { path: audit.jsonl }\n",
+    );
+    let broker: Arc<Broker> = Arc::new(f.broker().unwrap());
+    let log = broker.audit_log().unwrap();
+    log.hold().unwrap();
+    let paused = log.pause_flushes();
+    let request = tokio::spawn({
+        let broker = broker.clone();
+        async move {
+            broker
+                .resolve("plain", &RequestContext::new())
+                .await
+                .map(|_| ())
+        }
+    });
+    // Both records (decision, issuance) queue behind the paused writer: one flush for both.
+    let waiter = broker.clone();
+    tokio::task::spawn_blocking(move || wait_queued(waiter.audit_log().unwrap(), 2))
+        .await
+        .unwrap();
+    log.fail_next_flush();
+    drop(paused);
+    let err = request.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io);
+    assert!(err.message().contains("injected failure"), "{err}");
+    // The next request is recorded and served.
+    broker
+        .resolve("plain", &RequestContext::new())
+        .await
+        .unwrap();
+}

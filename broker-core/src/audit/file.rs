@@ -7,7 +7,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use super::{
     Checkpoint, Event, EventKind, FORMAT_VERSION, Header, MAX_CHECKPOINT, MAX_FLUSH, MAX_RECORD,
@@ -49,27 +49,52 @@ fn file_type_name(kind: rustix::fs::FileType) -> &'static str {
     }
 }
 
-/// Takes `lock` on `file` without blocking, retrying until `wait` has passed. `Ok(false)`: the
-/// lock is still held by someone else.
-pub(super) fn try_flock(
-    file: &File,
-    lock: rustix::fs::FlockOperation,
-    wait: Duration,
-) -> std::io::Result<bool> {
-    let deadline = Instant::now() + wait;
-    let mut pause = Duration::from_millis(1);
-    loop {
-        match rustix::fs::flock(file, lock) {
-            Ok(()) => return Ok(true),
-            Err(e) if e == rustix::io::Errno::WOULDBLOCK || e == rustix::io::Errno::INTR => {}
-            Err(e) => return Err(e.into()),
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return Ok(false);
-        }
-        std::thread::sleep(pause.min(deadline - now));
-        pause = (pause * 2).min(Duration::from_millis(25));
+/// Takes an exclusive (or shared) `flock` on `file`, waiting at most `wait` for another
+/// holder. `Ok(false)`: the lock is still taken when `wait` has passed.
+///
+/// Polling a non-blocking lock would starve against another process that appends in a loop,
+/// so the wait is a blocking `flock` on a duplicate of the descriptor, in a thread of its
+/// own, given up after `wait`. A lock it takes after that is released with the open file (its
+/// duplicate closes when the thread ends, `file` when the caller drops it); a thread still
+/// waiting on a log held for good stays blocked until the process exits.
+pub(super) fn flock_within(file: &File, exclusive: bool, wait: Duration) -> std::io::Result<bool> {
+    use rustix::fs::FlockOperation;
+    let (now, blocking) = if exclusive {
+        (
+            FlockOperation::NonBlockingLockExclusive,
+            FlockOperation::LockExclusive,
+        )
+    } else {
+        (
+            FlockOperation::NonBlockingLockShared,
+            FlockOperation::LockShared,
+        )
+    };
+    match rustix::fs::flock(file, now) {
+        Ok(()) => return Ok(true),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => {}
+        Err(e) => return Err(e.into()),
+    }
+    if wait.is_zero() {
+        return Ok(false);
+    }
+    let fd = file.try_clone()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("audit-lock-wait".into())
+        .spawn(move || {
+            let locked = loop {
+                match rustix::fs::flock(&fd, blocking) {
+                    Err(e) if e == rustix::io::Errno::INTR => continue,
+                    other => break other,
+                }
+            };
+            let _ = tx.send(locked);
+        })?;
+    match rx.recv_timeout(wait) {
+        Ok(Ok(())) => Ok(true),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Ok(false),
     }
 }
 
@@ -207,8 +232,7 @@ impl Target {
 
     /// Takes the exclusive `flock` on `file`, waiting at most `wait` for another holder.
     pub(super) fn lock(&self, file: &File, wait: Duration) -> Result<()> {
-        let exclusive = rustix::fs::FlockOperation::NonBlockingLockExclusive;
-        match try_flock(file, exclusive, wait) {
+        match flock_within(file, true, wait) {
             Ok(true) => Ok(()),
             Ok(false) => Err(self.held_elsewhere()),
             Err(e) => Err(self.fail("lock", &e)),

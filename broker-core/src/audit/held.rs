@@ -112,8 +112,13 @@ impl Held {
         rx.recv().map_err(|_| self.stopped())?
     }
 
-    /// Queues `pending` and awaits the flush that covers it.
-    pub(super) async fn append_async(&self, pending: Pending, shared: &Shared) -> Result<u64> {
+    /// Queues `pending`; the receiver gets its seq (or the flush's error) once the flush that
+    /// covers it is done.
+    pub(super) fn submit(
+        &self,
+        pending: Pending,
+        shared: &Shared,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<u64>>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.enqueue(
             Job {
@@ -122,7 +127,11 @@ impl Held {
             },
             shared,
         )?;
-        rx.await.map_err(|_| self.stopped())?
+        Ok(rx)
+    }
+
+    pub(super) fn stopped_error(&self) -> Error {
+        self.stopped()
     }
 }
 

@@ -387,11 +387,23 @@ impl AuditLog {
     /// without blocking the runtime's thread. Not held, it appends in place as
     /// [`AuditLog::append`] does (blocking, as the CLI always has).
     pub async fn append_async(&self, event: &Event, now: SystemTime) -> Result<u64> {
+        self.submit(event, now)?.wait().await
+    }
+
+    /// Queues `event` without waiting for its flush: [`Receipt::wait`] does. Held, this never
+    /// blocks; not held, the record is written (and fsynced) before this returns. Lets a
+    /// request queue an early record (its decision) and wait once, for the flush that covers
+    /// its last record: flushes complete in order, so by then the early one is answered too.
+    /// An error here or from [`Receipt::wait`] means the record may not be written: refuse.
+    pub fn submit(&self, event: &Event, now: SystemTime) -> Result<Receipt> {
         let pending = Pending::new(event, now)?;
-        match self.held.get() {
-            Some(held) => held.append_async(pending, &self.shared).await,
-            None => self.append_direct(&pending, now),
-        }
+        Ok(Receipt(match self.held.get() {
+            Some(held) => ReceiptState::Queued {
+                reply: held.submit(pending, &self.shared)?,
+                stopped: held.stopped_error(),
+            },
+            None => ReceiptState::Done(Ok(self.append_direct(&pending, now)?)),
+        }))
     }
 
     /// One append with the log opened and locked for it alone.
@@ -424,5 +436,35 @@ impl AuditLog {
     /// and are then written in one flush.
     pub fn pause_flushes(&self) -> std::sync::MutexGuard<'_, ()> {
         self.shared.gate.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A record queued by [`AuditLog::submit`]; [`Receipt::wait`] gives its `seq` once the flush
+/// that covers it is done (or that flush's error). Dropping it leaves the record queued.
+#[derive(Debug)]
+#[must_use = "wait for the record's flush before acting on the request"]
+pub struct Receipt(ReceiptState);
+
+#[derive(Debug)]
+enum ReceiptState {
+    Done(Result<u64>),
+    Queued {
+        reply: tokio::sync::oneshot::Receiver<Result<u64>>,
+        stopped: crate::Error,
+    },
+}
+
+impl Receipt {
+    /// A receipt that is already answered (no log: nothing to wait for).
+    pub fn ready(seq: Result<u64>) -> Receipt {
+        Receipt(ReceiptState::Done(seq))
+    }
+
+    /// Waits (without blocking the thread) for the flush that covers the record.
+    pub async fn wait(self) -> Result<u64> {
+        match self.0 {
+            ReceiptState::Done(result) => result,
+            ReceiptState::Queued { reply, stopped } => reply.await.map_err(|_| stopped)?,
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::file::{held_elsewhere, open_regular, try_flock};
+use super::file::{flock_within, held_elsewhere, open_regular};
 use super::{Checkpoint, MAX_CHECKPOINT, MAX_FLUSH, MAX_RECORD, checkpoint_path, digest};
 use crate::localfile;
 use crate::{Error, ErrorKind, Result};
@@ -80,13 +80,7 @@ pub fn verify(path: &Path) -> Result<Verification> {
             ErrorKind::Integrity,
         )
     })?;
-    if !try_flock(
-        &file,
-        rustix::fs::FlockOperation::NonBlockingLockShared,
-        super::DEFAULT_LOCK_WAIT,
-    )
-    .map_err(|e| read_error(&e))?
-    {
+    if !flock_within(&file, false, super::DEFAULT_LOCK_WAIT).map_err(|e| read_error(&e))? {
         return Err(Error::new(ErrorKind::Io, held_elsewhere(path))
             .with_hint("a running daemon holds its log; stop it to verify the log, or verify a log no daemon holds"));
     }
