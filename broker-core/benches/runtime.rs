@@ -98,6 +98,8 @@ fn cedar_decision(c: &mut Criterion) {
     let request = PolicyRequest {
         agent_id: Some("deploy-bot"),
         agent_tenant: "team-a",
+        agent_identity: "local",
+        agent_attributes: &broker_core::policy::NO_ATTRIBUTES,
         action: Action::Mint,
         credential: "deploy",
         declared: true,

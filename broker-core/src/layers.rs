@@ -383,6 +383,8 @@ impl Broker {
         let request = PolicyRequest {
             agent_id: context.agent_id.as_deref(),
             agent_tenant: &tenant,
+            agent_identity: context.identity_method.as_deref().unwrap_or("local"),
+            agent_attributes: &context.attributes,
             action,
             credential: name,
             declared: spec.is_some(),
@@ -722,6 +724,8 @@ impl Broker {
         let request = PolicyRequest {
             agent_id: context.agent_id.as_deref(),
             agent_tenant: &tenant,
+            agent_identity: context.identity_method.as_deref().unwrap_or("local"),
+            agent_attributes: &context.attributes,
             action: Action::Revoke,
             credential: lease_id,
             declared: false,

@@ -19,7 +19,7 @@
 //! The file is parsed and validated (strict mode) against the schema when the broker loads; an
 //! error there is a config error, never an allow. No `permit` matching means deny.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::SystemTime;
@@ -33,7 +33,7 @@ use crate::{Error, Result};
 
 /// The Cedar schema every policy file is validated against.
 pub const SCHEMA: &str = r#"
-entity Agent = { tenant: String };
+entity Agent = { tenant: String, identity: String } tags String;
 entity Credential = { backend: String, badge: String, tenant: String, max_ttl: Long };
 type RequestContext = {
   ttl_seconds: Long,
@@ -48,6 +48,9 @@ action "resolve", "mint", "revoke", "rotate" appliesTo {
   context: RequestContext,
 };
 "#;
+
+/// No attributes: for requests whose identity carries none.
+pub static NO_ATTRIBUTES: BTreeMap<String, String> = BTreeMap::new();
 
 /// The principal id used when a request names no agent.
 pub const ANONYMOUS: &str = "anonymous";
@@ -169,6 +172,12 @@ pub struct PolicyRequest<'a> {
     pub agent_id: Option<&'a str>,
     /// The agent's tenant.
     pub agent_tenant: &'a str,
+    /// How the agent was identified: `local` (a CLI's `--agent`, a claim), or a daemon's
+    /// verified `unix`, `mtls`, `jwt` (Cedar: `principal.identity`).
+    pub agent_identity: &'a str,
+    /// Attributes of the verified identity (mapped JWT claims; Cedar: the principal's tags,
+    /// `principal.hasTag("team") && principal.getTag("team") == "infra"`).
+    pub agent_attributes: &'a BTreeMap<String, String>,
     /// The action.
     pub action: Action,
     /// The credential's name (or the lease id, for revoke).
@@ -367,13 +376,22 @@ impl CedarPolicy {
         let principal = uid("Agent", agent_id.as_deref().unwrap_or(ANONYMOUS))?;
         let resource = uid("Credential", r.credential)?;
         let action = uid("Action", r.action.as_str())?;
-        let agent = Entity::new(
+        let agent = Entity::new_with_tags(
             principal.clone(),
-            HashMap::from([(
-                "tenant".to_string(),
-                RestrictedExpression::new_string(r.agent_tenant.to_string()),
-            )]),
+            HashMap::from([
+                (
+                    "tenant".to_string(),
+                    RestrictedExpression::new_string(r.agent_tenant.to_string()),
+                ),
+                (
+                    "identity".to_string(),
+                    RestrictedExpression::new_string(r.agent_identity.to_string()),
+                ),
+            ]),
             HashSet::new(),
+            r.agent_attributes
+                .iter()
+                .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone()))),
         )
         .map_err(|e| internal("agent", &e))?;
         let credential = Entity::new(

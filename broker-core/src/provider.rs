@@ -40,6 +40,12 @@ pub struct RequestContext {
     pub identity: Option<String>,
     /// Why the caller says it asks (a daemon request's `reason`), recorded as given.
     pub purpose: Option<String>,
+    /// How a daemon verified the caller (`unix`, `mtls`, `jwt`); `None` is `local` (a
+    /// self-declared `--agent`). Policy sees it as `principal.identity`.
+    pub identity_method: Option<String>,
+    /// Attributes of the verified identity (mapped JWT claims); policy sees them as the
+    /// principal's tags.
+    pub attributes: std::collections::BTreeMap<String, String>,
 }
 
 impl RequestContext {
@@ -54,6 +60,8 @@ impl RequestContext {
             tenant: None,
             identity: None,
             purpose: None,
+            identity_method: None,
+            attributes: std::collections::BTreeMap::new(),
         }
     }
 }

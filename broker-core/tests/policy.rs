@@ -265,6 +265,8 @@ fn request(action: Action) -> PolicyRequest<'static> {
     PolicyRequest {
         agent_id: Some("a"),
         agent_tenant: "t",
+        agent_identity: "local",
+        agent_attributes: &broker_core::policy::NO_ATTRIBUTES,
         action,
         credential: "c",
         declared: true,
@@ -339,4 +341,31 @@ fn every_shipped_example_validates() {
     ] {
         Policy::load(&example(name)).unwrap();
     }
+}
+
+#[test]
+fn verified_identity_and_its_attributes_reach_cedar() {
+    let text = "@id(\"verified-infra\")\npermit (principal, action, resource)\nwhen { principal.identity != \"local\" && principal.hasTag(\"team\") && principal.getTag(\"team\") == \"infra\" };\n";
+    let p = Policy::from_str(text, Path::new("p.cedar")).unwrap();
+    let infra = std::collections::BTreeMap::from([("team".to_string(), "infra".to_string())]);
+    let other = std::collections::BTreeMap::from([("team".to_string(), "web".to_string())]);
+    let verified = |attributes| PolicyRequest {
+        agent_identity: "jwt",
+        agent_attributes: attributes,
+        ..request(Action::Resolve)
+    };
+    assert!(p.decide(&verified(&infra)).unwrap().allowed);
+    assert!(!p.decide(&verified(&other)).unwrap().allowed);
+    assert!(
+        !p.decide(&request(Action::Resolve)).unwrap().allowed,
+        "local: denied"
+    );
+    let local_infra = PolicyRequest {
+        agent_attributes: &infra,
+        ..request(Action::Resolve)
+    };
+    assert!(
+        !p.decide(&local_infra).unwrap().allowed,
+        "a claim is not a verified identity"
+    );
 }

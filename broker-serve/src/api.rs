@@ -223,6 +223,8 @@ impl App {
             Ok(principal) => {
                 ctx.agent_id = principal.agent.clone();
                 ctx.tenant = principal.tenant.clone();
+                ctx.identity_method = Some(principal.method.as_str().to_string());
+                ctx.attributes = principal.attributes.clone();
                 ctx.identity = Some(principal.identity.clone());
                 Ok(Call {
                     live,
@@ -673,6 +675,8 @@ async fn manifest(
             let request = PolicyRequest {
                 agent_id: Some(agent),
                 agent_tenant: &tenant,
+                agent_identity: call.principal.method.as_str(),
+                agent_attributes: &call.principal.attributes,
                 action: match spec.source {
                     Source::Resolve => Action::Resolve,
                     Source::Mint => Action::Mint,
