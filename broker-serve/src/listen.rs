@@ -561,7 +561,10 @@ async fn reload_on_hangup(app: App, reload: Arc<Reload>) {
             // a new path is held now, or the reload fails.
             let path = |b: &Broker| b.audit_log().map(|l| l.path().to_path_buf());
             if path(&broker) == path(&old.broker) {
-                Ok((broker.with_shared_audit_log(old.broker.shared_audit_log()), config))
+                Ok((
+                    broker.with_shared_audit_log(old.broker.shared_audit_log()),
+                    config,
+                ))
             } else {
                 if let Some(log) = broker.audit_log() {
                     log.hold()?;

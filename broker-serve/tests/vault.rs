@@ -206,7 +206,10 @@ fn revoke_on_shutdown_revokes_the_tokens_the_daemon_minted() {
     let token = a["value"].as_str().unwrap().to_string();
     assert!(lookup(&bao, &token).is_some());
     let (logs, audit) = d.stop();
-    assert!(lookup(&bao, &token).is_none(), "revoked when the daemon stopped");
+    assert!(
+        lookup(&bao, &token).is_none(),
+        "revoked when the daemon stopped"
+    );
     assert!(logs.contains("revoked on shutdown"), "{logs}");
     assert!(audit.contains("\"event\":\"revocation\""), "{audit}");
     for text in [&logs, &audit] {
