@@ -6,7 +6,8 @@
 //! - `cargo xtask test [ARGS]` runs setup, then every test: `cargo test --workspace
 //!   --all-features [ARGS]`, with the peers on the tests' search path.
 //! - `cargo xtask bench [ARGS]` runs the criterion benches and prints their figures, then (without
-//!   ARGS) the whole-process comparison.
+//!   ARGS) the whole-process comparison. `cargo xtask bench serve` runs only the `broker serve`
+//!   load bench (`cargo bench -p broker-serve --bench load`).
 //! - `cargo xtask bench-processes` times `broker get` against `sops decrypt --extract` and
 //!   `age -d` as whole processes on generated inputs, and prints the ratios.
 //! - `cargo xtask fuzz TARGET|all|smoke [--time SECONDS]` runs the libFuzzer targets in `fuzz/`
@@ -40,7 +41,7 @@ fn main() -> ExitCode {
         "fuzz" => fuzz(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup | test [CARGO TEST ARGS] | bench [CARGO BENCH ARGS] | fuzz TARGET|all|smoke [--time SECONDS]>"
+                "usage: cargo xtask <setup | test [CARGO TEST ARGS] | bench [serve | CARGO BENCH ARGS] | fuzz TARGET|all|smoke [--time SECONDS]>"
             );
             return ExitCode::from(if task == "help" { 0 } else { 2 });
         }
@@ -158,14 +159,46 @@ fn test(peers: &Path, extra: &[String]) -> Result<(), String> {
 }
 
 fn bench(peers: &Path, extra: &[String]) -> Result<(), String> {
-    run(cargo()
-        .args(["bench", "--workspace", "--all-features"])
-        .args(extra)
-        .env("BROKER_PEERS_BIN", peers))?;
+    if let Some((first, rest)) = extra.split_first()
+        && first == "serve"
+    {
+        return bench_serve(peers, rest);
+    }
+    // Includes broker-serve's `load` bench (harness = false: it prints its own figures).
+    run(with_peers(
+        cargo()
+            .args(["bench", "--workspace", "--all-features"])
+            .args(extra),
+        peers,
+    ))?;
     if extra.is_empty() {
         processes(peers)?;
     }
     Ok(())
+}
+
+/// `cargo xtask bench serve`: only the `broker serve` load and cold-mint bench (release
+/// profile); `BROKER_BENCH_REQUESTS`, `BROKER_BENCH_CONCURRENCY`, `BROKER_BENCH_FSYNC` and
+/// `BROKER_BENCH_DAEMON_THREADS` pass through (see `broker-serve/benches/load.rs`).
+fn bench_serve(peers: &Path, extra: &[String]) -> Result<(), String> {
+    println!("xtask: broker serve load bench (release build; the first one takes minutes)");
+    run(with_peers(
+        cargo()
+            .args(["bench", "-p", "broker-serve", "--bench", "load"])
+            .args(extra),
+        peers,
+    ))
+}
+
+/// The test peers (OpenBao for the cold-mint figures) where the benches look for them:
+/// `BROKER_PEERS_BIN` and the front of `PATH`.
+fn with_peers<'a>(cmd: &'a mut Command, peers: &Path) -> &'a mut Command {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let path = std::env::join_paths(
+        std::iter::once(peers.to_path_buf()).chain(std::env::split_paths(&path)),
+    )
+    .unwrap_or(path);
+    cmd.env("BROKER_PEERS_BIN", peers).env("PATH", path)
 }
 
 /// Whole-process timings: `broker get` against `sops decrypt --extract` and `age -d` on the
