@@ -150,6 +150,9 @@ struct Call {
     live: Arc<Live>,
     principal: Principal,
     ctx: RequestContext,
+    /// Whom refusals are counted against (denial storms): the agent id, else the peer (a
+    /// unix uid, an IP address).
+    who: String,
 }
 
 pub(crate) fn router(app: App) -> Router {
@@ -227,13 +230,15 @@ impl App {
                 ctx.attributes = principal.attributes.clone();
                 ctx.identity = Some(principal.identity.clone());
                 Ok(Call {
+                    who: principal.agent.clone().unwrap_or_else(|| peer.cap_key()),
                     live,
                     principal,
                     ctx,
                 })
             }
             Err(err) => {
-                self.refuse(&live, &ctx, &err, |_| {}).await;
+                self.refuse(&live, &ctx, &peer.cap_key(), &err, |_| {})
+                    .await;
                 Err(err)
             }
         }
@@ -258,7 +263,8 @@ impl App {
                 "unknown_peer",
                 "the caller is an admin, not an agent",
             );
-            self.refuse(&call.live, &call.ctx, &err, |_| {}).await;
+            self.refuse(&call.live, &call.ctx, &call.who, &err, |_| {})
+                .await;
             return Err(err);
         };
         if self.state.is_blocked(&id).await? {
@@ -267,7 +273,8 @@ impl App {
                 "agent_blocked",
                 format!("agent `{id}` is blocked"),
             );
-            self.refuse(&call.live, &call.ctx, &err, |_| {}).await;
+            self.refuse(&call.live, &call.ctx, &call.who, &err, |_| {})
+                .await;
             return Err(err);
         }
         if let Some(wait) = self.state.check_rate(&id).await? {
@@ -278,7 +285,8 @@ impl App {
                 format!("agent `{id}` is over its rate limit (`serve.limits`)"),
             )
             .with_retry_after(secs.max(1));
-            self.refuse(&call.live, &call.ctx, &err, |_| {}).await;
+            self.refuse(&call.live, &call.ctx, &call.who, &err, |_| {})
+                .await;
             return Err(err);
         }
         Ok((call, id))
@@ -291,6 +299,7 @@ impl App {
         &self,
         live: &Live,
         ctx: &RequestContext,
+        who: &str,
         err: &ApiError,
         fill: impl FnOnce(&mut Event),
     ) {
@@ -305,26 +314,21 @@ impl App {
         if let Err(err) = live.broker.record_async(&e).await {
             tracing::error!("cannot record a refusal in the audit log: {err}");
         }
-        self.denied(live, ctx, err).await;
+        self.denied(live, ctx, who, err).await;
     }
 
     /// Counts a refusal of the caller in `ctx`; the `serve.denials.threshold`th within the
     /// window raises an alert (then the count starts over).
-    async fn denied(&self, live: &Live, ctx: &RequestContext, err: &ApiError) {
+    async fn denied(&self, live: &Live, ctx: &RequestContext, who: &str, err: &ApiError) {
         self.metrics.refused(err.kind);
         let threshold = live.config.denial_threshold as usize;
         if threshold == 0 || err.status == StatusCode::TOO_MANY_REQUESTS {
             return;
         }
-        let who = ctx
-            .agent_id
-            .clone()
-            .or_else(|| ctx.identity.clone())
-            .unwrap_or_default();
         let now = std::time::Instant::now();
         let storm = {
             let mut denials = self.denials.lock().unwrap_or_else(|p| p.into_inner());
-            let recent = denials.entry(who.clone()).or_default();
+            let recent = denials.entry(who.to_string()).or_default();
             recent.push_back(now);
             while recent
                 .front()
@@ -349,7 +353,7 @@ impl App {
             e.outcome = Some("denial_storm".into());
             e.reason = Some(format!(
                 "{threshold} refusals of `{}` within {}s (the last: {})",
-                broker_core::grammar::elide(&who),
+                broker_core::grammar::elide(who),
                 live.config.denial_window.as_secs(),
                 err.kind
             ));
@@ -384,7 +388,8 @@ impl App {
                     format!("agent `{agent}` has {cap} requests in flight (`serve.limits`)"),
                 )
                 .with_retry_after(1);
-                self.refuse(&call.live, &call.ctx, &err, |_| {}).await;
+                self.refuse(&call.live, &call.ctx, &call.who, &err, |_| {})
+                    .await;
                 Err(err)
             }
         }
@@ -497,7 +502,9 @@ async fn credential(
 ) -> Result<Response, ApiError> {
     let (call, agent) = app.agent_call(&peer, &headers).await?;
     let _slot = app.slot(&call, &agent).await?;
-    let Call { live, mut ctx, .. } = call;
+    let Call {
+        live, mut ctx, who, ..
+    } = call;
     let bytes = read_body(body).await?;
     let req: CredentialRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
         CredentialRequest::default()
@@ -527,7 +534,7 @@ async fn credential(
                 max.as_secs()
             ),
         );
-        app.refuse(&live, &ctx, &err, |e| {
+        app.refuse(&live, &ctx, &who, &err, |e| {
             e.credential = Some(name.clone());
             e.ttl = Some(want.as_secs());
         })
@@ -538,7 +545,7 @@ async fn credential(
         match narrow(&name, spec.as_ref().and_then(|s| s.scope.as_ref()), want) {
             Ok(scope) => ctx.scope = Some(scope),
             Err(err) => {
-                app.refuse(&live, &ctx, &err, |e| {
+                app.refuse(&live, &ctx, &who, &err, |e| {
                     e.credential = Some(name.clone());
                     e.scope = serde_json::to_value(want).ok();
                 })
@@ -563,7 +570,7 @@ async fn credential(
                 e.into()
             };
             if err.status.is_client_error() {
-                app.denied(&live, &ctx, &err).await;
+                app.denied(&live, &ctx, &who, &err).await;
             }
             return Err(err);
         }
@@ -649,7 +656,8 @@ async fn manifest(
                     "agent_blocked",
                     format!("agent `{id}` is blocked"),
                 );
-                app.refuse(&call.live, &call.ctx, &err, |_| {}).await;
+                app.refuse(&call.live, &call.ctx, &call.who, &err, |_| {})
+                    .await;
                 return Err(err);
             }
             Some(id.clone())
@@ -729,7 +737,8 @@ async fn admin_call(app: &App, peer: &Peer, headers: &HeaderMap) -> Result<Call,
             "not_admin",
             "the caller is not in `serve.admins`",
         );
-        app.refuse(&call.live, &call.ctx, &err, |_| {}).await;
+        app.refuse(&call.live, &call.ctx, &call.who, &err, |_| {})
+            .await;
         return Err(err);
     }
     Ok(call)
@@ -878,7 +887,7 @@ async fn revoke(
             "unknown_lease",
             "no live lease with this id issued to the caller",
         );
-        app.refuse(&call.live, &call.ctx, &err, |e| {
+        app.refuse(&call.live, &call.ctx, &call.who, &err, |e| {
             e.action = Some("revoke".into());
             e.lease_id = Some(id.clone());
         })

@@ -299,7 +299,8 @@ impl Serving {
                                 "tls_handshake_refused",
                                 format!("the TLS handshake was refused: {e}"),
                             );
-                            serving.app.refuse(&live, &ctx, &err, |_| {}).await;
+                            let who = format!("ip:{}", addr.ip());
+                            serving.app.refuse(&live, &ctx, &who, &err, |_| {}).await;
                             return;
                         }
                         Err(_) => {
@@ -580,13 +581,15 @@ async fn reload_on_hangup(app: App, reload: Arc<Reload>) {
                 {
                     tracing::warn!("listener settings changed: they take effect on a restart");
                 }
+                let broker = Arc::new(broker);
+                app.replace(Live {
+                    broker: broker.clone(),
+                    config: Arc::new(config),
+                });
+                // Recorded once in force: a request that sees the record gets the new config.
                 if let Err(e) = broker.record_notice(&ctx, "config_reloaded", "on SIGHUP") {
                     tracing::error!("cannot record the reload in the audit log: {e}");
                 }
-                app.replace(Live {
-                    broker: Arc::new(broker),
-                    config: Arc::new(config),
-                });
                 app.metrics.reloaded(true);
                 tracing::info!("config and policy reloaded");
             }

@@ -127,6 +127,16 @@ fn a_denial_storm_raises_an_alert() {
         assert_eq!(a.status, 404);
     }
     let audit = wait_for_audit(&d, "\"outcome\":\"denial_storm\"");
+    // An unmapped peer is counted by its uid, whatever its pid: three processes, one storm.
+    if common::can_switch_uid() {
+        d.open_to_all();
+        for _ in 0..3 {
+            let (status, _) =
+                common::curl_as(65534, &d.socket, "POST", "/v1/credentials/api", "{}");
+            assert_eq!(status, 403);
+        }
+        wait_for_audit(&d, "refusals of `uid:65534`");
+    }
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !std::fs::read_to_string(&alerts_path)
         .unwrap_or_default()
