@@ -34,7 +34,10 @@
 //!   and wait; the writer takes everything queued, writes it, fsyncs once, rewrites the
 //!   checkpoint once and then answers every record of that flush (group commit). A failed
 //!   flush fails every record in it, and the writer re-reads and re-checks the tail before
-//!   the next one. [`AuditLog::flushes`] counts the flushes.
+//!   the next one. [`AuditLog::submit`] queues a record without waiting and hands back a
+//!   [`Receipt`] to wait on later: flushes complete in order, so a request that queues its
+//!   decision and waits for its issuance record waits for one flush, not two.
+//!   [`AuditLog::flushes`] counts the flushes.
 //!
 //! Either way the record is fsynced (unless `audit.fsync: false`) before the broker hands out
 //! a credential; if it cannot be written the request is refused.
