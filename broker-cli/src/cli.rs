@@ -12,6 +12,15 @@ pub struct Cli {
     #[arg(long, global = true, env = "BROKER_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
 
+    /// When to colour output and draw the progress spinner: `auto` (a terminal, and
+    /// `NO_COLOR` unset), `always`, `never`.
+    #[arg(long, global = true, value_name = "WHEN", default_value = "auto")]
+    pub color: ColorChoice,
+
+    /// Print only results and errors: no warnings, notes or progress.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+
     /// The subcommand.
     #[command(subcommand)]
     pub command: Command,
@@ -43,6 +52,12 @@ pub enum Command {
     /// Print one credential obtained from a running daemon (to a terminal, or with --reveal).
     #[cfg(feature = "serve")]
     Request(RequestArgs),
+    /// Print a shell completion script (`source <(broker completions bash)`).
+    Completions(CompletionsArgs),
+    /// Write the man pages (`broker.1`, `broker-run.1`, ...) into a directory; `cargo xtask
+    /// man` runs it.
+    #[command(hide = true)]
+    Man(ManArgs),
 }
 
 /// How to reach a `broker serve` daemon: `--from` and, over TLS, the client's proof.
@@ -268,4 +283,31 @@ impl clap::builder::TypedValueParser for AgentId {
             .map(Option::unwrap_or_default)
             .map_err(|e| refuse(e.message()))
     }
+}
+
+/// `--color`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorChoice {
+    /// Colour and spinner when stderr is a terminal and `NO_COLOR` is unset or empty.
+    Auto,
+    /// Always (still never on `--json` or `--quiet`).
+    Always,
+    /// Never.
+    Never,
+}
+
+/// `broker completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `broker man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The directory to write the pages into (created if missing).
+    #[arg(long, value_name = "DIR", default_value = "target/man")]
+    pub out: PathBuf,
 }

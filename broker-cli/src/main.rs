@@ -9,6 +9,7 @@
 
 mod backends;
 mod cli;
+mod completions;
 #[cfg(feature = "aws")]
 mod credential_process;
 mod exit;
@@ -189,6 +190,8 @@ async fn dispatch(cli: Cli, swept: Vec<PathBuf>) -> Result<u8, Error> {
             if args.no_redact {
                 return Err(Error::invalid_config(
                     "--no-redact cannot be used with --from: there is no local audit log to record it in",
+        Command::Completions(args) => completions::completions(args.shell),
+        Command::Man(args) => completions::man_pages(&args.out),
                 ));
             }
             let registry = broker_core::Registry::global().clone();

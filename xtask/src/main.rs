@@ -13,6 +13,9 @@
 //! - `cargo xtask fuzz TARGET|all|smoke [--time SECONDS]` runs the libFuzzer targets in `fuzz/`
 //!   (installing `cargo-fuzz` when missing), resuming each from its working corpus, and logs
 //!   the executions to `$HOME/.cache/broker-fuzz-log.tsv` (see `docs/security.md`).
+//! - `cargo xtask man [--out DIR]` writes the man pages of `broker` and every subcommand
+//!   (`broker.1`, `broker-run.1`, ...) into DIR (default `target/man`), generated from the
+//!   CLI's clap definitions by the hidden `broker man`.
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -39,9 +42,10 @@ fn main() -> ExitCode {
         "bench" => setup().and_then(|venv| bench(&venv, rest)),
         "bench-processes" => setup().and_then(|venv| processes(&venv)),
         "fuzz" => fuzz(rest),
+        "man" => man(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup | test [CARGO TEST ARGS] | bench [serve | CARGO BENCH ARGS] | fuzz TARGET|all|smoke [--time SECONDS]>"
+                "usage: cargo xtask <setup | test [CARGO TEST ARGS] | bench [serve | CARGO BENCH ARGS] | fuzz TARGET|all|smoke [--time SECONDS] | man [--out DIR]>"
             );
             return ExitCode::from(if task == "help" { 0 } else { 2 });
         }
@@ -537,4 +541,33 @@ fn utc_now() -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+/// `cargo xtask man [--out DIR]`: builds `broker` and has it write its man pages.
+fn man(args: &[String]) -> Result<(), String> {
+    let out = match args {
+        [] => root().join("target/man"),
+        [flag, dir] if flag == "--out" => std::env::current_dir()
+            .map_err(|e| format!("cannot read the working directory: {e}"))?
+            .join(dir),
+        _ => return Err("usage: cargo xtask man [--out DIR]".into()),
+    };
+    run(cargo()
+        .args([
+            "run",
+            "--quiet",
+            "-p",
+            "broker-cli",
+            "--bin",
+            "broker",
+            "--",
+            "man",
+            "--out",
+        ])
+        .arg(&out))?;
+    println!(
+        "xtask: man pages in {} (view one with `man -l`)",
+        out.display()
+    );
+    Ok(())
 }
