@@ -2,8 +2,8 @@
 //! `Authorization: Bearer` from a token file (re-read on every request) and is who its token
 //! says — or is refused with an exact status and kind, and an audit record of that outcome.
 //! The JWKS is a file in the daemon's dir; keys are made and tokens signed at test time
-//! (`support_tokens`). A tenant-bound Cedar policy sees the tenant claim as
-//! `principal.tenant`. Canary values (credentials, an unmapped claim) and the tokens themselves
+//! (`support_tokens`). The Cedar policy sees the tenant claim as `principal.tenant` and a
+//! mapped claim (`serve.jwt.attributes`) as a principal tag. Canary values (credentials, an unmapped claim) and the tokens themselves
 //! never reach the logs (at `trace`), an error body or the audit log.
 #![allow(clippy::unwrap_used)]
 
@@ -40,10 +40,18 @@ fn daemon_child() {
     common::daemon_main();
 }
 
-/// Agents get their own tenant's credentials only (`examples/policies/tenant-bound.cedar`).
+/// Agents get their own tenant's credentials only (`examples/policies/tenant-bound.cedar`);
+/// `prod-only` (tenant `ops`, nobody's) goes to JWT-verified callers whose `env` attribute
+/// (the `environment` claim) is `prod`.
 const POLICY: &str = r#"@id("same-tenant")
 permit (principal, action in [Action::"resolve", Action::"mint"], resource)
 when { principal.tenant != "" && principal.tenant == resource.tenant };
+
+@id("prod-jwt-callers")
+permit (principal, action == Action::"resolve", resource == Credential::"prod-only")
+when {
+  principal.identity == "jwt" && principal.hasTag("env") && principal.getTag("env") == "prod"
+};
 "#;
 
 /// The daemon's config; `jwt` adds `serve.jwt` and the tenant-bound policy.
@@ -52,6 +60,7 @@ fn config(dir: &Path, jwt: bool) -> String {
         "credentials:\n\
          \x20 mine: { ref: \"env:BROKER_SERVE_TEST_TENANT_A\", as: MINE, tenant: a }\n\
          \x20 theirs: { ref: \"env:BROKER_SERVE_TEST_TENANT_B\", as: THEIRS, tenant: b }\n\
+         \x20 prod-only: { ref: \"env:BROKER_SERVE_TEST_TENANT_A\", as: PROD, tenant: ops }\n\
          audit: { path: audit.jsonl }\n",
     );
     if jwt {
@@ -399,6 +408,36 @@ fn bearer_tokens_identify_agents_and_bad_ones_are_refused_and_audited() {
         "{new:?}"
     );
 
+    // Attribute-bound: the `environment` claim, mapped to attribute `env`, is a principal tag.
+    let a = client.ask(&valid, "prod-only");
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    let dev = key_a.token(&claims_with("environment", "dev".into()));
+    let a = client.ask(&dev, "prod-only");
+    assert_refused(&a, 403, "policy_denied");
+    let untagged = key_a.token(&claims_with("environment", Value::Null));
+    let a = client.ask(&untagged, "prod-only");
+    assert_refused(&a, 403, "policy_denied");
+    let new = tail.new_records(&d);
+    let decisions: Vec<(&str, &str)> = new
+        .iter()
+        .filter(|r| r["event"] == "decision")
+        .map(|r| {
+            (
+                r["decision"].as_str().unwrap(),
+                r["reason"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        decisions,
+        [
+            ("granted", "permitted by prod-jwt-callers"),
+            ("denied", "no policy permits it (default deny)"),
+            ("denied", "no policy permits it (default deny)"),
+        ],
+        "{new:?}"
+    );
+
     let (logs, audit) = d.stop();
     // The logs are at `trace`: the verifier's refusals are in them, by kind only.
     assert!(logs.contains("bearer token refused"), "{logs}");
@@ -422,6 +461,8 @@ fn bearer_tokens_identify_agents_and_bad_ones_are_refused_and_audited() {
         [
             "token_malformed",
             "token_unknown_key",
+            "policy: no policy permits it (default deny)",
+            "policy: no policy permits it (default deny)",
             "policy: no policy permits it (default deny)",
             "policy: no policy permits it (default deny)",
         ]
