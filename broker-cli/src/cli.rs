@@ -52,6 +52,11 @@ pub enum Command {
     /// Print one credential obtained from a running daemon (to a terminal, or with --reveal).
     #[cfg(feature = "serve")]
     Request(RequestArgs),
+    /// Serve the Model Context Protocol to an agent: over stdio (the client starts it), or
+    /// streamable HTTP with --listen. Tools list credentials and run commands with them;
+    /// values never reach the agent.
+    #[cfg(feature = "mcp")]
+    Mcp(McpArgs),
     /// Print a shell completion script (`source <(broker completions bash)`).
     Completions(CompletionsArgs),
     /// Write the man pages (`broker.1`, `broker-run.1`, ...) into a directory; `cargo xtask
@@ -124,6 +129,19 @@ pub struct RequestArgs {
     /// The whole answer as JSON (value included; same --reveal rule).
     #[arg(long)]
     pub json: bool,
+}
+
+/// `broker mcp`.
+#[cfg(feature = "mcp")]
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    /// The agent's identity over stdio, for policy and the audit log (default: `mcp.agent`).
+    #[arg(long, env = "BROKER_AGENT_ID", value_name = "ID", value_parser = AgentId, conflicts_with = "listen")]
+    pub agent: Option<String>,
+    /// Serve streamable HTTP on this loopback address (`127.0.0.1:8765`; port 0 picks one)
+    /// instead of stdio; callers prove who they are with a bearer token (`serve.jwt`).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `--json`.

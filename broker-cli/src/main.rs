@@ -69,6 +69,12 @@ fn main() -> ExitCode {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BROKER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // The MCP SDK logs session ids (and, at trace level, messages): never shown.
+    #[cfg(feature = "mcp")]
+    let filter = match "rmcp=off".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Every log line goes through the redactor of the values this process holds.
@@ -330,6 +336,40 @@ async fn dispatch(cli: Cli, swept: Vec<PathBuf>) -> Result<u8, Error> {
             written
                 .and_then(|()| out.flush())
                 .map_err(|e| Error::io("cannot write to standard output", &e))?;
+            Ok(0)
+        }
+        #[cfg(feature = "mcp")]
+        Command::Mcp(args) => {
+            let _hygiene = hygiene::Hygiene::enter();
+            let broker = std::sync::Arc::new(load(config, None)?);
+            match args.listen {
+                None => broker_mcp::serve_stdio(broker, args.agent).await?,
+                Some(listen) => {
+                    let ready = |addr: std::net::SocketAddr| {
+                        let _ = writeln!(
+                            std::io::stderr(),
+                            "broker mcp: listening on http://{addr}{}",
+                            broker_mcp::MCP_PATH
+                        );
+                    };
+                    let shutdown = async {
+                        let term = tokio::signal::unix::signal(
+                            tokio::signal::unix::SignalKind::terminate(),
+                        );
+                        match term {
+                            Ok(mut term) => tokio::select! {
+                                _ = term.recv() => {}
+                                _ = tokio::signal::ctrl_c() => {}
+                            },
+                            Err(_) => {
+                                let _ = tokio::signal::ctrl_c().await;
+                            }
+                        }
+                    };
+                    let options = broker_mcp::HttpOptions { listen };
+                    broker_mcp::serve_http(broker, options, ready, shutdown).await?;
+                }
+            }
             Ok(0)
         }
         #[cfg(feature = "aws")]

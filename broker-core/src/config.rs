@@ -129,8 +129,20 @@ pub struct CredentialSpec {
     pub options: BTreeMap<String, serde_json::Value>,
     /// The tenant the credential belongs to (`tenant:`; default: the config's `tenant:`).
     pub tenant: Option<String>,
+    /// What the MCP server (`broker mcp`) may do with it (`mcp:`).
+    pub mcp: McpCredential,
     /// The line the credential starts on.
     pub line: u64,
+}
+
+/// A credential's `mcp:` key: what `broker mcp` may do with it beyond running a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpCredential {
+    /// `reveal: true`: the MCP server's `reveal_credential` tool may show the value to the
+    /// agent (audited). Default false: the value never enters the model's context.
+    #[serde(default)]
+    pub reveal: bool,
 }
 
 impl CredentialSpec {
@@ -242,6 +254,62 @@ impl ServeSettings {
     }
 }
 
+/// The top-level `mcp:` section (`broker mcp`'s settings), kept as source so `broker-mcp`
+/// parses it into its own type (unknown keys stay errors there) with line numbers intact.
+#[derive(Debug, Clone)]
+pub struct McpSettings {
+    line: u64,
+    file: Arc<Path>,
+    source: Arc<str>,
+}
+
+impl McpSettings {
+    /// The line the section starts on.
+    pub fn line(&self) -> u64 {
+        self.line
+    }
+    /// Parses the section into the MCP server's settings type.
+    pub fn parse<T: de::DeserializeOwned>(&self) -> Result<T> {
+        let parsed =
+            serde_saphyr::with_deserializer_from_str_with_options(&self.source, options(), |d| {
+                PickTop::<T>("mcp", std::marker::PhantomData).deserialize(d)
+            });
+        match parsed {
+            Ok(Some(t)) => Ok(t),
+            Ok(None) => Err(Error::internal("the `mcp` section vanished")),
+            Err(e) => Err(yaml_error(&self.file, &e).with_hint("in `mcp`")),
+        }
+    }
+}
+
+/// Picks one top-level key of the root map and deserializes only it into `T`.
+struct PickTop<T>(&'static str, std::marker::PhantomData<T>);
+
+impl<'de, T: de::DeserializeOwned> DeserializeSeed<'de> for PickTop<T> {
+    type Value = Option<T>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Option<T>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, T: de::DeserializeOwned> Visitor<'de> for PickTop<T> {
+    type Value = Option<T>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Option<T>, A::Error> {
+        let mut found = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == self.0 {
+                found = Some(map.next_value::<T>()?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
 struct PickServe<T>(std::marker::PhantomData<T>);
 
 impl<'de, T: de::DeserializeOwned> DeserializeSeed<'de> for PickServe<T> {
@@ -294,6 +362,8 @@ pub struct Config {
     pub alert: Option<AlertConfig>,
     /// The daemon's section (`serve:`), parsed by `broker-serve`.
     pub serve: Option<ServeSettings>,
+    /// The MCP server's section (`mcp:`), parsed by `broker-mcp`.
+    pub mcp: Option<McpSettings>,
 }
 
 impl Config {
@@ -397,6 +467,11 @@ impl Config {
             tenant: raw.tenant,
             alert: raw.alert,
             serve: raw.serve.map(|s| ServeSettings {
+                line: s.referenced.line(),
+                file: file.clone(),
+                source: source.clone(),
+            }),
+            mcp: raw.mcp.map(|s| McpSettings {
                 line: s.referenced.line(),
                 file: file.clone(),
                 source: source.clone(),
@@ -704,11 +779,12 @@ fn validate_credential(
         scope,
         options,
         tenant: raw.tenant,
+        mcp: raw.mcp.unwrap_or_default(),
         line,
     })
 }
 
-const CORE_KEYS: &[&str] = &["ref", "mint", "as", "kind", "ttl", "scope", "tenant"];
+const CORE_KEYS: &[&str] = &["ref", "mint", "as", "kind", "ttl", "scope", "tenant", "mcp"];
 
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -729,6 +805,8 @@ struct RawConfig {
     alert: Option<AlertConfig>,
     #[serde(default)]
     serve: Option<Spanned<IgnoredAny>>,
+    #[serde(default)]
+    mcp: Option<Spanned<IgnoredAny>>,
 }
 
 #[derive(Default)]
@@ -746,6 +824,7 @@ struct RawCredential {
     ttl: Option<Spanned<String>>,
     scope: Option<Spanned<Scope>>,
     tenant: Option<String>,
+    mcp: Option<McpCredential>,
     options: Vec<(String, (u64, u64), serde_json::Value)>,
 }
 
@@ -851,6 +930,7 @@ impl<'de> Deserialize<'de> for RawCredential {
                         }
                         "scope" => raw.scope = Some(m.next_value()?),
                         "tenant" => raw.tenant = Some(m.next_value()?),
+                        "mcp" => raw.mcp = Some(m.next_value()?),
                         other => {
                             let v: serde_json::Value = m.next_value()?;
                             raw.options.push((other.to_string(), position, v));
