@@ -495,3 +495,35 @@ fn a_daemon_without_serve_jwt_refuses_bearer_tokens() {
         client.assert_no_token(what, text);
     }
 }
+
+/// A JWKS file that cannot be read when an unknown kid asks for a re-read: 503
+/// `jwks_unavailable` (audited); the keys loaded before keep working.
+#[test]
+fn an_unreadable_jwks_on_refetch_is_unavailable_and_the_loaded_keys_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key_a, key_b) = (Signer::ec("key-a"), Signer::ec("key-b"));
+    std::fs::write(dir.path().join("jwks.json"), jwks(&[&key_a])).unwrap();
+    std::fs::write(dir.path().join("policy.cedar"), POLICY).unwrap();
+    let config = config(dir.path(), true);
+    let d = Daemon::start_in(dir, &config, ENV);
+    let mut client = Client::new(&d.socket);
+    let mut tail = AuditTail { seen: 0 };
+    tail.new_records(&d);
+    std::fs::write(
+        d.dir.path().join("jwks.json"),
+        format!("{{\"keys\": \"{CLAIM_CANARY}\"}}"),
+    )
+    .unwrap();
+    let a = client.ask(&key_b.token(&claims("Agent-A", "a")), "mine");
+    assert_refused(&a, 503, "jwks_unavailable");
+    tail.refused(&d, "jwks_unavailable");
+    let a = client.ask(&key_a.token(&claims("Agent-A", "a")), "mine");
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(json(&a)["value"], CANARY_A);
+    let (logs, audit) = d.stop();
+    assert!(logs.contains("cannot load the JWKS"), "{logs}");
+    for (what, text) in [("the daemon's logs", &logs), ("the audit log", &audit)] {
+        assert_no_canary(what, text, &[CANARY_A, CANARY_B, CLAIM_CANARY]);
+        client.assert_no_token(what, text);
+    }
+}
