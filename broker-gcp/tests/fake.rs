@@ -588,3 +588,134 @@ fn decode(v: &str) -> String {
     }
     String::from_utf8(out).unwrap()
 }
+
+#[tokio::test]
+async fn a_service_account_key_by_reference_signs_its_own_jwt() {
+    let fake = FakeGoogle::start();
+    fake.add_account(SA);
+    let broker_sa = "broker@broker-test.iam.gserviceaccount.com";
+    let Some(generated) = python(&["sa-key", broker_sa]) else {
+        return;
+    };
+    let private_key = generated["key"]["private_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let nested = Nested(HashMap::from([(
+        "env:GCP_SA_KEY".to_string(),
+        generated["key"].to_string().into_bytes(),
+    )]));
+    let p = provider(&fake, |s| {
+        s.auth = Some(Auth::Credentials {
+            credentials_ref: "env:GCP_SA_KEY".into(),
+        })
+    });
+    let minted = Call::new(&format!("gcp-iam://{SA}"))
+        .mint(&p, &nested)
+        .await
+        .unwrap();
+    assert!(
+        minted
+            .value()
+            .expose()
+            .starts_with(MINTED_PREFIX.as_bytes())
+    );
+    let seen = fake.seen();
+    // No token endpoint call: the key signs a JWT that is sent as the bearer token, which
+    // the key's public half verifies.
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let jwt = seen[0]
+        .authorization
+        .as_deref()
+        .unwrap()
+        .strip_prefix("Bearer ")
+        .unwrap()
+        .to_string();
+    let verified = python(&["verify-jwt", generated["public"].as_str().unwrap(), &jwt]).unwrap();
+    assert_eq!(verified["header"]["alg"], "RS256");
+    assert_eq!(verified["header"]["kid"], "0123456789abcdef");
+    assert_eq!(verified["claims"]["iss"], broker_sa);
+    assert_eq!(verified["claims"]["sub"], broker_sa);
+    assert_eq!(
+        verified["claims"]["scope"],
+        "https://www.googleapis.com/auth/cloud-platform"
+    );
+    // The key never shows in what the provider prints.
+    let key_body = private_key.lines().nth(5).unwrap().to_string();
+    assert_no_canary("provider Debug", &format!("{p:?}"), &[&key_body]);
+
+    // A document of another type is refused, naming the type only.
+    let nested = Nested(HashMap::from([(
+        "env:GCP_SA_KEY".to_string(),
+        br#"{"type":"authorized_user","refresh_token":"gcp-refresh-canary-77aa"}"#.to_vec(),
+    )]));
+    let p = provider(&fake, |s| {
+        s.auth = Some(Auth::Credentials {
+            credentials_ref: "env:GCP_SA_KEY".into(),
+        })
+    });
+    let err = Call::new(&format!("gcp-iam://{SA}"))
+        .mint(&p, &nested)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "`gcp-iam://{SA}`: the Google credentials document has type `authorized_user`; the broker takes `service_account` or `external_account`"
+        )
+    );
+    assert_no_canary("error", &format!("{err:?}"), &["gcp-refresh-canary-77aa"]);
+}
+
+#[tokio::test]
+async fn the_metadata_server_identity() {
+    let fake = FakeGoogle::start();
+    fake.add_account(SA);
+    let p = provider(&fake, |s| {
+        s.auth = Some(Auth::Metadata {
+            endpoint: Some(fake.url.clone()),
+        })
+    });
+    let nested = nested();
+    Call::new(&format!("gcp-iam://{SA}"))
+        .mint(&p, &nested)
+        .await
+        .unwrap();
+    let seen = fake.seen();
+    let token = seen
+        .iter()
+        .find(|s| s.path == "/computeMetadata/v1/instance/service-accounts/default/token")
+        .unwrap_or_else(|| panic!("no metadata token request: {seen:?}"));
+    assert_eq!(token.method, "GET");
+    assert_eq!(token.metadata_flavor.as_deref(), Some("Google"));
+    assert_eq!(
+        token.query,
+        "scopes=https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fcloud-platform"
+    );
+    let iam = seen.last().unwrap();
+    assert_eq!(
+        iam.path,
+        format!("/v1/projects/-/serviceAccounts/{SA}:generateAccessToken")
+    );
+    assert_eq!(
+        iam.authorization.as_deref(),
+        Some(&*format!("Bearer {}", support::METADATA_TOKEN))
+    );
+    // The metadata server is part of the egress manifest.
+    let r: Reference = format!("gcp-iam://{SA}").parse().unwrap();
+    let d = p.egress(&r, Path::new("/")).unwrap();
+    assert_eq!(d.len(), 2, "{d:?}");
+
+    // Without `auth`, nothing is sent and the error says what to set.
+    let p = provider(&fake, |s| s.auth = None);
+    fake.clear_seen();
+    let err = Call::new(&format!("gcp-iam://{SA}"))
+        .mint(&p, &nested)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotConfigured);
+    assert!(fake.seen().is_empty());
+    let check = p.check(&nested).await;
+    assert!(!check.ok);
+}

@@ -145,6 +145,46 @@ def federation(sts_url, token_file, iam_url, email):
     }
 
 
+def sa_key(email):
+    """A service-account key document with a fresh RSA key, and its public key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+    document = {
+        "type": "service_account",
+        "project_id": "broker-test",
+        "private_key_id": "0123456789abcdef",
+        "private_key": private,
+        "client_email": email,
+        "client_id": "1234567890",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
+    return {"key": document, "public": public}
+
+
+def verify_jwt(public_pem, token):
+    """The claims of an RS256 JWT whose signature the public key verifies."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    def b64(part):
+        return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+    header, payload, signature = token.split(".")
+    key = serialization.load_pem_public_key(public_pem.encode())
+    key.verify(b64(signature), f"{header}.{payload}".encode(), padding.PKCS1v15(), hashes.SHA256())
+    return {"header": json.loads(b64(header)), "claims": json.loads(b64(payload))}
+
+
 def main():
     command, *args = sys.argv[1:]
     result = {
@@ -154,6 +194,8 @@ def main():
         "sm-error": sm_error,
         "iam": iam,
         "federation": federation,
+        "sa-key": sa_key,
+        "verify-jwt": verify_jwt,
     }[command](*args)
     print(json.dumps(result))
 

@@ -27,6 +27,8 @@ pub struct Seen {
     pub query: String,
     pub authorization: Option<String>,
     pub content_type: Option<String>,
+    /// The `metadata-flavor` header (the metadata server requires `Google`).
+    pub metadata_flavor: Option<String>,
     pub body: String,
 }
 
@@ -64,6 +66,8 @@ pub struct FakeGoogle {
 
 /// The access tokens the fake mints start with this; the tests use it as a canary.
 pub const MINTED_PREFIX: &str = "ya29.fake-minted-";
+/// The token the fake metadata server hands out.
+pub const METADATA_TOKEN: &str = "ya29.fake-metadata-token-canary";
 /// ID tokens the fake mints are JWTs whose signature part is this.
 pub const ID_TOKEN_SIGNATURE: &str = "fake-signature-canary";
 
@@ -173,6 +177,21 @@ impl FakeGoogle {
             return answer;
         }
         let path = request.path.split('?').next().unwrap_or_default();
+        if request.method == "GET" && path == "/computeMetadata/v1/universe/universe-domain" {
+            return (200, "googleapis.com".into());
+        }
+        if request.method == "GET"
+            && path == "/computeMetadata/v1/instance/service-accounts/default/token"
+        {
+            if request.metadata_flavor.as_deref() != Some("Google") {
+                return (403, "Missing Metadata-Flavor:Google header.".into());
+            }
+            return (
+                200,
+                serde_json::json!({"access_token": METADATA_TOKEN, "expires_in": 3599, "token_type": "Bearer"})
+                    .to_string(),
+            );
+        }
         if request.method == "POST" && path == "/v1/token" {
             return sts(&state, request);
         }
@@ -472,6 +491,7 @@ fn read_request(stream: &mut TcpStream) -> Option<Seen> {
             query: query.to_string(),
             authorization: header("authorization"),
             content_type: header("content-type"),
+            metadata_flavor: header("metadata-flavor"),
             body: String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string(),
         });
     }
