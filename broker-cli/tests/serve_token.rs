@@ -202,7 +202,7 @@ fn a_token_file_identifies_the_client_to_the_daemon() {
     assert!(out.stderr.is_empty(), "{out:?}");
 
     // The file is re-read per request: an expired token in it now is refused. 401 is an answer
-    // the client cannot use (UnexpectedAnswer: exit 69, EX_UNAVAILABLE).
+    // refused authentication (AuthenticationFailed: exit 69, EX_UNAVAILABLE, as a backend's).
     let expired = signer.token(now() - 120);
     std::fs::write(&token_file, &expired).unwrap();
     tokens.push(expired);

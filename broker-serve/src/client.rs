@@ -284,6 +284,7 @@ pub fn api_error(answer: &Answer) -> Error {
     match serde_json::from_slice::<Body>(&answer.body) {
         Ok(b) => {
             let kind = match answer.status {
+                401 => ErrorKind::AuthenticationFailed,
                 403 => ErrorKind::PolicyDenied,
                 404 => ErrorKind::NotFound,
                 503 | 429 => ErrorKind::Transient,

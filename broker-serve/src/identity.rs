@@ -255,8 +255,9 @@ async fn bearer(config: &ServeConfig, peer: &Peer, header: &[u8]) -> Result<Prin
     let token = std::str::from_utf8(header)
         .ok()
         .and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
+            // The scheme name is case-insensitive (RFC 9110 §11.1).
+            let (scheme, token) = h.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
         })
         .map(str::trim)
         .filter(|t| !t.is_empty())
