@@ -71,6 +71,7 @@ backends:
     endpoint: "{drongo}"
     iam_endpoint: "{fake}"
     auth: {{ method: access_token, token_ref: "env:TEST_GCP_BROKER_TOKEN" }}
+audit: {{ path: audit.jsonl }}
 credentials:
 {credentials}"#,
             drongo = self.drongo.url(),
@@ -83,6 +84,7 @@ credentials:
     fn broker(&self, dir: &Path, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_broker"))
             .args(args)
+            .env_remove("BROKER_LOG")
             .current_dir(dir)
             .env("TEST_GCP_BROKER_TOKEN", BROKER_TOKEN)
             .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
@@ -181,11 +183,37 @@ fn run_audit_and_doctor_with_gcp_sm_and_gcp_iam() {
         &(stdout(&out) + &stderr(&out)),
         &[API_TOKEN, BROKER_TOKEN],
     );
+    let seen_run = peers.fake.seen();
+    // The audit log records each credential, never a value.
+    let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    assert_no_canary(
+        "audit log",
+        &audit,
+        &[API_TOKEN, BROKER_TOKEN, "ya29.fake-minted-"],
+    );
+    for name in ["api", "deploy", "gcloud"] {
+        assert!(
+            audit.contains(&format!("\"credential\":\"{name}\"")),
+            "{name} not audited: {audit}"
+        );
+    }
+    // The broker's own trace logs carry no value either (a fresh run: nothing cached).
+    let out = Command::new(env!("CARGO_BIN_EXE_broker"))
+        .args(["run", "--", "true"])
+        .current_dir(dir.path())
+        .env("TEST_GCP_BROKER_TOKEN", BROKER_TOKEN)
+        .env("BROKER_LOG", "trace")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_no_canary(
+        "broker trace logs",
+        &(stdout(&out) + &stderr(&out)),
+        &[API_TOKEN, BROKER_TOKEN, "ya29.fake-minted-"],
+    );
     // What the broker asked IAM Credentials for: one token per credential, the broker's own
     // token as bearer.
-    let mut bodies: Vec<Value> = peers
-        .fake
-        .seen()
+    let mut bodies: Vec<Value> = seen_run
         .iter()
         .map(|s| {
             assert_eq!(
@@ -258,4 +286,65 @@ fn refusals_are_one_line_with_a_hint_and_exit_69() {
     assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
     // Refused before any call.
     assert_eq!(peers.fake.seen().len(), seen_before);
+}
+
+#[test]
+fn rotate_adds_a_version_the_official_client_reads() {
+    let Some(peers) = peers() else { return };
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../broker-gcp/tests/support/faithful.py");
+    let python = |args: &[&str]| -> Value {
+        let out = Command::new(&peers.python)
+            .arg(&script)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    python(&[
+        "sm-seed",
+        &peers.drongo.url(),
+        PROJECT,
+        "rotated",
+        API_TOKEN,
+    ]);
+    let dir = peers.project(
+        "  rotated: { ref: \"gcp-sm://broker-cli-test/rotated\", disable_previous: true }\n",
+    );
+    let out = peers.broker(dir.path(), &["rotate", "rotated"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "rotated `rotated`: added version 2 with a new random value for secret projects/broker-cli-test/secrets/rotated and disabled version 1\n"
+    );
+    assert_eq!(stderr(&out), "");
+    let name = |v: &str| format!("projects/{PROJECT}/secrets/rotated/versions/{v}");
+    let read = python(&["sm-read", &peers.drongo.url(), &name("latest")]);
+    assert_eq!(read["name"], name("2"));
+    use base64::Engine as _;
+    let value = base64::engine::general_purpose::STANDARD
+        .decode(read["data"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(value.len(), 40);
+    assert_ne!(value, API_TOKEN.as_bytes());
+    let state = python(&["sm-state", &peers.drongo.url(), &name("1")]);
+    assert_eq!(state["state"], "DISABLED");
+    // The new value is what `broker run` now delivers.
+    let out = peers.broker(
+        dir.path(),
+        &[
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "test ${#ROTATED} = 40 && echo delivered",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "delivered\n");
 }
