@@ -719,3 +719,100 @@ async fn the_metadata_server_identity() {
     let check = p.check(&nested).await;
     assert!(!check.ok);
 }
+
+/// A stand-in `env:` backend for the broker-level test: every reference resolves to the
+/// broker's own test token (the broker's identity by reference, without touching the process
+/// environment).
+mod fixed {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use broker_core::{
+        BackendContext, Badge, Capabilities, Credential, CredentialProvider, Destination,
+        ProviderDescriptor, Reference, Request, Result, SecretValue, async_trait,
+    };
+
+    struct Fixed;
+
+    #[async_trait]
+    impl CredentialProvider for Fixed {
+        fn egress(&self, _: &Reference, _: &Path) -> Result<Vec<Destination>> {
+            Ok(vec![])
+        }
+        async fn resolve(&self, _: &Request<'_>) -> Result<Credential> {
+            Ok(Credential::new(SecretValue::copy_from(
+                super::BROKER_TOKEN.as_bytes(),
+            )))
+        }
+    }
+
+    fn build(_: &BackendContext<'_>) -> Result<Arc<dyn CredentialProvider>> {
+        Ok(Arc::new(Fixed))
+    }
+
+    pub static DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
+        name: "fixed",
+        schemes: &["env"],
+        capabilities: Capabilities {
+            resolve: true,
+            mint: false,
+            revoke: false,
+            rotate: false,
+        },
+        default_badge: Badge::Local,
+        credential_options: &[],
+        grammar: &[broker_core::grammar::ENV],
+        factory: build,
+    };
+}
+
+#[tokio::test]
+async fn the_lease_cache_shares_a_token_and_re_mints_it_before_expiry() {
+    use broker_core::lease::ManualClock;
+    use std::sync::Arc;
+
+    let fake = FakeGoogle::start();
+    fake.add_account(SA);
+    let mut registry = broker_core::Registry::new();
+    broker_gcp::register(&mut registry).unwrap();
+    registry.register(&fixed::DESCRIPTOR).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"egress: {{ enabled: true }}
+audit: {{ enabled: false }}
+backends:
+  gcp:
+    iam_endpoint: "{url}"
+    auth: {{ method: access_token, token_ref: "env:TEST_GCP_TOKEN" }}
+credentials:
+  deploy: {{ mint: "gcp-iam://{SA}", ttl: 10m }}
+"#,
+        url = fake.url
+    );
+    let config =
+        broker_core::Config::from_str(&config, &dir.path().join(".broker.yml"), &registry).unwrap();
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let broker = broker_core::Broker::new(config, registry)
+        .unwrap()
+        .with_clock(clock.clone());
+    let ctx = RequestContext::new();
+    let first = broker.resolve("deploy", &ctx).await.unwrap();
+    let again = broker.resolve("deploy", &ctx).await.unwrap();
+    assert_eq!(first.value().expose(), again.value().expose());
+    assert_eq!(
+        fake.seen().len(),
+        1,
+        "the second request is served from the cache"
+    );
+    // Nine minutes on, the 10-minute token is inside its refresh margin: a new one is minted.
+    clock.advance(Duration::from_secs(9 * 60));
+    let fresh = broker.resolve("deploy", &ctx).await.unwrap();
+    assert_ne!(fresh.value().expose(), first.value().expose());
+    assert_eq!(fake.seen().len(), 2);
+    for seen in fake.seen() {
+        assert_eq!(
+            seen.authorization.as_deref(),
+            Some(&*format!("Bearer {BROKER_TOKEN}"))
+        );
+    }
+}
