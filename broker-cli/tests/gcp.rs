@@ -247,6 +247,19 @@ fn run_audit_and_doctor_with_gcp_sm_and_gcp_iam() {
         .unwrap()
         .clone();
     assert_eq!(gcp["detail"], "authenticated (access token)", "{gcp}");
+    let out = peers.broker(dir.path(), &["doctor"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("gcp "))
+        .unwrap_or_else(|| panic!("no gcp row: {text}"));
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>().join(" "),
+        "gcp gcp-sm,gcp-iam yes yes ok authenticated (access token)"
+    );
+    assert!(text.starts_with("compiled in: "), "{text}");
+    assert!(text.lines().next().unwrap().contains(" gcp,"), "{text}");
 }
 
 #[test]

@@ -816,3 +816,28 @@ credentials:
         );
     }
 }
+
+#[tokio::test]
+async fn an_unreachable_endpoint_is_transient() {
+    // A port nothing listens on (bound, then closed), over https: the TLS stack is set up and
+    // the connection is refused, which is retryable.
+    let port = broker_core::testkit::free_port();
+    let p = GcpProvider::new(Settings {
+        endpoint: Some(format!("https://127.0.0.1:{port}")),
+        auth: Some(Auth::None),
+        ..Settings::default()
+    })
+    .unwrap();
+    let nested = nested();
+    let err = Call::new("gcp-sm://broker-test/api")
+        .mint(&p, &nested)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+    assert!(err.is_retryable());
+    assert!(
+        err.to_string()
+            .starts_with("`gcp-sm://broker-test/api`: AccessSecretVersion on secret version projects/broker-test/secrets/api/versions/latest: cannot reach Google"),
+        "{err}"
+    );
+}
