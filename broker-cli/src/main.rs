@@ -190,14 +190,14 @@ async fn dispatch(cli: Cli, swept: Vec<PathBuf>) -> Result<u8, Error> {
             output::print_doctor(broker.as_ref(), &swept, args.json).await
         }
         Command::Check(args) => check(&args.references, args.json),
+        Command::Completions(args) => completions::completions(args.shell),
+        Command::Man(args) => completions::man_pages(&args.out),
         #[cfg(feature = "serve")]
         Command::Run(args) if args.daemon.from.is_some() => {
             // The daemon holds the config; locally there is nothing to read.
             if args.no_redact {
                 return Err(Error::invalid_config(
                     "--no-redact cannot be used with --from: there is no local audit log to record it in",
-        Command::Completions(args) => completions::completions(args.shell),
-        Command::Man(args) => completions::man_pages(&args.out),
                 ));
             }
             let registry = broker_core::Registry::global().clone();
