@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use broker_core::redact::Redactor;
 use broker_core::session::{OutputBuffer, Session};
 use broker_core::{Broker, Delivery, Error, ErrorKind, RequestContext};
 use rustix::process::{Pid, Signal};
@@ -267,7 +268,10 @@ async fn run_child(
         .await
         .map_err(|e| Error::internal(format!("the output threads failed: {e}")))?;
     let status = status.map_err(|e| Error::io("waiting for the command failed", &e))?;
-    let text = |b: &OutputBuffer| String::from_utf8_lossy(&b.take()).into_owned();
+    let redactor = session.redactor().current();
+    let text = |b: &OutputBuffer| {
+        String::from_utf8_lossy(&redact_wrapped(&redactor, &b.take())).into_owned()
+    };
     Ok(RunOutput {
         exit_code: status.code(),
         signal: status.signal(),
@@ -277,6 +281,54 @@ async fn run_child(
         stderr: text(&stderr),
         credentials: Vec::new(),
     })
+}
+
+/// A second pass over the complete (already redacted) output: the streaming redactor matches
+/// within the bytes as written, so a value encoded and then wrapped over several lines
+/// (`base64` wraps at 76 columns, `openssl base64` at 64, `xxd -p` at 60) slips past it.
+/// Each run of two or more lines made only of base64 (or hex) characters is joined and
+/// redacted again; when that finds a value, the run is replaced by the joined, redacted text.
+pub fn redact_wrapped(redactor: &Redactor, output: &[u8]) -> Vec<u8> {
+    fn encoded_line(line: &[u8]) -> bool {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        !line.is_empty()
+            && line
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_'))
+    }
+    let lines: Vec<&[u8]> = output.split_inclusive(|&b| b == b'\n').collect();
+    let mut out = Vec::with_capacity(output.len());
+    let mut i = 0;
+    while i < lines.len() {
+        let content = |l: &[u8]| -> usize { l.len() - usize::from(l.ends_with(b"\n")) };
+        let mut end = i;
+        while end < lines.len() && encoded_line(&lines[end][..content(lines[end])]) {
+            end += 1;
+        }
+        if end - i >= 2 {
+            let mut joined = Vec::new();
+            for l in &lines[i..end] {
+                let c = &l[..content(l)];
+                joined.extend_from_slice(c.strip_suffix(b"\r").unwrap_or(c));
+            }
+            match redactor.redact(&joined) {
+                std::borrow::Cow::Owned(redacted) => {
+                    out.extend_from_slice(&redacted);
+                    if lines[end - 1].ends_with(b"\n") {
+                        out.push(b'\n');
+                    }
+                }
+                std::borrow::Cow::Borrowed(_) => {
+                    lines[i..end].iter().for_each(|l| out.extend_from_slice(l));
+                }
+            }
+            i = end;
+        } else {
+            out.extend_from_slice(lines[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 /// The child's process group; killed (`SIGKILL`) when dropped, so nothing the command started
