@@ -83,7 +83,12 @@ pub struct FromArgs {
     pub key: Option<PathBuf>,
     /// A file holding a JWT to present as a bearer token (e.g. a projected service-account
     /// token); re-read on every request.
-    #[arg(long, env = "BROKER_TOKEN_FILE", value_name = "PATH", requires = "from")]
+    #[arg(
+        long,
+        env = "BROKER_TOKEN_FILE",
+        value_name = "PATH",
+        requires = "from"
+    )]
     pub token_file: Option<PathBuf>,
 }
 
@@ -234,6 +239,9 @@ pub struct GetArgs {
     /// Print even when standard output is not a terminal.
     #[arg(long)]
     pub reveal: bool,
+    /// The credential as JSON: value, companions, lease (same --reveal rule).
+    #[arg(long)]
+    pub json: bool,
     /// The agent's identity, for policy and the audit log.
     #[arg(long, env = "BROKER_AGENT_ID", value_name = "ID", value_parser = AgentId)]
     pub agent: Option<String>,

@@ -15,7 +15,9 @@ mod credential_process;
 mod exit;
 mod hygiene;
 mod output;
+mod progress;
 mod run;
+mod style;
 #[allow(unsafe_code)]
 mod sys;
 
@@ -36,14 +38,15 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { exit::USAGE } else { 0 });
         }
     };
-    init_tracing();
+    let json = wants_json(&cli.command);
+    style::init(cli.color, cli.quiet, json);
+    init_tracing(cli.quiet);
     hygiene::install_panic_hook();
     // A run killed by SIGKILL leaves its scratch dir behind; any invocation cleans it up.
     let swept = broker_core::scratch::sweep_stale();
     for dir in &swept {
         tracing::info!(dir = %dir.display(), "removed a scratch dir left by a process that is gone");
     }
-    let json = wants_json(&cli.command);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -66,9 +69,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(quiet: bool) {
+    // `--quiet` drops warnings; BROKER_LOG, when set, still decides.
+    let default = if quiet { "error" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("BROKER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // The MCP SDK logs session ids (and, at trace level, messages): never shown.
     #[cfg(feature = "mcp")]
     let filter = match "rmcp=off".parse() {
@@ -93,6 +98,7 @@ fn wants_json(command: &Command) -> bool {
         Command::Doctor(a) => a.json,
         Command::Check(a) => a.json,
         Command::Rotate(a) => a.json,
+        Command::Get(a) => a.json,
         _ => false,
     }
 }
@@ -109,9 +115,19 @@ fn report(e: &Error, json: bool) {
         let _ = writeln!(err, "{value}");
         return;
     }
-    let _ = writeln!(err, "error: {}", human(&e.to_string()));
+    let _ = writeln!(
+        err,
+        "{} {}",
+        style::err("error:", style::Paint::Red),
+        human(&e.to_string())
+    );
     if let Some(hint) = e.hint() {
-        let _ = writeln!(err, "hint: {}", human(hint));
+        let _ = writeln!(
+            err,
+            "{} {}",
+            style::err("hint:", style::Paint::Cyan),
+            human(hint)
+        );
     }
 }
 
@@ -219,7 +235,14 @@ async fn dispatch(cli: Cli, swept: Vec<PathBuf>) -> Result<u8, Error> {
                 .with_hint("pass --reveal if you really mean to, or use `broker run` to hand it to a program"));
             }
             let broker = load(config, None)?;
-            let credential = broker.resolve(&args.name, &context(args.agent)).await?;
+            let credential = progress::waiting(
+                &progress::label(&broker, &args.name),
+                broker.resolve(&args.name, &context(args.agent)),
+            )
+            .await?;
+            if args.json {
+                return output::print_credential_json(&args.name, &credential);
+            }
             let mut out = stdout.lock();
             out.write_all(credential.value().expose())
                 .and_then(|()| {
@@ -294,8 +317,9 @@ async fn dispatch(cli: Cli, swept: Vec<PathBuf>) -> Result<u8, Error> {
                 .as_deref()
                 .map(|s| {
                     serde_json::from_str::<broker_serve::ScopeRequest>(s).map_err(|e| {
-                        Error::invalid_config(format!("--scope is not a scope: {e}"))
-                            .with_hint(r#"e.g. --scope '{"resources": ["arn:aws:s3:::bucket/reports/*"]}'"#)
+                        Error::invalid_config(format!("--scope is not a scope: {e}")).with_hint(
+                            r#"e.g. --scope '{"resources": ["arn:aws:s3:::bucket/reports/*"]}'"#,
+                        )
                     })
                 })
                 .transpose()?;
@@ -375,7 +399,11 @@ async fn dispatch(cli: Cli, swept: Vec<PathBuf>) -> Result<u8, Error> {
         #[cfg(feature = "aws")]
         Command::CredentialProcess(args) => {
             let broker = load(config, None)?;
-            credential_process::credential_process(&broker, &args.name, context(args.agent)).await
+            progress::waiting(
+                &progress::label(&broker, &args.name),
+                credential_process::credential_process(&broker, &args.name, context(args.agent)),
+            )
+            .await
         }
         #[cfg(not(feature = "aws"))]
         Command::CredentialProcess(_) => Err(Error::not_configured(

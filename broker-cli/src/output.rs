@@ -1,4 +1,6 @@
-//! Human tables and JSON for `audit` and `doctor`. Nothing here ever sees a value.
+//! Human tables and JSON for `audit` and `doctor`; nothing there ever sees a value. The one
+//! exception is [`print_credential_json`], `broker get --json`, behind the same `--reveal`
+//! rule as `broker get`.
 
 use std::path::PathBuf;
 
@@ -49,14 +51,15 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 /// hands out is recorded, and a daemon started from it serves without a log.
 pub fn warn_if_audit_off(config: &broker_core::Config) {
     use std::io::Write;
-    if !config.audit_disabled {
+    if !config.audit_disabled || crate::style::get().quiet {
         return;
     }
     let path = config.path().display().to_string();
     let path = broker_core::grammar::escape_controls(&path);
     let _ = writeln!(
         std::io::stderr().lock(),
-        "warning: the audit log is off (`audit: {{ enabled: false }}` in {path}): nothing the broker hands out is recorded"
+        "{} the audit log is off (`audit: {{ enabled: false }}` in {path}): nothing the broker hands out is recorded",
+        crate::style::err("warning:", crate::style::Paint::Yellow)
     );
 }
 
@@ -167,7 +170,19 @@ pub async fn print_doctor(
             "schemes": broker_core::Registry::global().schemes(),
             "config": config_status.as_ref().ok(),
             "config_error": config_status.as_ref().err().and_then(|e| e.map(error_json)),
-            "backends": reports,
+            "backends": reports
+                .iter()
+                .map(|r| {
+                    let mut v = serde_json::to_value(r).unwrap_or_default();
+                    if let Some(obj) = v.as_object_mut() {
+                        obj.insert(
+                            "what_to_do".into(),
+                            json!(what_to_do(r, config_status.as_ref().ok())),
+                        );
+                    }
+                    v
+                })
+                .collect::<Vec<_>>(),
             "swept_scratch_dirs": swept,
         });
         println!(
@@ -225,11 +240,40 @@ pub async fn print_doctor(
                 )
             );
         }
-        for dir in swept {
+        let todo: Vec<(&str, String)> = reports
+            .iter()
+            .filter_map(|r| what_to_do(r, config_status.as_ref().ok()).map(|t| (r.backend, t)))
+            .collect();
+        if !todo.is_empty() {
+            println!();
+        }
+        for (backend, todo) in &todo {
             println!(
-                "swept a stale scratch dir left by a dead run: {}",
-                dir.display()
+                "{} {backend}: {todo}",
+                crate::style::out("what to do:", crate::style::Paint::Yellow)
             );
+        }
+        if let Err(e) = &config_status {
+            let todo = match e {
+                None => "run `broker init` to write a .broker.yml here, or pass --config PATH"
+                    .to_string(),
+                Some(e) => e
+                    .hint()
+                    .map(|h| broker_core::grammar::escape_controls(h).into_owned())
+                    .unwrap_or_else(|| "fix the config at the line the error names".into()),
+            };
+            println!(
+                "{} {todo}",
+                crate::style::out("what to do:", crate::style::Paint::Yellow)
+            );
+        }
+        for dir in swept {
+            if !crate::style::get().quiet {
+                println!(
+                    "swept a stale scratch dir left by a dead run: {}",
+                    dir.display()
+                );
+            }
         }
     }
     match config_status {
@@ -279,5 +323,81 @@ pub fn print_verification(
         v.records,
         v.last_seq
     );
+    Ok(0)
+}
+
+/// What the user can do about a failing (or gated, unchecked) backend check, for `broker
+/// doctor`; `None` when there is nothing to do. Names the settings to look at and the
+/// backend's page; the check's own detail says what was found.
+fn what_to_do(r: &broker_core::BackendReport, config: Option<&String>) -> Option<String> {
+    let config = config.map(String::as_str).unwrap_or(".broker.yml");
+    if r.ok.is_none() && r.detail.starts_with("not checked:") {
+        return Some(format!(
+            "review `broker audit`, then allow it in `egress:` of {config} (`enabled: true`, `allow:`)"
+        ));
+    }
+    if r.ok != Some(false) {
+        return None;
+    }
+    let what = match r.backend {
+        "vault" => {
+            "check that `backends.vault.address` is reachable and its `auth:` (token_ref, approle) is valid"
+        }
+        "aws" => {
+            "check the AWS identity the broker starts from (profile, environment, web identity) and `backends.aws.region`"
+        }
+        "azure" => {
+            "check `backends.azure.auth` (workload identity, managed identity, Azure CLI login or client secret) and the vault URL"
+        }
+        "gcp" => {
+            "check the Google credentials (`backends.gcp`, workload identity federation or GOOGLE_APPLICATION_CREDENTIALS)"
+        }
+        "sops" => {
+            "check that the age key sops uses is readable (`backends.sops.age_key_file`, $SOPS_AGE_KEY_FILE or ~/.config/sops/age/keys.txt)"
+        }
+        "age" => "check that the identity files in `backends.age` exist and are readable",
+        "env" => "check the environment the broker is started with",
+        _ => "check its `backends.<name>` settings",
+    };
+    let page = match r.backend {
+        "vault" | "aws" | "azure" | "gcp" | "sops" | "age" => {
+            format!("; see docs/backends/{}.md", r.backend)
+        }
+        _ => String::new(),
+    };
+    Some(format!("{what} in {config}{page}"))
+}
+
+/// `broker get --json`: the value, its companions and its lease as one JSON object.
+pub fn print_credential_json(
+    name: &str,
+    credential: &broker_core::Credential,
+) -> Result<u8, Error> {
+    use std::io::Write;
+    let text = |v: &broker_core::SecretValue| v.expose_str().map(str::to_string);
+    let mut companions = serde_json::Map::new();
+    for (var, value) in credential.companions() {
+        companions.insert(var.clone(), serde_json::Value::String(text(value)?));
+    }
+    let lease = credential.lease();
+    let expires_at = lease.and_then(|l| l.expires_at).and_then(|t| {
+        time::OffsetDateTime::from(t)
+            .format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    });
+    let body = json!({
+        "credential": name,
+        "value": text(credential.value())?,
+        "companions": companions,
+        "lease_id": lease.map(|l| l.id.as_str()),
+        "expires_at": expires_at,
+    });
+    let shown = zeroize::Zeroizing::new(body.to_string());
+    drop(body);
+    let mut out = std::io::stdout().lock();
+    out.write_all(shown.as_bytes())
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+        .map_err(|e| Error::io("cannot write to standard output", &e))?;
     Ok(0)
 }
