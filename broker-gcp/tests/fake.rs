@@ -39,10 +39,16 @@ impl ResolveRef for Nested {
 }
 
 fn nested() -> Nested {
-    Nested(HashMap::from([(
-        "env:TEST_GCP_TOKEN".to_string(),
-        BROKER_TOKEN.as_bytes().to_vec(),
-    )]))
+    Nested(HashMap::from([
+        (
+            "env:TEST_GCP_TOKEN".to_string(),
+            BROKER_TOKEN.as_bytes().to_vec(),
+        ),
+        (
+            "env:TEST_GCP_DENIED_TOKEN".to_string(),
+            support::DENIED_TOKEN.as_bytes().to_vec(),
+        ),
+    ]))
 }
 
 fn provider(fake: &FakeGoogle, extra: impl FnOnce(&mut Settings)) -> GcpProvider {
@@ -840,4 +846,51 @@ async fn an_unreachable_endpoint_is_transient() {
             .starts_with("`gcp-sm://broker-test/api`: AccessSecretVersion on secret version projects/broker-test/secrets/api/versions/latest: cannot reach Google"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn conformance_with_wrong_credentials() {
+    let fake = FakeGoogle::start();
+    fake.add_version(
+        "projects/broker-test/secrets/plain",
+        SECRET_CANARY.as_bytes(),
+        Some(support::crc32c(SECRET_CANARY.as_bytes())),
+    );
+    let doc = format!(r#"{{"db":{{"password":"{SECRET_CANARY}"}}}}"#);
+    fake.add_version("projects/broker-test/secrets/doc", doc.as_bytes(), None);
+    let p = provider(&fake, |_| {});
+    let denied = provider(&fake, |s| {
+        s.auth = Some(Auth::AccessToken {
+            token_ref: "env:TEST_GCP_DENIED_TOKEN".into(),
+        })
+    });
+    let anonymous = provider(&fake, |s| s.auth = Some(Auth::None));
+    let nested = nested();
+    for wrong in [&denied, &anonymous] {
+        broker_core::testkit::Conformance {
+            provider: &p,
+            base_dir: Path::new("/"),
+            nested: &nested,
+            string: ("gcp-sm://broker-test/plain", SECRET_CANARY.as_bytes()),
+            field: Some((
+                "gcp-sm://broker-test/doc#db.password",
+                SECRET_CANARY.as_bytes(),
+            )),
+            missing: "gcp-sm://broker-test/absent",
+            wrong_credential: Some((wrong, "gcp-sm://broker-test/plain")),
+            malformed: &[
+                "gcp-sm://broker-test/plain/00",
+                "gcp-sm://broker-test/pl@in",
+                "gcp-sm://broker-test/plain?location=x&region=y",
+            ],
+            canaries: &[SECRET_CANARY, BROKER_TOKEN, support::DENIED_TOKEN],
+        }
+        .run()
+        .await;
+    }
+    let err = Call::new("gcp-sm://broker-test/plain")
+        .mint(&anonymous, &nested)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AuthenticationFailed, "{err}");
 }

@@ -15,11 +15,12 @@ import sys
 
 
 def secret_manager(url):
-    from google.auth.credentials import AnonymousCredentials
     from google.cloud import secretmanager
+    from google.oauth2.credentials import Credentials
 
+    # A bearer token (drongo checks none; the fake, like Google, wants one).
     return secretmanager.SecretManagerServiceClient(
-        credentials=AnonymousCredentials(),
+        credentials=Credentials(token="python-client"),
         transport="rest",
         client_options={"api_endpoint": url},
     )

@@ -66,6 +66,8 @@ pub struct FakeGoogle {
 
 /// The access tokens the fake mints start with this; the tests use it as a canary.
 pub const MINTED_PREFIX: &str = "ya29.fake-minted-";
+/// A bearer token the fake Secret Manager refuses (an identity without access).
+pub const DENIED_TOKEN: &str = "ya29.fake-identity-without-access";
 /// The token the fake metadata server hands out.
 pub const METADATA_TOKEN: &str = "ya29.fake-metadata-token-canary";
 /// ID tokens the fake mints are JWTs whose signature part is this.
@@ -206,6 +208,26 @@ impl FakeGoogle {
             .and_then(|p| p.strip_suffix(":access"))
             && request.method == "GET"
         {
+            // Like Google: no token is unauthenticated; a token without access is denied.
+            match request.authorization.as_deref() {
+                None => {
+                    return error(
+                        401,
+                        "UNAUTHENTICATED",
+                        "Request is missing required authentication credential.",
+                    );
+                }
+                Some(a) if a == format!("Bearer {DENIED_TOKEN}") => {
+                    return error(
+                        403,
+                        "PERMISSION_DENIED",
+                        &format!(
+                            "Permission 'secretmanager.versions.access' denied for resource '{name}' (or it may not exist)."
+                        ),
+                    );
+                }
+                Some(_) => {}
+            }
             return access(&state, name);
         }
         error(404, "NOT_FOUND", &format!("No route for {path}."))
