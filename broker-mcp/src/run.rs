@@ -286,50 +286,63 @@ async fn run_child(
 /// A second pass over the complete (already redacted) output: the streaming redactor matches
 /// within the bytes as written, so a value encoded and then wrapped over several lines
 /// (`base64` wraps at 76 columns, `openssl base64` at 64, `xxd -p` at 60) slips past it.
-/// Each run of two or more lines made only of base64 (or hex) characters is joined and
-/// redacted again; when that finds a value, the run is replaced by the joined, redacted text.
+/// Each wrapped block — two or more lines of base64 (or hex) characters, all of one width of
+/// at least [`WRAP_MIN`] but the last, which may be shorter — is joined and redacted again;
+/// when that finds a value, the block is replaced by the joined, redacted text.
 pub fn redact_wrapped(redactor: &Redactor, output: &[u8]) -> Vec<u8> {
-    fn encoded_line(line: &[u8]) -> bool {
+    /// The content of an encoded line (without its line ending), or `None`.
+    fn encoded(line: &[u8]) -> Option<&[u8]> {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        !line.is_empty()
-            && line
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_'))
+        let ok = !line.is_empty()
+            && line.iter().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_')
+            });
+        ok.then_some(line)
     }
     let lines: Vec<&[u8]> = output.split_inclusive(|&b| b == b'\n').collect();
     let mut out = Vec::with_capacity(output.len());
     let mut i = 0;
     while i < lines.len() {
-        let content = |l: &[u8]| -> usize { l.len() - usize::from(l.ends_with(b"\n")) };
-        let mut end = i;
-        while end < lines.len() && encoded_line(&lines[end][..content(lines[end])]) {
-            end += 1;
+        let width = encoded(lines[i]).map_or(0, <[u8]>::len);
+        let mut end = i + 1;
+        if width >= WRAP_MIN {
+            while end < lines.len() && encoded(lines[end]).is_some_and(|l| l.len() == width) {
+                end += 1;
+            }
+            if end < lines.len() && encoded(lines[end]).is_some_and(|l| l.len() < width) {
+                end += 1;
+            }
         }
-        if end - i >= 2 {
-            let mut joined = Vec::new();
-            for l in &lines[i..end] {
-                let c = &l[..content(l)];
-                joined.extend_from_slice(c.strip_suffix(b"\r").unwrap_or(c));
-            }
-            match redactor.redact(&joined) {
-                std::borrow::Cow::Owned(redacted) => {
-                    out.extend_from_slice(&redacted);
-                    if lines[end - 1].ends_with(b"\n") {
-                        out.push(b'\n');
-                    }
-                }
-                std::borrow::Cow::Borrowed(_) => {
-                    lines[i..end].iter().for_each(|l| out.extend_from_slice(l));
-                }
-            }
-            i = end;
-        } else {
+        if end - i < 2 {
             out.extend_from_slice(lines[i]);
             i += 1;
+            continue;
         }
+        let joined: Vec<u8> = lines[i..end]
+            .iter()
+            .filter_map(|l| encoded(l))
+            .flatten()
+            .copied()
+            .collect();
+        match redactor.redact(&joined) {
+            std::borrow::Cow::Owned(redacted) => {
+                out.extend_from_slice(&redacted);
+                if lines[end - 1].ends_with(b"\n") {
+                    out.push(b'\n');
+                }
+            }
+            std::borrow::Cow::Borrowed(_) => {
+                lines[i..end].iter().for_each(|l| out.extend_from_slice(l));
+            }
+        }
+        i = end;
     }
     out
 }
+
+/// The narrowest line width [`redact_wrapped`] treats as a wrapped encoding.
+pub const WRAP_MIN: usize = 16;
 
 /// The child's process group; killed (`SIGKILL`) when dropped, so nothing the command started
 /// outlives the run, whichever way it ends (a cancelled request included).
