@@ -57,6 +57,8 @@ pub enum Command {
     /// values never reach the agent.
     #[cfg(feature = "mcp")]
     Mcp(McpArgs),
+    /// Print the JSON Schema of .broker.yml for the backends compiled in (for editors).
+    Schema,
     /// Print a shell completion script (`source <(broker completions bash)`).
     Completions(CompletionsArgs),
     /// Write the man pages (`broker.1`, `broker-run.1`, ...) into a directory; `cargo xtask

@@ -17,6 +17,7 @@ mod hygiene;
 mod output;
 mod progress;
 mod run;
+mod schema;
 mod style;
 #[allow(unsafe_code)]
 mod sys;
@@ -206,6 +207,7 @@ async fn dispatch(cli: Cli, swept: Vec<PathBuf>) -> Result<u8, Error> {
             output::print_doctor(broker.as_ref(), &swept, args.json).await
         }
         Command::Check(args) => check(&args.references, args.json),
+        Command::Schema => schema::print(),
         Command::Completions(args) => completions::completions(args.shell),
         Command::Man(args) => completions::man_pages(&args.out),
         #[cfg(feature = "serve")]

@@ -81,6 +81,20 @@ pub struct ProviderDescriptor {
 
 inventory::collect!(ProviderDescriptor);
 
+/// A backend's JSON Schema for its `backends.<name>` section, submitted next to its
+/// [`ProviderDescriptor`] with `inventory::submit!` (optional: a backend without one gets
+/// `{"type": "object"}`). `broker schema` puts it under `backends.<name>`, so the schema of
+/// `.broker.yml` follows the backends compiled in.
+#[derive(Debug)]
+pub struct SettingsSchema {
+    /// The backend's name, as in its descriptor.
+    pub backend: &'static str,
+    /// The schema of its section (a JSON Schema object, draft 2020-12).
+    pub schema: fn() -> serde_json::Value,
+}
+
+inventory::collect!(SettingsSchema);
+
 /// The backends of this process, sorted by name; immutable once built.
 #[derive(Debug, Default, Clone)]
 pub struct Registry {
@@ -212,6 +226,15 @@ impl Registry {
     /// Compiled-in schemes, sorted.
     pub fn schemes(&self) -> Vec<String> {
         self.by_scheme.keys().map(|s| s.to_string()).collect()
+    }
+
+    /// The JSON Schema of backend `name`'s `backends.<name>` section: the one its crate
+    /// submitted as a [`SettingsSchema`], else any object.
+    pub fn settings_schema(&self, name: &str) -> serde_json::Value {
+        inventory::iter::<SettingsSchema>
+            .into_iter()
+            .find(|s| s.backend == name)
+            .map_or_else(|| serde_json::json!({ "type": "object" }), |s| (s.schema)())
     }
 
     /// Compiled-in backends, sorted by name.
