@@ -57,6 +57,9 @@ pub enum Command {
     /// values never reach the agent.
     #[cfg(feature = "mcp")]
     Mcp(McpArgs),
+    /// Write a commented .broker.yml for this directory, proposing credentials from the sops
+    /// and age files in it (or moving a .env file's values into sops with --from-env).
+    Init(InitArgs),
     /// Print the JSON Schema of .broker.yml for the backends compiled in (for editors).
     Schema,
     /// Print a shell completion script (`source <(broker completions bash)`).
@@ -338,4 +341,16 @@ pub struct ManArgs {
     /// The directory to write the pages into (created if missing).
     #[arg(long, value_name = "DIR", default_value = "target/man")]
     pub out: PathBuf,
+}
+
+/// `broker init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Move this dotenv file's values into a sops-encrypted secrets.enc.yaml (for your sops
+    /// age key, or a new one written where sops looks) and reference them.
+    #[arg(long, value_name = "FILE")]
+    pub from_env: Option<PathBuf>,
+    /// With --from-env: overwrite the dotenv file, then delete it.
+    #[arg(long, requires = "from_env")]
+    pub remove_env: bool,
 }

@@ -14,6 +14,8 @@ mod completions;
 mod credential_process;
 mod exit;
 mod hygiene;
+#[cfg(feature = "sops")]
+mod init;
 mod output;
 mod progress;
 mod run;
@@ -207,6 +209,16 @@ async fn dispatch(cli: Cli, swept: Vec<PathBuf>) -> Result<u8, Error> {
             output::print_doctor(broker.as_ref(), &swept, args.json).await
         }
         Command::Check(args) => check(&args.references, args.json),
+        #[cfg(feature = "sops")]
+        Command::Init(args) => {
+            let dir = std::env::current_dir()
+                .map_err(|e| Error::io("cannot read the working directory", &e))?;
+            init::init(&dir, &args)
+        }
+        #[cfg(not(feature = "sops"))]
+        Command::Init(_) => Err(Error::not_configured(
+            "`broker init` needs the `sops` backend, which is not compiled in",
+        )),
         Command::Schema => schema::print(),
         Command::Completions(args) => completions::completions(args.shell),
         Command::Man(args) => completions::man_pages(&args.out),
