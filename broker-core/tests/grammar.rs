@@ -751,7 +751,7 @@ fn not_compiled_in_hints_name_only_features_that_exist() {
     let err = r.require_scheme("gcp-sm").unwrap_err();
     assert_eq!(
         err.hint(),
-        Some("the `gcp` backend is planned but not written yet; compiled in: ticket, tickets-any")
+        Some("rebuild broker-cli with `--features gcp`; compiled in: ticket, tickets-any")
     );
     // `broker-cli`'s own unit test checks each named feature against its Cargo.toml.
     for k in broker_core::grammar::KNOWN {

@@ -200,9 +200,20 @@ fn a_live_socket_is_refused_and_a_stale_one_replaced() {
     let e = broker_serve::bind_socket(&path, 0o600).unwrap_err();
     assert!(e.message().contains("another daemon"), "{e}");
     drop(live);
-    // The file stays behind with nobody accepting: stale, replaced.
+    // The file stays behind with nobody accepting: stale, replaced. (Another test thread
+    // forking a child may hold the closed listener's fd until its exec: give it a moment.)
     assert!(path.exists());
-    let _again = broker_serve::bind_socket(&path, 0o600).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let _again = loop {
+        match broker_serve::bind_socket(&path, 0o600) {
+            Ok(l) => break l,
+            Err(e) if std::time::Instant::now() < deadline => {
+                assert!(e.message().contains("another daemon"), "{e}");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
