@@ -834,3 +834,26 @@ fn http_refuses_non_loopback_addresses_and_configs_without_a_token_verifier() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_example_config_loads() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/mcp/.broker.yml");
+    let out = Command::new(env!("CARGO_BIN_EXE_broker"))
+        .args(["--config", config, "audit", "--json"])
+        .env_remove("BROKER_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = manifest["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["credential"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["api", "db", "deploy-key"]);
+}
