@@ -222,10 +222,17 @@ async fn session<'b>(
 ) -> Result<Session<'b>, Error> {
     #[cfg(feature = "serve")]
     if let Some(daemon) = args.daemon.endpoint()? {
-        let delivery = broker_serve::client::deliver(&daemon, &args.only).await?;
+        let label = format!("credentials from the daemon at {}", daemon.describe());
+        let delivery =
+            crate::progress::waiting(&label, broker_serve::client::deliver(&daemon, &args.only))
+                .await?;
         return Ok(Session::new(broker, delivery, context.clone()));
     }
-    broker.session(&args.only, context).await
+    let label = match args.only.as_slice() {
+        [one] => crate::progress::label(broker, one),
+        _ => "the task's credentials".to_string(),
+    };
+    crate::progress::waiting(&label, broker.session(&args.only, context)).await
 }
 
 enum Outcome {
