@@ -13,7 +13,8 @@
 //!    and a real mint) vs 50 bare `POST /v1/auth/token/create` calls with reqwest.
 //!
 //! Environment: `BROKER_BENCH_REQUESTS` (100000), `BROKER_BENCH_CONCURRENCY` (64),
-//! `BROKER_BENCH_FSYNC` (`true`; `false` to separate the fsync's cost),
+//! `BROKER_BENCH_FSYNC` (`true`; `false` to separate the fsync's cost), `BROKER_BENCH_POLICY`
+//! (`true`; `false` uses the config's allowlist instead of the Cedar policy),
 //! `BROKER_BENCH_DAEMON_THREADS` (2 worker threads; `0` runs the daemon on a current-thread
 //! runtime, as the `broker` CLI does). The process re-executes itself once with the bench's
 //! environment (the `env:` value, the OpenBao root token): `set_var` would need `unsafe`.
@@ -52,6 +53,11 @@ fn env_num(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// `true` unless the variable says `false` or `0`.
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).map_or(true, |v| v != "false" && v != "0")
+}
+
 fn main() -> ExitCode {
     if std::env::var_os(VALUE_VAR).is_none() {
         let status = std::process::Command::new(std::env::current_exe().unwrap())
@@ -65,13 +71,19 @@ fn main() -> ExitCode {
     }
     let requests = env_num("BROKER_BENCH_REQUESTS", 100_000).max(1);
     let concurrency = env_num("BROKER_BENCH_CONCURRENCY", 64).max(1);
-    let fsync = std::env::var("BROKER_BENCH_FSYNC").map_or(true, |v| v != "false" && v != "0");
+    let fsync = env_flag("BROKER_BENCH_FSYNC");
+    let policy = env_flag("BROKER_BENCH_POLICY");
     let threads = env_num("BROKER_BENCH_DAEMON_THREADS", 2);
     let mut ok = true;
 
     println!(
-        "\nbroker serve load: {requests} requests, concurrency {concurrency}, audit fsync {}, \
+        "\nbroker serve load: {requests} requests, concurrency {concurrency}, {}, audit fsync {}, \
          daemon runtime {}, {} CPUs",
+        if policy {
+            "Cedar policy"
+        } else {
+            "allowlist (no policy)"
+        },
         if fsync { "on" } else { "off" },
         if threads == 0 {
             "current-thread".to_string()
@@ -80,7 +92,7 @@ fn main() -> ExitCode {
         },
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     );
-    match load(requests, concurrency, fsync, threads) {
+    match load(requests, concurrency, fsync, policy, threads) {
         Ok(good) => ok &= good,
         Err(e) => {
             println!("load: FAILED: {e}");
@@ -214,11 +226,12 @@ impl Connection {
     }
 }
 
-fn config_load(uid: u32, fsync: bool) -> String {
+fn config_load(uid: u32, fsync: bool, policy: bool) -> String {
+    let policy = if policy { "policy: policy.cedar" } else { "" };
     format!(
         r#"credentials:
   token: {{ ref: "env:{VALUE_VAR}", as: BENCH_TOKEN }}
-policy: policy.cedar
+{policy}
 audit: {{ path: audit.jsonl, fsync: {fsync} }}
 serve:
   listen: run/broker.sock
@@ -233,11 +246,17 @@ permit (principal == Agent::"bench", action == Action::"resolve", resource == Cr
 "#;
 
 /// The cached-credential load; `Ok(false)` when a request failed or the log did not verify.
-fn load(requests: u64, concurrency: u64, fsync: bool, threads: u64) -> Result<bool, String> {
+fn load(
+    requests: u64,
+    concurrency: u64,
+    fsync: bool,
+    policy: bool,
+    threads: u64,
+) -> Result<bool, String> {
     let dir = tempfile::tempdir().unwrap();
     let uid = rustix::process::getuid().as_raw();
     std::fs::write(dir.path().join("policy.cedar"), POLICY_LOAD).unwrap();
-    let daemon = Running::start(dir.path(), &config_load(uid, fsync), threads)?;
+    let daemon = Running::start(dir.path(), &config_load(uid, fsync, policy), threads)?;
     let client = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
