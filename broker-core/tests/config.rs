@@ -145,7 +145,7 @@ fn errors_name_file_line_and_column() {
     let cases: &[(&str, &str)] = &[
         (
             "egres: {}\n",
-            "/cfg/.broker.yml:1:1: unknown field `egres` (expected one of egress, credentials, backends, policy, audit, tenant, alert, serve)",
+            "/cfg/.broker.yml:1:1: unknown field `egres` (expected one of egress, credentials, backends, policy, audit, tenant, alert, serve, mcp)",
         ),
         (
             "credentials:\n  a: { ref: \"env:A\", colour: red }\n",
