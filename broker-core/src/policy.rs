@@ -236,6 +236,10 @@ pub struct CedarPolicy {
     policies: PolicySet,
     schema: Schema,
     authorizer: Authorizer,
+    /// Each policy's `@id` (else its Cedar id), looked up once at load: decisions name them.
+    names: HashMap<cedar_policy::PolicyId, String>,
+    /// `Agent`, `Credential`, `Action`, parsed once.
+    types: [EntityTypeName; 3],
 }
 
 fn schema() -> Result<Schema> {
@@ -312,11 +316,24 @@ impl Policy {
         if let Some(e) = result.validation_errors().next() {
             return Err(cedar_error(path, text, e.to_string(), e));
         }
+        let names = policies
+            .policies()
+            .map(|p| {
+                let name = p.annotation("id").map_or_else(|| p.id().to_string(), str::to_string);
+                (p.id().clone(), name)
+            })
+            .collect();
+        let ty = |kind: &str| {
+            EntityTypeName::from_str(kind)
+                .map_err(|_| Error::internal(format!("bad Cedar type `{kind}`")))
+        };
         Ok(Policy::Cedar(Box::new(CedarPolicy {
             path: path.to_path_buf(),
             policies,
             schema,
             authorizer: Authorizer::new(),
+            names,
+            types: [ty("Agent")?, ty("Credential")?, ty("Action")?],
         })))
     }
 
@@ -342,10 +359,8 @@ impl Policy {
     }
 }
 
-fn uid(kind: &str, id: &str) -> Result<EntityUid> {
-    let ty = EntityTypeName::from_str(kind)
-        .map_err(|_| Error::internal(format!("bad Cedar type `{kind}`")))?;
-    Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(id)))
+fn uid(ty: &EntityTypeName, id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
 }
 
 fn long(v: u64) -> RestrictedExpression {
@@ -373,9 +388,10 @@ impl CedarPolicy {
             Some(id) => normalize_agent_id(id)?,
             None => None,
         };
-        let principal = uid("Agent", agent_id.as_deref().unwrap_or(ANONYMOUS))?;
-        let resource = uid("Credential", r.credential)?;
-        let action = uid("Action", r.action.as_str())?;
+        let [agent_type, credential_type, action_type] = &self.types;
+        let principal = uid(agent_type, agent_id.as_deref().unwrap_or(ANONYMOUS));
+        let resource = uid(credential_type, r.credential);
+        let action = uid(action_type, r.action.as_str());
         let agent = Entity::new_with_tags(
             principal.clone(),
             HashMap::from([
@@ -414,7 +430,10 @@ impl CedarPolicy {
             HashSet::new(),
         )
         .map_err(|e| internal("credential", &e))?;
-        let entities = Entities::from_entities([agent, credential], Some(&self.schema))
+        // The entities, context and request have one shape, built right here; debug builds (every
+        // test) check each one against the schema, release builds skip that walk per request.
+        let schema = cfg!(debug_assertions).then_some(&self.schema);
+        let entities = Entities::from_entities([agent, credential], schema)
             .map_err(|e| internal("entities", &e))?;
         let time = r
             .time
@@ -433,15 +452,15 @@ impl CedarPolicy {
         ])
         .map_err(|e| internal("context", &e))?;
         let request =
-            cedar_policy::Request::new(principal, action, resource, context, Some(&self.schema))
+            cedar_policy::Request::new(principal, action, resource, context, schema)
                 .map_err(|e| internal("request", &e))?;
         let response = self
             .authorizer
             .is_authorized(&request, &self.policies, &entities);
         let name = |id: &cedar_policy::PolicyId| {
-            self.policies
-                .annotation(id, "id")
-                .map(str::to_string)
+            self.names
+                .get(id)
+                .cloned()
                 .unwrap_or_else(|| id.to_string())
         };
         // Cedar skips a policy whose evaluation fails (an overflow, a missing attribute): a
