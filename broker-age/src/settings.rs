@@ -1,8 +1,10 @@
 //! `backends.age` settings and the per-credential `identity:` / `recipients:` options.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use broker_core::{Error, Reference, Result};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
@@ -16,7 +18,7 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 ///     # identity: [keys.txt, { ref: "vault:secret/data/age#key" }]
 ///     recipients: ["age1...", "ssh-ed25519 AAAA... host"]
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Identity sources; empty means "use `AGE_IDENTITY_FILE`, then the agenix defaults".
@@ -67,6 +69,59 @@ impl RecipientList {
         RecipientList::deserialize(value).map_err(|e| {
             Error::invalid_config(format!("option `recipients`: {e}"))
                 .with_hint("write a list of public keys: [\"age1...\", \"ssh-ed25519 AAAA...\"]")
+        })
+    }
+}
+
+/// What [`IdentityList`]'s deserializer accepts: a path (a non-blank string), `{ ref: ... }`,
+/// a list of those, or nothing.
+impl JsonSchema for IdentityList {
+    fn schema_name() -> Cow<'static, str> {
+        "IdentityList".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let path = serde_json::json!({
+            "type": "string",
+            "pattern": "\\S",
+            "description": "A file of age identities or an OpenSSH/PEM private key, relative to the config file."
+        });
+        let reference = serde_json::json!({
+            "type": "object",
+            "properties": {
+                "ref": { "type": "string", "description": "A reference whose value is the key material." }
+            },
+            "required": ["ref"],
+            "additionalProperties": false
+        });
+        json_schema!({
+            "oneOf": [
+                path,
+                reference,
+                { "type": "array", "items": { "oneOf": [path, reference] } },
+                { "type": "null" }
+            ]
+        })
+    }
+}
+
+/// What [`RecipientList`]'s deserializer accepts: a public key, a list of them, or nothing.
+impl JsonSchema for RecipientList {
+    fn schema_name() -> Cow<'static, str> {
+        "RecipientList".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "oneOf": [
+                { "type": "string" },
+                { "type": "array", "items": { "type": "string" } },
+                { "type": "null" }
+            ]
         })
     }
 }

@@ -71,6 +71,16 @@ pub const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
 };
 
 broker_core::inventory::submit! { DESCRIPTOR }
+broker_core::inventory::submit! {
+    broker_core::registry::SettingsSchema {
+        backend: DESCRIPTOR.name,
+        schema: || {
+            broker_core::registry::SettingsSchema::section(
+                serde_json::to_value(schemars::schema_for!(settings::Settings)).unwrap_or_default(),
+            )
+        },
+    }
+}
 
 /// Adds this backend to `registry` (for embedders that do not use the inventory registry).
 pub fn register(registry: &mut broker_core::Registry) -> Result<()> {

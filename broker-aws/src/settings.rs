@@ -1,6 +1,7 @@
 //! `backends.aws` settings.
 
 use broker_core::{Error, Reference, Result};
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 /// The `backends.aws` section of `.broker.yml`. Every key is optional; unset keys fall back to
@@ -15,7 +16,7 @@ use serde::Deserialize;
 ///     profile: ops
 ///     web_identity_token_file: /var/run/secrets/token
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// The default region (after the secret ARN and `?region=`; before the SDK chain).

@@ -1,6 +1,7 @@
 //! `backends.azure` settings.
 
 use broker_core::{Error, Reference, Result};
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 /// The public cloud's Entra authority.
@@ -21,7 +22,7 @@ pub const DEFAULT_VAULT_SUFFIX: &str = "vault.azure.net";
 ///     authority_host: https://login.microsoftonline.us   # sovereign clouds
 ///     vault_suffix: vault.usgovcloudapi.net
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// The broker's own identity. Required: there is no implicit credential chain.
@@ -42,7 +43,7 @@ pub struct Settings {
 }
 
 /// How the broker authenticates to Entra ID.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Auth {
     /// The token source.
@@ -64,7 +65,7 @@ pub struct Auth {
 }
 
 /// The token source of [`Auth`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
     /// An application's client secret (given by reference).

@@ -95,6 +95,73 @@ pub struct SettingsSchema {
 
 inventory::collect!(SettingsSchema);
 
+impl SettingsSchema {
+    /// A root schema for a settings type (`schemars::schema_for!(Settings)` as JSON) made fit
+    /// to sit under `backends.<name>`: `$schema`, `title` and the type's own `description` (its
+    /// rustdoc, written for Rust readers) dropped, and every local `#/$defs/...` reference
+    /// replaced by its definition, so nothing points at a root it no longer has. (A recursive
+    /// type cannot be inlined: its inner reference is left dangling; settings have none.)
+    pub fn section(root: serde_json::Value) -> serde_json::Value {
+        let serde_json::Value::Object(mut root) = root else {
+            return serde_json::json!({ "type": "object" });
+        };
+        let defs = match root.remove("$defs") {
+            Some(serde_json::Value::Object(defs)) => defs,
+            _ => serde_json::Map::new(),
+        };
+        for key in ["$schema", "title", "description"] {
+            root.remove(key);
+        }
+        let mut section = serde_json::Value::Object(root);
+        inline_refs(&mut section, &defs, &mut Vec::new());
+        section
+    }
+}
+
+/// Replaces `{"$ref": "#/$defs/NAME", ...}` by NAME's definition (its sibling keywords, such
+/// as a field's own `description`, win over the definition's), depth-first; `seen` stops at a definition already being inlined.
+fn inline_refs(
+    value: &mut serde_json::Value,
+    defs: &serde_json::Map<String, serde_json::Value>,
+    seen: &mut Vec<String>,
+) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let target = map
+                .get("$ref")
+                .and_then(serde_json::Value::as_str)
+                .and_then(|r| r.strip_prefix("#/$defs/"))
+                .map(str::to_string);
+            if let Some(name) = target
+                && let Some(def) = defs.get(&name)
+                && !seen.contains(&name)
+            {
+                map.remove("$ref");
+                if let serde_json::Value::Object(def) = def {
+                    for (k, v) in def {
+                        map.entry(k.clone()).or_insert_with(|| v.clone());
+                    }
+                }
+                seen.push(name);
+                for v in map.values_mut() {
+                    inline_refs(v, defs, seen);
+                }
+                seen.pop();
+                return;
+            }
+            for v in map.values_mut() {
+                inline_refs(v, defs, seen);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for v in items {
+                inline_refs(v, defs, seen);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// The backends of this process, sorted by name; immutable once built.
 #[derive(Debug, Default, Clone)]
 pub struct Registry {
@@ -240,5 +307,43 @@ impl Registry {
     /// Compiled-in backends, sorted by name.
     pub fn descriptors(&self) -> impl Iterator<Item = &'static ProviderDescriptor> + '_ {
         self.by_name.values().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SettingsSchema;
+    use serde_json::json;
+
+    #[test]
+    fn a_section_has_no_root_keywords_and_no_refs() {
+        let root = json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": "Settings",
+            "description": "Rust docs.",
+            "type": "object",
+            "properties": {
+                "auth": { "$ref": "#/$defs/Auth", "description": "The field's own." },
+                "many": { "type": "array", "items": { "$ref": "#/$defs/Auth" } }
+            },
+            "$defs": {
+                "Auth": { "type": "object", "description": "The type's.", "properties": { "m": { "$ref": "#/$defs/M" } } },
+                "M": { "enum": ["a", "b"] }
+            }
+        });
+        assert_eq!(
+            SettingsSchema::section(root),
+            json!({
+                "type": "object",
+                "properties": {
+                    "auth": { "type": "object", "description": "The field's own.", "properties": { "m": { "enum": ["a", "b"] } } },
+                    "many": { "type": "array", "items": { "type": "object", "description": "The type's.", "properties": { "m": { "enum": ["a", "b"] } } } }
+                }
+            })
+        );
+        assert_eq!(
+            SettingsSchema::section(json!(null)),
+            json!({ "type": "object" })
+        );
     }
 }

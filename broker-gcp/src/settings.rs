@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use broker_core::{Error, Reference, Result};
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 /// The longest token lifetime IAM Credentials grants without an organization policy.
@@ -23,7 +24,7 @@ pub const EXTENDED_MAX_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 ///       method: credentials                      # a service-account key or external-account JSON
 ///       credentials_ref: "sops:gcp.enc.json"
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Send Secret Manager requests here instead of `https://secretmanager.googleapis.com` (or
@@ -36,6 +37,7 @@ pub struct Settings {
     /// The longest `ttl` a `gcp-iam://` access token may ask for: `1h` (the default) up to
     /// `12h`, which needs the organization policy that allows it.
     #[serde(default)]
+    #[schemars(schema_with = "duration_schema")]
     pub max_token_lifetime: Option<String>,
     /// How the broker authenticates itself to Google.
     #[serde(default)]
@@ -44,7 +46,7 @@ pub struct Settings {
 
 /// The broker's own Google identity: one source of Application Default Credentials, named
 /// explicitly, with its material given by reference.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Auth {
     /// A service-account key or an external-account (workload identity federation) JSON
@@ -135,6 +137,18 @@ impl Settings {
         };
         Ok(Checked { max_lifetime, auth })
     }
+}
+
+/// `max_token_lifetime:` as [`Settings::validate`] reads it: a number of seconds, or `1h`,
+/// `12h`, `90m`.
+fn duration_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "oneOf": [
+            { "type": "integer", "minimum": 1, "maximum": 43200 },
+            { "type": "string", "pattern": "^\\s*([0-9]+|([0-9]+[smhd])+)\\s*$" },
+            { "type": "null" }
+        ]
+    })
 }
 
 fn check_endpoint(key: &str, url: &str) -> Result<()> {

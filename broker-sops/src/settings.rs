@@ -1,7 +1,7 @@
 //! `backends.sops` settings.
 
 /// `backends.sops` settings. Every field is optional.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// An age identity file (`AGE-SECRET-KEY-1...` lines), relative to the config file.

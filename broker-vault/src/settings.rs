@@ -2,13 +2,14 @@
 
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 /// The default address when neither `address` nor `$VAULT_ADDR` is set (as the vault CLI).
 pub const DEFAULT_ADDRESS: &str = "https://127.0.0.1:8200";
 
 /// `backends.vault` in `.broker.yml`. Every secret is a reference, never inline.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// The server, e.g. `https://vault.internal:8200`. Default: `$VAULT_ADDR`, then
@@ -29,6 +30,7 @@ pub struct Settings {
     pub namespace: Option<String>,
     /// Per-request timeout, e.g. `30s`. Default: 30 s.
     #[serde(default)]
+    #[schemars(schema_with = "duration_schema")]
     pub timeout: Option<String>,
     /// How the broker authenticates itself. Default: `{ method: token }`.
     #[serde(default)]
@@ -36,7 +38,7 @@ pub struct Settings {
 }
 
 /// How the broker authenticates to Vault.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(tag = "method", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Auth {
     /// A token: `token_ref`, else `$VAULT_TOKEN`, else `~/.vault-token`.
@@ -131,6 +133,17 @@ impl Auth {
             Auth::Kubernetes { .. } => Vec::new(),
         }
     }
+}
+
+/// `timeout:` as [`parse_timeout`] reads it: a number of seconds, or `30s`, `1m30s`.
+fn duration_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "oneOf": [
+            { "type": "integer", "minimum": 0 },
+            { "type": "string", "pattern": "^\\s*([0-9]+|([0-9]+[smhd])+)\\s*$" },
+            { "type": "null" }
+        ]
+    })
 }
 
 /// Parses `30s`-style timeouts.
