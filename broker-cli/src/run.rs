@@ -79,6 +79,9 @@ pub async fn run(broker: &Broker, args: &RunArgs, context: RequestContext) -> Re
     };
     // The broker's own logs and panics are redacted from here on, even with --no-redact.
     let live = session.redactor().install_global();
+    // `proxy:` credentials: the child gets placeholders and the run's proxy (docs/proxy.md).
+    #[cfg(feature = "proxy")]
+    let proxy = broker_proxy::RunProxy::start(broker, session.delivery(), &context).await?;
     for name in session.redactor().current().skipped() {
         tracing::warn!(
             credential = %name,
@@ -97,6 +100,10 @@ pub async fn run(broker: &Broker, args: &RunArgs, context: RequestContext) -> Re
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(rest);
     session.delivery().apply_to_tokio(&mut cmd);
+    #[cfg(feature = "proxy")]
+    if let Some(proxy) = &proxy {
+        proxy.apply_to_tokio(&mut cmd);
+    }
     let Plumbing {
         child_stdin,
         child_stdout,

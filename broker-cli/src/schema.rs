@@ -68,7 +68,21 @@ fn credential(registry: &Registry) -> Value {
         "tenant": { "type": "string", "description": "The tenant the credential belongs to (default: the config's `tenant`)." },
         "mcp": object("What `broker mcp` may do with it.", json!({
             "reveal": { "type": "boolean", "default": false, "description": "The MCP server may show the value to the agent (audited)." }
-        }))
+        })),
+        "proxy": {
+            "type": "object",
+            "description": "Placeholder mode: the task gets a placeholder; the run's proxy puts the value in toward `hosts` (docs/proxy.md).",
+            "properties": {
+                "hosts": strings("Hosts the value may be sent to (exact, or `*.suffix`)."),
+                "headers": strings("Request headers the placeholder is replaced in (default: Authorization, X-Api-Key)."),
+                "placeholder": object("The placeholder's shape.", json!({
+                    "prefix": { "type": "string", "description": "Text before the random part." },
+                    "length": { "type": "integer", "minimum": 22, "description": "Random letters and digits after the prefix (default 40)." }
+                }))
+            },
+            "required": ["hosts"],
+            "additionalProperties": false
+        }
     });
     if let Some(map) = props.as_object_mut() {
         for d in registry.descriptors() {
@@ -121,7 +135,13 @@ pub fn schema(registry: &Registry) -> Value {
                     "default": ["self-hosted", "managed-cloud"],
                     "description": "Which badges may be reached when enabled."
                 },
-                "self_hosted": strings("Hosts you run (exact, or `*.suffix`), badged `self-hosted`.")
+                "self_hosted": strings("Hosts you run (exact, or `*.suffix`), badged `self-hosted`."),
+                "proxy": object("The run's egress policy through the proxy (docs/proxy.md).", json!({
+                    "default": { "enum": ["deny", "allow"], "default": "deny", "description": "`deny`: only hosts named by a credential's `proxy.hosts` or `allow_hosts`." },
+                    "allow_hosts": strings("Hosts reachable without a credential (exact, or `*.suffix`)."),
+                    "allow_private": { "type": "boolean", "default": false, "description": "Allow loopback and private addresses (metadata endpoints stay blocked)." },
+                    "upstream_ca": { "type": "string", "description": "A PEM file of extra roots trusted for upstream TLS." }
+                }))
             })),
             "credentials": {
                 "type": "object",

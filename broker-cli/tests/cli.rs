@@ -439,7 +439,7 @@ fn config_errors_name_the_line() {
     assert_eq!(
         stderr(&out),
         format!(
-            "error: {}:2:24: credential `api`: unknown key `colour`\nhint: accepted keys: ref, mint, as, kind, ttl, scope, tenant, mcp\n",
+            "error: {}:2:24: credential `api`: unknown key `colour`\nhint: accepted keys: ref, mint, as, kind, ttl, scope, tenant, mcp, proxy\n",
             file.display()
         )
     );

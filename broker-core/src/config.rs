@@ -49,6 +49,9 @@ pub struct EgressConfig {
     /// Hosts (exact, or `*.suffix`) the user runs: badge `self-hosted`.
     #[serde(default)]
     pub self_hosted: Vec<String>,
+    /// `egress.proxy`: the run's egress policy through the proxy (`broker-proxy` parses it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<serde_json::Value>,
 }
 
 fn default_allow() -> Vec<Badge> {
@@ -61,6 +64,7 @@ impl Default for EgressConfig {
             enabled: false,
             allow: default_allow(),
             self_hosted: Vec::new(),
+            proxy: None,
         }
     }
 }
@@ -131,6 +135,9 @@ pub struct CredentialSpec {
     pub tenant: Option<String>,
     /// What the MCP server (`broker mcp`) may do with it (`mcp:`).
     pub mcp: McpCredential,
+    /// Placeholder mode (`proxy:`): the child gets a placeholder and the proxy substitutes the
+    /// value toward the credential's hosts. Kept as given; `broker-proxy` parses it.
+    pub proxy: Option<serde_json::Value>,
     /// The line the credential starts on.
     pub line: u64,
 }
@@ -780,11 +787,14 @@ fn validate_credential(
         options,
         tenant: raw.tenant,
         mcp: raw.mcp.unwrap_or_default(),
+        proxy: raw.proxy,
         line,
     })
 }
 
-const CORE_KEYS: &[&str] = &["ref", "mint", "as", "kind", "ttl", "scope", "tenant", "mcp"];
+const CORE_KEYS: &[&str] = &[
+    "ref", "mint", "as", "kind", "ttl", "scope", "tenant", "mcp", "proxy",
+];
 
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -825,6 +835,7 @@ struct RawCredential {
     scope: Option<Spanned<Scope>>,
     tenant: Option<String>,
     mcp: Option<McpCredential>,
+    proxy: Option<serde_json::Value>,
     options: Vec<(String, (u64, u64), serde_json::Value)>,
 }
 
@@ -931,6 +942,7 @@ impl<'de> Deserialize<'de> for RawCredential {
                         "scope" => raw.scope = Some(m.next_value()?),
                         "tenant" => raw.tenant = Some(m.next_value()?),
                         "mcp" => raw.mcp = Some(m.next_value()?),
+                        "proxy" => raw.proxy = Some(m.next_value()?),
                         other => {
                             let v: serde_json::Value = m.next_value()?;
                             raw.options.push((other.to_string(), position, v));

@@ -1,0 +1,450 @@
+//! The proxy against a real client (curl) and a local HTTPS upstream with its own CA.
+//! Every name resolves through a test resolver and every dial goes through a dialer that
+//! records it and connects to loopback only: blocking is proved without a packet leaving.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use broker_core::SecretValue;
+use broker_core::audit::Severity;
+use broker_proxy::{EgressPolicy, MemoryAudit, ProxiedCredential, Proxy, ProxyOptions, Rules};
+use serde_json::json;
+use support::{MapResolver, RecordingDialer, Upstream, curl, raw, upstream};
+
+const CANARY: &str = "sk-live-CANARY-7f3a9c1e5b2d4f60";
+const OTHER_CANARY: &str = "other-CANARY-secret-41d2e8";
+
+struct Fixture {
+    upstream: Upstream,
+    proxy: Proxy,
+    placeholder: String,
+    audit: MemoryAudit,
+    dialer: Arc<RecordingDialer>,
+    resolver: Arc<MapResolver>,
+    ca: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn url(&self, host: &str, path: &str) -> String {
+        format!("https://{host}:{}{path}", self.upstream.addr.port())
+    }
+
+    fn curl_args(&self, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "-sS".into(),
+            "--max-time".into(),
+            "20".into(),
+            "--proxy".into(),
+            self.proxy.url().to_string(),
+            "--cacert".into(),
+            self.ca.display().to_string(),
+            "-w".into(),
+            "\n%{http_code}".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
+    fn auth(&self) -> String {
+        format!(
+            "Proxy-Authorization: Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(
+                self.proxy
+                    .url()
+                    .trim_start_matches("http://")
+                    .split('@')
+                    .next()
+                    .unwrap()
+            )
+        )
+    }
+
+    fn assert_no_canary(&self, what: &str, text: &str) {
+        assert!(!text.contains(CANARY), "{what} holds the value: {text}");
+        assert!(!text.contains(OTHER_CANARY), "{what} holds a value: {text}");
+    }
+
+    fn audit_text(&self) -> String {
+        serde_json::to_string(&self.audit.events()).unwrap()
+    }
+}
+
+async fn fixture(policy: serde_json::Value, names: &[(&str, &[&str])]) -> Fixture {
+    let upstream = upstream(&["api.test", "other.test", "127.0.0.1"]).await;
+    let mut policy = policy;
+    policy["upstream_ca"] = json!(upstream.ca_path.display().to_string());
+    let policy = EgressPolicy::parse(Some(&policy), upstream.dir.path()).unwrap();
+    let rules = Rules::from_json(
+        "api",
+        &json!({ "hosts": ["api.test"], "placeholder": { "prefix": "sk-live-", "length": 32 } }),
+    )
+    .unwrap();
+    let placeholder = broker_proxy::placeholder::generate(&rules.placeholder);
+    let audit = MemoryAudit::new();
+    let dialer = Arc::new(RecordingDialer::default());
+    let resolver = Arc::new(MapResolver::with(names));
+    let proxy = Proxy::start(ProxyOptions {
+        credentials: vec![ProxiedCredential {
+            name: "api".into(),
+            rules,
+            placeholder: placeholder.clone(),
+            value: SecretValue::from(CANARY.to_string()),
+        }],
+        policy,
+        resolver: resolver.clone(),
+        dialer: dialer.clone(),
+        audit: Arc::new(audit.clone()),
+        also_redact: vec![("other".into(), SecretValue::from(OTHER_CANARY.to_string()))],
+        validity: Duration::from_secs(3600),
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("run-ca.pem");
+    std::fs::write(&ca, proxy.ca_pem()).unwrap();
+    Fixture {
+        upstream,
+        proxy,
+        placeholder,
+        audit,
+        dialer,
+        resolver,
+        ca,
+        _dir: dir,
+    }
+}
+
+fn loopback_names() -> Vec<(&'static str, &'static [&'static str])> {
+    vec![
+        ("api.test", &["127.0.0.1"][..]),
+        ("other.test", &["127.0.0.1"][..]),
+        ("meta.test", &["169.254.169.254"][..]),
+        ("mixed.test", &["127.0.0.1", "169.254.170.2"][..]),
+        ("private.test", &["10.1.2.3"][..]),
+        ("mapped.test", &["::ffff:169.254.169.254"][..]),
+    ]
+}
+
+fn split_status(out: &str) -> (&str, &str) {
+    out.rsplit_once('\n').unwrap_or(("", out))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_gets_the_value_and_the_client_only_the_placeholder() {
+    let f = fixture(
+        json!({ "default": "deny", "allow_private": true }),
+        &loopback_names(),
+    )
+    .await;
+    let bearer = format!("Authorization: Bearer {}", f.placeholder);
+    let body = r#"{"query":"hello","n":[1,2,3]}"#;
+    let (code, out, err) = curl(f.curl_args(&[
+        "-H",
+        &bearer,
+        "-H",
+        "Content-Type: application/json",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        body,
+        &f.url("api.test", "/v1/echo?token=abc"),
+    ]))
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let (json_out, status) = split_status(&out);
+    assert_eq!(status, "200", "{out}");
+    let echoed: serde_json::Value = serde_json::from_str(json_out).unwrap();
+    assert_eq!(echoed["body"], body, "the JSON body passes through");
+    assert_eq!(echoed["method"], "POST");
+
+    let seen = f.upstream.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].header("authorization"),
+        Some(format!("Bearer {CANARY}").as_str()),
+        "the upstream sees the value"
+    );
+    assert_eq!(seen[0].header("accept-encoding"), Some("identity"));
+    assert!(seen[0].header("proxy-authorization").is_none());
+    assert_eq!(
+        seen[0].header("host"),
+        Some(format!("api.test:{}", f.upstream.addr.port()).as_str())
+    );
+    // Only checked loopback addresses were dialled.
+    assert!(f.dialer.asked().iter().all(|a| a.ip().is_loopback()));
+
+    // One audit record: credential, host, method, path without query, status, bytes.
+    let events = f.audit.events();
+    let used: Vec<_> = events
+        .iter()
+        .filter(|e| e.credential.as_deref() == Some("api"))
+        .collect();
+    assert_eq!(used.len(), 1, "{events:?}");
+    let reason = used[0].reason.as_deref().unwrap();
+    assert!(reason.contains("host=api.test:"), "{reason}");
+    assert!(reason.contains("method=POST"), "{reason}");
+    assert!(reason.contains("path=/v1/echo "), "{reason}");
+    assert!(!reason.contains("token=abc"), "{reason}");
+    assert!(reason.contains("status=200"), "{reason}");
+    assert!(reason.contains("bytes="), "{reason}");
+    f.assert_no_canary("curl output", &out);
+    f.assert_no_canary("curl errors", &err);
+    f.assert_no_canary("audit", &f.audit_text());
+    f.assert_no_canary("proxy debug", &format!("{:?}", f.proxy));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_credentials_are_substituted_inside_their_encoding() {
+    let f = fixture(json!({ "allow_private": true }), &loopback_names()).await;
+    let user = format!("user:{}", f.placeholder);
+    let (code, out, err) = curl(f.curl_args(&["-u", &user, &f.url("api.test", "/basic")])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.ends_with("200"), "{out}");
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("user:{CANARY}"))
+    );
+    assert_eq!(
+        f.upstream.seen()[0].header("authorization"),
+        Some(expected.as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reflected_value_is_redacted_in_body_headers_and_across_chunks() {
+    let f = fixture(json!({ "allow_private": true }), &loopback_names()).await;
+    let bearer = format!("Authorization: Bearer {}", f.placeholder);
+    for path in ["/reflect", "/chunked"] {
+        let (code, out, err) =
+            curl(f.curl_args(&["-i", "-H", &bearer, &f.url("api.test", path)])).await;
+        assert_eq!(code, 0, "{err}");
+        assert!(out.ends_with("200"), "{out}");
+        assert!(out.contains("[REDACTED:api]"), "{path}: {out}");
+        f.assert_no_canary(path, &out);
+    }
+    let chunked = &f.upstream.seen()[1];
+    assert_eq!(chunked.path, "/chunked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressed_answer_to_a_request_with_a_value_is_refused() {
+    let f = fixture(json!({ "allow_private": true }), &loopback_names()).await;
+    let bearer = format!("Authorization: Bearer {}", f.placeholder);
+    let (_, out, _) = curl(f.curl_args(&["-H", &bearer, &f.url("api.test", "/gzip")])).await;
+    assert!(out.ends_with("502"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_placeholder_toward_another_host_is_blocked_and_raises_an_alert() {
+    // other.test is reachable (allow_hosts) but not one of the credential's hosts.
+    let f = fixture(
+        json!({ "allow_hosts": ["other.test"], "allow_private": true }),
+        &loopback_names(),
+    )
+    .await;
+    let bearer = format!("X-Anything: {}", f.placeholder);
+    let (_, out, _) = curl(f.curl_args(&["-H", &bearer, &f.url("other.test", "/steal")])).await;
+    assert!(out.ends_with("403"), "{out}");
+    // In the query too, percent-encoded.
+    let url = f.url(
+        "other.test",
+        &format!("/steal?k={}", f.placeholder.replace('-', "%2D")),
+    );
+    let (_, out, _) = curl(f.curl_args(&[&url])).await;
+    assert!(out.ends_with("403"), "{out}");
+    // Host header naming the credential's host changes nothing: the CONNECT target decides.
+    let bearer = format!("Authorization: Bearer {}", f.placeholder);
+    let (_, out, _) = curl(f.curl_args(&[
+        "-H",
+        &bearer,
+        "-H",
+        "Host: api.test",
+        &f.url("other.test", "/steal"),
+    ]))
+    .await;
+    assert!(out.ends_with("403"), "{out}");
+
+    assert!(f.upstream.seen().is_empty(), "nothing was forwarded");
+    assert_eq!(
+        f.upstream.connections(),
+        0,
+        "the upstream was never contacted"
+    );
+    assert!(f.dialer.asked().is_empty(), "{:?}", f.dialer.asked());
+    let alerts: Vec<_> = f
+        .audit
+        .events()
+        .into_iter()
+        .filter(|e| e.severity == Severity::Alert)
+        .collect();
+    assert_eq!(alerts.len(), 3, "{alerts:?}");
+    assert_eq!(alerts[0].credential.as_deref(), Some("api"));
+    assert_eq!(alerts[0].outcome.as_deref(), Some("blocked"));
+    f.assert_no_canary("audit", &f.audit_text());
+
+    // Without a placeholder, other.test is an ordinary allowed host.
+    let (_, out, _) = curl(f.curl_args(&[&f.url("other.test", "/fine")])).await;
+    assert!(out.ends_with("200"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connect_target_decides_not_the_host_header() {
+    let f = fixture(
+        json!({ "allow_hosts": ["other.test"], "allow_private": true }),
+        &loopback_names(),
+    )
+    .await;
+    let bearer = format!("Authorization: Bearer {}", f.placeholder);
+    let (code, out, err) = curl(f.curl_args(&[
+        "-H",
+        &bearer,
+        "-H",
+        "Host: other.test",
+        &f.url("api.test", "/target"),
+    ]))
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.ends_with("200"), "{out}");
+    let seen = &f.upstream.seen()[0];
+    assert_eq!(
+        seen.header("host"),
+        Some(format!("api.test:{}", f.upstream.addr.port()).as_str())
+    );
+    assert_eq!(
+        seen.header("authorization"),
+        Some(format!("Bearer {CANARY}").as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_deny_blocks_unnamed_hosts() {
+    let f = fixture(json!({ "allow_private": true }), &loopback_names()).await;
+    let (code, out, err) = curl(f.curl_args(&[&f.url("other.test", "/")])).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("403"), "{err}");
+    assert!(f.dialer.asked().is_empty());
+    let blocked: Vec<_> = f
+        .audit
+        .events()
+        .into_iter()
+        .filter(|e| e.outcome.as_deref() == Some("blocked"))
+        .collect();
+    assert_eq!(blocked.len(), 1);
+    assert!(
+        blocked[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("default: deny"),
+        "{blocked:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_and_private_addresses_are_blocked_in_every_spelling() {
+    // default allow and allow_private: only the always-blocked ranges remain.
+    let f = fixture(
+        json!({ "default": "allow", "allow_private": true }),
+        &loopback_names(),
+    )
+    .await;
+    let auth = f.auth();
+    let spellings = [
+        "169.254.169.254",
+        "2852039166",
+        "0xa9fea9fe",
+        "0xA9.0xFE.0xA9.0xFE",
+        "0251.0376.0251.0376",
+        "169.254.43518",
+        "[::ffff:169.254.169.254]",
+        "[::ffff:a9fe:a9fe]",
+        "[fd00:ec2::254]",
+        "169.254.170.2",
+        "100.100.100.200",
+        "[64:ff9b::a9fe:a9fe]",
+        "metadata.google.internal",
+        "METADATA.GOOGLE.INTERNAL.",
+        "meta.test",
+        "mixed.test",
+        "mapped.test",
+        "0.0.0.0",
+        "[fe80::1]",
+    ];
+    for host in spellings {
+        let status = raw(
+            f.proxy.addr(),
+            &format!("CONNECT {host}:80 HTTP/1.1\r\nHost: {host}:80\r\n{auth}\r\n\r\n"),
+        )
+        .await;
+        assert!(status.contains(" 403 "), "CONNECT {host}: {status}");
+        let status = raw(
+            f.proxy.addr(),
+            &format!(
+                "GET http://{host}/latest/meta-data/ HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n\r\n"
+            ),
+        )
+        .await;
+        assert!(status.contains(" 403 "), "GET http://{host}/: {status}");
+    }
+    assert!(
+        f.dialer.asked().is_empty(),
+        "the dialer was asked for {:?}",
+        f.dialer.asked()
+    );
+    let lookups = f.resolver.lookups.lock().unwrap().clone();
+    assert!(
+        !lookups.iter().any(|l| l.contains("metadata")),
+        "metadata names are refused before any lookup: {lookups:?}"
+    );
+
+    // Without allow_private, private and loopback addresses (literal or resolved) are blocked.
+    let strict = fixture(json!({ "default": "allow" }), &loopback_names()).await;
+    let auth = strict.auth();
+    for host in [
+        "127.0.0.1",
+        "127.1",
+        "0x7f000001",
+        "017700000001",
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "10.0.0.1",
+        "192.168.0.1",
+        "172.16.0.1",
+        "[fd12::1]",
+        "private.test",
+        "api.test",
+    ] {
+        let status = raw(
+            strict.proxy.addr(),
+            &format!("CONNECT {host}:443 HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n\r\n"),
+        )
+        .await;
+        assert!(status.contains(" 403 "), "CONNECT {host}: {status}");
+    }
+    assert!(strict.dialer.asked().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_needs_the_runs_token() {
+    let f = fixture(json!({ "allow_private": true }), &loopback_names()).await;
+    let head = "CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n";
+    assert!(raw(f.proxy.addr(), head).await.contains(" 407 "));
+    let wrong = format!(
+        "CONNECT api.test:443 HTTP/1.1\r\nProxy-Authorization: Basic {}\r\n\r\n",
+        base64::engine::general_purpose::STANDARD.encode("broker:not-the-token")
+    );
+    assert!(raw(f.proxy.addr(), &wrong).await.contains(" 407 "));
+    let mut args = f.curl_args(&[&f.url("api.test", "/")]);
+    args[4] = format!("http://{}", f.proxy.addr());
+    let (_, _, err) = curl(args).await;
+    assert!(err.contains("407"), "{err}");
+    assert!(f.dialer.asked().is_empty());
+    let _: SocketAddr = f.proxy.addr();
+}
