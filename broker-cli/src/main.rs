@@ -50,10 +50,14 @@ fn main() -> ExitCode {
     for dir in &swept {
         tracing::info!(dir = %dir.display(), "removed a scratch dir left by a process that is gone");
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // The daemon serves many agents at once: one worker per core. Everything else is one
+    // task at a time and starts faster on one thread.
+    let mut builder = if is_daemon(&cli.command) {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             let _ = writeln!(
@@ -70,6 +74,16 @@ fn main() -> ExitCode {
             ExitCode::from(exit::for_kind(e.kind()))
         }
     }
+}
+
+/// Whether `command` runs `broker serve`.
+fn is_daemon(command: &Command) -> bool {
+    #[cfg(feature = "serve")]
+    if matches!(command, Command::Serve) {
+        return true;
+    }
+    let _ = command;
+    false
 }
 
 fn init_tracing(quiet: bool) {
