@@ -190,6 +190,17 @@ fn an_orphaned_child_keeps_its_files_until_it_exits() {
     let started = wait_for(&dir.path().join("started"));
     let (child, file) = started.trim_end().split_once(' ').unwrap();
     let child: u32 = child.parse().unwrap();
+    // The broker records the child in its marker right after spawning it; a broker killed
+    // before that (a window of microseconds) leaves a dir the sweep takes for stale. Wait for
+    // the record, as a crash at any later point would find it.
+    let marker = Path::new(file).parent().unwrap().join(".broker-owner");
+    for _ in 0..3000 {
+        let text = std::fs::read_to_string(&marker).unwrap_or_default();
+        if text.split_whitespace().nth(2) == Some(child.to_string().as_str()) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     // The broker dies without wiping (as with SIGABRT or SIGSEGV); its child runs on.
     kill_process(Pid::from_raw(run.id() as i32).unwrap(), Signal::KILL).unwrap();
     run.wait().unwrap();
