@@ -319,7 +319,9 @@ impl Policy {
         let names = policies
             .policies()
             .map(|p| {
-                let name = p.annotation("id").map_or_else(|| p.id().to_string(), str::to_string);
+                let name = p
+                    .annotation("id")
+                    .map_or_else(|| p.id().to_string(), str::to_string);
                 (p.id().clone(), name)
             })
             .collect();
@@ -451,9 +453,8 @@ impl CedarPolicy {
             ("time".to_string(), long(time)),
         ])
         .map_err(|e| internal("context", &e))?;
-        let request =
-            cedar_policy::Request::new(principal, action, resource, context, schema)
-                .map_err(|e| internal("request", &e))?;
+        let request = cedar_policy::Request::new(principal, action, resource, context, schema)
+            .map_err(|e| internal("request", &e))?;
         let response = self
             .authorizer
             .is_authorized(&request, &self.policies, &entities);
