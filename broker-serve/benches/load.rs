@@ -17,7 +17,8 @@
 //! (`true`; `false` uses the config's allowlist instead of the Cedar policy),
 //! `BROKER_BENCH_DAEMON_THREADS` (2 worker threads; `0` runs the daemon on a current-thread
 //! runtime, as the `broker` CLI did before it moved to a multi-thread one). The process
-//! re-executes itself once with the bench's environment (the `env:` value, the OpenBao root token): `set_var` would need `unsafe`.
+//! re-executes itself once with the bench's environment (the `env:` value, the OpenBao root
+//! token): `set_var` would need `unsafe`.
 #![allow(
     missing_docs,
     clippy::unwrap_used,
