@@ -42,6 +42,8 @@ pub const CA_VARS: &[&str] = &[
 pub struct RunProxy {
     proxy: Proxy,
     env: Vec<(String, OsString)>,
+    /// Source variables of `env:` references in placeholder mode, removed from the child.
+    remove: Vec<String>,
     credentials: Vec<String>,
     _scratch: ScratchDir,
 }
@@ -59,7 +61,8 @@ impl RunProxy {
     /// Starts the proxy for `delivery` when any delivered credential has `proxy:` (else
     /// `None`): env credentials get their placeholder through [`RunProxy::apply_to_tokio`]
     /// (call it after [`Delivery::apply_to_tokio`]), file credentials have their file rewritten
-    /// with it now.
+    /// with it now. The source variable of an `env:NAME` credential in placeholder mode is
+    /// removed from the child's environment.
     ///
     /// Refused: a `proxy:` credential that brings companion values (they would reach the child
     /// as they are), and a minted `kind: file` one (its re-mint would write the value to the
@@ -72,6 +75,7 @@ impl RunProxy {
         let config = broker.config();
         let mut credentials = Vec::new();
         let mut env: Vec<(String, OsString)> = Vec::new();
+        let mut remove = Vec::new();
         for spec in &config.credentials {
             let Some(rules) = Rules::of(spec)? else {
                 continue;
@@ -99,6 +103,11 @@ impl RunProxy {
                 ));
             }
             let placeholder = crate::placeholder::generate(&rules.placeholder);
+            // An `env:NAME` value is in the broker's own environment, which the child
+            // inherits: take NAME out, or the child would hold the value after all.
+            if spec.reference.scheme() == "env" {
+                remove.push(spec.reference.target().to_string());
+            }
             match spec.kind {
                 DeliveryKind::Env => {
                     env.push((spec.env_var.clone(), OsString::from(&placeholder)));
@@ -158,6 +167,7 @@ impl RunProxy {
         let run = RunProxy {
             proxy,
             env,
+            remove,
             credentials: names,
             _scratch: scratch,
         };
@@ -178,6 +188,9 @@ impl RunProxy {
     /// Sets the placeholders and the proxy variables in `cmd` (after
     /// [`Delivery::apply_to_tokio`], whose values for these variables it overrides).
     pub fn apply_to_tokio(&self, cmd: &mut tokio::process::Command) {
+        for k in &self.remove {
+            cmd.env_remove(k);
+        }
         for (k, v) in self.vars() {
             cmd.env(k, v);
         }
@@ -185,6 +198,9 @@ impl RunProxy {
 
     /// [`RunProxy::apply_to_tokio`] for a [`std::process::Command`].
     pub fn apply_to(&self, cmd: &mut std::process::Command) {
+        for k in &self.remove {
+            cmd.env_remove(k);
+        }
         for (k, v) in self.vars() {
             cmd.env(k, v);
         }
