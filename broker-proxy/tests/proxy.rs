@@ -15,7 +15,7 @@ use broker_core::SecretValue;
 use broker_core::audit::Severity;
 use broker_proxy::{EgressPolicy, MemoryAudit, ProxiedCredential, Proxy, ProxyOptions, Rules};
 use serde_json::json;
-use support::{MapResolver, RecordingDialer, Upstream, curl, raw, upstream};
+use support::{MapResolver, RecordingDialer, Upstream, curl, raw, upstream_with};
 
 const CANARY: &str = "sk-live-CANARY-7f3a9c1e5b2d4f60";
 const OTHER_CANARY: &str = "other-CANARY-secret-41d2e8";
@@ -77,7 +77,11 @@ impl Fixture {
 }
 
 async fn fixture(policy: serde_json::Value, names: &[(&str, &[&str])]) -> Fixture {
-    let upstream = upstream(&["api.test", "other.test", "127.0.0.1"]).await;
+    fixture_with(policy, names, true).await
+}
+
+async fn fixture_with(policy: serde_json::Value, names: &[(&str, &[&str])], tls: bool) -> Fixture {
+    let upstream = upstream_with(&["api.test", "other.test", "127.0.0.1"], tls).await;
     let mut policy = policy;
     policy["upstream_ca"] = json!(upstream.ca_path.display().to_string());
     let policy = EgressPolicy::parse(Some(&policy), upstream.dir.path()).unwrap();
@@ -447,4 +451,77 @@ async fn the_proxy_needs_the_runs_token() {
     assert!(err.contains("407"), "{err}");
     assert!(f.dialer.asked().is_empty());
     let _: SocketAddr = f.proxy.addr();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_absolute_form_follows_the_same_rules() {
+    let f = fixture_with(
+        json!({ "allow_hosts": ["other.test"], "allow_private": true }),
+        &loopback_names(),
+        false,
+    )
+    .await;
+    let port = f.upstream.addr.port();
+    let bearer = format!("Authorization: Bearer {}", f.placeholder);
+    let url = format!("http://api.test:{port}/plain?x=1");
+    let (code, out, err) = curl(f.curl_args(&["-H", &bearer, &url])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.ends_with("200"), "{out}");
+    let seen = f.upstream.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].header("authorization"),
+        Some(format!("Bearer {CANARY}").as_str())
+    );
+    assert_eq!(seen[0].path, "/plain?x=1");
+    let url = format!("http://api.test:{port}/reflect");
+    let (_, out, _) = curl(f.curl_args(&["-H", &bearer, &url])).await;
+    assert!(out.contains("[REDACTED:api]"), "{out}");
+    f.assert_no_canary("plain reflect", &out);
+    let url = format!("http://other.test:{port}/steal");
+    let (_, out, _) = curl(f.curl_args(&["-H", &bearer, &url])).await;
+    assert!(out.ends_with("403"), "{out}");
+    assert_eq!(
+        f.upstream.seen().len(),
+        2,
+        "the stolen request never arrived"
+    );
+    assert_eq!(
+        f.audit
+            .events()
+            .iter()
+            .filter(|e| e.severity == Severity::Alert)
+            .count(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_one_tunnel_share_one_upstream_connection() {
+    let f = fixture(json!({ "allow_private": true }), &loopback_names()).await;
+    let bearer = format!("Authorization: Bearer {}", f.placeholder);
+    let (code, out, err) = curl(f.curl_args(&[
+        "-H",
+        &bearer,
+        &f.url("api.test", "/one"),
+        &f.url("api.test", "/two"),
+        &f.url("api.test", "/three"),
+    ]))
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.matches("200").count(), 3, "{out}");
+    let seen = f.upstream.seen();
+    assert_eq!(seen.len(), 3);
+    assert!(
+        seen.iter()
+            .all(|s| s.header("authorization") == Some(&*format!("Bearer {CANARY}")))
+    );
+    assert_eq!(f.upstream.connections(), 1, "keep-alive upstream");
+    let records = f
+        .audit
+        .events()
+        .iter()
+        .filter(|e| e.outcome.as_deref() == Some("forwarded"))
+        .count();
+    assert_eq!(records, 3, "one record per request");
 }

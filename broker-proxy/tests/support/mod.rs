@@ -153,6 +153,11 @@ async fn handle(
 /// An HTTPS upstream on 127.0.0.1 with a certificate for `names` from its own CA (written to
 /// `ca_path`).
 pub async fn upstream(names: &[&str]) -> Upstream {
+    upstream_with(names, true).await
+}
+
+/// [`upstream`], speaking TLS or plain HTTP.
+pub async fn upstream_with(names: &[&str], tls: bool) -> Upstream {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -192,13 +197,16 @@ pub async fn upstream(names: &[&str]) -> Upstream {
             *c.lock().unwrap() += 1;
             let (acceptor, seen) = (acceptor.clone(), Arc::clone(&s));
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(stream).await else {
+                let svc = hyper::service::service_fn(move |req| handle(Arc::clone(&seen), req));
+                let http = hyper::server::conn::http1::Builder::new();
+                if !tls {
+                    let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                    return;
+                }
+                let Ok(stream) = acceptor.accept(stream).await else {
                     return;
                 };
-                let svc = hyper::service::service_fn(move |req| handle(Arc::clone(&seen), req));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
+                let _ = http.serve_connection(TokioIo::new(stream), svc).await;
             });
         }
     });
