@@ -356,6 +356,18 @@ audit: { path: audit.jsonl }
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(alerts[0]["credential"], "api");
     assert_eq!(alerts[0]["outcome"], "blocked");
+    // The proxy's records are links of the same hash chain.
+    let verify = Command::new(env!("CARGO_BIN_EXE_broker"))
+        .current_dir(dir.path())
+        .args(["audit", "verify"])
+        .arg(dir.path().join("audit.jsonl"))
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
 }
 
 #[test]

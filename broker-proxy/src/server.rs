@@ -733,14 +733,15 @@ fn substitute_headers(
                     new.push(hv);
                     changed = true;
                     if let Some(m) = shared.matcher.as_ref() {
-                        for mm in m.find_iter(v.as_bytes()) {
-                            used.insert(mm.pattern().as_usize());
-                        }
-                        if let Some(d) = basic_decoded(v.as_bytes()) {
-                            for mm in m.find_iter(&*d) {
-                                used.insert(mm.pattern().as_usize());
-                            }
-                        }
+                        let decoded = basic_decoded(v.as_bytes());
+                        let plain = m.find_iter(v.as_bytes());
+                        let inner = decoded.iter().flat_map(|d| m.find_iter(d.as_slice()));
+                        used.extend(
+                            plain
+                                .chain(inner)
+                                .map(|mm| mm.pattern().as_usize())
+                                .filter(|i| creds.contains(i)),
+                        );
                     }
                 }
                 None => new.push(v.clone()),
