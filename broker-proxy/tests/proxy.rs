@@ -594,3 +594,94 @@ async fn a_placeholder_in_the_body_toward_another_host_is_blocked_before_anythin
     let seen = f.upstream.seen();
     assert_eq!(seen[1].body, json_body.as_bytes());
 }
+
+/// A client of our own over CONNECT, to watch a response arrive piece by piece.
+async fn tunnel_client(
+    f: &Fixture,
+    host: &str,
+) -> hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let authority = format!("{host}:{}", f.upstream.addr.port());
+    let mut tcp = tokio::net::TcpStream::connect(f.proxy.addr())
+        .await
+        .unwrap();
+    tcp.write_all(
+        format!(
+            "CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{}\r\n\r\n",
+            f.auth()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(tcp.read(&mut b).await.unwrap(), 1);
+        head.push(b[0]);
+    }
+    assert!(String::from_utf8_lossy(&head).contains(" 200 "));
+    let mut roots = rustls::RootCertStore::empty();
+    let ca: rustls::pki_types::CertificateDer<'static> =
+        rustls::pki_types::pem::PemObject::from_pem_slice(f.proxy.ca_pem().as_bytes()).unwrap();
+    roots.add(ca).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_reaches_the_client_before_it_ends() {
+    use http_body_util::BodyExt;
+    let f = fixture(json!({ "allow_private": true }), &loopback_names()).await;
+    let mut client = tunnel_client(&f, "api.test").await;
+    let request = hyper::Request::get("/sse")
+        .header("host", "api.test")
+        .header("authorization", format!("Bearer {}", f.placeholder))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = client.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    // A guard against a hang, not a timing assertion: the first event must arrive while the
+    // upstream still holds the second back.
+    let guard = Duration::from_secs(20);
+    let mut got = Vec::new();
+    while !got.ends_with(b"data: one\n\n") {
+        let frame = tokio::time::timeout(guard, body.frame())
+            .await
+            .expect("the first event is held back by the proxy")
+            .unwrap()
+            .unwrap();
+        got.extend_from_slice(&frame.into_data().unwrap());
+    }
+    f.upstream.sse_gate.notify_one();
+    let rest = tokio::time::timeout(guard, body.collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&rest[..], b"data: two\n\n");
+    // Recorded once the stream ended.
+    let records = f
+        .audit
+        .events()
+        .into_iter()
+        .filter(|e| e.outcome.as_deref() == Some("forwarded"))
+        .count();
+    assert_eq!(records, 1);
+}

@@ -48,6 +48,8 @@ pub struct Upstream {
     pub connections: Arc<Mutex<usize>>,
     pub ca_path: PathBuf,
     pub dir: tempfile::TempDir,
+    /// Releases the second event of `/sse`.
+    pub sse_gate: Arc<tokio::sync::Notify>,
 }
 
 impl Upstream {
@@ -79,8 +81,23 @@ fn full(b: impl Into<Bytes>) -> Body {
     http_body_util::Full::new(b.into()).boxed()
 }
 
+/// A body fed from a channel.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+    }
+}
+
 async fn handle(
     seen: Arc<Mutex<Vec<Seen>>>,
+    gate: Arc<tokio::sync::Notify>,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let (parts, body) = req.into_parts();
@@ -129,6 +146,19 @@ async fn handle(
             Response::builder()
                 .header("content-type", "text/plain")
                 .body(Frames(frames).boxed())
+                .unwrap()
+        }
+        // Server-sent events: the second waits for the test's go-ahead.
+        "/sse" => {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            tokio::spawn(async move {
+                let _ = tx.send(Bytes::from_static(b"data: one\n\n")).await;
+                gate.notified().await;
+                let _ = tx.send(Bytes::from_static(b"data: two\n\n")).await;
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(ChannelBody(rx).boxed())
                 .unwrap()
         }
         "/gzip" => Response::builder()
@@ -189,15 +219,19 @@ pub async fn upstream_with(names: &[&str], tls: bool) -> Upstream {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let connections = Arc::new(Mutex::new(0));
     let (s, c) = (Arc::clone(&seen), Arc::clone(&connections));
+    let sse_gate = Arc::new(tokio::sync::Notify::new());
+    let g = Arc::clone(&sse_gate);
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
             *c.lock().unwrap() += 1;
-            let (acceptor, seen) = (acceptor.clone(), Arc::clone(&s));
+            let (acceptor, seen, gate) = (acceptor.clone(), Arc::clone(&s), Arc::clone(&g));
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| handle(Arc::clone(&seen), req));
+                let svc = hyper::service::service_fn(move |req| {
+                    handle(Arc::clone(&seen), Arc::clone(&gate), req)
+                });
                 let http = hyper::server::conn::http1::Builder::new();
                 if !tls {
                     let _ = http.serve_connection(TokioIo::new(stream), svc).await;
@@ -216,6 +250,7 @@ pub async fn upstream_with(names: &[&str], tls: bool) -> Upstream {
         connections,
         ca_path,
         dir,
+        sse_gate,
     }
 }
 
