@@ -600,6 +600,20 @@ async fn tunnel_client(
     f: &Fixture,
     host: &str,
 ) -> hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let tls = tunnel_tls(f, host, &[b"http/1.1"]).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// CONNECT through the proxy, then TLS offering `alpn`.
+async fn tunnel_tls(
+    f: &Fixture,
+    host: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let authority = format!("{host}:{}", f.upstream.addr.port());
     let mut tcp = tokio::net::TcpStream::connect(f.proxy.addr())
@@ -625,23 +639,29 @@ async fn tunnel_client(
     let ca: rustls::pki_types::CertificateDer<'static> =
         rustls::pki_types::pem::PemObject::from_pem_slice(f.proxy.ca_pem().as_bytes()).unwrap();
     roots.add(ca).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
-        .unwrap();
-    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    sender
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_only_client_gets_a_clear_tls_error() {
+    let f = fixture(json!({ "allow_private": true }), &loopback_names()).await;
+    let err = tunnel_tls(&f, "api.test", &[b"h2"]).await.unwrap_err();
+    assert!(
+        format!("{err:?}").contains("NoApplicationProtocol"),
+        "{err:?}"
+    );
+    assert_eq!(f.upstream.connections(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
