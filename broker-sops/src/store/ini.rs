@@ -146,14 +146,33 @@ pub(crate) fn load(text: &str) -> Result<Loaded, String> {
     })
 }
 
-fn quote(v: &str) -> String {
-    if v.contains('\n') || v.contains('`') {
+/// How `v` is written after `KEY = `: the usual form for its characters, or else the first
+/// other form that reads back as exactly `v` (a value such as `` `" `` would close a `"""`
+/// block early). `None` when no form does (no value this parser read is like that).
+fn quote(v: &str) -> Option<String> {
+    let usual = if v.contains('\n') || v.contains('`') {
         format!("\"\"\"{v}\"\"\"")
     } else if v.contains(['#', ';']) || v != v.trim() {
         format!("`{v}`")
     } else {
         v.to_string()
-    }
+    };
+    let reads_back = |form: &String| {
+        parse_sections(&format!("k = {form}\n"))
+            .ok()
+            .and_then(|s| s.into_iter().next())
+            .and_then(|s| s.keys.into_iter().next())
+            .is_some_and(|(_, value, _)| value == v)
+    };
+    [
+        usual,
+        v.to_string(),
+        format!("`{v}`"),
+        format!("\"{v}\""),
+        format!("\"\"\"{v}\"\"\""),
+    ]
+    .into_iter()
+    .find(reads_back)
 }
 
 fn comment_lines(out: &mut String, c: &str) {
@@ -173,9 +192,9 @@ fn section(
     name: &str,
     comment: Option<&str>,
     keys: &[(String, String, Option<String>)],
-) {
+) -> Result<(), String> {
     if name == "DEFAULT" && keys.is_empty() && comment.is_none() {
-        return;
+        return Ok(());
     }
     if !out.is_empty() {
         out.push('\n');
@@ -200,9 +219,12 @@ fn section(
         out.push_str(k);
         out.extend(std::iter::repeat_n(' ', width - k.chars().count()));
         out.push_str(" = ");
-        out.push_str(&quote(v));
+        let value = quote(v)
+            .ok_or_else(|| format!("INI cannot hold the value of `{name}.{k}` as it is"))?;
+        out.push_str(&value);
         out.push('\n');
     }
+    Ok(())
 }
 
 /// Emits an INI document (with a `[sops]` section when `meta` is given).
@@ -232,14 +254,31 @@ pub(crate) fn emit(data: &Node, meta: Option<&Node>) -> Result<Vec<u8>, String> 
                 }
             }
         }
-        section(&mut out, name, comment, &keys);
+        section(&mut out, name, comment, &keys)?;
     }
     if let Some(meta) = meta {
         let keys: Vec<(String, String, Option<String>)> = flatten_meta(meta)
             .into_iter()
             .map(|(k, v)| (k, v, None))
             .collect();
-        section(&mut out, "sops", None, &keys);
+        section(&mut out, "sops", None, &keys)?;
     }
     Ok(out.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_value_read_is_written_so_that_it_reads_back() {
+        // `` `" `` once closed a `"""` block early (a fuzz finding: the MAC then mismatched).
+        for v in ["`\"", "a\"\"\"b", " x #y ", "`a`", "\"q\"", "multi\nline `x`", "", "plain"] {
+            let form = quote(v).unwrap_or_else(|| panic!("no form for {v:?}"));
+            let text = format!("[s]\nk = {form}\n");
+            let sections = parse_sections(&text).unwrap();
+            let (_, back, _) = &sections[1].keys[0];
+            assert_eq!(back, v, "{form}");
+        }
+    }
 }
