@@ -1,9 +1,6 @@
 //! Secrets Manager: reads (string, JSON field, binary; version stages and ids) and rotation.
 
-use broker_core::json::{self, SecretJson};
-use broker_core::{
-    Credential, Error, FieldPath, FieldSegment, Request, Result, Rotation, SecretValue,
-};
+use broker_core::{Credential, Error, Request, Result, Rotation, SecretValue};
 
 use crate::errors::{Call, from_sdk};
 use crate::provider::AwsProvider;
@@ -137,7 +134,7 @@ impl AwsProvider {
             None => password,
             Some(path) => {
                 let document = self.get_secret(request, &target).await?;
-                replace_field(&document, &path, &password)?
+                broker_core::json::replace_string(document.expose(), &path, &password)?
             }
         };
         let token = broker_core::provider::random_id();
@@ -182,33 +179,4 @@ impl AwsProvider {
             version: Some(new_version),
         })
     }
-}
-
-/// `document` with the string at `path` replaced by `value`; the field must exist.
-fn replace_field(
-    document: &SecretValue,
-    path: &FieldPath,
-    value: &SecretValue,
-) -> Result<SecretValue> {
-    // Every string, key and number is wiped when `parsed` is dropped.
-    let mut parsed = SecretJson::parse(document.expose()).map_err(|_| {
-        Error::invalid_config("the secret is not a JSON document, so a field cannot be rotated")
-    })?;
-    let mut node = parsed.value_mut();
-    for seg in &path.0 {
-        node = match (seg, node) {
-            (FieldSegment::Key(k), serde_json::Value::Object(map)) => map.get_mut(k),
-            (FieldSegment::Index(i), serde_json::Value::Array(list)) => list.get_mut(*i),
-            _ => None,
-        }
-        .ok_or_else(|| Error::not_found(format!("field `{path}` is not in the secret")))?;
-    }
-    if !node.is_string() {
-        return Err(Error::invalid_config(format!(
-            "field `{path}` is not a string, so it cannot be rotated"
-        )));
-    }
-    json::wipe(node);
-    *node = serde_json::Value::String(value.expose_str()?.to_string());
-    json::to_vec_exact(parsed.value()).map(SecretValue::from)
 }

@@ -12,10 +12,8 @@ use azure_core::http::RequestContent;
 use azure_security_keyvault_secrets::models::{
     SecretClientGetSecretOptions, SecretClientListSecretPropertiesVersionsOptions,
 };
-use broker_core::json::{self, SecretJson};
 use broker_core::{
-    Credential, DeliveryKind, Error, ErrorKind, FieldPath, FieldSegment, Request, Result, Rotation,
-    SecretValue,
+    Credential, DeliveryKind, Error, ErrorKind, Request, Result, Rotation, SecretValue,
 };
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
@@ -215,7 +213,7 @@ impl AzureProvider {
                     .value
                     .as_ref()
                     .ok_or_else(|| Error::not_found(format!("{subject} has no value")))?;
-                replace_field(document.as_bytes(), &path, &password)?
+                broker_core::json::replace_string(document.as_bytes(), &path, &password)?
             }
         };
         let text = new_value
@@ -340,30 +338,6 @@ fn generate() -> Result<SecretValue> {
     Ok(SecretValue::from(
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw[..]),
     ))
-}
-
-/// `document` with the string at `path` replaced by `value`; the field must exist.
-fn replace_field(document: &[u8], path: &FieldPath, value: &SecretValue) -> Result<SecretValue> {
-    let mut parsed = SecretJson::parse(document).map_err(|_| {
-        Error::invalid_config("the secret is not a JSON document, so a field cannot be rotated")
-    })?;
-    let mut node = parsed.value_mut();
-    for seg in &path.0 {
-        node = match (seg, node) {
-            (FieldSegment::Key(k), serde_json::Value::Object(map)) => map.get_mut(k),
-            (FieldSegment::Index(i), serde_json::Value::Array(list)) => list.get_mut(*i),
-            _ => None,
-        }
-        .ok_or_else(|| Error::not_found(format!("field `{path}` is not in the secret")))?;
-    }
-    if !node.is_string() {
-        return Err(Error::invalid_config(format!(
-            "field `{path}` is not a string, so it cannot be rotated"
-        )));
-    }
-    json::wipe(node);
-    *node = serde_json::Value::String(value.expose_str()?.to_string());
-    json::to_vec_exact(parsed.value()).map(SecretValue::from)
 }
 
 #[cfg(test)]

@@ -96,6 +96,36 @@ pub fn select(document: &SecretValue, path: &FieldPath) -> Result<SecretValue> {
         .ok_or_else(|| Error::not_found(format!("field `{path}` is not in the secret")))?
 }
 
+/// `document` with the string at `path` replaced by `value` (rotation of a `#field`): the field
+/// must exist and hold a string. The parsed document is wiped; errors never contain a value.
+pub fn replace_string(
+    document: &[u8],
+    path: &FieldPath,
+    value: &SecretValue,
+) -> Result<SecretValue> {
+    use crate::FieldSegment;
+    let mut parsed = SecretJson::parse(document).map_err(|_| {
+        Error::invalid_config("the secret is not a JSON document, so a field cannot be rotated")
+    })?;
+    let mut node = parsed.value_mut();
+    for seg in &path.0 {
+        node = match (seg, node) {
+            (FieldSegment::Key(k), Value::Object(map)) => map.get_mut(k),
+            (FieldSegment::Index(i), Value::Array(list)) => list.get_mut(*i),
+            _ => None,
+        }
+        .ok_or_else(|| Error::not_found(format!("field `{path}` is not in the secret")))?;
+    }
+    if !node.is_string() {
+        return Err(Error::invalid_config(format!(
+            "field `{path}` is not a string, so it cannot be rotated"
+        )));
+    }
+    wipe(node);
+    *node = Value::String(value.expose_str()?.to_string());
+    to_vec_exact(parsed.value()).map(SecretValue::from)
+}
+
 /// `node` as a secret: a string as its text, anything else as compact JSON, written into an
 /// exact-size buffer.
 pub fn to_secret(node: &Value) -> Result<SecretValue> {
@@ -166,6 +196,24 @@ impl io::Write for Bounded<'_> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn replace_string_rotates_one_string_field() {
+        let doc = br#"{"user":"app","db":{"password":"old","port":5432}}"#;
+        let path = crate::FieldPath::parse("db.password").unwrap();
+        let out = replace_string(doc, &path, &SecretValue::from("new".to_string())).unwrap();
+        assert_eq!(
+            out.expose(),
+            br#"{"user":"app","db":{"password":"new","port":5432}}"#
+        );
+        let new = SecretValue::from("x".to_string());
+        let missing = replace_string(doc, &crate::FieldPath::parse("nope").unwrap(), &new);
+        assert_eq!(missing.unwrap_err().kind(), crate::ErrorKind::NotFound);
+        let number = replace_string(doc, &crate::FieldPath::parse("db.port").unwrap(), &new);
+        assert_eq!(number.unwrap_err().kind(), crate::ErrorKind::InvalidConfig);
+        let e = replace_string(b"old", &path, &new).unwrap_err();
+        assert!(!e.to_string().contains("old"), "{e}");
+    }
     use super::*;
 
     const CANARY: &str = "canary-json-5e1d";

@@ -2,10 +2,7 @@
 //! secrets; the payload's CRC32C checked) and rotation (a new version, the previous one
 //! optionally disabled).
 
-use broker_core::json::{self, SecretJson};
-use broker_core::{
-    Credential, Error, FieldPath, FieldSegment, Request, Result, Rotation, SecretValue,
-};
+use broker_core::{Credential, Error, Request, Result, Rotation, SecretValue};
 use google_cloud_secretmanager_v1::model::SecretPayload;
 use zeroize::Zeroize;
 
@@ -138,7 +135,7 @@ impl GcpProvider {
             Some(path) => {
                 let read = self.access(request, &target).await?;
                 (
-                    replace_field(&read.value, &path, &generated)?,
+                    broker_core::json::replace_string(read.value.expose(), &path, &generated)?,
                     Some(read.name),
                 )
             }
@@ -224,35 +221,6 @@ fn generate() -> SecretValue {
     SecretValue::new(bytes)
 }
 
-/// `document` with the string at `path` replaced by `value`; the field must exist.
-fn replace_field(
-    document: &SecretValue,
-    path: &FieldPath,
-    value: &SecretValue,
-) -> Result<SecretValue> {
-    // Every string, key and number is wiped when `parsed` is dropped.
-    let mut parsed = SecretJson::parse(document.expose()).map_err(|_| {
-        Error::invalid_config("the secret is not a JSON document, so a field cannot be rotated")
-    })?;
-    let mut node = parsed.value_mut();
-    for seg in &path.0 {
-        node = match (seg, node) {
-            (FieldSegment::Key(k), serde_json::Value::Object(map)) => map.get_mut(k),
-            (FieldSegment::Index(i), serde_json::Value::Array(list)) => list.get_mut(*i),
-            _ => None,
-        }
-        .ok_or_else(|| Error::not_found(format!("field `{path}` is not in the secret")))?;
-    }
-    if !node.is_string() {
-        return Err(Error::invalid_config(format!(
-            "field `{path}` is not a string, so it cannot be rotated"
-        )));
-    }
-    json::wipe(node);
-    *node = serde_json::Value::String(value.expose_str()?.to_string());
-    json::to_vec_exact(parsed.value()).map(SecretValue::from)
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -265,14 +233,5 @@ mod tests {
         assert_eq!(a.len(), GENERATED_LEN);
         assert!(a.expose().iter().all(u8::is_ascii_alphanumeric));
         assert_ne!(a.expose(), b.expose());
-    }
-
-    #[test]
-    fn field_replacement() {
-        let doc = SecretValue::from(r#"{"user":"app","password":"old"}"#.to_string());
-        let path = FieldPath::parse("password").unwrap();
-        let out = replace_field(&doc, &path, &SecretValue::from("new".to_string())).unwrap();
-        assert_eq!(out.expose(), br#"{"user":"app","password":"new"}"#);
-        assert!(replace_field(&doc, &FieldPath::parse("nope").unwrap(), &doc).is_err());
     }
 }
