@@ -273,7 +273,16 @@ mod tests {
     #[test]
     fn every_value_read_is_written_so_that_it_reads_back() {
         // `` `" `` once closed a `"""` block early (a fuzz finding: the MAC then mismatched).
-        for v in ["`\"", "a\"\"\"b", " x #y ", "`a`", "\"q\"", "multi\nline `x`", "", "plain"] {
+        for v in [
+            "`\"",
+            "a\"\"\"b",
+            " x #y ",
+            "`a`",
+            "\"q\"",
+            "multi\nline `x`",
+            "",
+            "plain",
+        ] {
             let form = quote(v).unwrap_or_else(|| panic!("no form for {v:?}"));
             let text = format!("[s]\nk = {form}\n");
             let sections = parse_sections(&text).unwrap();
