@@ -520,6 +520,19 @@ async fn credential(
     ctx.task_id = req.task_id.clone();
     ctx.purpose = req.reason.clone();
     let spec = live.broker.config().credential(&name).cloned();
+    // A placeholder-mode credential's value stays in the daemon (issue 13): never returned.
+    if spec.as_ref().is_some_and(|s| s.proxy.is_some()) {
+        let err = ApiError::new(
+            StatusCode::FORBIDDEN,
+            "proxy_only",
+            format!("`{name}` is delivered only as a placeholder through the egress proxy"),
+        );
+        app.refuse(&live, &ctx, &who, &err, |e| {
+            e.credential = Some(name.clone())
+        })
+        .await;
+        return Err(err);
+    }
     let requested_ttl = req.ttl.as_ref().map(parse_ttl).transpose()?;
     if let (Some(want), Some(spec)) = (requested_ttl, &spec)
         && let Some(max) = spec.ttl
@@ -680,6 +693,10 @@ async fn manifest(
             let Some(spec) = config.credential(&entry.credential) else {
                 continue;
             };
+            // Not offered to agents: they cannot obtain a `proxy_only` value.
+            if spec.proxy.is_some() {
+                continue;
+            }
             let request = PolicyRequest {
                 agent_id: Some(agent),
                 agent_tenant: &tenant,

@@ -288,3 +288,25 @@ fn ten_thousand_idle_connections_and_a_slow_client_do_not_starve_others() {
         assert_no_canary("daemon output", text, &[CANARY]);
     }
 }
+
+#[test]
+fn a_placeholder_mode_credential_is_never_served() {
+    let d = Daemon::start(
+        &config(
+            "  hidden: { ref: \"env:BROKER_SERVE_TEST_CANARY\", as: HIDDEN, proxy: { hosts: [api.example.com] } }\n",
+            "",
+        ),
+        ENV,
+    );
+    let a = d.call("POST", "/v1/credentials/hidden", "{}");
+    assert_eq!((a.status, kind_of(&a).as_str()), (403, "proxy_only"));
+    let manifest = String::from_utf8_lossy(&d.call("GET", "/v1/manifest", "").body).to_string();
+    assert!(manifest.contains("\"api\""), "{manifest}");
+    assert!(!manifest.contains("hidden"), "{manifest}");
+    let body = String::from_utf8_lossy(&a.body).to_string();
+    let (logs, audit) = d.stop();
+    for text in [&body, &manifest, &logs, &audit] {
+        assert_no_canary("daemon output", text, &[CANARY]);
+    }
+    assert!(audit.contains("\"outcome\":\"proxy_only\""), "{audit}");
+}
