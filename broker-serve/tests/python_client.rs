@@ -114,8 +114,22 @@ fn the_python_example_client_gets_a_redacted_credential() {
         "error: 400 malformed_request: `ttl`: `soon` is not a duration (a number must precede `s`)\n"
     );
 
+    // A scope can only narrow a configured one; a reason is recorded.
+    let (code, _, stderr) = client(
+        &d,
+        &["get", "api", "--scope", r#"{"actions": ["s3:GetObject"]}"#],
+    );
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        stderr,
+        "error: 400 scope_too_wide: `api` has no configured `scope:` for a request to narrow\n"
+    );
+    let (code, _, _) = client(&d, &["get", "api", "--reason", "nightly report"]);
+    assert_eq!(code, Some(0));
+
     let (logs, audit) = d.stop();
     assert_no_canary("daemon logs", &logs, &[CANARY]);
     assert_no_canary("audit log", &audit, &[CANARY]);
     assert!(audit.contains("\"agent_id\":\"agent-py\""));
+    assert!(audit.contains("\"purpose\":\"nightly report\""), "{audit}");
 }

@@ -5,7 +5,9 @@ The daemon listens on a unix socket and takes the caller's identity from the ker
 socket peer's uid), so the agent holds no token, key or config: it connects and asks.
 
     client.py SOCKET manifest                 what this agent may request (secret-free)
-    client.py SOCKET get NAME [--ttl 5m]      obtain one credential
+    client.py SOCKET get NAME [--ttl 5m] [--scope JSON] [--reason TEXT]
+                                              obtain one credential (a shorter ttl, a
+                                              narrower scope, why it is asked for)
 
 `get` prints the answer as JSON with the value replaced by `[REDACTED:NAME]` (and its length):
 a real agent uses the value (sets it in a subprocess's environment, writes it to a 0600 file,
@@ -95,6 +97,11 @@ def main(argv):
     reveal = "--reveal" in rest
     if "--ttl" in rest:
         request["ttl"] = rest[rest.index("--ttl") + 1]
+    if "--scope" in rest:
+        # e.g. '{"resources": ["arn:aws:s3:::bucket-a/reports/*"]}': may only narrow the config's.
+        request["scope"] = json.loads(rest[rest.index("--scope") + 1])
+    if "--reason" in rest:
+        request["reason"] = rest[rest.index("--reason") + 1]
     status, body = call(sock_path, "POST", f"/v1/credentials/{name}", request)
     if status != 200:
         fail(status, body)
