@@ -5,84 +5,40 @@
 #![allow(clippy::unwrap_used)]
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 const CANARY: &str = "canary-serve-run-3b9e71d0c4a2";
 const KEY_CANARY: &str = "canary-serve-run-key-5f06c2e8";
 const OTHER_CANARY: &str = "canary-serve-run-other-a41d97";
 
-struct Daemon {
-    child: Child,
-    dir: tempfile::TempDir,
-    socket: PathBuf,
-}
+mod serve_daemon;
 
-impl Daemon {
-    fn start() -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let uid = rustix::process::getuid().as_raw();
-        std::fs::write(
-            dir.path().join(".broker.yml"),
-            format!(
-                "credentials:\n  api: {{ ref: \"env:DEMO_TOKEN\", as: API_TOKEN }}\n  \
-                 key: {{ ref: \"env:DEMO_KEY\", as: KEY_FILE, kind: file }}\n  \
-                 other: {{ ref: \"env:DEMO_OTHER\", as: OTHER_TOKEN }}\n\
-                 audit: {{ path: audit.jsonl }}\n\
-                 serve:\n  listen: run/broker.sock\n  agents: [{{ id: agent-a, uid: {uid} }}]\n"
-            ),
-        )
-        .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_broker"))
-            .arg("serve")
-            .current_dir(dir.path())
-            .env("DEMO_TOKEN", CANARY)
-            .env("DEMO_KEY", KEY_CANARY)
-            .env("DEMO_OTHER", OTHER_CANARY)
-            .env_remove("BROKER_CONFIG")
-            .env_remove("BROKER_FROM")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let socket = dir.path().join("run/broker.sock");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "the daemon did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Daemon { child, dir, socket }
-    }
+use serve_daemon::Daemon;
 
-    /// SIGTERM; the daemon's stderr and audit log.
-    fn stop(mut self) -> (String, String) {
-        use std::io::Read;
-        rustix::process::kill_process(
-            rustix::process::Pid::from_child(&self.child),
-            rustix::process::Signal::TERM,
-        )
-        .unwrap();
-        let mut logs = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut logs)
-            .unwrap();
-        assert!(self.child.wait().unwrap().success(), "{logs}");
-        let audit = std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap();
-        (logs, audit)
-    }
-}
-
-/// A test that fails before [`Daemon::stop`] leaves no daemon behind.
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The daemon with three `env:` credentials (one `kind: file`), this uid as `agent-a`.
+fn start() -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let uid = rustix::process::getuid().as_raw();
+    std::fs::write(
+        dir.path().join(".broker.yml"),
+        format!(
+            "credentials:\n  api: {{ ref: \"env:DEMO_TOKEN\", as: API_TOKEN }}\n  \
+             key: {{ ref: \"env:DEMO_KEY\", as: KEY_FILE, kind: file }}\n  \
+             other: {{ ref: \"env:DEMO_OTHER\", as: OTHER_TOKEN }}\n\
+             audit: {{ path: audit.jsonl }}\n\
+             serve:\n  listen: run/broker.sock\n  agents: [{{ id: agent-a, uid: {uid} }}]\n"
+        ),
+    )
+    .unwrap();
+    Daemon::start(
+        dir,
+        &[
+            ("DEMO_TOKEN", CANARY),
+            ("DEMO_KEY", KEY_CANARY),
+            ("DEMO_OTHER", OTHER_CANARY),
+        ],
+    )
 }
 
 /// `broker run --from` in an empty dir (no .broker.yml anywhere up), with a clean environment.
@@ -110,7 +66,7 @@ fn runtime_dir() -> tempfile::TempDir {
 
 #[test]
 fn a_run_from_the_daemon_delivers_redacts_and_wipes() {
-    let d = Daemon::start();
+    let d = start();
     let runtime = runtime_dir();
     let out = client(
         &d.socket,

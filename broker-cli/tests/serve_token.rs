@@ -7,9 +7,9 @@
 #![allow(clippy::unwrap_used)]
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -72,75 +72,25 @@ fn now() -> u64 {
         .as_secs()
 }
 
-struct Daemon {
-    child: Child,
-    dir: tempfile::TempDir,
-    socket: PathBuf,
-}
+mod serve_daemon;
 
-impl Daemon {
-    fn start(jwks: &str) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("jwks.json"), jwks).unwrap();
-        std::fs::write(
-            dir.path().join(".broker.yml"),
-            format!(
-                "credentials:\n  api: {{ ref: \"env:DEMO_TOKEN\", as: API_TOKEN }}\n\
-                 audit: {{ path: audit.jsonl }}\n\
-                 serve:\n  listen: run/broker.sock\n  jwt:\n    issuer: {ISSUER}\n\
-                 \x20   audience: {AUDIENCE}\n    jwks_file: jwks.json\n    tenant_claim: tenant\n"
-            ),
-        )
-        .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_broker"))
-            .arg("serve")
-            .current_dir(dir.path())
-            .env("DEMO_TOKEN", CANARY)
-            .env("BROKER_LOG", "trace")
-            .env_remove("BROKER_CONFIG")
-            .env_remove("BROKER_FROM")
-            .env_remove("BROKER_TOKEN_FILE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let socket = dir.path().join("run/broker.sock");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "the daemon did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Daemon { child, dir, socket }
-    }
+use serve_daemon::Daemon;
 
-    /// SIGTERM; the daemon's stderr and audit log.
-    fn stop(mut self) -> (String, String) {
-        use std::io::Read;
-        rustix::process::kill_process(
-            rustix::process::Pid::from_child(&self.child),
-            rustix::process::Signal::TERM,
-        )
-        .unwrap();
-        let mut logs = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut logs)
-            .unwrap();
-        assert!(self.child.wait().unwrap().success(), "{logs}");
-        let audit = std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap();
-        (logs, audit)
-    }
-}
-
-/// A test that fails before [`Daemon::stop`] leaves no daemon behind.
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The daemon with `serve.jwt` trusting `jwks` (no `serve.agents`: only tokens identify).
+fn start(jwks: &str) -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("jwks.json"), jwks).unwrap();
+    std::fs::write(
+        dir.path().join(".broker.yml"),
+        format!(
+            "credentials:\n  api: {{ ref: \"env:DEMO_TOKEN\", as: API_TOKEN }}\n\
+             audit: {{ path: audit.jsonl }}\n\
+             serve:\n  listen: run/broker.sock\n  jwt:\n    issuer: {ISSUER}\n\
+             \x20   audience: {AUDIENCE}\n    jwks_file: jwks.json\n    tenant_claim: tenant\n"
+        ),
+    )
+    .unwrap();
+    Daemon::start(dir, &[("DEMO_TOKEN", CANARY), ("BROKER_LOG", "trace")])
 }
 
 /// `broker ARGS` in an empty dir (no .broker.yml anywhere up), with a clean environment.
@@ -160,7 +110,7 @@ fn broker(runtime: &Path, args: &[&str]) -> std::process::Output {
 #[test]
 fn a_token_file_identifies_the_client_to_the_daemon() {
     let signer = Signer::new();
-    let d = Daemon::start(&signer.jwks());
+    let d = start(&signer.jwks());
     let runtime = tempfile::tempdir().unwrap();
     std::fs::set_permissions(runtime.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let token_file = runtime.path().join("token");
