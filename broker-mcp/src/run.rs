@@ -155,6 +155,33 @@ pub async fn run(
         None => None,
     };
 
+    // A placeholder-mode credential's value never reaches a child here: the egress proxy that
+    // would substitute it runs only under `broker run` (see docs/proxy.md).
+    if let Some(spec) = request
+        .credentials
+        .iter()
+        .filter_map(|name| broker.config().credential(name))
+        .find(|spec| spec.proxy.is_some())
+    {
+        broker.record_notice(
+            context,
+            "proxy_only",
+            &format!(
+                "mcp run: `{}` is delivered only through the egress proxy",
+                spec.name
+            ),
+        )?;
+        return Err(Error::new(
+            ErrorKind::PolicyDenied,
+            format!(
+                "credential `{}` is delivered only as a placeholder through the egress proxy, \
+                 which `broker mcp` does not run",
+                spec.name
+            ),
+        )
+        .with_hint("run the command with `broker run` instead")
+        .into());
+    }
     // Policy, egress gate, lease cache, retry and audit, for each name, before anything runs.
     let mut session = if request.credentials.is_empty() {
         Session::new(

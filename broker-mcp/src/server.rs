@@ -214,6 +214,14 @@ impl BrokerMcp {
             if !self.permitted(entry, &context) {
                 continue;
             }
+            // Placeholder-mode credentials are for `broker run`'s proxy only.
+            let config = self.inner.broker.config();
+            if config
+                .credential(&entry.credential)
+                .is_some_and(|c| c.proxy.is_some())
+            {
+                continue;
+            }
             let revealable = self
                 .inner
                 .broker
@@ -241,7 +249,7 @@ impl BrokerMcp {
         let mut context = identity.context();
         context.purpose = request.reason.clone();
         let spec = broker.config().require_credential(&request.name)?;
-        if !spec.mcp.reveal {
+        if !spec.mcp.reveal || spec.proxy.is_some() {
             let mut event = broker.context_event(EventKind::Notice, Severity::Warning, &context);
             event.action = Some("reveal".into());
             event.credential = Some(spec.name.clone());

@@ -191,3 +191,25 @@ async fn run_times_out_with_the_group_killed() {
     assert_eq!(out.signal, Some(9));
     assert_eq!(out.stdout, "started\n");
 }
+
+#[tokio::test]
+async fn placeholder_mode_credentials_are_never_handed_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(
+        dir.path(),
+        "credentials:\n  api: { ref: \"env:ENGINE_API\", proxy: { hosts: [api.example.com] }, mcp: { reveal: true } }\n  other: { ref: \"env:ENGINE_OTHER\" }\n",
+    )
+    .unwrap();
+    let config = McpConfig::from_config(b.config()).unwrap();
+    let e = run(
+        &b,
+        &config,
+        &request(&["printenv"], &["api"]),
+        &RequestContext::new(),
+    )
+    .await
+    .unwrap_err()
+    .0;
+    assert_eq!(e.kind(), ErrorKind::PolicyDenied);
+    assert!(e.to_string().contains("only as a placeholder"), "{e}");
+}
