@@ -7,14 +7,17 @@
 //!   each request inside is handled as below with the CONNECT authority as its target — never
 //!   its `Host` header or the client's SNI. Upstream connections go to the checked addresses
 //!   only, with TLS verified against the system roots plus `egress.proxy.upstream_ca`.
-//! - `GET http://host/...` (absolute form): the same, over plain HTTP.
+//! - `GET http://host/...` (absolute form): the same, over plain HTTP — except that a value is
+//!   never put into a plain-HTTP request unless its credential says `allow_http: true`.
 //! - A request carrying a credential's placeholder (any header, the path or query, the first
 //!   [`BODY_SCAN_LIMIT`] bytes of the body; `Basic` credentials and percent-encoding decoded)
-//!   toward a host outside that credential's `hosts` is answered 403 and raises an alert;
-//!   nothing is sent upstream. Toward an allowed host, the placeholder is
-//!   replaced by the value in the credential's configured headers, and upstream is asked for
-//!   `accept-encoding: identity`; a compressed answer to such a request is refused (502), as
-//!   it could not be redacted.
+//!   toward a host outside that credential's `hosts`, or over plain HTTP without the
+//!   credential's `allow_http`, is answered 403 and raises an alert; nothing is sent upstream.
+//!   Toward an allowed host (over verified TLS, or plain HTTP with `allow_http`), the
+//!   placeholder is replaced by the value in the credential's configured headers.
+//! - Every request toward a host matching any credential's `hosts` (placeholder or not) is
+//!   sent with `accept-encoding: identity`, and a compressed answer from such a host is
+//!   refused (502), as it could not be redacted.
 //! - Responses stream back with every proxied value redacted (headers and body, split across
 //!   chunks too); `Content-Length` is dropped when a body is rewritten.
 //! - One audit record per request that used a credential, after its response body ends.
@@ -371,7 +374,7 @@ async fn front(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBod
     };
     // A placeholder bound for the wrong host is caught before the egress check, so the
     // attempt raises an alert even toward a host nothing allows.
-    let req = match inspect(&shared, &target, req).await {
+    let req = match inspect(&shared, &target, Scheme::Http, req).await {
         Ok(req) => req,
         Err(r) => return r,
     };
@@ -468,7 +471,7 @@ async fn tunnel(
             Arc::clone(&upstream),
         );
         async move {
-            let response = match inspect(&shared, &target, req).await {
+            let response = match inspect(&shared, &target, Scheme::Https, req).await {
                 Err(r) => r,
                 Ok(req) => forward(&shared, &target, Scheme::Https, &addrs, &upstream, req).await,
             };
@@ -508,19 +511,21 @@ fn placeholders_in<B>(shared: &Shared, req: &Request<B>) -> BTreeSet<usize> {
     found
 }
 
-/// Reads up to [`BODY_SCAN_LIMIT`] bytes of the body when a placeholder in it could be bound
-/// for the wrong host (some credential's `hosts` do not match the target), and checks the
-/// headers, path, query and that prefix ([`check_placeholders`]). The body goes on unchanged.
+/// Reads up to [`BODY_SCAN_LIMIT`] bytes of the body when a placeholder in it could be
+/// refused (some credential's `hosts` do not match the target, or the request is plain HTTP
+/// and some credential lacks `allow_http`), and checks the headers, path, query and that
+/// prefix ([`check_placeholders`]). The body goes on unchanged.
 async fn inspect(
     shared: &Shared,
     target: &Target,
+    scheme: Scheme,
     req: Request<Incoming>,
 ) -> std::result::Result<Request<UpBody>, Response<ProxyBody>> {
     let (parts, mut body) = req.into_parts();
     let foreign = shared
         .credentials
         .iter()
-        .any(|c| !any_matches(&c.rules.hosts, &target.host));
+        .any(|c| !any_matches(&c.rules.hosts, &target.host) || !cleartext_allowed(c, scheme));
     let mut in_body = BTreeSet::new();
     let body: UpBody = if foreign && let Some(matcher) = &shared.matcher {
         let mut head = Zeroizing::new(Vec::new());
@@ -568,7 +573,7 @@ async fn inspect(
         body.boxed()
     };
     let req = Request::from_parts(parts, body);
-    check_placeholders(shared, target, &req, &in_body).await?;
+    check_placeholders(shared, target, scheme, &req, &in_body).await?;
     Ok(req)
 }
 
@@ -592,31 +597,57 @@ impl hyper::body::Body for ChainBody {
     }
 }
 
-/// 403 and an alert when a placeholder is bound for a host its credential does not allow.
+/// Whether credential `c`'s value may go out in a request of `scheme`: always over verified
+/// TLS, over plain HTTP only with `allow_http: true`.
+fn cleartext_allowed(c: &ProxiedCredential, scheme: Scheme) -> bool {
+    scheme == Scheme::Https || c.rules.allow_http
+}
+
+/// 403 and an alert when a placeholder is bound for a host its credential does not allow, or
+/// would go out over plain HTTP without the credential's `allow_http`.
 async fn check_placeholders(
     shared: &Shared,
     target: &Target,
+    scheme: Scheme,
     req: &Request<UpBody>,
     in_body: &BTreeSet<usize>,
 ) -> std::result::Result<(), Response<ProxyBody>> {
     let mut found = placeholders_in(shared, req);
     found.extend(in_body.iter().copied());
-    let wrong: Vec<&ProxiedCredential> = found
-        .iter()
-        .map(|i| &shared.credentials[*i])
+    let credentials = || found.iter().map(|i| &shared.credentials[*i]);
+    let wrong: Vec<&ProxiedCredential> = credentials()
         .filter(|c| !any_matches(&c.rules.hosts, &target.host))
         .collect();
-    if wrong.is_empty() {
-        return Ok(());
-    }
-    let names: Vec<&str> = wrong.iter().map(|c| c.name.as_str()).collect();
+    let (refused, why, answer) = if !wrong.is_empty() {
+        (
+            wrong,
+            "placeholder sent toward a host outside the credential's proxy.hosts (possible exfiltration)",
+            format!("may not be sent to {}", target.host),
+        )
+    } else {
+        let cleartext: Vec<&ProxiedCredential> = credentials()
+            .filter(|c| !cleartext_allowed(c, scheme))
+            .collect();
+        if cleartext.is_empty() {
+            return Ok(());
+        }
+        (
+            cleartext,
+            "placeholder sent over plain http (the value would cross the network unencrypted; the credential's proxy.allow_http is not set)",
+            format!(
+                "may not be sent over plain http to {} (use https, or set `proxy.allow_http: true`)",
+                target.host
+            ),
+        )
+    };
+    let names: Vec<&str> = refused.iter().map(|c| c.name.as_str()).collect();
     let mut e = shared.audit.event(EventKind::Decision, Severity::Alert);
     e.action = Some("proxy".into());
     e.credential = Some(names.join(","));
     e.decision = Some("denied".into());
     e.outcome = Some("blocked".into());
     e.reason = Some(format!(
-        "placeholder sent toward a host outside the credential's proxy.hosts (possible exfiltration): host={} method={} path={}",
+        "{why}: host={} method={} path={}",
         target.authority(),
         req.method(),
         record_path(shared, req.uri().path())
@@ -625,9 +656,8 @@ async fn check_placeholders(
     Err(text(
         StatusCode::FORBIDDEN,
         &format!(
-            "blocked: the placeholder of credential `{}` may not be sent to {}",
+            "blocked: the placeholder of credential `{}` {answer}",
             names.join("`, `"),
-            target.host
         ),
     ))
 }
@@ -703,6 +733,7 @@ fn substitute(shared: &Shared, value: &[u8], creds: &[usize]) -> Option<Zeroizin
 fn substitute_headers(
     shared: &Shared,
     target: &Target,
+    scheme: Scheme,
     headers: &mut HeaderMap,
     found: &BTreeSet<usize>,
 ) -> std::result::Result<Vec<usize>, String> {
@@ -714,7 +745,9 @@ fn substitute_headers(
             .copied()
             .filter(|i| {
                 let c = &shared.credentials[*i];
-                c.rules.headers.contains(&name) && any_matches(&c.rules.hosts, &target.host)
+                c.rules.headers.contains(&name)
+                    && any_matches(&c.rules.hosts, &target.host)
+                    && cleartext_allowed(c, scheme)
             })
             .collect();
         if creds.is_empty() {
@@ -860,11 +893,17 @@ async fn forward(
         );
     }
     strip_hop_by_hop(&mut parts.headers);
-    let used = match substitute_headers(shared, target, &mut parts.headers, &found) {
+    let used = match substitute_headers(shared, target, scheme, &mut parts.headers, &found) {
         Ok(u) => u,
         Err(msg) => return text(StatusCode::BAD_GATEWAY, &msg),
     };
-    if !used.is_empty() {
+    // A credential's host could reflect a value whatever this request carries: its answers
+    // must come uncompressed, so the redactor sees the bytes the client will.
+    let credential_host = shared
+        .credentials
+        .iter()
+        .any(|c| any_matches(&c.rules.hosts, &target.host));
+    if credential_host {
         parts.headers.insert(
             header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),
@@ -928,11 +967,10 @@ async fn forward(
         }
     };
     let (mut parts, body) = response.into_parts();
-    if !used.is_empty()
-        && let Some(ce) = parts.headers.get(header::CONTENT_ENCODING)
-        && !ce.as_bytes().eq_ignore_ascii_case(b"identity")
-    {
-        let msg = "upstream sent a compressed response to a request that carried a value; it cannot be redacted".to_string();
+    if (credential_host || !used.is_empty()) && compressed(&parts.headers) {
+        let msg =
+            "upstream sent a compressed response from a credential's host; it cannot be redacted"
+                .to_string();
         return upstream_failed(shared, target, &method, &audit_path, &used, msg).await;
     }
     strip_hop_by_hop(&mut parts.headers);
@@ -962,6 +1000,16 @@ async fn forward(
         Empty::new().map_err(|never| match never {}).boxed()
     };
     Response::from_parts(parts, body)
+}
+
+/// Whether `Content-Encoding` names any coding other than `identity`.
+fn compressed(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"identity"))
 }
 
 async fn upstream_failed(

@@ -13,6 +13,7 @@
 //!       hosts: ["api.openai.com"]
 //!       headers: [Authorization]
 //!       placeholder: { prefix: "sk-proj-", length: 48 }
+//!       allow_http: false   # the default: never put the value into a plain-HTTP request
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -106,6 +107,8 @@ struct RawRules {
     headers: Option<Vec<String>>,
     #[serde(default)]
     placeholder: PlaceholderShape,
+    #[serde(default)]
+    allow_http: bool,
 }
 
 /// A credential's `proxy:` rules.
@@ -117,6 +120,9 @@ pub struct Rules {
     pub headers: Vec<HeaderName>,
     /// The placeholder's shape.
     pub placeholder: PlaceholderShape,
+    /// Whether the value may be put into plain-HTTP (cleartext) requests. Off by default: a
+    /// placeholder in a plain `http://` request is refused unless this is set.
+    pub allow_http: bool,
 }
 
 impl Rules {
@@ -132,8 +138,9 @@ impl Rules {
     pub fn from_json(name: &str, value: &serde_json::Value) -> Result<Rules> {
         let fail =
             |msg: String| Error::invalid_config(format!("`proxy`: {msg}")).with_credential(name);
-        let raw: RawRules = serde_json::from_value(value.clone())
-            .map_err(|e| fail(e.to_string()).with_hint("keys: hosts, headers, placeholder"))?;
+        let raw: RawRules = serde_json::from_value(value.clone()).map_err(|e| {
+            fail(e.to_string()).with_hint("keys: hosts, headers, placeholder, allow_http")
+        })?;
         if raw.hosts.is_empty() {
             return Err(fail(
                 "`hosts` is empty: name the hosts the value may go to".into(),
@@ -180,6 +187,7 @@ impl Rules {
             hosts,
             headers,
             placeholder: shape,
+            allow_http: raw.allow_http,
         })
     }
 }
@@ -268,5 +276,23 @@ mod tests {
         let ip = HostPattern::parse("0x7f.1").unwrap();
         assert!(ip.matches("127.0.0.1"));
         assert!(HostPattern::parse("a b").is_none());
+    }
+
+    #[test]
+    fn allow_http_is_off_by_default_and_unknown_keys_stay_errors() {
+        let rules = Rules::from_json("api", &serde_json::json!({ "hosts": ["api.test"] })).unwrap();
+        assert!(!rules.allow_http);
+        let rules = Rules::from_json(
+            "api",
+            &serde_json::json!({ "hosts": ["api.test"], "allow_http": true }),
+        )
+        .unwrap();
+        assert!(rules.allow_http);
+        let err = Rules::from_json(
+            "api",
+            &serde_json::json!({ "hosts": ["api.test"], "allow_plain_http": true }),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("allow_plain_http"), "{err}");
     }
 }

@@ -77,17 +77,26 @@ impl Fixture {
 }
 
 async fn fixture(policy: serde_json::Value, names: &[(&str, &[&str])]) -> Fixture {
-    fixture_with(policy, names, true).await
+    fixture_with(policy, names, true, false).await
 }
 
-async fn fixture_with(policy: serde_json::Value, names: &[(&str, &[&str])], tls: bool) -> Fixture {
+async fn fixture_with(
+    policy: serde_json::Value,
+    names: &[(&str, &[&str])],
+    tls: bool,
+    allow_http: bool,
+) -> Fixture {
     let upstream = upstream_with(&["api.test", "other.test", "127.0.0.1"], tls).await;
     let mut policy = policy;
     policy["upstream_ca"] = json!(upstream.ca_path.display().to_string());
     let policy = EgressPolicy::parse(Some(&policy), upstream.dir.path()).unwrap();
     let rules = Rules::from_json(
         "api",
-        &json!({ "hosts": ["api.test"], "placeholder": { "prefix": "sk-live-", "length": 32 } }),
+        &json!({
+            "hosts": ["api.test"],
+            "placeholder": { "prefix": "sk-live-", "length": 32 },
+            "allow_http": allow_http,
+        }),
     )
     .unwrap();
     let placeholder = broker_proxy::placeholder::generate(&rules.placeholder);
@@ -454,11 +463,12 @@ async fn the_proxy_needs_the_runs_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plain_http_absolute_form_follows_the_same_rules() {
+async fn plain_http_absolute_form_follows_the_same_rules_with_allow_http() {
     let f = fixture_with(
         json!({ "allow_hosts": ["other.test"], "allow_private": true }),
         &loopback_names(),
         false,
+        true,
     )
     .await;
     let port = f.upstream.addr.port();
@@ -494,6 +504,95 @@ async fn plain_http_absolute_form_follows_the_same_rules() {
             .count(),
         1
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placeholder_over_plain_http_is_refused_without_allow_http() {
+    let f = fixture_with(
+        json!({ "allow_private": true }),
+        &loopback_names(),
+        false,
+        false,
+    )
+    .await;
+    let port = f.upstream.addr.port();
+    let bearer = format!("Authorization: Bearer {}", f.placeholder);
+    let url = format!("http://api.test:{port}/plain");
+    let (code, out, err) = curl(f.curl_args(&["-H", &bearer, &url])).await;
+    assert_eq!(code, 0, "{err}");
+    let (body, status) = split_status(&out);
+    assert_eq!(status, "403", "{out}");
+    assert!(body.contains("plain http"), "{body}");
+    assert!(body.contains("allow_http"), "{body}");
+    // In the query too, percent-encoded.
+    let url = format!(
+        "http://api.test:{port}/plain?k={}",
+        f.placeholder.replace('-', "%2D")
+    );
+    let (_, out, _) = curl(f.curl_args(&[&url])).await;
+    assert!(out.ends_with("403"), "{out}");
+
+    assert!(f.upstream.seen().is_empty(), "nothing was forwarded");
+    assert_eq!(
+        f.upstream.connections(),
+        0,
+        "the upstream was never contacted"
+    );
+    assert!(f.dialer.asked().is_empty(), "{:?}", f.dialer.asked());
+    let alerts: Vec<_> = f
+        .audit
+        .events()
+        .into_iter()
+        .filter(|e| e.severity == Severity::Alert)
+        .collect();
+    assert_eq!(alerts.len(), 2, "{alerts:?}");
+    assert_eq!(alerts[0].credential.as_deref(), Some("api"));
+    assert_eq!(alerts[0].decision.as_deref(), Some("denied"));
+    assert_eq!(alerts[0].outcome.as_deref(), Some("blocked"));
+    let reason = alerts[0].reason.as_deref().unwrap();
+    assert!(reason.contains("plain http"), "{reason}");
+    f.assert_no_canary("curl output", &out);
+    f.assert_no_canary("audit", &f.audit_text());
+
+    // Without a placeholder, plain http to the credential's host is an ordinary request.
+    let url = format!("http://api.test:{port}/fine");
+    let (_, out, _) = curl(f.curl_args(&[&url])).await;
+    assert!(out.ends_with("200"), "{out}");
+    assert_eq!(f.upstream.seen().len(), 1);
+    assert!(f.upstream.seen()[0].header("authorization").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_host_is_always_asked_for_identity_and_compression_is_refused() {
+    let f = fixture(
+        json!({ "allow_hosts": ["other.test"], "allow_private": true }),
+        &loopback_names(),
+    )
+    .await;
+    // No placeholder, but the client asks for gzip: the credential's host gets `identity`.
+    let (code, out, err) =
+        curl(f.curl_args(&["-H", "Accept-Encoding: gzip", &f.url("api.test", "/plain")])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.ends_with("200"), "{out}");
+    let seen = f.upstream.seen();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].header("authorization").is_none());
+    assert_eq!(seen[0].header("accept-encoding"), Some("identity"));
+    // An upstream that answers gzip anyway: refused, since it could not be redacted.
+    let (_, out, _) =
+        curl(f.curl_args(&["-H", "Accept-Encoding: gzip", &f.url("api.test", "/gzip")])).await;
+    assert!(out.ends_with("502"), "{out}");
+    assert!(!out.contains("not really gzip"), "{out}");
+    // A host no credential names keeps the client's choice.
+    let (_, out, _) = curl(f.curl_args(&[
+        "-H",
+        "Accept-Encoding: gzip",
+        &f.url("other.test", "/plain"),
+    ]))
+    .await;
+    assert!(out.ends_with("200"), "{out}");
+    let seen = f.upstream.seen();
+    assert_eq!(seen.last().unwrap().header("accept-encoding"), Some("gzip"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
