@@ -80,11 +80,18 @@ use serve_daemon::Daemon;
 fn start(jwks: &str) -> Daemon {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("jwks.json"), jwks).unwrap();
+    // An issuer vouches for callers nobody listed: the daemon wants a policy.
+    std::fs::write(
+        dir.path().join("policy.cedar"),
+        "permit (principal, action, resource) when { principal.identity == \"jwt\" };\n",
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join(".broker.yml"),
         format!(
             "credentials:\n  api: {{ ref: \"env:DEMO_TOKEN\", as: API_TOKEN }}\n\
              audit: {{ path: audit.jsonl }}\n\
+             policy: policy.cedar\n\
              serve:\n  listen: run/broker.sock\n  jwt:\n    issuer: {ISSUER}\n\
              \x20   audience: {AUDIENCE}\n    jwks_file: jwks.json\n    tenant_claim: tenant\n"
         ),

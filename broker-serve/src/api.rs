@@ -340,8 +340,11 @@ impl App {
             if storm {
                 recent.clear();
             }
-            if denials.len() > 10_000 {
-                denials.retain(|_, r| !r.is_empty());
+            // Callers quiet for a whole window are forgotten; the map stays bounded by the
+            // callers of the last window.
+            if denials.len() > 1_000 {
+                let window = live.config.denial_window;
+                denials.retain(|_, r| r.back().is_some_and(|t| now.duration_since(*t) <= window));
             }
             storm
         };
@@ -779,8 +782,18 @@ async fn set_blocked(
                 "not an agent id",
             )
         })?;
+    // A block that cannot be persisted still holds here (and its leases are revoked below);
+    // the answer and the audit record say it would not survive a restart.
+    let mut persisted = true;
     let changed = if blocked {
-        app.state.block(&agent).await?
+        match app.state.block(&agent).await {
+            Ok(changed) => changed,
+            Err(e) => {
+                tracing::error!(agent = %agent, "the block holds but cannot be persisted: {e}");
+                persisted = false;
+                true
+            }
+        }
     } else {
         app.state.unblock(&agent).await?
     };
@@ -817,12 +830,19 @@ async fn set_blocked(
         .into(),
     );
     e.reason = Some(format!(
-        "agent `{agent}` by admin {}",
-        call.principal.identity
+        "agent `{agent}` by admin {}{}",
+        call.principal.identity,
+        if persisted {
+            ""
+        } else {
+            " (not persisted: lost on a restart)"
+        }
     ));
     call.live.broker.record_async(&e).await?;
     tracing::info!(agent = %agent, blocked, "agent block state changed");
-    let mut body = serde_json::json!({ "agent": agent, "blocked": blocked, "changed": changed });
+    let mut body = serde_json::json!({
+        "agent": agent, "blocked": blocked, "changed": changed, "persisted": persisted
+    });
     if blocked {
         body["revoked"] = revoked.into();
         body["marked"] = marked.into();

@@ -278,13 +278,42 @@ impl ServeConfig {
             None => RawServe::default(),
         };
         let xdg = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
-        Self::validate(
+        let checked = Self::validate(
             raw,
             config.base_dir(),
             xdg.as_deref(),
             rustix::process::geteuid().as_raw(),
         )
-        .map_err(|e| e.with_location(config.path().display().to_string()))
+        .map_err(|e| e.with_location(config.path().display().to_string()))?;
+        checked.require_policy_for_open_identities(config.policy.is_some())?;
+        Ok(checked)
+    }
+
+    /// A JWT issuer, or a client CA whose unmapped SPIFFE IDs are agents, vouches for callers
+    /// nobody listed one by one (any workflow of a CI provider, any service account of a
+    /// cluster, any workload of a trust domain). Without a Cedar policy every one of them would
+    /// get every declared credential (the allowlist), so such a daemon needs a policy file.
+    fn require_policy_for_open_identities(&self, has_policy: bool) -> Result<()> {
+        if has_policy {
+            return Ok(());
+        }
+        let open = if self.jwt.is_some() {
+            Some("`serve.jwt` accepts any token its issuer signs for the audience")
+        } else if self.tls.as_ref().is_some_and(|t| t.client_ca.is_some()) {
+            Some("`serve.tls.client_ca` makes every SPIFFE ID it certifies an agent")
+        } else {
+            None
+        };
+        match open {
+            None => Ok(()),
+            Some(why) => Err(Error::invalid_config(format!(
+                "{why}, and without a policy file each of them would get every credential"
+            ))
+            .with_hint(
+                "add `policy: FILE.cedar` that says which principals may have what \
+                 (docs/serve.md, Identity)",
+            )),
+        }
     }
 
     fn validate(
@@ -548,6 +577,36 @@ mod tests {
         assert_eq!(c.agent_for(5, 9), Some("b"));
         assert_eq!(c.agent_for(6, 9), None);
         assert!(c.is_admin(Some(0), None) && !c.is_admin(Some(5), Some("ci-agent")));
+    }
+
+    #[test]
+    fn open_identities_need_a_policy_file() {
+        let c = ServeConfig::validate(
+            raw(serde_json::json!({
+                "tls": {"listen": "127.0.0.1:8443", "cert": "c.pem", "key": "k.pem", "client_ca": "ca.pem"}
+            })),
+            Path::new("/base"),
+            None,
+            1,
+        )
+        .expect("valid");
+        let e = c
+            .require_policy_for_open_identities(false)
+            .expect_err("no policy");
+        assert!(e.message().contains("client_ca"), "{e}");
+        assert!(e.hint().unwrap_or_default().contains("policy:"), "{e:?}");
+        c.require_policy_for_open_identities(true)
+            .expect("a policy");
+        let unix_only = ServeConfig::validate(
+            raw(serde_json::json!({"listen": "s"})),
+            Path::new("/"),
+            None,
+            1,
+        )
+        .expect("valid");
+        unix_only
+            .require_policy_for_open_identities(false)
+            .expect("mapped uids only");
     }
 
     #[test]

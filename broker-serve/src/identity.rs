@@ -115,11 +115,18 @@ impl Peer {
         }
     }
 
-    /// What connection caps count this peer as: its uid, or its IP address.
+    /// What connection caps and denial counts take this peer as: its uid, its IPv4 address, or
+    /// the /64 of its IPv6 address (one host usually holds a whole /64).
     pub fn cap_key(&self) -> String {
         match self {
             Peer::Unix { uid, .. } => format!("uid:{uid}"),
-            Peer::Tls { addr, .. } => format!("ip:{}", addr.ip()),
+            Peer::Tls { addr, .. } => match addr.ip().to_canonical() {
+                std::net::IpAddr::V4(v4) => format!("ip:{v4}"),
+                std::net::IpAddr::V6(v6) => {
+                    let s = v6.segments();
+                    format!("ip:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+                }
+            },
         }
     }
 }
@@ -192,14 +199,18 @@ pub async fn verify(
             match config.agent_for_spiffe(spiffe) {
                 Some(e) => (Some(e), Method::Mtls),
                 None => {
+                    // Agent ids are lower-cased but SPIFFE paths are case-sensitive: an ID
+                    // that is not already in its normal form could pose as another.
                     let agent = broker_core::policy::normalize_agent_id(spiffe)
                         .ok()
                         .flatten()
+                        .filter(|id| id == spiffe)
                         .ok_or_else(|| {
                             refused(
                                 StatusCode::UNAUTHORIZED,
                                 "unknown_peer",
-                                "the client certificate's SPIFFE ID is not a valid agent id",
+                                "the client certificate's SPIFFE ID is not a valid agent id as \
+                                 it is (lower case, no blanks): map it in `serve.agents`",
                             )
                         })?;
                     return Ok(Principal {

@@ -150,8 +150,7 @@ impl ConnectionCaps {
     /// A slot for a connection from `key`, or which cap it hit.
     fn admit(self: &Arc<Self>, key: String) -> std::result::Result<ConnectionSlot, &'static str> {
         let mut per_peer = self.per_peer.lock().unwrap_or_else(|p| p.into_inner());
-        let n = per_peer.entry(key.clone()).or_insert(0);
-        if *n >= self.per_peer_cap {
+        if per_peer.get(&key).is_some_and(|n| *n >= self.per_peer_cap) {
             return Err("per_peer");
         }
         let permit = self
@@ -159,7 +158,7 @@ impl ConnectionCaps {
             .clone()
             .try_acquire_owned()
             .map_err(|_| "overall")?;
-        *n += 1;
+        *per_peer.entry(key.clone()).or_insert(0) += 1;
         Ok(ConnectionSlot {
             caps: self.clone(),
             key,
@@ -299,7 +298,7 @@ impl Serving {
                                 "tls_handshake_refused",
                                 format!("the TLS handshake was refused: {e}"),
                             );
-                            let who = format!("ip:{}", addr.ip());
+                            let who = Peer::Tls { addr, cert: None }.cap_key();
                             serving.app.refuse(&live, &ctx, &who, &err, |_| {}).await;
                             return;
                         }

@@ -67,7 +67,8 @@ impl LeaseRecord {
 /// The daemon's mutable state. Agent ids are normalised before they reach it.
 #[async_trait]
 pub trait State: Send + Sync + 'static {
-    /// Blocks `agent`; `true` if it was not blocked before.
+    /// Blocks `agent`; `true` if it was not blocked before. An error means the block may not
+    /// survive a restart; it must still hold in this process.
     async fn block(&self, agent: &str) -> Result<bool>;
     /// Unblocks `agent`; `true` if it was blocked.
     async fn unblock(&self, agent: &str) -> Result<bool>;
@@ -234,6 +235,9 @@ impl MemoryState {
 
 #[async_trait]
 impl State for MemoryState {
+    // A change that cannot be kept in the file is undone (memory never claims what a restart
+    // would not read), except a block: the kill switch holds in this process regardless, and
+    // the error says it would not survive a restart.
     async fn block(&self, agent: &str) -> Result<bool> {
         let changed = lock(&self.blocked).insert(agent.to_string());
         self.save()?;
@@ -241,13 +245,19 @@ impl State for MemoryState {
     }
     async fn unblock(&self, agent: &str) -> Result<bool> {
         let changed = lock(&self.blocked).remove(agent);
-        self.save()?;
+        if let Err(e) = self.save() {
+            if changed {
+                lock(&self.blocked).insert(agent.to_string());
+            }
+            return Err(e);
+        }
         Ok(changed)
     }
     async fn is_blocked(&self, agent: &str) -> Result<bool> {
         Ok(lock(&self.blocked).contains(agent))
     }
     async fn record_lease(&self, lease: LeaseRecord) -> Result<()> {
+        let id = lease.lease_id.clone();
         let new = match self.live().entry(lease.lease_id.clone()) {
             std::collections::btree_map::Entry::Vacant(v) => {
                 v.insert(lease);
@@ -255,8 +265,9 @@ impl State for MemoryState {
             }
             std::collections::btree_map::Entry::Occupied(_) => false,
         };
-        if new {
-            self.save()?;
+        if new && let Err(e) = self.save() {
+            lock(&self.leases).remove(&id);
+            return Err(e);
         }
         Ok(())
     }
@@ -276,8 +287,11 @@ impl State for MemoryState {
             .live()
             .get_mut(lease_id)
             .is_some_and(|l| !std::mem::replace(&mut l.revoked, true));
-        if changed {
-            self.save()?;
+        if changed && let Err(e) = self.save() {
+            if let Some(l) = lock(&self.leases).get_mut(lease_id) {
+                l.revoked = false;
+            }
+            return Err(e);
         }
         Ok(changed)
     }

@@ -140,13 +140,22 @@ fn client_certificates_identify_agents_and_bad_ones_are_refused_in_the_handshake
         false,
     );
 
+    // A client CA makes every SPIFFE ID it certifies an agent: the daemon wants a policy.
+    let policy = p.join("policy.cedar");
+    std::fs::write(
+        &policy,
+        "permit (principal, action, resource) when { principal.identity == \"mtls\" };\n",
+    )
+    .unwrap();
     let port = free_port();
     let config = format!(
         "credentials:\n  api: {{ ref: \"env:BROKER_SERVE_TEST_CANARY\", as: API_TOKEN }}\n\
          audit: {{ path: audit.jsonl }}\n\
+         policy: '{}'\n\
          serve:\n  listen: run/broker.sock\n\
          \x20 tls: {{ listen: \"127.0.0.1:{port}\", cert: '{}', key: '{}', client_ca: '{}' }}\n\
          \x20 agents:\n    - {{ id: agent-tls, spiffe: \"spiffe://example.org/ci/agent-a\" }}\n",
+        policy.display(),
         server.0.display(),
         server.1.display(),
         ca_pem.display()
