@@ -9,6 +9,7 @@ use broker_core::config::parse_duration;
 use broker_core::{Config, Error, Result};
 use serde::Deserialize;
 
+use crate::identity::Method;
 use crate::jwt::JwtVerifier;
 
 /// One `serve.agents` entry: how a verified caller maps to an agent id. Exactly one of `uid`
@@ -33,8 +34,11 @@ pub struct AgentEntry {
     pub tenant: Option<String>,
 }
 
-/// One `serve.admins` entry: a unix peer (`uid`) or a verified agent id (`id`, from any
-/// identity method) allowed to list and revoke every lease and to block agents.
+/// One `serve.admins` entry: a unix peer (`uid`), or a verified agent id (`id`) together with
+/// the identity method that must have verified it (`method: unix | mtls | jwt`), allowed to
+/// list and revoke every lease and to block agents. The method is required because agent ids
+/// of different methods share one namespace: a token whose claim spells an mTLS admin's SPIFFE
+/// ID must not be that admin.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminEntry {
@@ -44,6 +48,9 @@ pub struct AdminEntry {
     /// A verified agent id.
     #[serde(default)]
     pub id: Option<String>,
+    /// With `id`: `unix`, `mtls` or `jwt`.
+    #[serde(default)]
+    pub method: Option<String>,
 }
 
 /// `serve.tls`: a TCP listener with TLS.
@@ -377,8 +384,18 @@ impl ServeConfig {
                     "`serve.admins`: each entry needs exactly one of `uid` and `id`",
                 ));
             }
-            if let Some(id) = &a.id {
-                a.id = broker_core::policy::normalize_agent_id(id)?;
+            if let Some(id) = a.id.take() {
+                a.id = broker_core::policy::normalize_agent_id(&id)?;
+                if !matches!(a.method.as_deref(), Some("unix" | "mtls" | "jwt")) {
+                    return Err(Error::invalid_config(format!(
+                        "`serve.admins`: `{id}` needs `method: unix | mtls | jwt`, the identity \
+                         method that must have verified it"
+                    )));
+                }
+            } else if a.method.is_some() {
+                return Err(Error::invalid_config(
+                    "`serve.admins`: `method` goes with `id`, not with `uid`",
+                ));
             }
         }
         let duration = |key: &str, v: Option<String>, default: Duration| match v {
@@ -473,10 +490,13 @@ impl ServeConfig {
         self.agent_for_unix(uid, gid).map(|a| a.id.as_str())
     }
 
-    /// Whether a caller (a unix peer's `uid`, a verified `agent` id) is an admin.
-    pub fn is_admin(&self, uid: Option<u32>, agent: Option<&str>) -> bool {
+    /// Whether a caller (a unix peer's `uid`, a verified `agent` id and its method) is an admin.
+    pub fn is_admin(&self, uid: Option<u32>, agent: Option<(&str, Method)>) -> bool {
         self.admins.iter().any(|a| {
-            (a.uid.is_some() && a.uid == uid) || (a.id.is_some() && a.id.as_deref() == agent)
+            (a.uid.is_some() && a.uid == uid)
+                || agent.is_some_and(|(id, method)| {
+                    a.id.as_deref() == Some(id) && a.method.as_deref() == Some(method.as_str())
+                })
         })
     }
 }
@@ -576,7 +596,40 @@ mod tests {
         assert_eq!(c.agent_for(5, 1), Some("ci-agent"));
         assert_eq!(c.agent_for(5, 9), Some("b"));
         assert_eq!(c.agent_for(6, 9), None);
-        assert!(c.is_admin(Some(0), None) && !c.is_admin(Some(5), Some("ci-agent")));
+        assert!(
+            c.is_admin(Some(0), None) && !c.is_admin(Some(5), Some(("ci-agent", Method::Unix)))
+        );
+    }
+
+    #[test]
+    fn admin_ids_name_the_method_that_verified_them() {
+        let c = ServeConfig::validate(
+            raw(serde_json::json!({
+                "listen": "s",
+                "admins": [{"id": "spiffe://example.org/ops", "method": "mtls"}]
+            })),
+            Path::new("/"),
+            None,
+            1,
+        )
+        .expect("valid");
+        assert!(c.is_admin(None, Some(("spiffe://example.org/ops", Method::Mtls))));
+        // A token whose agent claim spells the same id is not that admin.
+        assert!(!c.is_admin(None, Some(("spiffe://example.org/ops", Method::Jwt))));
+        for bad in [
+            serde_json::json!([{"id": "ops"}]),
+            serde_json::json!([{"id": "ops", "method": "ldap"}]),
+            serde_json::json!([{"uid": 0, "method": "unix"}]),
+        ] {
+            let e = ServeConfig::validate(
+                raw(serde_json::json!({"listen": "s", "admins": bad})),
+                Path::new("/"),
+                None,
+                1,
+            )
+            .expect_err("refused");
+            assert_eq!(e.kind(), broker_core::ErrorKind::InvalidConfig, "{e}");
+        }
     }
 
     #[test]

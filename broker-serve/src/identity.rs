@@ -214,7 +214,7 @@ pub async fn verify(
                             )
                         })?;
                     return Ok(Principal {
-                        admin: config.is_admin(None, Some(&agent)),
+                        admin: config.is_admin(None, Some((&agent, Method::Mtls))),
                         agent: Some(agent),
                         tenant: None,
                         method: Method::Mtls,
@@ -233,7 +233,7 @@ pub async fn verify(
         }
     };
     let agent = entry.map(|e| e.id.clone());
-    let admin = config.is_admin(peer.uid(), agent.as_deref());
+    let admin = config.is_admin(peer.uid(), agent.as_deref().map(|a| (a, method)));
     if agent.is_none() && !admin {
         let who = match peer {
             Peer::Unix { uid, gid, .. } => format!("uid {uid} gid {gid}"),
@@ -292,7 +292,7 @@ async fn bearer(config: &ServeConfig, peer: &Peer, header: &[u8]) -> Result<Prin
         _ => format!("{} via {}", verified.describe(), peer.describe()),
     };
     Ok(Principal {
-        admin: config.is_admin(None, Some(&verified.agent)),
+        admin: config.is_admin(None, Some((&verified.agent, Method::Jwt))),
         agent: Some(verified.agent),
         tenant: verified.tenant,
         method: Method::Jwt,
