@@ -66,6 +66,26 @@ impl Fixture {
         )
     }
 
+    /// The audit's alert records so far.
+    fn alerts(&self) -> Vec<broker_core::audit::Event> {
+        self.audit
+            .events()
+            .into_iter()
+            .filter(|e| e.severity == Severity::Alert)
+            .collect()
+    }
+
+    /// Nothing reached the upstream: no request, no connection, no dial.
+    fn assert_upstream_untouched(&self) {
+        assert!(self.upstream.seen().is_empty(), "nothing was forwarded");
+        assert_eq!(
+            self.upstream.connections(),
+            0,
+            "the upstream was never contacted"
+        );
+        assert!(self.dialer.asked().is_empty(), "{:?}", self.dialer.asked());
+    }
+
     fn assert_no_canary(&self, what: &str, text: &str) {
         assert!(!text.contains(CANARY), "{what} holds the value: {text}");
         assert!(!text.contains(OTHER_CANARY), "{what} holds a value: {text}");
@@ -284,19 +304,8 @@ async fn the_placeholder_toward_another_host_is_blocked_and_raises_an_alert() {
     .await;
     assert!(out.ends_with("403"), "{out}");
 
-    assert!(f.upstream.seen().is_empty(), "nothing was forwarded");
-    assert_eq!(
-        f.upstream.connections(),
-        0,
-        "the upstream was never contacted"
-    );
-    assert!(f.dialer.asked().is_empty(), "{:?}", f.dialer.asked());
-    let alerts: Vec<_> = f
-        .audit
-        .events()
-        .into_iter()
-        .filter(|e| e.severity == Severity::Alert)
-        .collect();
+    f.assert_upstream_untouched();
+    let alerts = f.alerts();
     assert_eq!(alerts.len(), 3, "{alerts:?}");
     assert_eq!(alerts[0].credential.as_deref(), Some("api"));
     assert_eq!(alerts[0].outcome.as_deref(), Some("blocked"));
@@ -496,14 +505,7 @@ async fn plain_http_absolute_form_follows_the_same_rules_with_allow_http() {
         2,
         "the stolen request never arrived"
     );
-    assert_eq!(
-        f.audit
-            .events()
-            .iter()
-            .filter(|e| e.severity == Severity::Alert)
-            .count(),
-        1
-    );
+    assert_eq!(f.alerts().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -532,19 +534,8 @@ async fn a_placeholder_over_plain_http_is_refused_without_allow_http() {
     let (_, out, _) = curl(f.curl_args(&[&url])).await;
     assert!(out.ends_with("403"), "{out}");
 
-    assert!(f.upstream.seen().is_empty(), "nothing was forwarded");
-    assert_eq!(
-        f.upstream.connections(),
-        0,
-        "the upstream was never contacted"
-    );
-    assert!(f.dialer.asked().is_empty(), "{:?}", f.dialer.asked());
-    let alerts: Vec<_> = f
-        .audit
-        .events()
-        .into_iter()
-        .filter(|e| e.severity == Severity::Alert)
-        .collect();
+    f.assert_upstream_untouched();
+    let alerts = f.alerts();
     assert_eq!(alerts.len(), 2, "{alerts:?}");
     assert_eq!(alerts[0].credential.as_deref(), Some("api"));
     assert_eq!(alerts[0].decision.as_deref(), Some("denied"));
@@ -654,19 +645,8 @@ async fn a_placeholder_in_the_body_toward_another_host_is_blocked_before_anythin
         .await;
         assert!(out.ends_with("403"), "{out}");
     }
-    assert_eq!(
-        f.upstream.connections(),
-        0,
-        "the upstream was never contacted"
-    );
-    assert!(f.dialer.asked().is_empty());
-    let alerts = f
-        .audit
-        .events()
-        .into_iter()
-        .filter(|e| e.severity == Severity::Alert)
-        .count();
-    assert_eq!(alerts, 3);
+    f.assert_upstream_untouched();
+    assert_eq!(f.alerts().len(), 3);
 
     // A large body without a placeholder passes whole (scanned prefix, streamed rest).
     let big = dir.path().join("big.txt");
