@@ -4,35 +4,9 @@
 
 use std::process::{Command, Output, Stdio};
 
-const CANARY: &str = "canary-output-3f9e1b7c25d0";
+mod pty_driver;
 
-/// Runs argv[1:] on a new pty and copies what it shows to stdout (as in `tests/tty.rs`).
-const DRIVER: &str = r#"
-import os, pty, select, sys, time
-pid, fd = pty.fork()
-if pid == 0:
-    os.execv(sys.argv[1], sys.argv[1:])
-seen = b""
-deadline = time.time() + 30
-while True:
-    if time.time() > deadline:
-        os.kill(pid, 9)
-        break
-    r, _, _ = select.select([fd], [], [], 0.2)
-    if r:
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        seen += chunk
-_, status = os.waitpid(pid, 0)
-sys.stdout.buffer.write(seen)
-sys.stdout.flush()
-code = os.waitstatus_to_exitcode(status)
-sys.exit(code if code >= 0 else 128 - code)
-"#;
+const CANARY: &str = "canary-output-3f9e1b7c25d0";
 
 /// An age backend whose identity file is missing (a failing doctor check, offline), an env
 /// credential, and the audit log turned off (a warning on `broker audit`).
@@ -74,7 +48,7 @@ impl Sandbox {
         let out = self
             .command("python3", env)
             .arg("-c")
-            .arg(DRIVER)
+            .arg(pty_driver::DRIVER)
             .arg(env!("CARGO_BIN_EXE_broker"))
             .args(args)
             .output()

@@ -9,40 +9,9 @@
 use std::io::{Read, Write};
 use std::process::{Command, Output, Stdio};
 
-const CANARY: &str = "canary-progress-7d2c90e14b5a";
+mod pty_driver;
 
-/// Runs argv[1:] on a new pty, copies what the pty shows to stdout; the command's stdout is
-/// the file `TTY_STDOUT` when set. Kills the command after 30 s.
-const DRIVER: &str = r#"
-import os, pty, select, sys, time
-pid, fd = pty.fork()
-if pid == 0:
-    path = os.environ.get("TTY_STDOUT")
-    if path:
-        out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.dup2(out, 1)
-    os.execv(sys.argv[1], sys.argv[1:])
-seen = b""
-deadline = time.time() + 30
-while True:
-    if time.time() > deadline:
-        os.kill(pid, 9)
-        break
-    r, _, _ = select.select([fd], [], [], 0.2)
-    if r:
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        seen += chunk
-_, status = os.waitpid(pid, 0)
-sys.stdout.buffer.write(seen)
-sys.stdout.flush()
-code = os.waitstatus_to_exitcode(status)
-sys.exit(code if code >= 0 else 128 - code)
-"#;
+const CANARY: &str = "canary-progress-7d2c90e14b5a";
 
 /// A Vault stand-in on 127.0.0.1 answering every request after a second: token lookups and
 /// KV v2 reads alike get a body with `data.data.url` = the canary.
@@ -110,7 +79,7 @@ impl Sandbox {
         let out = self
             .command("python3")
             .arg("-c")
-            .arg(DRIVER)
+            .arg(pty_driver::DRIVER)
             .arg(env!("CARGO_BIN_EXE_broker"))
             .args(args)
             .env("TTY_STDOUT", &file)

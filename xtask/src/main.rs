@@ -28,6 +28,9 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("age", "age"),
     ("age-keygen", "age"),
     ("ssh-keygen", "openssh-client"),
+    // Real clients of the daemon and proxy tests, and the man-page renderer.
+    ("curl", "curl"),
+    ("man", "man-db"),
 ];
 
 fn main() -> ExitCode {
