@@ -2,6 +2,7 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use broker_core::localfile;
 use broker_core::provider::resolve_path;
@@ -37,13 +38,76 @@ enum Environment {
 }
 
 /// The age/agenix provider. Holds settings only (paths, references and public keys), never
-/// key material or values: keys are read on each request and dropped (zeroized) after it.
+/// key material or values: keys are read for a request and dropped (zeroized) after it. The
+/// credentials of one request (one `deliver`, which resolves them concurrently) share one
+/// reading of the identity files: a weak reference lets the identities live exactly as long
+/// as some decryption of that request still uses them.
 #[derive(Debug, Clone, Default)]
 pub struct AgeProvider {
     settings: Settings,
     recipients: Vec<String>,
     env: Environment,
     base_dir: Option<PathBuf>,
+    shared: Arc<Mutex<Option<SharedIdentities>>>,
+}
+
+/// Identities loaded for one request, with the labels of the sources tried.
+struct Loaded {
+    identities: Vec<Identity>,
+    tried: Vec<String>,
+}
+
+/// The identities in use by a request's decryptions (gone when none is running).
+struct SharedIdentities {
+    request_id: String,
+    /// The identity sources, as their `Debug` text (paths and references only).
+    sources: String,
+    loaded: Weak<Loaded>,
+}
+
+impl std::fmt::Debug for SharedIdentities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedIdentities")
+            .field("request_id", &self.request_id)
+            .field("sources", &self.sources)
+            .field("in_use", &(self.loaded.strong_count() > 0))
+            .finish()
+    }
+}
+
+/// Decryptions running at once on the blocking pool: one per core.
+fn decrypt_permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    PERMITS.get_or_init(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    })
+}
+
+/// Decrypts on tokio's blocking pool when there is a runtime (so concurrent requests, as
+/// `deliver` makes them, use every core), else here. Gives the ciphertext back.
+async fn decrypt_offloaded(
+    ciphertext: Vec<u8>,
+    loaded: Arc<Loaded>,
+) -> (Vec<u8>, std::result::Result<Zeroizing<Vec<u8>>, Failure>) {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        let permit = decrypt_permits().acquire().await;
+        let task = tokio::task::spawn_blocking(move || {
+            let result = crypto::decrypt(&ciphertext, &loaded.identities);
+            (ciphertext, result)
+        });
+        let joined = task.await;
+        drop(permit);
+        return match joined {
+            Ok(done) => done,
+            // The task panicked (a bug): no plaintext, and no ciphertext to give back.
+            Err(_) => (
+                Vec::new(),
+                Err(Failure::Integrity("decryption failed unexpectedly")),
+            ),
+        };
+    }
+    let result = crypto::decrypt(&ciphertext, &loaded.identities);
+    (ciphertext, result)
 }
 
 impl AgeProvider {
@@ -57,6 +121,7 @@ impl AgeProvider {
             settings,
             env: Environment::Process,
             base_dir: None,
+            shared: Arc::default(),
         })
     }
 
@@ -242,9 +307,30 @@ impl AgeProvider {
         Ok((identities, tried))
     }
 
-    async fn identities_for(&self, request: &Request<'_>) -> Result<(Vec<Identity>, Vec<String>)> {
+    /// The identities for `request`: those another decryption of the same request is still
+    /// using, or read now.
+    async fn identities_for(&self, request: &Request<'_>) -> Result<Arc<Loaded>> {
         let sources = self.sources(request.option("identity"), request.base_dir)?;
-        self.load(&sources, request.nested).await
+        let key = format!("{sources:?}");
+        let request_id = &request.context.request_id;
+        {
+            let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(s) = shared.as_ref()
+                && &s.request_id == request_id
+                && s.sources == key
+                && let Some(loaded) = s.loaded.upgrade()
+            {
+                return Ok(loaded);
+            }
+        }
+        let (identities, tried) = self.load(&sources, request.nested).await?;
+        let loaded = Arc::new(Loaded { identities, tried });
+        *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = Some(SharedIdentities {
+            request_id: request_id.clone(),
+            sources: key,
+            loaded: Arc::downgrade(&loaded),
+        });
+        Ok(loaded)
     }
 
     /// Reads and decrypts the file behind `request`; returns the ciphertext, plaintext,
@@ -259,26 +345,26 @@ impl AgeProvider {
         let path = self.file(request.reference, request.base_dir);
         let label = path.display().to_string();
         // Never blocks (a FIFO is refused, not opened for reading) and is bounded in size.
-        let ciphertext = localfile::read(&path, localfile::MAX_SECRET_FILE)
-            .map_err(|e| {
-                if e.is_not_found() {
-                    Error::not_found(format!("age file {label} does not exist"))
-                } else {
-                    e.to_error(
-                        format_args!("cannot read age file {label}"),
-                        ErrorKind::Unsupported,
-                    )
-                }
-            })?
-            .to_vec();
-        let (identities, tried) = self.identities_for(request).await?;
-        let plaintext = crypto::decrypt(&ciphertext, &identities)
-            .map_err(|f| crypto::failure_error(f, &label, &tried))?;
+        let mut read = localfile::read(&path, localfile::MAX_SECRET_FILE).map_err(|e| {
+            if e.is_not_found() {
+                Error::not_found(format!("age file {label} does not exist"))
+            } else {
+                e.to_error(
+                    format_args!("cannot read age file {label}"),
+                    ErrorKind::Unsupported,
+                )
+            }
+        })?;
+        // Ciphertext is not secret: taken out of the zeroizing buffer (no copy, no wipe).
+        let ciphertext = std::mem::take(&mut *read);
+        let loaded = self.identities_for(request).await?;
+        let (ciphertext, plaintext) = decrypt_offloaded(ciphertext, Arc::clone(&loaded)).await;
+        let plaintext = plaintext.map_err(|f| crypto::failure_error(f, &label, &loaded.tried))?;
         Ok(Opened {
             path,
             ciphertext,
             plaintext,
-            identities,
+            identities: loaded,
         })
     }
 
@@ -315,7 +401,7 @@ struct Opened {
     path: PathBuf,
     ciphertext: Vec<u8>,
     plaintext: Zeroizing<Vec<u8>>,
-    identities: Vec<Identity>,
+    identities: Arc<Loaded>,
 }
 
 fn no_identity(message: impl Into<String>) -> Error {
@@ -357,7 +443,7 @@ impl CredentialProvider for AgeProvider {
             Some(r) => (r, false),
             None => {
                 let mut texts: Vec<String> = Vec::new();
-                for identity in &opened.identities {
+                for identity in &opened.identities.identities {
                     if !texts.contains(&identity.recipient)
                         && keys::matches(&opened.ciphertext, identity)
                     {
@@ -385,9 +471,10 @@ impl CredentialProvider for AgeProvider {
         let fresh = crypto::encrypt(&opened.plaintext, &recipients, armored).map_err(attach)?;
         if derived {
             // The new file must open with the same identities before it replaces the old one.
-            let check = crypto::decrypt(&fresh, &opened.identities).map_err(|_: Failure| {
-                Error::internal("the re-encrypted file does not decrypt; nothing was written")
-            });
+            let check =
+                crypto::decrypt(&fresh, &opened.identities.identities).map_err(|_: Failure| {
+                    Error::internal("the re-encrypted file does not decrypt; nothing was written")
+                });
             if check.map_err(attach)?.as_slice() != opened.plaintext.as_slice() {
                 return Err(attach(Error::internal(
                     "the re-encrypted file does not round-trip; nothing was written",

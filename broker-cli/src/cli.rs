@@ -224,6 +224,11 @@ pub struct RunArgs {
     /// Seconds the command gets to exit after a forwarded signal before it is killed.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub grace: u64,
+    /// Run the command in a network namespace of its own whose only way out is the run's
+    /// egress proxy (refused where user namespaces are unavailable).
+    #[cfg(feature = "proxy")]
+    #[arg(long)]
+    pub isolate: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<std::ffi::OsString>,
@@ -341,6 +346,27 @@ pub struct ManArgs {
     /// The directory to write the pages into (created if missing).
     #[arg(long, value_name = "DIR", default_value = "target/man")]
     pub out: PathBuf,
+}
+
+/// `broker __isolate`: the helper `broker run --isolate` runs in place of the command. Not a
+/// subcommand of [`Cli`] (so not in help, completions or man pages): `main` checks for it
+/// before parsing.
+#[cfg(feature = "proxy")]
+#[derive(Debug, Parser)]
+#[command(name = "broker __isolate")]
+pub struct IsolateArgs {
+    /// Only check that the namespaces can be created, then exit (0, or 71 with the reason).
+    #[arg(long, conflicts_with_all = ["socket", "port", "command"])]
+    pub probe: bool,
+    /// The proxy's unix socket (outside the namespace).
+    #[arg(long, value_name = "PATH", required_unless_present = "probe")]
+    pub socket: Option<PathBuf>,
+    /// The port to relay on 127.0.0.1 inside the namespace (the proxy URL's port).
+    #[arg(long, value_name = "PORT", required_unless_present = "probe")]
+    pub port: Option<u16>,
+    /// The command and its arguments.
+    #[arg(last = true, value_name = "CMD", required_unless_present = "probe")]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 /// `broker init`.

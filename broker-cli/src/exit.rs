@@ -19,6 +19,10 @@ pub const TEMPFAIL: u8 = 75;
 pub const SOFTWARE: u8 = 70;
 /// Local I/O failed: scratch dir, audit log (EX_IOERR).
 pub const IOERR: u8 = 74;
+/// `broker run --isolate` where namespaces cannot be created: the command was not run
+/// (EX_OSERR).
+#[cfg(feature = "proxy")]
+pub const OSERR: u8 = 71;
 
 /// The exit code for an error of `kind`.
 pub fn for_kind(kind: ErrorKind) -> u8 {

@@ -7,13 +7,17 @@
 //! - sets `PR_SET_DUMPABLE` to 0: no core dumps, no `ptrace` attach by other processes of the
 //!   same user, and `/proc/<broker>/{environ,mem,maps,...}` become readable by root only.
 //!   `execve` resets the flag, so the child is unaffected;
-//! - locks the process's memory (`mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT)`) so
-//!   values are not written to swap, but only when `RLIMIT_MEMLOCK` is unlimited or the
-//!   process is root: with a finite limit `MCL_FUTURE` would make later allocations fail, and
-//!   a broker that cannot allocate is worse than one that might swap. Where it is not done the
-//!   reason is logged at debug level.
+//! - turns on memory locking of secret buffers ([`SecretValue::lock_memory`]): the pages under
+//!   every value, the redactor's patterns and the bytes a redacting stream holds back are
+//!   `mlock`ed while they exist, so values are not written to swap. Best effort under any
+//!   `RLIMIT_MEMLOCK` (a refused lock is logged at debug level and never fails an
+//!   allocation). This replaces `mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT)` of the
+//!   whole process, whose lock and unlock walks over every mapping cost a short-lived run
+//!   more than anything else it did before the child started (issue 17), and which was only
+//!   possible with an unlimited `RLIMIT_MEMLOCK` or as root.
 //!
-//! All of this goes through `rustix`'s safe wrappers: this module has no `unsafe`.
+//! All of this goes through `rustix`'s safe wrappers (the `mlock` calls are in
+//! `broker_core`'s `sys` module): this module has no `unsafe`.
 //!
 //! [`RedactedStderr`] is the `tracing` writer: every log line goes through the process-wide
 //! redactor ([`broker_core::redact::live`]) before it reaches standard error.
@@ -21,7 +25,7 @@
 
 use std::io::{self, Write};
 
-use broker_core::redact;
+use broker_core::{SecretValue, redact};
 use rustix::process::{DumpableBehavior, Resource, Rlimit};
 
 /// What [`Hygiene::enter`] managed to do.
@@ -31,7 +35,7 @@ pub struct Applied {
     pub no_core: bool,
     /// `PR_SET_DUMPABLE` set to 0.
     pub not_dumpable: bool,
-    /// Memory locked.
+    /// Secret buffers are locked in memory from now on.
     pub memory_locked: bool,
 }
 
@@ -68,7 +72,8 @@ impl Hygiene {
                     false
                 }
             };
-        let memory_locked = lock_memory();
+        SecretValue::lock_memory(true);
+        let memory_locked = true;
         Hygiene {
             core_before: no_core.then_some(before),
             applied: Applied {
@@ -88,35 +93,14 @@ impl Hygiene {
 impl Drop for Hygiene {
     fn drop(&mut self) {
         if self.applied.memory_locked {
-            let _ = rustix::mm::munlockall();
+            // Values still alive stay locked until they are dropped.
+            SecretValue::lock_memory(false);
         }
         if let Some(before) = self.core_before.take() {
             let _ = rustix::process::setrlimit(Resource::Core, before);
         }
         // Dumpable stays off: the process is about to exit, and turning it back on would
         // re-expose /proc/<pid>/mem while freed pages may still hold copies.
-    }
-}
-
-fn lock_memory() -> bool {
-    use rustix::mm::MlockAllFlags;
-    let limit = rustix::process::getrlimit(Resource::Memlock);
-    let privileged = rustix::process::geteuid().is_root();
-    if limit.current.is_some() && !privileged {
-        tracing::debug!(
-            limit = limit.current,
-            "not locking memory: RLIMIT_MEMLOCK is finite (raise it to `unlimited` to lock)"
-        );
-        return false;
-    }
-    match rustix::mm::mlockall(
-        MlockAllFlags::CURRENT | MlockAllFlags::FUTURE | MlockAllFlags::ONFAULT,
-    ) {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::debug!(error = %e, "mlockall failed; values may be swapped out");
-            false
-        }
     }
 }
 
@@ -204,6 +188,8 @@ mod tests {
                 Some(DumpableBehavior::NotDumpable)
             );
         }
+        assert!(h.applied().memory_locked && SecretValue::memory_locking());
         drop(h);
+        assert!(!SecretValue::memory_locking());
     }
 }

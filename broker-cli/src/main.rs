@@ -16,6 +16,8 @@ mod exit;
 mod hygiene;
 #[cfg(feature = "sops")]
 mod init;
+#[cfg(feature = "proxy")]
+mod isolate;
 mod output;
 mod progress;
 mod run;
@@ -34,6 +36,14 @@ use clap::Parser;
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    // `broker run --isolate`'s helper: before anything else, while single-threaded.
+    #[cfg(feature = "proxy")]
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == isolate::HELPER)
+    {
+        return isolate::main();
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -242,6 +252,12 @@ async fn dispatch(cli: Cli, swept: Vec<PathBuf>) -> Result<u8, Error> {
             if args.no_redact {
                 return Err(Error::invalid_config(
                     "--no-redact cannot be used with --from: there is no local audit log to record it in",
+                ));
+            }
+            #[cfg(feature = "proxy")]
+            if args.isolate {
+                return Err(Error::invalid_config(
+                    "--isolate cannot be used with --from yet: the daemon's proxy is not reachable from the command's network namespace",
                 ));
             }
             let registry = broker_core::Registry::global().clone();

@@ -92,10 +92,22 @@ pub fn print_manifest(manifest: &Manifest, as_json: bool) {
                 .destinations
                 .iter()
                 .map(|d| d.target.to_string())
+                .chain(
+                    e.proxy_destinations
+                        .iter()
+                        .map(|d| format!("{} (via proxy)", d.target)),
+                )
                 .collect();
+            let placeholder = if e.proxy_destinations.is_empty() {
+                ""
+            } else {
+                ", placeholder"
+            };
             let delivered = match e.kind {
-                broker_core::DeliveryKind::Env => format!("${}", e.delivered_as),
-                broker_core::DeliveryKind::File => format!("${} (file)", e.delivered_as),
+                broker_core::DeliveryKind::Env => format!("${}{placeholder}", e.delivered_as),
+                broker_core::DeliveryKind::File => {
+                    format!("${} (file{placeholder})", e.delivered_as)
+                }
             };
             let source = match (&e.source, &e.ttl) {
                 (broker_core::Source::Mint, Some(ttl)) => format!("mint {ttl}"),

@@ -59,6 +59,13 @@ pub async fn run(broker: &Broker, args: &RunArgs, context: RequestContext) -> Re
     let Some((program, rest)) = args.command.split_first() else {
         return Err(Error::invalid_config("no command given after `--`"));
     };
+    // --isolate where namespaces cannot be created: refused before anything is resolved.
+    #[cfg(feature = "proxy")]
+    if args.isolate
+        && let Some(code) = crate::isolate::refuse_unless_available()
+    {
+        return Ok(code);
+    }
     let _hygiene = Hygiene::enter();
     tracing::debug!(applied = ?_hygiene.applied(), "process hygiene");
     // Listen before resolving: a signal during resolution must still wipe what was written.
@@ -73,15 +80,20 @@ pub async fn run(broker: &Broker, args: &RunArgs, context: RequestContext) -> Re
             "--no-redact: the child's output is not redacted (recorded in the audit log)"
         );
     }
-    let mut session = tokio::select! {
+    let (mut session, daemon_proxy) = tokio::select! {
         s = session(broker, args, &context) => s?,
         n = signals.next() => return Ok(128 + n as u8),
     };
     // The broker's own logs and panics are redacted from here on, even with --no-redact.
     let live = session.redactor().install_global();
     // `proxy:` credentials: the child gets placeholders and the run's proxy (docs/proxy.md).
+    // With --isolate the proxy always starts: it is the child's only way out.
     #[cfg(feature = "proxy")]
-    let proxy = broker_proxy::RunProxy::start(broker, session.delivery(), &context).await?;
+    let proxy = if args.isolate {
+        Some(broker_proxy::RunProxy::start_isolated(broker, session.delivery(), &context).await?)
+    } else {
+        broker_proxy::RunProxy::start(broker, session.delivery(), &context).await?
+    };
     for name in session.redactor().current().skipped() {
         tracing::warn!(
             credential = %name,
@@ -97,12 +109,32 @@ pub async fn run(broker: &Broker, args: &RunArgs, context: RequestContext) -> Re
         Plumbing::new().map_err(|e| Error::io("cannot set up the child's output", &e))?
     };
 
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(rest);
+    // --isolate: the helper (crate::isolate) takes the command's place and runs it.
+    #[cfg(feature = "proxy")]
+    let isolated = if args.isolate {
+        // Never unisolated: no socket to relay to is an error, not a plain run.
+        let (socket, port) = proxy
+            .as_ref()
+            .and_then(|p| Some((p.unix_socket()?, p.proxy().addr().port())))
+            .ok_or_else(|| Error::internal("--isolate: the proxy has no unix socket"))?;
+        Some(crate::isolate::command(program, rest, socket, port))
+    } else {
+        None
+    };
+    #[cfg(not(feature = "proxy"))]
+    let isolated: Option<tokio::process::Command> = None;
+    let mut cmd = isolated.unwrap_or_else(|| {
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(rest);
+        cmd
+    });
     session.delivery().apply_to_tokio(&mut cmd);
     #[cfg(feature = "proxy")]
     if let Some(proxy) = &proxy {
         proxy.apply_to_tokio(&mut cmd);
+    }
+    if let Some(remote) = &daemon_proxy {
+        remote.apply_to_tokio(&mut cmd);
     }
     let Plumbing {
         child_stdin,
@@ -203,6 +235,9 @@ pub async fn run(broker: &Broker, args: &RunArgs, context: RequestContext) -> Re
     };
     pumps.finish();
     drop(relay);
+    if let Some(remote) = daemon_proxy {
+        remote.stop().await;
+    }
     let wiped = session.wipe();
     drop(session);
     drop(live);
@@ -221,25 +256,82 @@ pub async fn run(broker: &Broker, args: &RunArgs, context: RequestContext) -> Re
     Ok(code)
 }
 
-/// The task's credentials: from the daemon named by `--from`, or resolved locally.
+/// The task's credentials: from the daemon named by `--from` (with the daemon's proxy for
+/// its placeholder-mode credentials), or resolved locally.
 async fn session<'b>(
     broker: &'b Broker,
     args: &RunArgs,
     context: &RequestContext,
-) -> Result<Session<'b>, Error> {
+) -> Result<(Session<'b>, Option<DaemonProxy>), Error> {
     #[cfg(feature = "serve")]
     if let Some(daemon) = args.daemon.endpoint()? {
         let label = format!("credentials from the daemon at {}", daemon.describe());
-        let delivery =
+        let (delivery, grant) =
             crate::progress::waiting(&label, broker_serve::client::deliver(&daemon, &args.only))
                 .await?;
-        return Ok(Session::new(broker, delivery, context.clone()));
+        let proxy = match grant {
+            Some(grant) => Some(DaemonProxy::new(daemon, grant).await?),
+            None => None,
+        };
+        return Ok((Session::new(broker, delivery, context.clone()), proxy));
     }
     let label = match args.only.as_slice() {
         [one] => crate::progress::label(broker, one),
         _ => "the task's credentials".to_string(),
     };
-    crate::progress::waiting(&label, broker.session(&args.only, context)).await
+    let session = crate::progress::waiting(&label, broker.session(&args.only, context)).await?;
+    Ok((session, None))
+}
+
+/// The daemon's egress proxy for a `run --from` with placeholder-mode credentials: the child
+/// gets its URL and the run's CA; the daemon stops it when the run ends (or at the end of its
+/// lifetime, should the broker die first).
+#[cfg(feature = "serve")]
+struct DaemonProxy {
+    daemon: broker_serve::client::Endpoint,
+    id: String,
+    env: broker_proxy::RemoteProxy,
+}
+
+#[cfg(feature = "serve")]
+impl DaemonProxy {
+    async fn new(
+        daemon: broker_serve::client::Endpoint,
+        grant: broker_serve::proxy::ProxyGrant,
+    ) -> Result<DaemonProxy, Error> {
+        match broker_proxy::RemoteProxy::new(&grant.url, &grant.ca_pem) {
+            Ok(env) => Ok(DaemonProxy {
+                daemon,
+                id: grant.id.clone(),
+                env,
+            }),
+            Err(e) => {
+                let _ = broker_serve::client::stop_proxy(&daemon, &grant.id).await;
+                Err(e)
+            }
+        }
+    }
+
+    fn apply_to_tokio(&self, cmd: &mut tokio::process::Command) {
+        self.env.apply_to_tokio(cmd);
+    }
+
+    /// Asks the daemon to stop the proxy (the run is over).
+    async fn stop(self) {
+        if let Err(e) = broker_serve::client::stop_proxy(&self.daemon, &self.id).await {
+            tracing::warn!("the daemon's proxy for this run was not stopped: {e}");
+        }
+    }
+}
+
+/// Without `serve`, there is no daemon and so no daemon proxy.
+#[cfg(not(feature = "serve"))]
+struct DaemonProxy;
+
+#[cfg(not(feature = "serve"))]
+impl DaemonProxy {
+    fn apply_to_tokio(&self, _cmd: &mut tokio::process::Command) {}
+    async fn stop(self) {}
 }
 
 enum Outcome {

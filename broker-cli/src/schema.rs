@@ -75,8 +75,15 @@ fn credential(registry: &Registry) -> Value {
             "properties": {
                 "hosts": strings("Hosts the value may be sent to (exact, or `*.suffix`)."),
                 "headers": strings("Request headers the placeholder is replaced in (default: Authorization, X-Api-Key)."),
+                "query": { "type": "boolean", "default": false, "description": "Replace the placeholder in the query string (percent-encoded)." },
+                "path": { "type": "boolean", "default": false, "description": "Replace the placeholder in the path (percent-encoded)." },
+                "body": { "type": "boolean", "default": false, "description": "Replace the placeholder in JSON and form request bodies up to 1 MiB." },
+                "methods": strings("Methods a request carrying the placeholder may use (default: any)."),
+                "paths": strings("Path prefixes a request carrying the placeholder may go to (default: any)."),
+                "allow_http": { "type": "boolean", "default": false, "description": "Allow the value in plain-HTTP (cleartext) requests." },
                 "placeholder": object("The placeholder's shape.", json!({
-                    "prefix": { "type": "string", "description": "Text before the random part." },
+                    "shape": { "enum": ["random", "jwt"], "default": "random", "description": "`random`: prefix + random letters and digits; `jwt`: a JWT-shaped placeholder (no prefix or length)." },
+                    "prefix": { "type": "string", "pattern": "^[A-Za-z0-9._~-]*$", "description": "Text before the random part." },
                     "length": { "type": "integer", "minimum": 22, "description": "Random letters and digits after the prefix (default 40)." }
                 }))
             },

@@ -1,6 +1,6 @@
 //! The broker's only `unsafe` code: registering what the child does between `fork` and
-//! `exec`. Kept to this one module (the crate root denies `unsafe_code` and allows it here
-//! only), each block with a `SAFETY:` comment.
+//! `exec`, and `unshare` for `broker run --isolate`. Kept to this one module (the crate root
+//! denies `unsafe_code` and allows it here only), each block with a `SAFETY:` comment.
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
@@ -25,6 +25,47 @@ pub fn controlling_terminal(cmd: &mut tokio::process::Command, slave: &OwnedFd) 
             // and `CLOEXEC` closes it only at `exec`, after this call.
             let fd = BorrowedFd::borrow_raw(raw);
             rustix::process::ioctl_tiocsctty(fd)?;
+            Ok(())
+        });
+    }
+}
+
+/// Moves this process into a new user namespace and a new network namespace
+/// (`unshare(CLONE_NEWUSER | CLONE_NEWNET)`), for the `broker run --isolate` helper.
+///
+/// Call it while the process has a single thread: the kernel refuses a new user namespace to
+/// a multi-threaded process (`EINVAL`).
+#[cfg(feature = "proxy")]
+pub fn unshare_user_and_net() -> std::io::Result<()> {
+    use rustix::thread::UnshareFlags;
+    // SAFETY: rustix marks `unshare` unsafe only because of `UnshareFlags::FILES`, which gives
+    // the calling thread a file descriptor table other threads do not see. We pass NEWUSER
+    // and NEWNET only; neither touches the descriptor table or any memory, and the helper
+    // calls this before it starts any thread.
+    unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWUSER | UnshareFlags::NEWNET) }?;
+    Ok(())
+}
+
+/// Makes the child receive SIGKILL when this process (its parent) dies
+/// (`PR_SET_PDEATHSIG`), so the isolated command never outlives the helper that relays its
+/// connections and passes its exit status on. If this process is already gone when the
+/// child sets it up, the child does not run the command.
+#[cfg(feature = "proxy")]
+pub fn die_with_parent(cmd: &mut tokio::process::Command) {
+    let parent = rustix::process::getpid();
+    // SAFETY: the closure runs in the forked child before `exec`, where only
+    // async-signal-safe operations are allowed. It makes two raw system calls through rustix
+    // (`prctl(PR_SET_PDEATHSIG)` and `getppid`), builds an `io::Error` from an errno (no
+    // allocation), allocates nothing, takes no lock and touches no state shared with other
+    // threads. `parent` is a plain integer copied into the closure.
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+            if rustix::process::getppid() != Some(parent) {
+                return Err(std::io::Error::from_raw_os_error(
+                    rustix::io::Errno::SRCH.raw_os_error(),
+                ));
+            }
             Ok(())
         });
     }

@@ -1,5 +1,5 @@
 //! `broker run` with `proxy:` credentials (issue 13): real clients (curl, Python `requests`
-//! and `httpx`) in the child call a local HTTPS upstream (its own test CA, on 127.0.0.1,
+//! and `httpx`, Node 24's `fetch`) in the child call a local HTTPS upstream (its own test CA, on 127.0.0.1,
 //! recording what it receives) with the placeholder they were given; the upstream sees the
 //! value, the child never does.
 //!
@@ -8,75 +8,17 @@
 #![cfg(feature = "proxy")]
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 use broker_core::testkit::{assert_no_canary, require_peer};
 
+mod proxy_upstream;
+
+use proxy_upstream::{read, start_upstream};
+
 const CANARY: &str = "sk-live-CANARY-5e1f0a9b3c7d2e48";
 const FILE_CANARY: &str = "file-CANARY-0d9c8b7a6f5e4d3c";
-
-/// A small HTTPS server (Python's standard library) that logs every request as a JSON line.
-const UPSTREAM: &str = r#"
-import http.server, json, ssl, sys
-cert, key, port_file, log = sys.argv[1:5]
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def body(self):
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            data = b""
-            while True:
-                size = int(self.rfile.readline().strip().split(b";")[0], 16)
-                if size == 0:
-                    self.rfile.readline()
-                    return data
-                data += self.rfile.read(size)
-                self.rfile.readline()
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-    def serve(self):
-        body = self.body().decode("utf-8", "replace")
-        record = {"method": self.command, "path": self.path,
-                  "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body}
-        with open(log, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        key = self.headers.get("Authorization") or self.headers.get("X-Api-Key") or ""
-        if self.path.startswith("/reflect"):
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            text = ("you sent: " + key + " (twice: " + key + ")\n").encode()
-            for i in range(0, len(text), 5):
-                part = text[i:i + 5]
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
-            self.wfile.write(b"0\r\n\r\n")
-            return
-        out = json.dumps({"method": self.command, "path": self.path, "body": body}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-
-    do_GET = do_POST = do_PUT = serve
-
-    def log_message(self, *args):
-        pass
-
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-context.load_cert_chain(cert, key)
-server.socket = context.wrap_socket(server.socket, server_side=True)
-with open(port_file + ".tmp", "w") as f:
-    f.write(str(server.server_address[1]))
-import os
-os.rename(port_file + ".tmp", port_file)
-server.serve_forever()
-"#;
 
 /// What the child runs: curl, then Python `requests` and `httpx`, each with the placeholder.
 const CHILD: &str = r#"
@@ -96,7 +38,24 @@ curl -sS --max-time 20 -o "$OUT/reflect.txt" -w '%{http_code}' \
 curl -sS --max-time 20 -o "$OUT/steal.txt" -w '%{http_code}' \
   -H "Authorization: Bearer $API_KEY" "https://127.0.0.1:$UPSTREAM_PORT/steal" > "$OUT/steal.status"
 "$PY" "$OUT/clients.py"
+"$NODE" "$OUT/client.mjs"
 echo "child done; it holds $API_KEY"
+"#;
+
+/// Node's own `fetch` (Node ≥ 24 with `NODE_USE_ENV_PROXY=1`, which the run sets).
+const NODE_CLIENT: &str = r#"
+import { writeFileSync } from "node:fs";
+const out = process.env.OUT;
+const url = "https://localhost:" + process.env.UPSTREAM_PORT;
+const auth = { authorization: "Bearer " + process.env.API_KEY };
+let r = await fetch(url + "/node/echo", {
+  method: "POST",
+  headers: { ...auth, "content-type": "application/json" },
+  body: JSON.stringify({ n: [1, 2, 3] }),
+});
+writeFileSync(out + "/node.json", JSON.stringify({ status: r.status, body: await r.json() }));
+r = await fetch(url + "/reflect", { headers: auth });
+writeFileSync(out + "/node-reflect.txt", await r.text());
 "#;
 
 const CLIENTS: &str = r#"
@@ -114,67 +73,6 @@ r = httpx.get(url + "/httpx/echo", headers={"X-Api-Key": key}, timeout=20)
 json.dump({"status": r.status_code, "body": r.json()}, open(out + "/httpx.json", "w"))
 "#;
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Writes the upstream's CA and leaf (SANs localhost, 127.0.0.1) into `dir`.
-fn upstream_certs(dir: &Path) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "broker proxy test upstream CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf_params =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    let leaf = leaf_params
-        .signed_by(&leaf_key, &rcgen::Issuer::new(ca_params, ca_key))
-        .unwrap();
-    std::fs::write(dir.join("upstream-ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("upstream.pem"), leaf.pem()).unwrap();
-    std::fs::write(dir.join("upstream-key.pem"), leaf_key.serialize_pem()).unwrap();
-}
-
-fn start_upstream(python: &Path, dir: &Path) -> (Killed, u16) {
-    upstream_certs(dir);
-    std::fs::write(dir.join("upstream.py"), UPSTREAM).unwrap();
-    let port_file = dir.join("upstream.port");
-    let child = Command::new(python)
-        .arg(dir.join("upstream.py"))
-        .arg(dir.join("upstream.pem"))
-        .arg(dir.join("upstream-key.pem"))
-        .arg(&port_file)
-        .arg(dir.join("upstream.jsonl"))
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let child = Killed(child);
-    let start = Instant::now();
-    loop {
-        if let Ok(p) = std::fs::read_to_string(&port_file) {
-            return (child, p.trim().parse().unwrap());
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the upstream did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn read(path: PathBuf) -> String {
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 #[test]
 fn clients_in_the_child_reach_the_upstream_with_a_value_they_never_see() {
     let Some(python) = require_peer("python") else {
@@ -188,15 +86,21 @@ fn clients_in_the_child_reach_the_upstream_with_a_value_they_never_see() {
         broker_core::testkit::record_skip("Python `requests` and `httpx` are not in the venv");
         return;
     }
+    let Some(node) = require_peer("node24") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let (upstream, port) = start_upstream(&python, dir.path());
     let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join("clients.py"), CLIENTS).unwrap();
+    std::fs::write(out.join("client.mjs"), NODE_CLIENT).unwrap();
     std::fs::write(dir.path().join("child.sh"), CHILD).unwrap();
     std::fs::write(
         dir.path().join(".broker.yml"),
         r#"egress:
+  enabled: true
+  allow: [self-hosted]
   proxy: { allow_private: true, allow_hosts: ["127.0.0.1"], upstream_ca: upstream-ca.pem }
 credentials:
   api:
@@ -221,6 +125,7 @@ audit: { path: audit.jsonl }
         .env("UPSTREAM_PORT", port.to_string())
         .env("OUT", &out)
         .env("PY", &python)
+        .env("NODE", &node)
         .env_remove("HTTPS_PROXY")
         .env_remove("HTTP_PROXY")
         .env_remove("https_proxy")
@@ -299,6 +204,9 @@ audit: { path: audit.jsonl }
     assert_eq!(py["headers"]["authorization"], bearer.as_str());
     assert_eq!(py["body"], r#"{"n": [1, 2, 3]}"#);
     assert_eq!(request("/httpx/echo")["headers"]["x-api-key"], CANARY);
+    let node_request = request("/node/echo");
+    assert_eq!(node_request["headers"]["authorization"], bearer.as_str());
+    assert_eq!(node_request["body"], r#"{"n":[1,2,3]}"#);
     assert!(
         !seen.iter().any(|r| r["path"] == "/steal"),
         "the placeholder toward another host was forwarded"
@@ -314,7 +222,9 @@ audit: { path: audit.jsonl }
     let echoed: serde_json::Value =
         serde_json::from_str(&read(out.join("curl-echo.json"))).unwrap();
     assert_eq!(echoed["body"], r#"{"hello":"world","n":[1,2,3]}"#);
-    for file in ["reflect.txt", "requests-reflect.txt"] {
+    let nd: serde_json::Value = serde_json::from_str(&read(out.join("node.json"))).unwrap();
+    assert_eq!(nd["status"], 200);
+    for file in ["reflect.txt", "requests-reflect.txt", "node-reflect.txt"] {
         let text = read(out.join(file));
         assert!(
             text.contains("you sent: Bearer [REDACTED:api] (twice: Bearer [REDACTED:api])"),
@@ -340,15 +250,17 @@ audit: { path: audit.jsonl }
         .iter()
         .filter(|r| r["action"] == "proxy" && r["outcome"] == "forwarded")
         .collect();
-    assert_eq!(proxied.len(), 6, "{proxied:?}");
+    assert_eq!(proxied.len(), 8, "{proxied:?}");
     let curl_record = proxied
         .iter()
-        .find(|r| r["reason"].as_str().unwrap().contains("path=/curl/echo "))
+        .find(|r| r["http"]["path"] == "/curl/echo")
         .unwrap();
     assert_eq!(curl_record["credential"], "api");
-    let reason = curl_record["reason"].as_str().unwrap();
-    assert!(reason.contains("method=POST") && reason.contains("status=200"));
-    assert!(!reason.contains("q=1"), "{reason}");
+    let http = &curl_record["http"];
+    assert_eq!(http["method"], "POST");
+    assert_eq!(http["status"], 200);
+    assert!(http["bytes"].as_u64().is_some(), "{http}");
+    assert!(!http.to_string().contains("q=1"), "{http}");
     let alerts: Vec<&serde_json::Value> = records
         .iter()
         .filter(|r| r["severity"] == "alert")
@@ -425,4 +337,59 @@ fn bad_proxy_sections_are_config_errors_naming_the_credential() {
         assert!(stderr.contains(expect), "{section}: {stderr}");
         assert_no_canary("stderr", &stderr, &[CANARY]);
     }
+}
+
+#[test]
+fn proxy_hosts_are_destinations_listed_by_audit_and_refused_with_egress_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join(".broker.yml");
+    std::fs::write(
+        &config,
+        "credentials:\n  api:\n    ref: \"env:PROXY_TEST_X\"\n    proxy: { hosts: [api.example.com, \"127.0.0.1\"] }\n",
+    )
+    .unwrap();
+    let broker = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_broker"))
+            .current_dir(dir.path())
+            .args(args)
+            .env("PROXY_TEST_X", CANARY)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let audit = broker(&["audit"]);
+    let stdout = String::from_utf8_lossy(&audit.stdout);
+    assert!(
+        stdout.contains("process env, api.example.com (via proxy), 127.0.0.1 (via proxy)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("$API, placeholder"), "{stdout}");
+    let row = stdout.lines().find(|l| l.starts_with("api ")).unwrap();
+    assert!(
+        row.contains("managed-cloud") && row.ends_with("refused"),
+        "{row}"
+    );
+    let json = broker(&["audit", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        doc["entries"][0]["proxy_destinations"],
+        serde_json::json!([
+            { "target": { "type": "host", "address": "api.example.com" }, "badge": "managed-cloud" },
+            { "target": { "type": "host", "address": "127.0.0.1" }, "badge": "self-hosted" }
+        ])
+    );
+
+    // `broker run` refuses before the proxy starts or the child runs.
+    let run = broker(&["run", "--", "sh", "-c", "echo ran"]);
+    assert_eq!(run.status.code(), Some(77));
+    assert!(run.stdout.is_empty());
+    assert_eq!(
+        String::from_utf8_lossy(&run.stderr),
+        format!(
+            "error: credential `api`: egress is disabled; this would reach api.example.com (managed-cloud)\nhint: set `egress.enabled: true` in {} after reviewing `broker audit`\n",
+            config.display()
+        )
+    );
+    assert_no_canary("audit", &stdout, &[CANARY]);
 }

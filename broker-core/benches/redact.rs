@@ -1,5 +1,7 @@
 //! Redaction throughput: 100 values × every encoding the redactor matches, over log-like
-//! text with an occasional match, in 64 KiB writes through a [`RedactStream`].
+//! text with an occasional match, in 64 KiB writes through a [`RedactStream`]; and the cost of
+//! building a redactor for 20 and 100 values (paid by every `broker run` before its child
+//! starts).
 //!
 //! `cargo bench -p broker-core --bench redact`; the figure goes into `docs/performance.md`.
 #![allow(missing_docs)]
@@ -80,6 +82,19 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(redactor.redact(black_box(&text)).len()))
     });
     group.finish();
+
+    // What a `broker run` pays before the child starts: building the redactor for its values.
+    let mut build = c.benchmark_group("redact_build");
+    for n in [20, 100] {
+        let secrets = values(n);
+        build.bench_function(format!("build_{n}_values"), |b| {
+            b.iter(|| {
+                let r = Redactor::new(secrets.iter().map(|(n, v)| (n.as_str(), v)));
+                black_box(r.pattern_count())
+            })
+        });
+    }
+    build.finish();
 }
 
 criterion_group!(benches, bench);

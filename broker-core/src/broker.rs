@@ -60,8 +60,11 @@ pub struct ManifestEntry {
     pub kind: DeliveryKind,
     /// Requested lifetime, for minted credentials.
     pub ttl: Option<String>,
-    /// Whether the egress gate lets it through.
+    /// Whether the egress gate lets it through (its destinations and its proxy hosts).
     pub allowed: bool,
+    /// Placeholder mode: the hosts the run's proxy sends the value to (`proxy.hosts`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub proxy_destinations: Vec<Destination>,
 }
 
 /// The egress manifest: what would leave the machine, and to where.
@@ -314,19 +317,18 @@ impl Broker {
             let destinations = self
                 .destinations(&spec.reference)
                 .map_err(|e| e.with_credential(&spec.name))?;
-            let badge = destinations
-                .iter()
-                .map(|d| d.badge)
-                .max()
-                .unwrap_or(Badge::Local);
+            let proxy_destinations =
+                egress::proxy_destinations(spec.proxy.as_ref(), &self.config.egress.self_hosted);
+            let every = || destinations.iter().chain(&proxy_destinations);
+            let badge = every().map(|d| d.badge).max().unwrap_or(Badge::Local);
+            let allowed = every().all(|d| self.config.egress.permits(d.badge));
             entries.push(ManifestEntry {
                 credential: spec.name.clone(),
                 reference: spec.reference.clone(),
                 backend: d.name,
                 source: spec.source,
-                allowed: destinations
-                    .iter()
-                    .all(|d| self.config.egress.permits(d.badge)),
+                allowed,
+                proxy_destinations,
                 destinations,
                 badge,
                 delivered_as: spec.env_var.clone(),
@@ -344,33 +346,37 @@ impl Broker {
     /// Refuses `reference` before any I/O if a destination's badge is not allowed.
     pub fn gate(&self, reference: &Reference) -> Result<()> {
         for dest in self.destinations(reference)? {
-            if !self.config.egress.permits(dest.badge) {
-                let why = if self.config.egress.enabled {
-                    format!("egress to {} destinations is not allowed", dest.badge)
-                } else {
-                    "egress is disabled".to_string()
-                };
-                let hint = if self.config.egress.enabled {
-                    format!(
-                        "add `{}` to `egress.allow` in {} after reviewing `broker audit`",
-                        dest.badge,
-                        self.config.path().display()
-                    )
-                } else {
-                    format!(
-                        "set `egress.enabled: true` in {} after reviewing `broker audit`",
-                        self.config.path().display()
-                    )
-                };
-                return Err(Error::new(
-                    ErrorKind::EgressDenied,
-                    format!("{why}; this would reach {dest}"),
-                )
-                .with_reference(reference)
-                .with_hint(hint));
-            }
+            self.gate_destination(&dest)
+                .map_err(|e| e.with_reference(reference))?;
         }
         Ok(())
+    }
+
+    /// Refuses `dest` if its badge is not allowed (an error naming it, with a hint).
+    pub fn gate_destination(&self, dest: &Destination) -> Result<()> {
+        if self.config.egress.permits(dest.badge) {
+            return Ok(());
+        }
+        let path = self.config.path().display();
+        let (why, hint) = if self.config.egress.enabled {
+            (
+                format!("egress to {} destinations is not allowed", dest.badge),
+                format!(
+                    "add `{}` to `egress.allow` in {path} after reviewing `broker audit`",
+                    dest.badge
+                ),
+            )
+        } else {
+            (
+                "egress is disabled".to_string(),
+                format!("set `egress.enabled: true` in {path} after reviewing `broker audit`"),
+            )
+        };
+        Err(Error::new(
+            ErrorKind::EgressDenied,
+            format!("{why}; this would reach {dest}"),
+        )
+        .with_hint(hint))
     }
 
     /// Resolves (or mints) the credential `name` for one request, through policy, the egress
@@ -412,8 +418,26 @@ impl Broker {
             secrets: Vec::new(),
             scratch: None,
         };
+        // Stored values (`resolve`) are fetched concurrently, all started at once (a backend
+        // can then do their work in parallel: age decrypts on the blocking pool); minted ones
+        // one at a time, in order, since minting has effects outside. Either way the audit
+        // records are written in config order, each before the next credential is used, and
+        // the first failure stops the delivery with the same records a sequential run writes
+        // (fetches still in flight are dropped unrecorded, their values never used).
+        let mut reads: futures::stream::FuturesOrdered<_> = specs
+            .iter()
+            .filter(|spec| spec.source == Source::Resolve)
+            .map(|spec| self.fetch_unrecorded(spec, context))
+            .collect();
         for spec in specs {
-            let credential = self.issue(spec, context).await?;
+            let fetched = match spec.source {
+                Source::Resolve => match futures::StreamExt::next(&mut reads).await {
+                    Some(fetched) => fetched,
+                    None => return Err(Error::internal("a concurrent fetch went missing")),
+                },
+                Source::Mint => self.fetch_unrecorded(spec, context).await,
+            };
+            let credential = self.record_lookup(spec, context, fetched).await?.credential;
             delivery.add(&spec.name, &spec.env_var, spec.kind, &credential)?;
         }
         for decision in decisions {

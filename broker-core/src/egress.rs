@@ -155,9 +155,58 @@ pub fn classify(mut dest: Destination, self_hosted: &[String]) -> Destination {
     dest
 }
 
+/// Where a placeholder-mode credential's value goes: the hosts of its `proxy:` section
+/// (`proxy.hosts`, exact or `*.suffix`), each a destination of its own with the broker's
+/// badge rules applied (a public host is `managed-cloud`, a loopback or private one or a
+/// declared `self_hosted` one `self-hosted`). Entries that are not strings are left out: the
+/// proxy refuses such a section when it starts.
+pub fn proxy_destinations(
+    proxy: Option<&serde_json::Value>,
+    self_hosted: &[String],
+) -> Vec<Destination> {
+    let Some(hosts) = proxy
+        .and_then(|p| p.get("hosts"))
+        .and_then(|h| h.as_array())
+    else {
+        return Vec::new();
+    };
+    hosts
+        .iter()
+        .filter_map(|h| h.as_str())
+        .map(|h| {
+            let h = h.trim();
+            // `*.suffix` is classified by a name below the suffix.
+            let host = match h.strip_prefix("*.") {
+                Some(suffix) => format!("name.{suffix}"),
+                None => h.to_string(),
+            };
+            let mut dest = classify(Destination::host(host, Badge::ManagedCloud), self_hosted);
+            dest.target = Target::Host(h.to_string());
+            dest
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proxy_hosts_are_destinations_with_badges() {
+        let proxy =
+            serde_json::json!({ "hosts": ["api.openai.com", "127.0.0.1", "*.corp.example", 7] });
+        let d = proxy_destinations(Some(&proxy), &["*.corp.example".into()]);
+        let shown: Vec<String> = d.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "api.openai.com (managed-cloud)",
+                "127.0.0.1 (self-hosted)",
+                "*.corp.example (self-hosted)"
+            ]
+        );
+        assert!(proxy_destinations(None, &[]).is_empty());
+    }
 
     #[test]
     fn hosts() {

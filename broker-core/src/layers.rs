@@ -32,6 +32,13 @@ use crate::provider::{Request, RequestContext};
 use crate::retry::{self, AlertCommand, RetryPolicy, Sleeper, TokioSleeper};
 use crate::{Broker, Credential, Error, ErrorKind, Result, SecretValue};
 
+/// A cache lookup whose audit record is still to be written ([`Broker::record_lookup`]).
+pub(crate) struct Unrecorded {
+    looked: Result<Lookup>,
+    attempts: u32,
+    exhausted: bool,
+}
+
 /// The runtime state a [`Broker`] keeps: policy, cache, retry settings, audit log, alert hook.
 pub(crate) struct Runtime {
     pub(crate) policy: Policy,
@@ -482,7 +489,18 @@ impl Broker {
     }
 
     async fn lookup(&self, spec: &CredentialSpec, context: &RequestContext) -> Result<Lookup> {
-        let action = action_for(spec);
+        let fetched = self.fetch_unrecorded(spec, context).await;
+        self.record_lookup(spec, context, fetched).await
+    }
+
+    /// Layers 3–4 of [`Broker::issue`] (cache, retry(timeout(provider))) without the audit
+    /// record: [`Broker::record_lookup`] must follow before the credential is used. Lets
+    /// `deliver` fetch independent credentials concurrently and record them in order.
+    pub(crate) async fn fetch_unrecorded(
+        &self,
+        spec: &CredentialSpec,
+        context: &RequestContext,
+    ) -> Unrecorded {
         let key = cache_key(spec, context);
         let ttl = match spec.source {
             Source::Mint => ttl_for(spec, context),
@@ -534,6 +552,31 @@ impl Broker {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .unwrap_or((0, false));
+        Unrecorded {
+            looked,
+            attempts,
+            exhausted,
+        }
+    }
+
+    /// Layer 5 for a [`Broker::fetch_unrecorded`] result: the `issuance`, `refresh` or
+    /// `failure` record; a credential whose record cannot be written is refused.
+    pub(crate) async fn record_lookup(
+        &self,
+        spec: &CredentialSpec,
+        context: &RequestContext,
+        fetched: Unrecorded,
+    ) -> Result<Lookup> {
+        let action = action_for(spec);
+        let ttl = match spec.source {
+            Source::Mint => ttl_for(spec, context),
+            Source::Resolve => spec.ttl,
+        };
+        let Unrecorded {
+            looked,
+            attempts,
+            exhausted,
+        } = fetched;
         let attach = |e: Error| {
             e.with_credential(&spec.name)
                 .with_reference(&spec.reference)

@@ -13,6 +13,17 @@
 //!   zeroizes its buffer on drop. Nothing is ever written to disk.
 //!
 //! Time comes from a [`Clock`], so tests drive expiry with a [`ManualClock`] instead of sleeping.
+//!
+//! ## Shared across processes
+//!
+//! Several processes (the replicas of `broker serve`) can share one cache through a
+//! [`SharedLeases`] store ([`LeaseCache::set_shared`]). The per-process cache stays in front:
+//! a fresh local entry is served without asking the store (unless the store says its lease was
+//! revoked). On a local miss, inside the per-key singleflight, the store is asked for a fresh
+//! entry; if it has none, this process takes the store's per-key lock (with a fencing token)
+//! and fetches, or, when another process holds it, waits for that process's value (or for the
+//! lock to lapse, then takes over). So a burst spread over every replica causes one fetch.
+//! Errors from the store fail the request (closed). Without a store nothing changes.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -170,6 +181,51 @@ pub struct Lookup {
     pub served: Served,
 }
 
+/// A credential as a [`SharedLeases`] store keeps it. Holds a value: no `Debug` of it.
+pub struct SharedEntry {
+    /// The credential.
+    pub credential: Credential,
+    /// When it expires (shared entries always expire).
+    pub expires_at: SystemTime,
+    /// When the fleet should re-mint it (chosen once, by the process that fetched it).
+    pub refresh_at: SystemTime,
+}
+
+impl std::fmt::Debug for SharedEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedEntry")
+            .field("credential", &self.credential)
+            .field("expires_at", &self.expires_at)
+            .field("refresh_at", &self.refresh_at)
+            .finish()
+    }
+}
+
+/// A lease cache shared by several processes: the seam a shared store (Redis, say) fills.
+///
+/// Entries that never expire (stored secrets) are not shared; each process keeps its own.
+#[async_trait::async_trait]
+pub trait SharedLeases: Send + Sync {
+    /// The entry for `key`, if the store has one that has not expired.
+    async fn get(&self, key: &CacheKey) -> Result<Option<SharedEntry>>;
+    /// Takes `key`'s fetch lock: `Some(fencing token)` when this process now holds it, `None`
+    /// when another does. Tokens only grow; the lock lapses by itself after a while.
+    async fn try_lock(&self, key: &CacheKey) -> Result<Option<u64>>;
+    /// Stores `entry` fetched under `token` and releases the lock; `false` (nothing written)
+    /// when an entry written under a newer token is there.
+    async fn put(&self, key: &CacheKey, token: u64, entry: &SharedEntry) -> Result<bool>;
+    /// Releases the lock taken with `token` without a value (the fetch failed, or its result
+    /// is not shared), waking the waiters.
+    async fn unlock(&self, key: &CacheKey, token: u64) -> Result<()>;
+    /// Waits until `key` changes (a value landed or the lock was released) or a short while
+    /// passes; `round` counts the waits so far (for backoff).
+    async fn wait(&self, key: &CacheKey, round: u32);
+    /// How long a waiter keeps waiting for another process's fetch before giving up.
+    fn max_wait(&self) -> Duration;
+    /// Whether lease `lease_id` was revoked anywhere in the fleet (a local check: no I/O).
+    fn revoked(&self, lease_id: &str) -> bool;
+}
+
 /// What a fetch hands the cache.
 pub struct Fetched {
     /// The credential.
@@ -184,6 +240,11 @@ struct Entry {
     credential: Credential,
     expires_at: Option<SystemTime>,
     refresh_at: Option<SystemTime>,
+}
+
+enum FromShared {
+    Entry(Entry),
+    Locked(u64),
 }
 
 #[derive(Default)]
@@ -209,6 +270,7 @@ pub struct LeaseCache {
     slots: RwLock<HashMap<CacheKey, Arc<Slot>>>,
     clock: Arc<dyn Clock>,
     policy: RefreshPolicy,
+    shared: RwLock<Option<Arc<dyn SharedLeases>>>,
 }
 
 impl std::fmt::Debug for LeaseCache {
@@ -221,6 +283,7 @@ impl std::fmt::Debug for LeaseCache {
         f.debug_struct("LeaseCache")
             .field("keys", &keys)
             .field("policy", &self.policy)
+            .field("shared", &self.shared().is_some())
             .finish()
     }
 }
@@ -232,6 +295,28 @@ impl LeaseCache {
             slots: RwLock::new(HashMap::new()),
             clock,
             policy,
+            shared: RwLock::new(None),
+        }
+    }
+
+    /// Shares the cache with other processes through `shared` (`None`: this process only).
+    pub fn set_shared(&self, shared: Option<Arc<dyn SharedLeases>>) {
+        *self.shared.write().unwrap_or_else(|p| p.into_inner()) = shared;
+    }
+
+    /// The shared store, if any.
+    pub fn shared(&self) -> Option<Arc<dyn SharedLeases>> {
+        self.shared
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether `entry`'s lease was revoked elsewhere in the fleet.
+    fn revoked_elsewhere(&self, entry: &Entry) -> bool {
+        match (self.shared(), entry.credential.lease()) {
+            (Some(shared), Some(lease)) => shared.revoked(&lease.id),
+            _ => false,
         }
     }
 
@@ -258,7 +343,7 @@ impl LeaseCache {
     }
 
     fn is_fresh(&self, entry: &Entry, now: SystemTime) -> bool {
-        entry.refresh_at.is_none_or(|r| now < r)
+        entry.refresh_at.is_none_or(|r| now < r) && !self.revoked_elsewhere(entry)
     }
 
     fn lookup(entry: &Entry, served: Served) -> Lookup {
@@ -304,7 +389,56 @@ impl LeaseCache {
         {
             return Ok(Self::lookup(entry, Served::Cached));
         }
-        match fetch().await {
+        let previous = previous.filter(|e| !self.revoked_elsewhere(e));
+        let mut token = None;
+        if let Some(shared) = self.shared() {
+            match self.from_shared(&*shared, key).await? {
+                FromShared::Entry(entry) => {
+                    let entry = Arc::new(entry);
+                    let out = Self::lookup(&entry, Served::Cached);
+                    slot.store(Some(entry));
+                    return Ok(out);
+                }
+                FromShared::Locked(t) => token = Some((shared, t)),
+            }
+        }
+        let result = fetch().await;
+        if let Some((shared, t)) = &token {
+            let put = match &result {
+                Ok(Fetched {
+                    credential,
+                    expires_at: Some(expires_at),
+                    cacheable: true,
+                }) => {
+                    let refresh_at = self.policy.refresh_at(
+                        self.clock.now(),
+                        *expires_at,
+                        rand::random::<f64>(),
+                    );
+                    let entry = SharedEntry {
+                        credential: credential.clone(),
+                        expires_at: *expires_at,
+                        refresh_at,
+                    };
+                    Some(shared.put(key, *t, &entry).await.map(|_| refresh_at))
+                }
+                _ => None,
+            };
+            match put {
+                // The value is minted: serve it here even if the store failed to keep it.
+                Some(Err(e)) => {
+                    tracing::warn!("the shared lease store did not keep a fetched credential: {e}");
+                    let _ = shared.unlock(key, *t).await;
+                }
+                Some(Ok(_)) => {}
+                None => {
+                    if let Err(e) = shared.unlock(key, *t).await {
+                        tracing::warn!("cannot release a shared fetch lock: {e}");
+                    }
+                }
+            }
+        }
+        match result {
             Ok(fetched) => {
                 let issued = self.clock.now();
                 let refresh_at = fetched
@@ -339,6 +473,68 @@ impl LeaseCache {
                 }
             }
         }
+    }
+
+    /// A fresh entry from the shared store, or its lock (waiting for another process's fetch
+    /// while it holds the lock, up to [`SharedLeases::max_wait`]).
+    async fn from_shared(&self, shared: &dyn SharedLeases, key: &CacheKey) -> Result<FromShared> {
+        let deadline = std::time::Instant::now() + shared.max_wait();
+        let mut round = 0;
+        loop {
+            if let Some(entry) = self.fresh_shared(shared, key).await? {
+                return Ok(FromShared::Entry(entry));
+            }
+            if let Some(token) = shared.try_lock(key).await? {
+                // Double check under the lock: the previous holder may have stored a value
+                // between our read and our lock.
+                return match self.fresh_shared(shared, key).await {
+                    Ok(Some(entry)) => {
+                        shared.unlock(key, token).await?;
+                        Ok(FromShared::Entry(entry))
+                    }
+                    Ok(None) => Ok(FromShared::Locked(token)),
+                    Err(e) => {
+                        let _ = shared.unlock(key, token).await;
+                        Err(e)
+                    }
+                };
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::new(
+                    crate::ErrorKind::Transient,
+                    format!(
+                        "another replica has been fetching `{}` for over {}s",
+                        key.credential,
+                        shared.max_wait().as_secs()
+                    ),
+                ));
+            }
+            shared.wait(key, round).await;
+            round = round.saturating_add(1);
+        }
+    }
+
+    /// The shared store's entry for `key` if it is outside its refresh margin and its lease
+    /// was not revoked.
+    async fn fresh_shared(
+        &self,
+        shared: &dyn SharedLeases,
+        key: &CacheKey,
+    ) -> Result<Option<Entry>> {
+        let Some(found) = shared.get(key).await? else {
+            return Ok(None);
+        };
+        let revoked = found
+            .credential
+            .lease()
+            .is_some_and(|l| shared.revoked(&l.id));
+        Ok(
+            (self.clock.now() < found.refresh_at && !revoked).then(|| Entry {
+                credential: found.credential,
+                expires_at: Some(found.expires_at),
+                refresh_at: Some(found.refresh_at),
+            }),
+        )
     }
 
     /// Drops the entry for `key` (its values are zeroized).
@@ -408,5 +604,210 @@ impl LeaseCache {
     /// Whether no entry holds a credential.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SecretValue;
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+    /// A [`SharedLeases`] in memory: what a shared store does, minus the network.
+    #[derive(Default)]
+    struct FakeShared {
+        entries: Mutex<HashMap<CacheKey, (u64, SharedEntry)>>,
+        locks: Mutex<HashMap<CacheKey, u64>>,
+        fence: AtomicU64,
+        notify: tokio::sync::Notify,
+        revoked: Mutex<Vec<String>>,
+    }
+
+    #[async_trait::async_trait]
+    impl SharedLeases for FakeShared {
+        async fn get(&self, key: &CacheKey) -> Result<Option<SharedEntry>> {
+            Ok(self
+                .entries
+                .lock()
+                .unwrap()
+                .get(key)
+                .map(|(_, e)| SharedEntry {
+                    credential: e.credential.clone(),
+                    expires_at: e.expires_at,
+                    refresh_at: e.refresh_at,
+                }))
+        }
+        async fn try_lock(&self, key: &CacheKey) -> Result<Option<u64>> {
+            let token = self.fence.fetch_add(1, Ordering::SeqCst) + 1;
+            let mut locks = self.locks.lock().unwrap();
+            if locks.contains_key(key) {
+                return Ok(None);
+            }
+            locks.insert(key.clone(), token);
+            Ok(Some(token))
+        }
+        async fn put(&self, key: &CacheKey, token: u64, entry: &SharedEntry) -> Result<bool> {
+            let newer = {
+                let mut entries = self.entries.lock().unwrap();
+                let newer = entries.get(key).is_some_and(|(t, _)| *t > token);
+                if !newer {
+                    entries.insert(
+                        key.clone(),
+                        (
+                            token,
+                            SharedEntry {
+                                credential: entry.credential.clone(),
+                                expires_at: entry.expires_at,
+                                refresh_at: entry.refresh_at,
+                            },
+                        ),
+                    );
+                }
+                newer
+            };
+            self.unlock(key, token).await?;
+            Ok(!newer)
+        }
+        async fn unlock(&self, key: &CacheKey, token: u64) -> Result<()> {
+            let mut locks = self.locks.lock().unwrap();
+            if locks.get(key) == Some(&token) {
+                locks.remove(key);
+            }
+            self.notify.notify_waiters();
+            Ok(())
+        }
+        async fn wait(&self, _key: &CacheKey, _round: u32) {
+            let _ = tokio::time::timeout(Duration::from_millis(20), self.notify.notified()).await;
+        }
+        fn max_wait(&self) -> Duration {
+            Duration::from_secs(5)
+        }
+        fn revoked(&self, lease_id: &str) -> bool {
+            self.revoked.lock().unwrap().iter().any(|r| r == lease_id)
+        }
+    }
+
+    fn minted(n: u32, clock: &dyn Clock) -> Fetched {
+        Fetched {
+            credential: Credential::new(SecretValue::from(format!("v{n}"))).with_lease(
+                crate::Lease {
+                    id: format!("lease-{n}"),
+                    expires_at: None,
+                    renewable: false,
+                },
+            ),
+            expires_at: Some(clock.now() + Duration::from_secs(600)),
+            cacheable: true,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn caches_sharing_a_store_fetch_once_between_them() {
+        let clock: Arc<ManualClock> = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH));
+        let shared = Arc::new(FakeShared::default());
+        let caches: Vec<Arc<LeaseCache>> = (0..3)
+            .map(|_| {
+                let c = LeaseCache::new(clock.clone(), RefreshPolicy::default());
+                c.set_shared(Some(shared.clone()));
+                Arc::new(c)
+            })
+            .collect();
+        let fetches = Arc::new(AtomicU32::new(0));
+        let key = CacheKey::new("db", "");
+        let mut tasks = Vec::new();
+        for i in 0..30 {
+            let cache = caches[i % 3].clone();
+            let (fetches, key, clock) = (fetches.clone(), key.clone(), clock.clone());
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get(&key, || async {
+                        let n = fetches.fetch_add(1, Ordering::SeqCst) + 1;
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        Ok(minted(n, &*clock))
+                    })
+                    .await
+                    .map(|l| l.credential.value().expose().to_vec())
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), b"v1");
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+
+        // Past the refresh point, one re-mint for all of them.
+        clock.advance(Duration::from_secs(590));
+        for cache in &caches {
+            let l = cache
+                .get(&key, || async {
+                    let n = fetches.fetch_add(1, Ordering::SeqCst) + 1;
+                    Ok(minted(n, &*clock))
+                })
+                .await
+                .unwrap();
+            assert_eq!(l.credential.value().expose(), b"v2");
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 2);
+
+        // A lease revoked elsewhere is not served from any cache.
+        shared.revoked.lock().unwrap().push("lease-2".into());
+        let l = caches[0]
+            .get(&key, || async {
+                let n = fetches.fetch_add(1, Ordering::SeqCst) + 1;
+                Ok(minted(n, &*clock))
+            })
+            .await
+            .unwrap();
+        assert_eq!(l.credential.value().expose(), b"v3");
+    }
+
+    #[tokio::test]
+    async fn a_lapsed_lock_is_taken_over_and_a_stale_writer_loses() {
+        let clock: Arc<ManualClock> = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH));
+        let shared = Arc::new(FakeShared::default());
+        let key = CacheKey::new("db", "");
+        // A replica took the lock and died; the lock lapses while we wait.
+        let ghost = shared.try_lock(&key).await.unwrap().unwrap();
+        let lapse = {
+            let shared = shared.clone();
+            let key = key.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(60)).await;
+                shared.locks.lock().unwrap().remove(&key);
+            })
+        };
+        let cache = LeaseCache::new(clock.clone(), RefreshPolicy::default());
+        cache.set_shared(Some(shared.clone()));
+        let l = cache
+            .get(&key, || async { Ok(minted(7, &*clock)) })
+            .await
+            .unwrap();
+        lapse.await.unwrap();
+        assert_eq!(l.credential.value().expose(), b"v7");
+        // The ghost comes back with its old token: it does not overwrite the newer entry.
+        let old = minted(1, &*clock);
+        let wrote = shared
+            .put(
+                &key,
+                ghost,
+                &SharedEntry {
+                    credential: old.credential,
+                    expires_at: old.expires_at.unwrap(),
+                    refresh_at: old.expires_at.unwrap(),
+                },
+            )
+            .await
+            .unwrap();
+        assert!(!wrote);
+        assert_eq!(
+            shared
+                .get(&key)
+                .await
+                .unwrap()
+                .unwrap()
+                .credential
+                .value()
+                .expose(),
+            b"v7"
+        );
     }
 }

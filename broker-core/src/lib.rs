@@ -17,7 +17,8 @@
 //!   credentials, wipe) shared by `broker run`, the daemon and embedders.
 //!
 //! This crate has no HTTP client or cloud SDK dependency; backends bring their own.
-#![forbid(unsafe_code)]
+// `unsafe` only in `sys` (`mlock` of the pages under secret buffers), nowhere else.
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod audit;
@@ -39,6 +40,8 @@ pub mod retry;
 pub mod scratch;
 mod secret;
 pub mod session;
+#[allow(unsafe_code)]
+mod sys;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

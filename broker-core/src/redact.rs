@@ -45,12 +45,12 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::io::{self, Write};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::SecretValue;
 
@@ -73,14 +73,22 @@ pub const EMBEDDED_BASE64_MIN: usize = 16;
 /// is freed unwiped (and for the hundreds of patterns a task usually has, `aho-corasick` uses
 /// none anyway).
 pub struct Redactor {
-    matcher: Option<AhoCorasick>,
-    /// Pattern id to index into `names`.
+    /// The fast path: candidate windows by a skip table, then a direct comparison.
+    scanner: Option<Scanner>,
+    /// The Aho-Corasick automaton over the same patterns, built only when the scanner meets
+    /// output that keeps it verifying candidates (output made of near-copies of the values),
+    /// so the worst case stays linear in the output.
+    automaton: OnceLock<Option<AhoCorasick>>,
+    /// Pattern id (index into `sorted`) to index into `names`.
     owner: Vec<usize>,
     /// `[REDACTED:<name>]` for each credential name.
     replacements: Vec<Box<[u8]>>,
     names: Vec<String>,
-    /// Every pattern, sorted, for the "could this tail still become a match" test.
-    sorted: Vec<Zeroizing<Vec<u8>>>,
+    /// Every pattern, sorted (also for the "could this tail still become a match" test).
+    sorted: Patterns,
+    /// Bit set of the first two bytes of every pattern (65,536 bits): a quick "no" for most
+    /// positions of that test.
+    pairs: Zeroizing<Vec<u64>>,
     max_len: usize,
     skipped: Vec<String>,
 }
@@ -105,11 +113,13 @@ impl Redactor {
     /// A redactor that matches nothing.
     pub fn empty() -> Redactor {
         Redactor {
-            matcher: None,
+            scanner: None,
+            automaton: OnceLock::new(),
             owner: Vec::new(),
             replacements: Vec::new(),
             names: Vec::new(),
-            sorted: Vec::new(),
+            sorted: Patterns::default(),
+            pairs: Zeroizing::new(Vec::new()),
             max_len: 0,
             skipped: Vec::new(),
         }
@@ -163,21 +173,22 @@ impl Redactor {
             };
         }
         let max_len = candidates.iter().map(|c| c.0.len()).max().unwrap_or(0);
-        let matcher = AhoCorasick::builder()
-            .match_kind(MatchKind::LeftmostLongest)
-            .kind(Some(choose_kind(&candidates)))
-            // The packed prefilter copies every pattern into buffers freed unwiped.
-            .prefilter(false)
-            .build(candidates.iter().map(|c| c.0.as_slice()))
-            .ok();
         let owner = candidates.iter().map(|c| c.1).collect();
         let replacements = names
             .iter()
             .map(|n| format!("[REDACTED:{n}]").into_bytes().into_boxed_slice())
             .collect();
-        let sorted = candidates.into_iter().map(|c| c.0).collect();
+        let sorted = Patterns::new(candidates.iter().map(|c| c.0.as_slice()));
+        drop(candidates);
+        let mut pairs = Zeroizing::new(vec![0u64; 1024]);
+        for p in sorted.iter().filter(|p| p.len() >= 2) {
+            let i = (usize::from(p[0]) << 8) | usize::from(p[1]);
+            pairs[i >> 6] |= 1 << (i & 63);
+        }
         Redactor {
-            matcher,
+            scanner: Some(Scanner::new(&sorted)),
+            automaton: OnceLock::new(),
+            pairs,
             owner,
             replacements,
             names,
@@ -189,7 +200,7 @@ impl Redactor {
 
     /// Whether this redactor matches nothing.
     pub fn is_empty(&self) -> bool {
-        self.matcher.is_none()
+        self.scanner.is_none()
     }
 
     /// Names of the credentials whose values are matched.
@@ -215,16 +226,17 @@ impl Redactor {
 
     /// Redacts a complete buffer (no state carried between calls).
     pub fn redact<'h>(&self, data: &'h [u8]) -> Cow<'h, [u8]> {
-        let Some(matcher) = &self.matcher else {
+        if self.is_empty() {
             return Cow::Borrowed(data);
-        };
+        }
         let mut out: Option<Vec<u8>> = None;
         let mut pos = 0;
-        for m in matcher.find_iter(data) {
+        let mut search = Search::default();
+        while let Some(m) = self.find(data, pos, &mut search) {
             let buf = out.get_or_insert_with(|| Vec::with_capacity(data.len()));
-            buf.extend_from_slice(&data[pos..m.start()]);
-            buf.extend_from_slice(self.replacement(m.pattern().as_usize()));
-            pos = m.end();
+            buf.extend_from_slice(&data[pos..m.start]);
+            buf.extend_from_slice(self.replacement(m.pattern));
+            pos = m.end;
         }
         match out {
             None => Cow::Borrowed(data),
@@ -251,7 +263,7 @@ impl Redactor {
     pub fn stream(self: &Arc<Self>) -> RedactStream {
         RedactStream {
             redactor: Arc::clone(self),
-            held: Zeroizing::new(Vec::new()),
+            held: Held::default(),
         }
     }
 
@@ -264,8 +276,8 @@ impl Redactor {
 
     /// Whether `tail` is the beginning (or all) of some pattern.
     fn is_pattern_prefix(&self, tail: &[u8]) -> bool {
-        let i = self.sorted.partition_point(|p| p.as_slice() < tail);
-        self.sorted.get(i).is_some_and(|p| p.starts_with(tail))
+        let i = self.sorted.partition_point(|p| p < tail);
+        i < self.sorted.len() && self.sorted.get(i).starts_with(tail)
     }
 
     /// The first position at or after `from` from which the rest of `data` could still grow
@@ -274,26 +286,37 @@ impl Redactor {
         let window = self.max_len.saturating_sub(1);
         let start = from.max(data.len().saturating_sub(window));
         (start..data.len())
-            .find(|&p| self.is_pattern_prefix(&data[p..]))
+            .find(|&p| self.may_begin_pattern(&data[p..]) && self.is_pattern_prefix(&data[p..]))
             .unwrap_or(data.len())
+    }
+
+    /// `false` when `tail` (two bytes or more) cannot be the beginning of a pattern because no
+    /// pattern starts with its first two bytes.
+    fn may_begin_pattern(&self, tail: &[u8]) -> bool {
+        if tail.len() < 2 || self.pairs.is_empty() {
+            return true;
+        }
+        let i = (usize::from(tail[0]) << 8) | usize::from(tail[1]);
+        self.pairs[i >> 6] & (1 << (i & 63)) != 0
     }
 
     /// Redacts `data`, appending to `out` everything that is final, and returns the index
     /// from which `data` must be held back.
     fn process(&self, data: &[u8], out: &mut Vec<u8>) -> usize {
-        let Some(matcher) = &self.matcher else {
+        if self.is_empty() {
             out.extend_from_slice(data);
             return data.len();
-        };
+        }
         let mut pos = 0;
         let mut hold = self.hold_from(data, 0);
-        for m in matcher.find_iter(data) {
-            if m.start() >= hold {
+        let mut search = Search::default();
+        while let Some(m) = self.find(data, pos, &mut search) {
+            if m.start >= hold {
                 break;
             }
-            out.extend_from_slice(&data[pos..m.start()]);
-            out.extend_from_slice(self.replacement(m.pattern().as_usize()));
-            pos = m.end();
+            out.extend_from_slice(&data[pos..m.start]);
+            out.extend_from_slice(self.replacement(m.pattern));
+            pos = m.end;
             if hold < pos {
                 hold = self.hold_from(data, pos);
             }
@@ -304,14 +327,254 @@ impl Redactor {
     }
 }
 
-/// Picks the automaton: a DFA is fastest and affordable for the sizes a task has (a few
-/// hundred values); very large pattern sets fall back to the compact NFA.
-fn choose_kind(candidates: &[(Zeroizing<Vec<u8>>, usize)]) -> AhoCorasickKind {
-    let bytes: usize = candidates.iter().map(|c| c.0.len()).sum();
-    if bytes <= 512 * 1024 {
+impl Redactor {
+    /// The leftmost match starting at or after `from` (the longest among those starting
+    /// there), entirely inside `data`. `search` carries the work done so far over one
+    /// haystack: when the scanner keeps stopping at candidates that do not match, the rest
+    /// of the haystack goes to the automaton.
+    fn find(&self, data: &[u8], from: usize, search: &mut Search) -> Option<Found> {
+        let scanner = self.scanner.as_ref()?;
+        if !search.automaton {
+            match scanner.find(&self.sorted, data, from, search) {
+                Step::Done(found) => return found,
+                Step::Expensive(at) => {
+                    search.automaton = true;
+                    return self.find_automaton(data, at);
+                }
+            }
+        }
+        self.find_automaton(data, from)
+    }
+
+    fn find_automaton(&self, data: &[u8], from: usize) -> Option<Found> {
+        let automaton = self
+            .automaton
+            .get_or_init(|| build_automaton(&self.sorted))
+            .as_ref()?;
+        let m = automaton.find(aho_corasick::Input::new(data).span(from..data.len()))?;
+        Some(Found {
+            start: m.start(),
+            end: m.end(),
+            pattern: m.pattern().as_usize(),
+        })
+    }
+}
+
+/// A match: `data[start..end]` is pattern `pattern` (an index into the sorted patterns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Found {
+    start: usize,
+    end: usize,
+    pattern: usize,
+}
+
+/// Work done by the scanner over one haystack (see [`Redactor::find`]).
+#[derive(Debug, Default)]
+struct Search {
+    /// Bytes the scanner has moved past.
+    scanned: usize,
+    /// Pattern comparisons that did not match.
+    misses: usize,
+    /// Switched to the automaton for the rest of the haystack.
+    automaton: bool,
+}
+
+enum Step {
+    Done(Option<Found>),
+    /// Hand over to the automaton from this position (no match starts before it).
+    Expensive(usize),
+}
+
+/// The automaton over the sorted patterns: a DFA for the sizes a task has (a few hundred
+/// values), the compact NFA for very large pattern sets. Built without a prefilter, because
+/// the prefilter keeps a plain copy of each pattern that is freed unwiped.
+fn build_automaton(patterns: &Patterns) -> Option<AhoCorasick> {
+    let bytes = patterns.bytes.len();
+    let kind = if bytes <= 512 * 1024 {
         AhoCorasickKind::DFA
     } else {
         AhoCorasickKind::ContiguousNFA
+    };
+    AhoCorasick::builder()
+        .match_kind(MatchKind::LeftmostLongest)
+        .kind(Some(kind))
+        .prefilter(false)
+        .build(patterns.iter())
+        .ok()
+}
+
+/// A multi-pattern scanner in the Wu–Manber style. Every pattern is at least `m` bytes long;
+/// a window of `m` bytes slides over the output and the hash of its last `block` bytes picks
+/// how far it may jump: `shift[h]` is, over every pattern's first `m` bytes, the smallest
+/// distance from a block with hash `h` to the end of those `m` bytes, so a jump never passes
+/// over the start of a match. Where the shift is 0 the patterns whose `m`-byte prefix ends in
+/// a block with that hash are compared with the output directly, longest first. Ordinary
+/// output (log lines, text) shares few blocks with random-looking secret values and their
+/// encodings, so most windows jump by close to `m` bytes.
+///
+/// The tables hold hashes and pattern lengths, not pattern bytes, and are zeroized on drop.
+struct Scanner {
+    /// The shortest pattern's length, at most 255.
+    m: usize,
+    /// Block length: 4, or less when `m` is shorter.
+    block: usize,
+    /// Bits of a block hash.
+    bits: u32,
+    /// Jump for each block hash.
+    shift: Zeroizing<Vec<u8>>,
+    /// `(hash of the block ending the m-prefix, pattern id)`, sorted by hash and, within one
+    /// hash, longest pattern first.
+    ends: Zeroizing<Vec<(u32, u32)>>,
+}
+
+impl Scanner {
+    fn new(sorted: &Patterns) -> Scanner {
+        let m = sorted
+            .iter()
+            .map(|p| p.len())
+            .min()
+            .unwrap_or(1)
+            .clamp(1, 255);
+        let block = m.min(4);
+        let max_shift = m - block + 1;
+        // Room for about 4× the blocks the prefixes hold, between 1 KiB and 256 KiB.
+        let blocks = sorted.len().saturating_mul(max_shift).max(1);
+        let bits = (usize::BITS - (blocks * 4).leading_zeros()).clamp(10, 18);
+        let mut shift = Zeroizing::new(vec![u8::try_from(max_shift).unwrap_or(u8::MAX); 1 << bits]);
+        let mut ends = Zeroizing::new(Vec::with_capacity(sorted.len()));
+        for (id, p) in sorted.iter().enumerate() {
+            for j in 0..max_shift {
+                let h = hash(&p[j..j + block], bits);
+                let distance = u8::try_from(max_shift - 1 - j).unwrap_or(u8::MAX);
+                let slot = &mut shift[h];
+                if *slot > distance {
+                    *slot = distance;
+                }
+            }
+            let end = hash(&p[m - block..m], bits) as u32;
+            ends.push((end, u32::try_from(id).unwrap_or(u32::MAX)));
+        }
+        ends.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0).then_with(|| {
+                let len = |id: u32| sorted.get(id as usize).len();
+                len(b.1).cmp(&len(a.1))
+            })
+        });
+        Scanner {
+            m,
+            block,
+            bits,
+            shift,
+            ends,
+        }
+    }
+
+    fn find(&self, sorted: &Patterns, data: &[u8], from: usize, search: &mut Search) -> Step {
+        let (m, block) = (self.m, self.block);
+        let mut i = from;
+        while i + m <= data.len() {
+            let h = hash(&data[i + m - block..i + m], self.bits);
+            let jump = usize::from(self.shift[h]);
+            if jump > 0 {
+                i += jump;
+                continue;
+            }
+            let first = self.ends.partition_point(|e| (e.0 as usize) < h);
+            for &(eh, id) in &self.ends[first..] {
+                if eh as usize != h {
+                    break;
+                }
+                let pattern = sorted.get(id as usize);
+                if data[i..].starts_with(pattern) {
+                    search.scanned += i - from;
+                    return Step::Done(Some(Found {
+                        start: i,
+                        end: i + pattern.len(),
+                        pattern: id as usize,
+                    }));
+                }
+                search.misses += 1;
+            }
+            i += 1;
+            if search.expensive_at(i - from) {
+                return Step::Expensive(i);
+            }
+        }
+        Step::Done(None)
+    }
+}
+
+impl Search {
+    /// Whether the comparisons have stopped paying, counting `extra` bytes scanned in the
+    /// current call: more than one failed comparison per eight bytes scanned (after a grace
+    /// of 512), which ordinary output never comes near.
+    fn expensive_at(&self, extra: usize) -> bool {
+        self.misses > 512 && self.misses * 8 > self.scanned + extra
+    }
+}
+
+/// Hash of a block of 1–4 bytes into `bits` bits.
+#[inline]
+fn hash(block: &[u8], bits: u32) -> usize {
+    let mut v: u32 = 0;
+    for &b in block {
+        v = (v << 8) | u32::from(b);
+    }
+    (v.wrapping_mul(0x9E37_79B1) >> (32 - bits)) as usize
+}
+
+/// The distinct patterns, sorted, in one buffer: zeroized on drop and, when memory locking is
+/// on ([`SecretValue::lock_memory`]), `mlock`ed while they exist. (The per-value encodings
+/// they are copied from exist only while the redactor is built, in exact-size buffers that are
+/// zeroized on drop, and are not locked.)
+#[derive(Default)]
+struct Patterns {
+    bytes: Zeroizing<Vec<u8>>,
+    /// `(start, end)` of each pattern in `bytes`.
+    spans: Vec<(usize, usize)>,
+    locked: bool,
+}
+
+impl Patterns {
+    fn new<'a>(patterns: impl Iterator<Item = &'a [u8]> + Clone) -> Patterns {
+        let total = patterns.clone().map(<[u8]>::len).sum();
+        let mut bytes = Zeroizing::new(Vec::with_capacity(total));
+        let mut spans = Vec::new();
+        for p in patterns {
+            spans.push((bytes.len(), bytes.len() + p.len()));
+            bytes.extend_from_slice(p);
+        }
+        let locked = crate::secret::lock_region(&bytes);
+        Patterns {
+            bytes,
+            spans,
+            locked,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    fn get(&self, id: usize) -> &[u8] {
+        let (a, b) = self.spans[id];
+        &self.bytes[a..b]
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.spans.iter().map(|&(a, b)| &self.bytes[a..b])
+    }
+
+    fn partition_point(&self, pred: impl Fn(&[u8]) -> bool) -> usize {
+        self.spans
+            .partition_point(|&(a, b)| pred(&self.bytes[a..b]))
+    }
+}
+
+impl Drop for Patterns {
+    fn drop(&mut self) {
+        self.bytes.as_mut_slice().zeroize();
+        crate::secret::unlock_region(self.bytes.as_slice(), self.locked);
     }
 }
 
@@ -353,11 +616,29 @@ fn encodings(value: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
         // json_encode (ASCII only, `\/`); Go's encoding/json (`<>&` and U+2028/2029 as
         // `\u003c`...), with SetEscapeHTML(false) (U+2028/2029 only); HTML-safe JS encoders
         // (also `'`); and each HTML-safe form with everything non-ASCII escaped as well.
+        // A form is only built when it can differ from one already there (the raw value, or
+        // the form without extra escapes): the set of distinct patterns is the same, and a
+        // plain token (the common case) costs no JSON work at all.
+        let has = |set: &[char]| text.chars().any(|c| set.contains(&c));
+        let escaped = text
+            .chars()
+            .any(|c| c == '"' || c == '\\' || (c as u32) < 0x20);
         for ascii_only in [false, true] {
-            push(json_escape(text, ascii_only, JSON_SLASH));
-            push(json_escape(text, ascii_only, JSON_NO_EXTRA));
-            for extra in [JSON_LINE_SEPARATORS, JSON_HTML_GO, JSON_HTML_APOS] {
-                push(json_escape(text, ascii_only, extra));
+            if ascii_only && text.is_ascii() {
+                break;
+            }
+            if escaped || ascii_only {
+                push(json_escape(text, ascii_only, JSON_NO_EXTRA));
+            }
+            for extra in [
+                JSON_SLASH,
+                JSON_LINE_SEPARATORS,
+                JSON_HTML_GO,
+                JSON_HTML_APOS,
+            ] {
+                if has(extra) {
+                    push(json_escape(text, ascii_only, extra));
+                }
             }
         }
     }
@@ -465,7 +746,7 @@ fn escape_into(text: &str, ascii_only: bool, extra: &[char], mut emit: impl FnMu
 /// Redaction state for one output stream (see the module docs).
 pub struct RedactStream {
     redactor: Arc<Redactor>,
-    held: Zeroizing<Vec<u8>>,
+    held: Held,
 }
 
 impl fmt::Debug for RedactStream {
@@ -481,13 +762,16 @@ impl RedactStream {
     pub fn push(&mut self, data: &[u8], out: &mut Vec<u8>) {
         if self.held.is_empty() {
             let keep = self.redactor.process(data, out);
-            self.held.extend_from_slice(&data[keep..]);
+            self.held.set(&data[keep..], self.redactor.max_len);
         } else {
-            append(&mut self.held, data);
-            let all = std::mem::take(&mut *self.held);
-            let all = Zeroizing::new(all);
+            // An exact-size buffer (never grown, so never freed with a partial copy), wiped
+            // on drop.
+            let mut all = Zeroizing::new(Vec::with_capacity(self.held.len() + data.len()));
+            all.extend_from_slice(self.held.bytes());
+            all.extend_from_slice(data);
+            self.held.clear();
             let keep = self.redactor.process(&all, out);
-            self.held.extend_from_slice(&all[keep..]);
+            self.held.set(&all[keep..], self.redactor.max_len);
         }
     }
 
@@ -497,9 +781,8 @@ impl RedactStream {
         if self.held.is_empty() {
             return;
         }
-        let held = std::mem::take(&mut *self.held);
-        let held = Zeroizing::new(held);
-        out.extend_from_slice(&self.redactor.redact(&held));
+        out.extend_from_slice(&self.redactor.redact(self.held.bytes()));
+        self.held.clear();
     }
 
     /// Bytes currently held back.
@@ -520,16 +803,69 @@ impl RedactStream {
     }
 }
 
-/// Appends `data` to `held` without a reallocation that would free the held bytes unwiped:
-/// when `held` is full, its bytes move to a new buffer and the old one is zeroized.
-fn append(held: &mut Zeroizing<Vec<u8>>, data: &[u8]) {
-    let needed = held.len() + data.len();
-    if needed > held.capacity() {
-        let mut bigger = Zeroizing::new(Vec::with_capacity(needed.max(2 * held.capacity())));
-        bigger.extend_from_slice(held);
-        *held = bigger;
+/// The bytes a stream holds back (at most the longest pattern minus one: often most of a
+/// value). One buffer, sized for the longest pattern when first needed and never grown in
+/// place (a new one replaces it when a rebase brings longer patterns), zeroized when cleared
+/// and dropped, and locked like the patterns when memory locking is on.
+#[derive(Default)]
+struct Held {
+    buf: Zeroizing<Vec<u8>>,
+    locked: bool,
+}
+
+impl Held {
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty()
     }
-    held.extend_from_slice(data);
+
+    fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Wipes the held bytes (the buffer is kept).
+    fn clear(&mut self) {
+        self.buf.zeroize();
+    }
+
+    /// Replaces the held bytes with `tail`; `max_len` sizes a new buffer.
+    fn set(&mut self, tail: &[u8], max_len: usize) {
+        self.clear();
+        if tail.is_empty() {
+            return;
+        }
+        if tail.len() > self.buf.capacity() {
+            self.release();
+            let mut buf = Zeroizing::new(Vec::with_capacity(tail.len().max(max_len)));
+            let capacity = buf.capacity();
+            buf.resize(capacity, 0);
+            self.locked = crate::secret::lock_region(&buf);
+            buf.clear();
+            self.buf = buf;
+        }
+        self.buf.extend_from_slice(tail);
+    }
+
+    /// Wipes and unlocks the buffer.
+    fn release(&mut self) {
+        let capacity = self.buf.capacity();
+        self.buf.zeroize();
+        if self.locked && capacity > 0 {
+            self.buf.resize(capacity, 0);
+            crate::secret::unlock_region(&self.buf, true);
+            self.buf.clear();
+        }
+        self.locked = false;
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 /// A [`Write`] adapter that redacts everything written through it. Dropping it flushes what
@@ -810,7 +1146,69 @@ mod tests {
         assert!(live().is_none());
     }
 
+    /// Every match the redactor finds, in order, as the scanner (with its fallback) finds them.
+    fn matches(r: &Redactor, data: &[u8]) -> (Vec<Found>, bool) {
+        let mut search = Search::default();
+        let mut found = Vec::new();
+        let mut pos = 0;
+        while let Some(m) = r.find(data, pos, &mut search) {
+            found.push(m);
+            pos = m.end;
+        }
+        (found, search.automaton)
+    }
+
+    /// The same, from the Aho-Corasick automaton alone (leftmost-longest): the oracle.
+    fn oracle(r: &Redactor, data: &[u8]) -> Vec<Found> {
+        let mut found = Vec::new();
+        let mut pos = 0;
+        while let Some(m) = r.find_automaton(data, pos) {
+            found.push(m);
+            pos = m.end;
+        }
+        found
+    }
+
+    #[test]
+    fn near_copies_of_a_value_hand_over_to_the_automaton() {
+        let v = secret(&format!("zz{}", "ab".repeat(11)));
+        let r = Redactor::new([("a", &v)]);
+        // Every other window ends the way the value does, and its comparison fails.
+        let mut text = b"ab".repeat(10_000);
+        text.extend_from_slice(v.expose());
+        text.extend_from_slice(&b"a".repeat(100));
+        let (found, switched) = matches(&r, &text);
+        assert!(switched, "the scanner kept comparing");
+        assert_eq!(found, oracle(&r, &text));
+        assert_eq!(found.len(), 1);
+        let (found, switched) = matches(&r, b"plain log line, nothing to see\n");
+        assert!(found.is_empty() && !switched);
+    }
+
     proptest::proptest! {
+        /// The scanner finds exactly the matches of a leftmost-longest Aho-Corasick search,
+        /// with values that share prefixes and blocks, and text made of their pieces.
+        #[test]
+        fn scanner_equals_the_automaton(
+            values in proptest::collection::vec("[abc=\n]{1,12}", 1..6),
+            pieces in proptest::collection::vec((0usize..6, 0usize..13, "[abcx=]{0,5}"), 0..40),
+            min_len in 1usize..6,
+        ) {
+            let secrets: Vec<SecretValue> = values.iter().map(|v| secret(v)).collect();
+            let r = Redactor::with_min_len(
+                secrets.iter().enumerate().map(|(i, v)| (format!("v{i}"), v)),
+                min_len,
+            );
+            let mut text = Vec::new();
+            for (i, n, filler) in &pieces {
+                let v = values[i % values.len()].as_bytes();
+                text.extend_from_slice(&v[..(*n).min(v.len())]);
+                text.extend_from_slice(filler.as_bytes());
+            }
+            let (found, _) = matches(&r, &text);
+            proptest::prop_assert_eq!(found, oracle(&r, &text));
+        }
+
         #[test]
         fn streaming_equals_whole_buffer(
             values in proptest::collection::vec("[ab\n]{4,9}", 1..4),

@@ -5,40 +5,133 @@
 //! None of these types implement `Serialize` or `Display`, and their `Debug` prints
 //! `[REDACTED]`. Reading the bytes takes an explicit [`SecretValue::expose`].
 //!
-//! Every constructor leaves no unwiped copy behind: a value always sits in an allocation of
-//! exactly its length (so turning it into a boxed slice never reallocates), and a source
-//! buffer with spare capacity is copied into such an allocation and then zeroized, spare
-//! capacity included. Code that reads a value from a stream should read into a pre-sized
+//! Every constructor leaves no unwiped copy behind: a value keeps the buffer it was given
+//! (never shrunk or reallocated, so never copied) and is zeroized on drop, spare capacity
+//! included. Code that reads a value from a stream should read into a pre-sized
 //! [`zeroize::Zeroizing`] buffer: a `Vec` that grows while reading frees its old blocks
 //! unwiped.
+//!
+//! Memory locking: once [`SecretValue::lock_memory`] has turned it on (the `broker` CLI does,
+//! while it holds values), the pages under every value's buffer (and under the redactor's
+//! derived patterns and held bytes) are `mlock`ed, so they are not written to swap, and
+//! unlocked when the last locked buffer on a page is dropped (after it is zeroized). Locks do
+//! not nest in the kernel, so a process-wide count per page decides when a page is unlocked.
+//! Locking is best effort: a refusal (`RLIMIT_MEMLOCK` reached) leaves the value unlocked and
+//! is logged once at debug level; it never makes an allocation fail.
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
-use secrecy::{ExposeSecret, SecretBox};
+use secrecy::{ExposeSecret, ExposeSecretMut, SecretBox};
 use zeroize::Zeroize;
 
 use crate::{Error, Result};
 
+/// Whether values are locked in memory (see the module docs).
+static LOCKING: AtomicBool = AtomicBool::new(false);
+/// Whether a refused lock has been logged.
+static REFUSAL_LOGGED: AtomicBool = AtomicBool::new(false);
+/// Locked buffers per page (page number: address / page size).
+static LOCKED_PAGES: Mutex<BTreeMap<usize, u32>> = Mutex::new(BTreeMap::new());
+
+/// The pages `bytes` lies on, as page numbers `first..=last`.
+fn pages_of(bytes: &[u8]) -> (usize, usize, usize) {
+    let page = rustix::param::page_size();
+    let start = bytes.as_ptr() as usize;
+    (page, start / page, (start + bytes.len() - 1) / page)
+}
+
+/// The part of `bytes` on page `number`.
+fn on_page(bytes: &[u8], page: usize, number: usize) -> &[u8] {
+    let start = bytes.as_ptr() as usize;
+    let from = (number * page).max(start) - start;
+    let to = ((number + 1) * page).min(start + bytes.len()) - start;
+    &bytes[from..to]
+}
+
+/// Locks the pages under `bytes` when locking is on; returns whether it counted them (the
+/// caller passes the same answer to [`unlock_region`]).
+pub(crate) fn lock_region(bytes: &[u8]) -> bool {
+    if bytes.is_empty() || !LOCKING.load(Ordering::Relaxed) {
+        return false;
+    }
+    let (page, first, last) = pages_of(bytes);
+    let mut pages = LOCKED_PAGES.lock().unwrap_or_else(|p| p.into_inner());
+    for number in first..=last {
+        let count = pages.entry(number).or_insert(0);
+        if *count == 0
+            && let Err(e) = crate::sys::mlock(on_page(bytes, page, number))
+            && !REFUSAL_LOGGED.swap(true, Ordering::Relaxed)
+        {
+            tracing::debug!(error = %e, "mlock refused; some values may be swapped out");
+        }
+        *count += 1;
+    }
+    true
+}
+
+/// Undoes [`lock_region`] for `bytes` (zeroize it first): pages no other locked buffer lies
+/// on are unlocked.
+pub(crate) fn unlock_region(bytes: &[u8], locked: bool) {
+    if !locked || bytes.is_empty() {
+        return;
+    }
+    let (page, first, last) = pages_of(bytes);
+    let mut pages = LOCKED_PAGES.lock().unwrap_or_else(|p| p.into_inner());
+    for number in first..=last {
+        if let Some(count) = pages.get_mut(&number) {
+            *count -= 1;
+            if *count == 0 {
+                pages.remove(&number);
+                let _ = crate::sys::munlock(on_page(bytes, page, number));
+            }
+        }
+    }
+}
+
 /// One secret value: bytes, zeroized on drop, never printed.
-pub struct SecretValue(SecretBox<[u8]>);
+pub struct SecretValue {
+    bytes: SecretBox<Vec<u8>>,
+    /// Whether [`lock_region`] counted this buffer's pages.
+    locked: bool,
+}
 
 impl SecretValue {
-    /// Takes ownership of `bytes`. A buffer whose capacity equals its length is moved, not
-    /// copied; one with spare capacity is copied into an exact-size allocation and zeroized
-    /// (shrinking it in place could leave the value in a block freed unwiped).
+    /// Takes ownership of `bytes`, spare capacity included, without copying (the whole
+    /// buffer is zeroized on drop; shrinking it could leave the value in a block freed
+    /// unwiped).
     pub fn new(bytes: Vec<u8>) -> Self {
-        SecretValue(SecretBox::new(exact(bytes)))
+        let locked = lock_region(&bytes);
+        SecretValue {
+            bytes: SecretBox::new(Box::new(bytes)),
+            locked,
+        }
     }
 
     /// Copies `bytes` into a new secret. Prefer [`SecretValue::new`] when you own the buffer.
     pub fn copy_from(bytes: &[u8]) -> Self {
-        SecretValue(SecretBox::new(Box::from(bytes)))
+        Self::new(bytes.to_vec())
+    }
+
+    /// Turns memory locking of values on or off for the whole process (default: off). While
+    /// on, every value created afterwards has the pages under its buffer `mlock`ed until it is
+    /// dropped (see the module docs); best effort, never an error. The `broker` CLI turns it
+    /// on while it holds values, instead of locking all of its memory.
+    pub fn lock_memory(on: bool) {
+        LOCKING.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether [`SecretValue::lock_memory`] is on.
+    pub fn memory_locking() -> bool {
+        LOCKING.load(Ordering::Relaxed)
     }
 
     /// The value's bytes. Every call site is a place a value can escape: keep them few.
     pub fn expose(&self) -> &[u8] {
-        self.0.expose_secret()
+        self.bytes.expose_secret()
     }
 
     /// The value as UTF-8, or an error that does not contain the value.
@@ -82,16 +175,16 @@ impl From<zeroize::Zeroizing<String>> for SecretValue {
     }
 }
 
-/// `bytes` as a boxed slice without an unwiped copy left behind: moved when it has no spare
-/// capacity (`into_boxed_slice` then does not reallocate), else copied into an exact-size
-/// allocation while the source, spare capacity included, is zeroized before it is freed.
-fn exact(mut bytes: Vec<u8>) -> Box<[u8]> {
-    if bytes.capacity() == bytes.len() {
-        return bytes.into_boxed_slice();
+impl Drop for SecretValue {
+    fn drop(&mut self) {
+        if self.locked {
+            // Wiped while still locked (`SecretBox` wipes it again when it drops, after this;
+            // the length is kept so the same pages are unlocked).
+            let bytes = self.bytes.expose_secret_mut();
+            bytes.as_mut_slice().zeroize();
+            unlock_region(bytes, true);
+        }
     }
-    let out = Box::from(bytes.as_slice());
-    bytes.zeroize();
-    out
 }
 
 impl Clone for SecretValue {

@@ -2,13 +2,18 @@
 //! a test's memory.
 //!
 //! Records are [`Event`]s, secret-free by construction: `action: proxy`, the credential's
-//! name, `decision` granted/denied, `outcome` forwarded/blocked, and in `reason` the host,
-//! method, path without query (redacted of every delivered value), status and bytes, or why
-//! the request was blocked.
+//! name, `decision` granted/denied, `outcome` forwarded/blocked, `http` (host, method, path
+//! without query redacted of every delivered value, status, bytes) and, for a refusal, why in
+//! `reason`.
+//!
+//! A sink that cannot write a record says so ([`AuditSink::record`] fails); the proxy then
+//! fails closed: the response in flight is cut and every later request that would use a
+//! credential is refused.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
+use broker_core::Result;
 use broker_core::async_trait;
 use broker_core::audit::{AuditLog, Event, EventKind, Severity};
 use broker_core::retry::AlertCommand;
@@ -16,10 +21,11 @@ use broker_core::retry::AlertCommand;
 /// Receives the proxy's audit records.
 #[async_trait]
 pub trait AuditSink: Send + Sync {
-    /// Records `event`. A failure is logged by the sink.
-    async fn record(&self, event: Event);
-    /// Records `event` (severity `alert`) and raises the alert (`alert.command`).
-    async fn alert(&self, event: Event);
+    /// Records `event`; an error when it could not be written.
+    async fn record(&self, event: Event) -> Result<()>;
+    /// Records `event` (severity `alert`) and raises the alert (`alert.command`); an error
+    /// when the record could not be written (the alert is raised all the same).
+    async fn alert(&self, event: Event) -> Result<()>;
     /// An empty event of `kind` and `severity` carrying the run's context (agent, task,
     /// request id).
     fn event(&self, kind: EventKind, severity: Severity) -> Event {
@@ -53,15 +59,16 @@ impl LogAudit {
         }
     }
 
-    async fn append(&self, event: &Event) {
+    async fn append(&self, event: &Event) -> Result<()> {
         match &self.log {
-            Some(log) => {
-                if let Err(e) = log.append_async(event, SystemTime::now()).await {
-                    tracing::error!("proxy: cannot write an audit record: {e}");
-                }
-            }
+            Some(log) => log
+                .append_async(event, SystemTime::now())
+                .await
+                .map(|_| ())
+                .inspect_err(|e| tracing::error!("proxy: cannot write an audit record: {e}")),
             None => {
-                tracing::debug!(outcome = ?event.outcome, reason = ?event.reason, "proxy audit (no log configured)")
+                tracing::debug!(outcome = ?event.outcome, reason = ?event.reason, "proxy audit (no log configured)");
+                Ok(())
             }
         }
     }
@@ -69,12 +76,12 @@ impl LogAudit {
 
 #[async_trait]
 impl AuditSink for LogAudit {
-    async fn record(&self, event: Event) {
-        self.append(&event).await;
+    async fn record(&self, event: Event) -> Result<()> {
+        self.append(&event).await
     }
 
-    async fn alert(&self, event: Event) {
-        self.append(&event).await;
+    async fn alert(&self, event: Event) -> Result<()> {
+        let written = self.append(&event).await;
         tracing::error!(
             credential = ?event.credential,
             "proxy: {}",
@@ -92,6 +99,7 @@ impl AuditSink for LogAudit {
                 tracing::warn!("alert.command failed: {e}");
             }
         }
+        written
     }
 
     fn event(&self, kind: EventKind, severity: Severity) -> Event {
@@ -106,12 +114,19 @@ impl AuditSink for LogAudit {
 #[derive(Debug, Default, Clone)]
 pub struct MemoryAudit {
     events: Arc<Mutex<Vec<Event>>>,
+    failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl MemoryAudit {
     /// An empty record list.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// From now on, refuses every record as a full disk would (tests of failing closed).
+    pub fn fail_from_now_on(&self) {
+        self.failing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The records so far.
@@ -125,14 +140,21 @@ impl MemoryAudit {
 
 #[async_trait]
 impl AuditSink for MemoryAudit {
-    async fn record(&self, event: Event) {
+    async fn record(&self, event: Event) -> Result<()> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(broker_core::Error::new(
+                broker_core::ErrorKind::Io,
+                "the test's audit sink refuses records",
+            ));
+        }
         self.events
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(event);
+        Ok(())
     }
 
-    async fn alert(&self, event: Event) {
-        self.record(event).await;
+    async fn alert(&self, event: Event) -> Result<()> {
+        self.record(event).await
     }
 }

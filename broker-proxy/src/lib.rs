@@ -7,7 +7,9 @@
 //!   ranges, the egress check, and the injectable [`Resolver`] and [`Dialer`].
 //! - [`ca`]: the run's CA (key only in memory) and per-host leaf certificates.
 //! - [`server`]: the proxy itself ([`Proxy`]): CONNECT with TLS interception and absolute-form
-//!   HTTP, substitution, the exfiltration alert, redacted streaming responses, audit records.
+//!   HTTP, the exfiltration alert, redacted streaming responses, audit records; the values
+//!   go into headers, path, query and JSON/form bodies as each credential's rules say.
+//! - [`websocket`]: upgrades, relayed with the upstream's frames redacted.
 //! - [`audit`]: where its records go ([`LogAudit`]: the broker's log and alert hook).
 //! - [`run`]: `broker run`'s use of it ([`RunProxy`]).
 //!
@@ -23,9 +25,11 @@ pub mod placeholder;
 pub mod run;
 pub mod server;
 pub mod settings;
+mod substitute;
+pub mod websocket;
 
 pub use audit::{AuditSink, LogAudit, MemoryAudit};
 pub use net::{Dialer, Egress, Resolver, SystemResolver, Target, TcpDialer};
-pub use run::RunProxy;
+pub use run::{RemoteProxy, RunProxy};
 pub use server::{ProxiedCredential, Proxy, ProxyOptions};
 pub use settings::{EgressPolicy, HostPattern, Rules};

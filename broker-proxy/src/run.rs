@@ -45,6 +45,8 @@ pub struct RunProxy {
     /// Source variables of `env:` references in placeholder mode, removed from the child.
     remove: Vec<String>,
     credentials: Vec<String>,
+    /// The proxy's unix socket, for `broker run --isolate` ([`RunProxy::start_isolated`]).
+    unix_socket: Option<std::path::PathBuf>,
     _scratch: ScratchDir,
 }
 
@@ -72,6 +74,29 @@ impl RunProxy {
         delivery: &Delivery,
         context: &RequestContext,
     ) -> Result<Option<RunProxy>> {
+        Self::start_with(broker, delivery, context, false).await
+    }
+
+    /// [`RunProxy::start`] for `broker run --isolate`: the proxy starts even when no
+    /// credential has `proxy:` (the child's only way out is the proxy, whose egress policy
+    /// applies), and it is also served on a unix socket in the proxy's own 0700 scratch dir
+    /// ([`RunProxy::unix_socket`]), which the isolated child's relay connects to.
+    pub async fn start_isolated(
+        broker: &Broker,
+        delivery: &Delivery,
+        context: &RequestContext,
+    ) -> Result<RunProxy> {
+        Self::start_with(broker, delivery, context, true)
+            .await?
+            .ok_or_else(|| Error::internal("the isolated run's proxy did not start"))
+    }
+
+    async fn start_with(
+        broker: &Broker,
+        delivery: &Delivery,
+        context: &RequestContext,
+        isolated: bool,
+    ) -> Result<Option<RunProxy>> {
         let config = broker.config();
         let mut credentials = Vec::new();
         let mut env: Vec<(String, OsString)> = Vec::new();
@@ -89,6 +114,16 @@ impl RunProxy {
             let Some(value) = values.first() else {
                 continue; // not part of this run
             };
+            // The proxy hosts are destinations like any other: with egress off, or their badge
+            // not allowed, the run is refused before anything starts.
+            for dest in broker_core::egress::proxy_destinations(
+                spec.proxy.as_ref(),
+                &config.egress.self_hosted,
+            ) {
+                broker
+                    .gate_destination(&dest)
+                    .map_err(|e| e.with_credential(&spec.name))?;
+            }
             let refuse = |msg: &str| {
                 Error::invalid_config(format!("`proxy`: {msg}")).with_credential(&spec.name)
             };
@@ -128,7 +163,7 @@ impl RunProxy {
                 value: (*value).clone(),
             });
         }
-        if credentials.is_empty() {
+        if credentials.is_empty() && !isolated {
             return Ok(None);
         }
         let names: Vec<String> = credentials.iter().map(|c| c.name.clone()).collect();
@@ -154,6 +189,13 @@ impl RunProxy {
             "ca-bundle.pem",
             &SecretValue::from(ca_bundle(proxy.ca_pem())),
         )?;
+        let unix_socket = if isolated {
+            let path = scratch.path().join("proxy.sock");
+            proxy.listen_unix(&path)?;
+            Some(path)
+        } else {
+            None
+        };
         let url = proxy.url();
         for var in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] {
             env.push((var.to_string(), OsString::from(url.as_str())));
@@ -169,6 +211,7 @@ impl RunProxy {
             env,
             remove,
             credentials: names,
+            unix_socket,
             _scratch: scratch,
         };
         tracing::debug!(credentials = ?run.credentials, addr = %run.proxy.addr(), "proxy started for the run");
@@ -178,6 +221,12 @@ impl RunProxy {
     /// The credentials in placeholder mode.
     pub fn credentials(&self) -> &[String] {
         &self.credentials
+    }
+
+    /// The unix socket the proxy also listens on (only for [`RunProxy::start_isolated`]):
+    /// in a 0700 directory of the broker's user, removed with the run.
+    pub fn unix_socket(&self) -> Option<&std::path::Path> {
+        self.unix_socket.as_deref()
     }
 
     /// The proxy.
@@ -208,6 +257,52 @@ impl RunProxy {
 
     fn vars(&self) -> impl Iterator<Item = (&str, &std::ffi::OsStr)> {
         self.env.iter().map(|(k, v)| (k.as_str(), v.as_os_str()))
+    }
+}
+
+/// `broker run --from` with placeholder-mode credentials: the daemon runs the proxy (the
+/// values never reach this machine's broker); the child gets the daemon's proxy URL and a CA
+/// bundle with the run's CA, exactly as [`RunProxy`] gives its own.
+pub struct RemoteProxy {
+    env: Vec<(String, OsString)>,
+    _scratch: ScratchDir,
+}
+
+impl std::fmt::Debug for RemoteProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteProxy").finish_non_exhaustive()
+    }
+}
+
+impl RemoteProxy {
+    /// The child's proxy variables for the proxy at `url` (`http://broker:TOKEN@HOST:PORT`)
+    /// whose run CA is `ca_pem`; the CA bundle is written to a 0600 scratch file, wiped on
+    /// drop.
+    pub fn new(url: &str, ca_pem: &str) -> Result<RemoteProxy> {
+        let scratch = ScratchDir::create()?;
+        let bundle =
+            scratch.write_secret("ca-bundle.pem", &SecretValue::from(ca_bundle(ca_pem)))?;
+        let mut env = Vec::new();
+        for var in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] {
+            env.push((var.to_string(), OsString::from(url)));
+        }
+        env.push(("NO_PROXY".into(), OsString::new()));
+        env.push(("no_proxy".into(), OsString::new()));
+        env.push(("NODE_USE_ENV_PROXY".into(), OsString::from("1")));
+        for var in CA_VARS {
+            env.push((var.to_string(), bundle.clone().into_os_string()));
+        }
+        Ok(RemoteProxy {
+            env,
+            _scratch: scratch,
+        })
+    }
+
+    /// Sets the proxy variables in `cmd` (after [`Delivery::apply_to_tokio`]).
+    pub fn apply_to_tokio(&self, cmd: &mut tokio::process::Command) {
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
     }
 }
 

@@ -28,12 +28,13 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use base64::Engine as _;
-use broker_core::audit::{EventKind, Severity};
+use broker_core::audit::{EventKind, HttpExchange, Severity};
 use broker_core::redact::Redactor;
 use broker_core::{Error, Result, SecretValue};
 use bytes::Bytes;
@@ -52,6 +53,7 @@ use crate::audit::AuditSink;
 use crate::ca::RunCa;
 use crate::net::{Dialer, Egress, Resolver, Target};
 use crate::settings::{EgressPolicy, HostPattern, Rules, any_matches};
+use crate::substitute::{BodyType, Place, Placeholders};
 
 /// How long dialling one upstream address may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -62,7 +64,7 @@ const AUDIT_PATH_LIMIT: usize = 200;
 pub type ProxyBody = BoxBody<Bytes, io::Error>;
 
 /// A request body on its way upstream.
-type UpBody = BoxBody<Bytes, hyper::Error>;
+pub(crate) type UpBody = BoxBody<Bytes, hyper::Error>;
 
 /// Request bodies toward a host some credential does not allow are read up to this size and
 /// scanned for placeholders before anything is sent; the rest streams unscanned.
@@ -112,6 +114,8 @@ pub struct Proxy {
     addr: SocketAddr,
     token: Zeroizing<String>,
     ca_pem: String,
+    /// For listeners added later ([`Proxy::listen_unix`]).
+    shared: Arc<Shared>,
     _shutdown: watch::Sender<()>,
 }
 
@@ -123,26 +127,28 @@ impl std::fmt::Debug for Proxy {
     }
 }
 
-struct Shared {
-    credentials: Vec<ProxiedCredential>,
-    /// Matches every placeholder; pattern i is credential i's.
-    matcher: Option<AhoCorasick>,
+pub(crate) struct Shared {
+    /// The credentials and a matcher of their placeholders.
+    pub(crate) placeholders: Placeholders,
     egress: Egress,
     dialer: Arc<dyn Dialer>,
     audit: Arc<dyn AuditSink>,
     ca: RunCa,
     client_tls: Arc<rustls::ClientConfig>,
     /// The proxied values: redacted from responses.
-    redactor: Arc<Redactor>,
+    pub(crate) redactor: Arc<Redactor>,
     /// Every delivered value: redacted from what is recorded.
     record_redactor: Arc<Redactor>,
     /// `Basic base64(broker:token)`.
     expected_auth: Zeroizing<String>,
     shutdown: watch::Receiver<()>,
+    /// Set when an audit record could not be written: from then on, no request that would
+    /// use a credential is forwarded (fail closed).
+    audit_failed: AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Scheme {
+pub(crate) enum Scheme {
     Http,
     Https,
 }
@@ -198,8 +204,10 @@ impl Proxy {
         let (tx, rx) = watch::channel(());
         let ca_pem = ca.pem().to_string();
         let shared = Arc::new(Shared {
-            credentials,
-            matcher,
+            placeholders: Placeholders {
+                credentials,
+                matcher,
+            },
             egress: Egress {
                 policy,
                 rule_hosts,
@@ -213,6 +221,7 @@ impl Proxy {
             record_redactor,
             expected_auth,
             shutdown: rx,
+            audit_failed: AtomicBool::new(false),
         });
         let accept = Arc::clone(&shared);
         spawn_guarded(&shared, async move { accept_loop(accept, listener).await });
@@ -220,6 +229,7 @@ impl Proxy {
             addr,
             token: Zeroizing::new(token),
             ca_pem,
+            shared,
             _shutdown: tx,
         })
     }
@@ -237,6 +247,32 @@ impl Proxy {
     /// The run's CA certificate (PEM), for the child's trust store.
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
+    }
+
+    /// Also serves the proxy on a new unix socket at `path` (same token, rules and CA), until
+    /// the proxy is dropped. For `broker run --isolate`, whose child's network namespace
+    /// reaches the proxy only through this socket. The caller picks a private directory:
+    /// the socket's own mode does not protect it.
+    pub fn listen_unix(&self, path: &std::path::Path) -> Result<()> {
+        let listener = tokio::net::UnixListener::bind(path).map_err(|e| {
+            Error::io(
+                format!("cannot start the proxy's listener at {}", path.display()),
+                &e,
+            )
+        })?;
+        let accept = Arc::clone(&self.shared);
+        spawn_guarded(&self.shared, async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => serve_connection(&accept, stream),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "proxy: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+        Ok(())
     }
 }
 
@@ -284,7 +320,7 @@ fn client_tls(policy: &EgressPolicy) -> Result<Arc<rustls::ClientConfig>> {
 }
 
 /// Runs `fut` until it ends or the proxy is dropped.
-fn spawn_guarded<F>(shared: &Shared, fut: F)
+pub(crate) fn spawn_guarded<F>(shared: &Shared, fut: F)
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
@@ -308,25 +344,33 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             }
         };
         let _ = stream.set_nodelay(true);
-        let conn_shared = Arc::clone(&shared);
-        spawn_guarded(&shared, async move {
-            let svc_shared = Arc::clone(&conn_shared);
-            let service = hyper::service::service_fn(move |req| {
-                let shared = Arc::clone(&svc_shared);
-                async move { Ok::<_, Infallible>(front(shared, req).await) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades()
-                .await
-            {
-                tracing::debug!(error = %e, "proxy: client connection ended");
-            }
-        });
+        serve_connection(&shared, stream);
     }
 }
 
-fn text(status: StatusCode, body: &str) -> Response<ProxyBody> {
+/// Serves one client connection (TCP or unix) until it ends or the proxy is dropped.
+fn serve_connection<S>(shared: &Arc<Shared>, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn_shared = Arc::clone(shared);
+    spawn_guarded(shared, async move {
+        let svc_shared = Arc::clone(&conn_shared);
+        let service = hyper::service::service_fn(move |req| {
+            let shared = Arc::clone(&svc_shared);
+            async move { Ok::<_, Infallible>(front(shared, req).await) }
+        });
+        if let Err(e) = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades()
+            .await
+        {
+            tracing::debug!(error = %e, "proxy: client connection ended");
+        }
+    });
+}
+
+pub(crate) fn text(status: StatusCode, body: &str) -> Response<ProxyBody> {
     let mut r = Response::new(
         Full::new(Bytes::from(format!("broker proxy: {body}\n")))
             .map_err(|never| match never {})
@@ -374,18 +418,18 @@ async fn front(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBod
     };
     // A placeholder bound for the wrong host is caught before the egress check, so the
     // attempt raises an alert even toward a host nothing allows.
-    let req = match inspect(&shared, &target, Scheme::Http, req).await {
-        Ok(req) => req,
+    let inspected = match inspect(&shared, &target, Scheme::Http, req).await {
+        Ok(i) => i,
         Err(r) => return r,
     };
     let addrs = match shared.egress.check(&target).await {
         Ok(a) => a,
         Err(refusal) => {
-            return blocked(&shared, &target, req.method(), refusal.0).await;
+            return blocked(&shared, &target, inspected.req.method(), refusal.0).await;
         }
     };
     let upstream = Upstream::default();
-    forward(&shared, &target, Scheme::Http, &addrs, &upstream, req).await
+    forward(&shared, &target, Scheme::Http, &addrs, &upstream, inspected).await
 }
 
 fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
@@ -407,11 +451,9 @@ async fn blocked(
     e.action = Some("proxy".into());
     e.decision = Some("denied".into());
     e.outcome = Some("blocked".into());
-    e.reason = Some(format!(
-        "host={} method={method} blocked: {reason}",
-        target.authority()
-    ));
-    shared.audit.record(e).await;
+    e.reason = Some(format!("blocked: {reason}"));
+    e.http = Some(exchange(target, method, None));
+    shared.note(shared.audit.record(e).await);
     text(StatusCode::FORBIDDEN, &format!("blocked: {reason}"))
 }
 
@@ -473,61 +515,60 @@ async fn tunnel(
         async move {
             let response = match inspect(&shared, &target, Scheme::Https, req).await {
                 Err(r) => r,
-                Ok(req) => forward(&shared, &target, Scheme::Https, &addrs, &upstream, req).await,
+                Ok(i) => forward(&shared, &target, Scheme::Https, &addrs, &upstream, i).await,
             };
             Ok::<_, Infallible>(response)
         }
     });
     if let Err(e) = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(tls), service)
+        .with_upgrades()
         .await
     {
         tracing::debug!(error = %e, "proxy: tunnel ended");
     }
 }
 
-/// The credentials whose placeholder appears in the request's headers, path or query.
-fn placeholders_in<B>(shared: &Shared, req: &Request<B>) -> BTreeSet<usize> {
-    let mut found = BTreeSet::new();
-    let Some(matcher) = &shared.matcher else {
-        return found;
-    };
-    let mut scan = |bytes: &[u8]| {
-        for m in matcher.find_iter(bytes) {
-            found.insert(m.pattern().as_usize());
-        }
-    };
-    for value in req.headers().values() {
-        scan(value.as_bytes());
-        if let Some(mut decoded) = basic_decoded(value.as_bytes()) {
-            scan(&decoded);
-            decoded.zeroize();
-        }
-    }
-    if let Some(pq) = req.uri().path_and_query() {
-        scan(pq.as_str().as_bytes());
-        scan(&percent_decoded(pq.as_str().as_bytes()));
-    }
-    found
+/// A request that passed [`check_placeholders`].
+pub(crate) struct Inspected {
+    pub(crate) req: Request<UpBody>,
+    /// The whole body, when it was read (it fits in [`BODY_SCAN_LIMIT`]).
+    whole_body: Option<Bytes>,
+    /// The credentials whose placeholder is anywhere in the request (headers, path, query,
+    /// the body's first [`BODY_SCAN_LIMIT`] bytes when read).
+    found: BTreeSet<usize>,
 }
 
-/// Reads up to [`BODY_SCAN_LIMIT`] bytes of the body when a placeholder in it could be
-/// refused (some credential's `hosts` do not match the target, or the request is plain HTTP
-/// and some credential lacks `allow_http`), and checks the headers, path, query and that
-/// prefix ([`check_placeholders`]). The body goes on unchanged.
+/// Finds the placeholders in a request and refuses it ([`check_placeholders`]) when one is
+/// bound where its credential does not allow. The body's first [`BODY_SCAN_LIMIT`] bytes are
+/// read when a placeholder in them could be refused (some credential's `hosts` do not match
+/// the target, or the request is plain HTTP and some credential lacks `allow_http`) or could
+/// take a value (a JSON or form body toward a credential with `body: true`).
 async fn inspect(
     shared: &Shared,
     target: &Target,
     scheme: Scheme,
     req: Request<Incoming>,
-) -> std::result::Result<Request<UpBody>, Response<ProxyBody>> {
+) -> std::result::Result<Inspected, Response<ProxyBody>> {
     let (parts, mut body) = req.into_parts();
-    let foreign = shared
-        .credentials
+    let placeholders = &shared.placeholders;
+    let mut found = BTreeSet::new();
+    placeholders.scan_headers(&parts.headers, &mut found);
+    if let Some(pq) = parts.uri.path_and_query() {
+        placeholders.scan(pq.as_str().as_bytes(), &mut found);
+    }
+    let creds = &placeholders.credentials;
+    let foreign = creds
         .iter()
         .any(|c| !any_matches(&c.rules.hosts, &target.host) || !cleartext_allowed(c, scheme));
-    let mut in_body = BTreeSet::new();
-    let body: UpBody = if foreign && let Some(matcher) = &shared.matcher {
+    let takes_body = BodyType::of(&parts.headers).is_some()
+        && creds.iter().any(|c| {
+            c.rules.body
+                && any_matches(&c.rules.hosts, &target.host)
+                && cleartext_allowed(c, scheme)
+        });
+    let mut whole_body = None;
+    let body: UpBody = if (foreign || takes_body) && placeholders.matcher.is_some() {
         let mut head = Zeroizing::new(Vec::new());
         let mut done = false;
         while head.len() < BODY_SCAN_LIMIT {
@@ -553,14 +594,10 @@ async fn inspect(
                 },
             }
         }
-        for m in matcher.find_iter(&*head) {
-            in_body.insert(m.pattern().as_usize());
-        }
-        for m in matcher.find_iter(&percent_decoded(&head)) {
-            in_body.insert(m.pattern().as_usize());
-        }
+        placeholders.scan(&head, &mut found);
         let head = Bytes::copy_from_slice(&head);
         if done {
+            whole_body = Some(head.clone());
             Full::new(head).map_err(|never| match never {}).boxed()
         } else {
             ChainBody {
@@ -573,8 +610,12 @@ async fn inspect(
         body.boxed()
     };
     let req = Request::from_parts(parts, body);
-    check_placeholders(shared, target, scheme, &req, &in_body).await?;
-    Ok(req)
+    check_placeholders(shared, target, scheme, &req, &found).await?;
+    Ok(Inspected {
+        req,
+        whole_body,
+        found,
+    })
 }
 
 /// A body whose first bytes were read already.
@@ -603,34 +644,30 @@ fn cleartext_allowed(c: &ProxiedCredential, scheme: Scheme) -> bool {
     scheme == Scheme::Https || c.rules.allow_http
 }
 
-/// 403 and an alert when a placeholder is bound for a host its credential does not allow, or
-/// would go out over plain HTTP without the credential's `allow_http`.
+/// 403 and an alert when a placeholder is bound for a host its credential does not allow,
+/// would go out over plain HTTP without the credential's `allow_http`, or is used with a
+/// method or path outside the credential's `methods` and `paths`.
 async fn check_placeholders(
     shared: &Shared,
     target: &Target,
     scheme: Scheme,
     req: &Request<UpBody>,
-    in_body: &BTreeSet<usize>,
+    found: &BTreeSet<usize>,
 ) -> std::result::Result<(), Response<ProxyBody>> {
-    let mut found = placeholders_in(shared, req);
-    found.extend(in_body.iter().copied());
-    let credentials = || found.iter().map(|i| &shared.credentials[*i]);
-    let wrong: Vec<&ProxiedCredential> = credentials()
-        .filter(|c| !any_matches(&c.rules.hosts, &target.host))
-        .collect();
-    let (refused, why, answer) = if !wrong.is_empty() {
+    let credentials = || found.iter().map(|i| &shared.placeholders.credentials[*i]);
+    let pick = |f: &dyn Fn(&ProxiedCredential) -> bool| -> Vec<&ProxiedCredential> {
+        credentials().filter(|c| f(c)).collect()
+    };
+    let wrong_host = pick(&|c| !any_matches(&c.rules.hosts, &target.host));
+    let cleartext = pick(&|c| !cleartext_allowed(c, scheme));
+    let outside_rules = pick(&|c| !c.rules.allows_request(req.method(), req.uri().path()));
+    let (refused, why, answer) = if !wrong_host.is_empty() {
         (
-            wrong,
+            wrong_host,
             "placeholder sent toward a host outside the credential's proxy.hosts (possible exfiltration)",
             format!("may not be sent to {}", target.host),
         )
-    } else {
-        let cleartext: Vec<&ProxiedCredential> = credentials()
-            .filter(|c| !cleartext_allowed(c, scheme))
-            .collect();
-        if cleartext.is_empty() {
-            return Ok(());
-        }
+    } else if !cleartext.is_empty() {
         (
             cleartext,
             "placeholder sent over plain http (the value would cross the network unencrypted; the credential's proxy.allow_http is not set)",
@@ -639,6 +676,18 @@ async fn check_placeholders(
                 target.host
             ),
         )
+    } else if !outside_rules.is_empty() {
+        (
+            outside_rules,
+            "placeholder sent with a method or path outside the credential's proxy.methods and proxy.paths",
+            format!(
+                "may not be used for {} {}",
+                req.method(),
+                record_path(shared, req.uri().path())
+            ),
+        )
+    } else {
+        return Ok(());
     };
     let names: Vec<&str> = refused.iter().map(|c| c.name.as_str()).collect();
     let mut e = shared.audit.event(EventKind::Decision, Severity::Alert);
@@ -646,13 +695,13 @@ async fn check_placeholders(
     e.credential = Some(names.join(","));
     e.decision = Some("denied".into());
     e.outcome = Some("blocked".into());
-    e.reason = Some(format!(
-        "{why}: host={} method={} path={}",
-        target.authority(),
+    e.reason = Some(why.to_string());
+    e.http = Some(exchange(
+        target,
         req.method(),
-        record_path(shared, req.uri().path())
+        Some(record_path(shared, req.uri().path())),
     ));
-    shared.audit.alert(e).await;
+    shared.note(shared.audit.alert(e).await);
     Err(text(
         StatusCode::FORBIDDEN,
         &format!(
@@ -662,132 +711,35 @@ async fn check_placeholders(
     ))
 }
 
-fn basic_decoded(value: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
-    let rest = value
-        .get(..6)
-        .filter(|p| p.eq_ignore_ascii_case(b"basic "))
-        .map(|_| &value[6..])?;
-    base64::engine::general_purpose::STANDARD
-        .decode(rest.trim_ascii())
-        .ok()
-        .map(Zeroizing::new)
-}
-
-fn percent_decoded(bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(h) = bytes.get(i + 1..i + 3)
-            && let Ok(s) = std::str::from_utf8(h)
-            && let Ok(b) = u8::from_str_radix(s, 16)
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
-        i += 1;
+/// The `http` part of an audit record.
+pub(crate) fn exchange(target: &Target, method: &Method, path: Option<String>) -> HttpExchange {
+    HttpExchange {
+        host: target.authority(),
+        method: method.to_string(),
+        path,
+        status: None,
+        bytes: None,
     }
-    out
 }
 
-fn record_path(shared: &Shared, path: &str) -> String {
+impl Shared {
+    /// Notes the outcome of writing an audit record: after a failure, no request that would
+    /// use a credential is forwarded again.
+    pub(crate) fn note(&self, written: Result<()>) {
+        if written.is_err() {
+            self.audit_failed.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn audit_failed(&self) -> bool {
+        self.audit_failed.load(Ordering::SeqCst)
+    }
+}
+
+pub(crate) fn record_path(shared: &Shared, path: &str) -> String {
     let redacted = shared.record_redactor.redact_str(path);
     let elided: String = redacted.chars().take(AUDIT_PATH_LIMIT).collect();
     broker_core::grammar::elide(&elided).into_owned()
-}
-
-/// Replaces placeholders of `creds` in one header value (decoding `Basic` credentials).
-/// `None` when nothing was replaced.
-fn substitute(shared: &Shared, value: &[u8], creds: &[usize]) -> Option<Zeroizing<Vec<u8>>> {
-    let matcher = shared.matcher.as_ref()?;
-    let replace = |bytes: &[u8]| -> Option<Zeroizing<Vec<u8>>> {
-        let mut out = Zeroizing::new(Vec::with_capacity(bytes.len() + 64));
-        let mut last = 0;
-        let mut hit = false;
-        for m in matcher.find_iter(bytes) {
-            let i = m.pattern().as_usize();
-            if !creds.contains(&i) {
-                continue;
-            }
-            out.extend_from_slice(&bytes[last..m.start()]);
-            out.extend_from_slice(shared.credentials[i].value.expose());
-            last = m.end();
-            hit = true;
-        }
-        out.extend_from_slice(&bytes[last..]);
-        hit.then_some(out)
-    };
-    if let Some(decoded) = basic_decoded(value) {
-        let inner = replace(&decoded)?;
-        let mut out = Zeroizing::new(b"Basic ".to_vec());
-        let encoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*inner));
-        out.extend_from_slice(encoded.as_bytes());
-        return Some(out);
-    }
-    replace(value)
-}
-
-/// Puts values in for placeholders in the configured headers; returns the credentials used.
-fn substitute_headers(
-    shared: &Shared,
-    target: &Target,
-    scheme: Scheme,
-    headers: &mut HeaderMap,
-    found: &BTreeSet<usize>,
-) -> std::result::Result<Vec<usize>, String> {
-    let mut used = BTreeSet::new();
-    let names: Vec<HeaderName> = headers.keys().cloned().collect();
-    for name in names {
-        let creds: Vec<usize> = found
-            .iter()
-            .copied()
-            .filter(|i| {
-                let c = &shared.credentials[*i];
-                c.rules.headers.contains(&name)
-                    && any_matches(&c.rules.hosts, &target.host)
-                    && cleartext_allowed(c, scheme)
-            })
-            .collect();
-        if creds.is_empty() {
-            continue;
-        }
-        let old: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
-        let mut new = Vec::with_capacity(old.len());
-        let mut changed = false;
-        for v in &old {
-            match substitute(shared, v.as_bytes(), &creds) {
-                Some(bytes) => {
-                    let mut hv = HeaderValue::from_bytes(&bytes).map_err(|_| {
-                        "a credential's value cannot be carried in an HTTP header".to_string()
-                    })?;
-                    hv.set_sensitive(true);
-                    new.push(hv);
-                    changed = true;
-                    if let Some(m) = shared.matcher.as_ref() {
-                        let decoded = basic_decoded(v.as_bytes());
-                        let plain = m.find_iter(v.as_bytes());
-                        let inner = decoded.iter().flat_map(|d| m.find_iter(d.as_slice()));
-                        used.extend(
-                            plain
-                                .chain(inner)
-                                .map(|mm| mm.pattern().as_usize())
-                                .filter(|i| creds.contains(i)),
-                        );
-                    }
-                }
-                None => new.push(v.clone()),
-            }
-        }
-        if changed {
-            headers.remove(&name);
-            for v in new {
-                headers.append(name.clone(), v);
-            }
-        }
-    }
-    Ok(used.into_iter().filter(|i| found.contains(i)).collect())
 }
 
 /// Headers that describe one hop, not the message.
@@ -803,7 +755,7 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -825,7 +777,7 @@ struct Upstream {
     sender: Mutex<Option<hyper::client::conn::http1::SendRequest<UpBody>>>,
 }
 
-async fn dial(
+pub(crate) async fn dial(
     shared: &Shared,
     target: &Target,
     scheme: Scheme,
@@ -853,7 +805,7 @@ async fn dial(
                 .await
                 .map_err(handshake_failed)?;
             spawn_guarded(shared, async move {
-                let _ = conn.await;
+                let _ = conn.with_upgrades().await;
             });
             Ok(sender)
         }
@@ -868,7 +820,7 @@ async fn dial(
                 .await
                 .map_err(handshake_failed)?;
             spawn_guarded(shared, async move {
-                let _ = conn.await;
+                let _ = conn.with_upgrades().await;
             });
             Ok(sender)
         }
@@ -882,24 +834,46 @@ async fn forward(
     scheme: Scheme,
     addrs: &[SocketAddr],
     upstream: &Upstream,
-    req: Request<UpBody>,
+    inspected: Inspected,
 ) -> Response<ProxyBody> {
-    let found = placeholders_in(shared, &req);
+    let Inspected {
+        req,
+        whole_body,
+        found,
+    } = inspected;
     let (mut parts, body) = req.into_parts();
-    if parts.headers.get(header::UPGRADE).is_some() {
+    let websocket = match parts.headers.get(header::UPGRADE) {
+        None => false,
+        Some(v) if v.as_bytes().eq_ignore_ascii_case(b"websocket") => true,
+        Some(_) => {
+            return text(
+                StatusCode::NOT_IMPLEMENTED,
+                "protocol upgrades other than websocket are not supported through the proxy",
+            );
+        }
+    };
+    // Every placeholder left is its credential's to take here: check_placeholders refused
+    // the request otherwise.
+    let eligible: Vec<usize> = found.into_iter().collect();
+    if !eligible.is_empty() && shared.audit_failed() {
         return text(
-            StatusCode::NOT_IMPLEMENTED,
-            "protocol upgrades (websockets) are not supported through the proxy yet",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the audit log cannot be written: requests that use a credential are refused",
         );
     }
+    let method = parts.method.clone();
+    let audit_path = record_path(shared, parts.uri.path());
+    let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     strip_hop_by_hop(&mut parts.headers);
-    let used = match substitute_headers(shared, target, scheme, &mut parts.headers, &found) {
-        Ok(u) => u,
+    let substituted = substitute(shared, &mut parts, whole_body, body, &eligible);
+    let (body, used) = match substituted {
+        Ok(s) => s,
         Err(msg) => return text(StatusCode::BAD_GATEWAY, &msg),
     };
     // A credential's host could reflect a value whatever this request carries: its answers
     // must come uncompressed, so the redactor sees the bytes the client will.
     let credential_host = shared
+        .placeholders
         .credentials
         .iter()
         .any(|c| any_matches(&c.rules.hosts, &target.host));
@@ -908,6 +882,16 @@ async fn forward(
             header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),
         );
+    }
+    if websocket {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        // No compression: the relay redacts frames it can read.
+        parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
     }
     let default_port = match scheme {
         Scheme::Http => 80,
@@ -924,19 +908,27 @@ async fn forward(
     if let Ok(v) = HeaderValue::from_str(&host_header) {
         parts.headers.insert(header::HOST, v);
     }
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_string();
-    let method = parts.method.clone();
-    let audit_path = record_path(shared, parts.uri.path());
-    parts.uri = match path.parse() {
-        Ok(u) => u,
-        Err(_) => return text(StatusCode::BAD_REQUEST, "bad request path"),
-    };
     parts.version = hyper::Version::HTTP_11;
     let request = Request::from_parts(parts, body);
+    let record = (!used.is_empty()).then(|| RequestRecord {
+        credentials: used
+            .iter()
+            .map(|i| shared.placeholders.credentials[*i].name.clone())
+            .collect(),
+        http: exchange(target, &method, Some(audit_path.clone())),
+    });
+    if websocket {
+        let handshake = crate::websocket::Handshake {
+            target,
+            scheme,
+            addrs,
+            audit_path: &audit_path,
+            used: &used,
+            credential_host,
+            record,
+        };
+        return crate::websocket::relay(shared, handshake, request, client_upgrade).await;
+    }
 
     let mut slot = upstream.sender.lock().await;
     let reusable = match slot.as_mut() {
@@ -966,36 +958,118 @@ async fn forward(
             return upstream_failed(shared, target, &method, &audit_path, &used, msg).await;
         }
     };
+    respond(
+        shared,
+        target,
+        &method,
+        &audit_path,
+        &used,
+        credential_host,
+        response,
+        record,
+    )
+    .await
+}
+
+/// Puts the values in (headers, path, query, a whole JSON or form body) for the placeholders
+/// of `eligible`, as each credential's rules say; returns the body to send and the
+/// credentials used.
+fn substitute(
+    shared: &Shared,
+    parts: &mut hyper::http::request::Parts,
+    whole_body: Option<Bytes>,
+    body: UpBody,
+    eligible: &[usize],
+) -> std::result::Result<(UpBody, BTreeSet<usize>), String> {
+    let placeholders = &shared.placeholders;
+    let creds = |f: &dyn Fn(&Rules) -> bool| -> Vec<usize> {
+        eligible
+            .iter()
+            .copied()
+            .filter(|i| f(&placeholders.credentials[*i].rules))
+            .collect()
+    };
+    let mut used = placeholders.substitute_headers(&mut parts.headers, eligible)?;
+    let mut pq = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_string();
+    for (place, allowed) in [
+        (Place::Path, creds(&|r| r.path)),
+        (Place::Query, creds(&|r| r.query)),
+    ] {
+        if let Some((new, u)) = placeholders.substitute_uri(&pq, place, &allowed)? {
+            pq = new;
+            used.extend(u);
+        }
+    }
+    parts.uri = pq
+        .parse()
+        .map_err(|_| "the request path cannot carry the value".to_string())?;
+    let body_creds = creds(&|r| r.body);
+    let body = match (whole_body, BodyType::of(&parts.headers)) {
+        (Some(whole), Some(kind)) if !body_creds.is_empty() => {
+            match placeholders.substitute_body(&whole, kind, &body_creds)? {
+                Some((new, u)) => {
+                    used.extend(u);
+                    parts
+                        .headers
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(new.len()));
+                    Full::new(Bytes::copy_from_slice(&new))
+                        .map_err(|never| match never {})
+                        .boxed()
+                }
+                None => Full::new(whole).map_err(|never| match never {}).boxed(),
+            }
+        }
+        _ => body,
+    };
+    Ok((body, used))
+}
+
+/// The upstream's answer on its way to the client: hop-by-hop headers dropped, every proxied
+/// value redacted from headers and body, the audit record written when the body ends.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn respond(
+    shared: &Arc<Shared>,
+    target: &Target,
+    method: &Method,
+    audit_path: &str,
+    used: &BTreeSet<usize>,
+    credential_host: bool,
+    response: Response<Incoming>,
+    record: Option<RequestRecord>,
+) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
     if (credential_host || !used.is_empty()) && compressed(&parts.headers) {
         let msg =
             "upstream sent a compressed response from a credential's host; it cannot be redacted"
                 .to_string();
-        return upstream_failed(shared, target, &method, &audit_path, &used, msg).await;
+        return upstream_failed(shared, target, method, audit_path, used, msg).await;
     }
     strip_hop_by_hop(&mut parts.headers);
     redact_headers(&shared.redactor, &mut parts.headers);
     let status = parts.status;
-    let has_body = method != Method::HEAD
+    let has_body = *method != Method::HEAD
         && !status.is_informational()
         && status != StatusCode::NO_CONTENT
         && status != StatusCode::NOT_MODIFIED;
-    let record = (!used.is_empty()).then(|| RequestRecord {
-        credentials: used
-            .iter()
-            .map(|i| shared.credentials[*i].name.clone())
-            .collect(),
-        host: target.authority(),
-        method: method.to_string(),
-        path: audit_path,
-        status: status.as_u16(),
+    let record = record.map(|mut r| {
+        r.http.status = Some(status.as_u16());
+        r
     });
     let body = if has_body {
         parts.headers.remove(header::CONTENT_LENGTH);
         redacted_body(shared, body, record)
     } else {
-        if let Some(r) = record {
-            r.write(shared, 0, "forwarded").await;
+        if let Some(r) = record
+            && r.write(shared, 0, "forwarded").await.is_err()
+        {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the audit log cannot be written: the answer is withheld",
+            );
         }
         Empty::new().map_err(|never| match never {}).boxed()
     };
@@ -1012,12 +1086,12 @@ fn compressed(headers: &HeaderMap) -> bool {
         .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"identity"))
 }
 
-async fn upstream_failed(
+pub(crate) async fn upstream_failed(
     shared: &Shared,
     target: &Target,
     method: &Method,
     path: &str,
-    used: &[usize],
+    used: &BTreeSet<usize>,
     msg: String,
 ) -> Response<ProxyBody> {
     let mut e = shared.audit.event(EventKind::Decision, Severity::Warning);
@@ -1025,20 +1099,18 @@ async fn upstream_failed(
     if !used.is_empty() {
         let names: Vec<&str> = used
             .iter()
-            .map(|i| shared.credentials[*i].name.as_str())
+            .map(|i| shared.placeholders.credentials[*i].name.as_str())
             .collect();
         e.credential = Some(names.join(","));
     }
     e.outcome = Some("failed".into());
-    e.reason = Some(format!(
-        "host={} method={method} path={path} failed: {msg}",
-        target.authority()
-    ));
-    shared.audit.record(e).await;
+    e.reason = Some(format!("failed: {msg}"));
+    e.http = Some(exchange(target, method, Some(path.to_string())));
+    shared.note(shared.audit.record(e).await);
     text(StatusCode::BAD_GATEWAY, &msg)
 }
 
-fn redact_headers(redactor: &Redactor, headers: &mut HeaderMap) {
+pub(crate) fn redact_headers(redactor: &Redactor, headers: &mut HeaderMap) {
     if redactor.is_empty() {
         return;
     }
@@ -1052,30 +1124,42 @@ fn redact_headers(redactor: &Redactor, headers: &mut HeaderMap) {
 }
 
 /// What the audit record of a request that used a credential says.
-struct RequestRecord {
+pub(crate) struct RequestRecord {
     credentials: Vec<String>,
-    host: String,
-    method: String,
-    path: String,
-    status: u16,
+    http: HttpExchange,
 }
 
 impl RequestRecord {
-    async fn write(self, shared: &Shared, bytes: u64, outcome: &str) {
+    /// Writes the record; a failure also stops every later credentialed request.
+    pub(crate) async fn write(mut self, shared: &Shared, bytes: u64, outcome: &str) -> Result<()> {
         let mut e = shared.audit.event(EventKind::Decision, Severity::Info);
         e.action = Some("proxy".into());
         e.credential = Some(self.credentials.join(","));
         e.decision = Some("granted".into());
         e.outcome = Some(outcome.into());
-        e.reason = Some(format!(
-            "host={} method={} path={} status={} bytes={bytes}",
-            self.host, self.method, self.path, self.status
-        ));
-        shared.audit.record(e).await;
+        self.http.bytes = Some(bytes);
+        e.http = Some(self.http);
+        let written = shared.audit.record(e).await;
+        let failed = written.is_err();
+        shared.note(written);
+        if failed {
+            Err(Error::internal(
+                "the proxy's audit record could not be written",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Sets the upstream's status.
+    pub(crate) fn with_status(mut self, status: u16) -> Self {
+        self.http.status = Some(status);
+        self
     }
 }
 
-/// Streams `body` through the redactor; writes `record` when it ends.
+/// Streams `body` through the redactor; writes `record` when it ends. When the record cannot
+/// be written, the body ends with an error instead of its last bytes (fail closed).
 fn redacted_body(
     shared: &Arc<Shared>,
     mut body: Incoming,
@@ -1088,6 +1172,7 @@ fn redacted_body(
         let mut out = Vec::with_capacity(16 * 1024);
         let mut bytes: u64 = 0;
         let mut outcome = "forwarded";
+        let mut trailers = None;
         loop {
             match body.frame().await {
                 None => break,
@@ -1111,30 +1196,34 @@ fn redacted_body(
                         }
                     }
                     Err(frame) => {
-                        if let Ok(mut trailers) = frame.into_trailers() {
-                            redact_headers(&task_shared.redactor, &mut trailers);
-                            stream.flush(&mut out);
-                            if !out.is_empty() {
-                                let _ =
-                                    tx.send(Ok(Frame::data(Bytes::copy_from_slice(&out)))).await;
-                                out.zeroize();
-                                out.clear();
-                            }
-                            let _ = tx.send(Ok(Frame::trailers(trailers))).await;
+                        if let Ok(mut t) = frame.into_trailers() {
+                            redact_headers(&task_shared.redactor, &mut t);
+                            trailers = Some(t);
                         }
                     }
                 },
             }
         }
         stream.flush(&mut out);
+        // Recorded before the body ends: a client that saw the whole response can count on
+        // the record being there; one that could not be recorded is cut short.
+        if let Some(r) = record
+            && r.write(&task_shared, bytes, outcome).await.is_err()
+        {
+            out.zeroize();
+            let _ = tx
+                .send(Err(io::Error::other(
+                    "the audit log cannot be written: the answer is cut short",
+                )))
+                .await;
+            return;
+        }
         if !out.is_empty() {
             let _ = tx.send(Ok(Frame::data(Bytes::copy_from_slice(&out)))).await;
             out.zeroize();
         }
-        // Recorded before the body ends: a client that saw the whole response can count on
-        // the record being there.
-        if let Some(r) = record {
-            r.write(&task_shared, bytes, outcome).await;
+        if let Some(t) = trailers {
+            let _ = tx.send(Ok(Frame::trailers(t))).await;
         }
         drop(tx);
     });

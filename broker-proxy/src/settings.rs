@@ -69,32 +69,84 @@ pub fn any_matches(patterns: &[HostPattern], host: &str) -> bool {
     patterns.iter().any(|p| p.matches(host))
 }
 
-/// The shape of a credential's placeholder: `prefix` followed by `length` random letters and
-/// digits.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PlaceholderShape {
-    /// Text before the random part (so clients that check a key's prefix accept it).
-    #[serde(default = "default_prefix")]
-    pub prefix: String,
-    /// Random characters after the prefix; at least [`MIN_PLACEHOLDER_LENGTH`].
-    #[serde(default = "default_length")]
-    pub length: usize,
-}
-
-fn default_prefix() -> String {
-    "broker-placeholder-".to_string()
-}
-
-fn default_length() -> usize {
-    40
+/// The shape of a credential's placeholder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlaceholderShape {
+    /// `prefix` followed by `length` random letters and digits (the default:
+    /// `broker-placeholder-` and 40).
+    Random {
+        /// Text before the random part (so clients that check a key's prefix accept it).
+        prefix: String,
+        /// Random characters after the prefix; at least [`MIN_PLACEHOLDER_LENGTH`].
+        length: usize,
+    },
+    /// A JWT-shaped placeholder (`header.claims.signature`, base64url, an unsigned header
+    /// and a random signature) for clients that parse a token before sending it.
+    Jwt,
 }
 
 impl Default for PlaceholderShape {
     fn default() -> Self {
-        PlaceholderShape {
-            prefix: default_prefix(),
-            length: default_length(),
+        PlaceholderShape::Random {
+            prefix: "broker-placeholder-".to_string(),
+            length: 40,
+        }
+    }
+}
+
+/// `placeholder:` as written: `{ prefix, length }`, or `{ shape: jwt }`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawShape {
+    #[serde(default)]
+    shape: Option<String>,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    length: Option<usize>,
+}
+
+impl RawShape {
+    fn parse(self) -> std::result::Result<PlaceholderShape, String> {
+        match self.shape.as_deref() {
+            Some("jwt") => {
+                if self.prefix.is_some() || self.length.is_some() {
+                    return Err(
+                        "`placeholder.shape: jwt` takes no `prefix` or `length`".to_string()
+                    );
+                }
+                Ok(PlaceholderShape::Jwt)
+            }
+            None | Some("random") => {
+                let PlaceholderShape::Random { prefix, length } = PlaceholderShape::default()
+                else {
+                    unreachable!("the default shape is random")
+                };
+                let prefix = self.prefix.unwrap_or(prefix);
+                let length = self.length.unwrap_or(length);
+                if length < MIN_PLACEHOLDER_LENGTH {
+                    return Err(format!(
+                        "`placeholder.length` is {length}; at least {MIN_PLACEHOLDER_LENGTH} random characters (128 bits) are needed"
+                    ));
+                }
+                if length > 4096 || prefix.len() > 256 {
+                    return Err("the placeholder is too long".into());
+                }
+                // Unreserved characters only: a placeholder reads the same in a header, a query,
+                // a form and a JSON string, so the proxy finds it wherever it is allowed.
+                if !prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
+                {
+                    return Err(
+                        "`placeholder.prefix` may hold letters, digits and `-_.~` only".into(),
+                    );
+                }
+                Ok(PlaceholderShape::Random { prefix, length })
+            }
+            Some(other) => Err(format!(
+                "`placeholder.shape` is `{other}`; it is `random` (the default) or `jwt`"
+            )),
         }
     }
 }
@@ -106,10 +158,24 @@ struct RawRules {
     #[serde(default)]
     headers: Option<Vec<String>>,
     #[serde(default)]
-    placeholder: PlaceholderShape,
+    query: bool,
+    #[serde(default)]
+    path: bool,
+    #[serde(default)]
+    body: bool,
+    #[serde(default)]
+    methods: Option<Vec<String>>,
+    #[serde(default)]
+    paths: Option<Vec<String>>,
+    #[serde(default)]
+    placeholder: RawShape,
     #[serde(default)]
     allow_http: bool,
 }
+
+/// The keys of a credential's `proxy:` section.
+pub const RULE_KEYS: &str =
+    "hosts, headers, query, path, body, methods, paths, placeholder, allow_http";
 
 /// A credential's `proxy:` rules.
 #[derive(Debug, Clone)]
@@ -118,6 +184,17 @@ pub struct Rules {
     pub hosts: Vec<HostPattern>,
     /// The request headers the placeholder is replaced in (lower case).
     pub headers: Vec<HeaderName>,
+    /// Whether the placeholder is replaced in the query string (the value percent-encoded).
+    pub query: bool,
+    /// Whether the placeholder is replaced in the path (the value percent-encoded).
+    pub path: bool,
+    /// Whether the placeholder is replaced in JSON and form request bodies (up to
+    /// [`crate::server::BODY_SCAN_LIMIT`]; the value encoded for the body's type).
+    pub body: bool,
+    /// The methods a request carrying the placeholder may use (upper case); empty: any.
+    pub methods: Vec<hyper::Method>,
+    /// The path prefixes a request carrying the placeholder may go to; empty: any.
+    pub paths: Vec<String>,
     /// The placeholder's shape.
     pub placeholder: PlaceholderShape,
     /// Whether the value may be put into plain-HTTP (cleartext) requests. Off by default: a
@@ -138,9 +215,8 @@ impl Rules {
     pub fn from_json(name: &str, value: &serde_json::Value) -> Result<Rules> {
         let fail =
             |msg: String| Error::invalid_config(format!("`proxy`: {msg}")).with_credential(name);
-        let raw: RawRules = serde_json::from_value(value.clone()).map_err(|e| {
-            fail(e.to_string()).with_hint("keys: hosts, headers, placeholder, allow_http")
-        })?;
+        let raw: RawRules = serde_json::from_value(value.clone())
+            .map_err(|e| fail(e.to_string()).with_hint(format!("keys: {RULE_KEYS}")))?;
         if raw.hosts.is_empty() {
             return Err(fail(
                 "`hosts` is empty: name the hosts the value may go to".into(),
@@ -165,31 +241,77 @@ impl Rules {
             }
             headers.push(name);
         }
-        if headers.is_empty() {
-            return Err(fail("`headers` is empty".into()));
-        }
-        let shape = raw.placeholder;
-        if shape.length < MIN_PLACEHOLDER_LENGTH {
-            return Err(fail(format!(
-                "`placeholder.length` is {}; at least {MIN_PLACEHOLDER_LENGTH} random characters (128 bits) are needed",
-                shape.length
-            )));
-        }
-        if shape.length > 4096 || shape.prefix.len() > 256 {
-            return Err(fail("the placeholder is too long".into()));
-        }
-        if !shape.prefix.bytes().all(|b| b.is_ascii_graphic()) {
+        if headers.is_empty() && !raw.query && !raw.path && !raw.body {
             return Err(fail(
-                "`placeholder.prefix` must be printable ASCII without spaces".into(),
+                "`headers` is empty and `query`, `path` and `body` are off: the value could go nowhere".into(),
             ));
         }
+        let mut methods = Vec::new();
+        for m in raw.methods.iter().flatten() {
+            let upper = m.trim().to_ascii_uppercase();
+            let method = hyper::Method::from_bytes(upper.as_bytes())
+                .ok()
+                .filter(|m| *m != hyper::Method::CONNECT)
+                .ok_or_else(|| fail(format!("`{m}` is not an HTTP method")))?;
+            methods.push(method);
+        }
+        if raw.methods.as_ref().is_some_and(Vec::is_empty) {
+            return Err(fail("`methods` is empty: leave it out to allow any".into()));
+        }
+        let mut paths = Vec::new();
+        for p in raw.paths.iter().flatten() {
+            if !p.starts_with('/') || p.contains(['?', '#', '%', '\\']) || has_dot_segment(p) {
+                return Err(fail(format!(
+                    "`{p}` is not a path prefix (it starts with `/`, without `?`, `#`, `%`, `\\` or dot segments)"
+                )));
+            }
+            paths.push(p.clone());
+        }
+        if raw.paths.as_ref().is_some_and(Vec::is_empty) {
+            return Err(fail("`paths` is empty: leave it out to allow any".into()));
+        }
+        let placeholder = raw.placeholder.parse().map_err(fail)?;
         Ok(Rules {
             hosts,
             headers,
-            placeholder: shape,
+            query: raw.query,
+            path: raw.path,
+            body: raw.body,
+            methods,
+            paths,
+            placeholder,
             allow_http: raw.allow_http,
         })
     }
+
+    /// Whether a request with `method` to `path` (without the query) may carry the value.
+    /// With `paths:` set, a path holding a dot segment, a percent-encoded `.`, `/` or `\`,
+    /// or a backslash never matches (it could mean another path to the server).
+    pub fn allows_request(&self, method: &hyper::Method, path: &str) -> bool {
+        let method_ok = self.methods.is_empty() || self.methods.contains(method);
+        let path_ok = self.paths.is_empty()
+            || (!ambiguous_path(path) && self.paths.iter().any(|p| prefix_matches(p, path)));
+        method_ok && path_ok
+    }
+}
+
+/// Whether `prefix` covers `path`: equal, or `path` goes on below it (`/v1` covers `/v1/x`,
+/// not `/v10`; `/v1/` covers `/v1/x`).
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/'))
+}
+
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|seg| seg == "." || seg == "..")
+}
+
+/// A path a server might read as another one.
+fn ambiguous_path(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    has_dot_segment(path)
+        || path.contains('\\')
+        || ["%2e", "%2f", "%5c"].iter().any(|e| lower.contains(e))
 }
 
 /// `egress.proxy.default`.

@@ -143,13 +143,32 @@ pub(crate) struct App {
     denials:
         Arc<std::sync::Mutex<BTreeMap<String, std::collections::VecDeque<std::time::Instant>>>>,
     pub(crate) metrics: Arc<Metrics>,
+    /// The egress proxies run for agents' `broker run --from` (placeholder mode).
+    pub(crate) proxies: Arc<crate::proxy::ProxySessions>,
+}
+
+/// An in-flight slot: this process's, and the fleet's when the state is shared (given back
+/// on drop).
+struct InFlight {
+    _local: tokio::sync::OwnedSemaphorePermit,
+    fleet: Option<(Arc<dyn State>, String, String)>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some((state, agent, id)) = self.fleet.take()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            handle.spawn(async move { state.give_slot(&agent, &id).await });
+        }
+    }
 }
 
 /// One request's view: the live broker and settings, the verified caller and its context.
-struct Call {
-    live: Arc<Live>,
+pub(crate) struct Call {
+    pub(crate) live: Arc<Live>,
     principal: Principal,
-    ctx: RequestContext,
+    pub(crate) ctx: RequestContext,
     /// Whom refusals are counted against (denial storms): the agent id, else the peer (a
     /// unix uid, an IP address).
     who: String,
@@ -160,6 +179,8 @@ pub(crate) fn router(app: App) -> Router {
         .route("/healthz", get(healthz))
         .route("/v1/credentials/{name}", post(credential))
         .route("/v1/manifest", get(manifest))
+        .route("/v1/proxy", post(crate::proxy::start))
+        .route("/v1/proxy/{id}", axum::routing::delete(crate::proxy::stop))
         .route("/v1/leases", get(leases))
         .route("/v1/leases/{id}/revoke", post(revoke))
         .route("/v1/agents/{id}/block", post(block))
@@ -196,6 +217,7 @@ impl App {
             inflight: Arc::default(),
             denials: Arc::default(),
             metrics: Arc::new(Metrics::new()),
+            proxies: Arc::default(),
         }
     }
 
@@ -207,7 +229,11 @@ impl App {
 
     /// Puts a reloaded broker and settings in force.
     pub(crate) fn replace(&self, live: Live) {
+        // A reloaded broker's cache is shared with the other replicas as the old one was.
+        live.broker.cache().set_shared(self.state.shared_leases());
         *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
+        // Proxies were started under the old config: its credentials may be gone.
+        self.proxies.clear();
         self.inflight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -246,7 +272,7 @@ impl App {
 
     /// [`App::call`] for an agent: refused when the caller is not one, is blocked or is over
     /// its rate limit.
-    async fn agent_call(
+    pub(crate) async fn agent_call(
         &self,
         peer: &Peer,
         headers: &HeaderMap,
@@ -267,7 +293,11 @@ impl App {
                 .await;
             return Err(err);
         };
-        if self.state.is_blocked(&id).await? {
+        let blocked = match self.state.is_blocked(&id).await {
+            Ok(b) => b,
+            Err(e) => return Err(self.store_failed(&call, e).await),
+        };
+        if blocked {
             let err = ApiError::new(
                 StatusCode::FORBIDDEN,
                 "agent_blocked",
@@ -277,7 +307,11 @@ impl App {
                 .await;
             return Err(err);
         }
-        if let Some(wait) = self.state.check_rate(&id).await? {
+        let wait = match self.state.check_rate(&id).await {
+            Ok(w) => w,
+            Err(e) => return Err(self.store_failed(&call, e).await),
+        };
+        if let Some(wait) = wait {
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             let err = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -290,6 +324,18 @@ impl App {
             return Err(err);
         }
         Ok((call, id))
+    }
+
+    /// A request refused because the state store (a shared store out of reach) could not
+    /// answer whether the agent is blocked or within its limits: fail closed with
+    /// `store_unavailable` (503), recorded. The alert is raised once per outage by the store's
+    /// health watcher.
+    async fn store_failed(&self, call: &Call, e: broker_core::Error) -> ApiError {
+        tracing::warn!("refusing a request: the state store failed: {e}");
+        let err = store_unavailable();
+        self.refuse(&call.live, &call.ctx, &call.who, &err, |_| {})
+            .await;
+        err
     }
 
     /// Records a refusal the runtime layers never saw (`fill` sets the fields of the request
@@ -365,16 +411,47 @@ impl App {
         }
     }
 
-    /// One of `agent`'s in-flight slots, or a refusal when all are taken.
-    async fn slot(
-        &self,
-        call: &Call,
-        agent: &str,
-    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ApiError> {
+    /// One of `agent`'s in-flight slots (in this process, and across the fleet when the state
+    /// is shared), or a refusal when all are taken.
+    async fn slot(&self, call: &Call, agent: &str) -> Result<Option<InFlight>, ApiError> {
         let cap = call.live.config.limits.concurrency;
         if cap == 0 {
             return Ok(None);
         }
+        let local = self.local_slot(call, agent, cap).await?;
+        match self.state.take_slot(agent, cap).await {
+            Ok(None) => Ok(Some(InFlight {
+                _local: local,
+                fleet: None,
+            })),
+            Ok(Some(Some(id))) => Ok(Some(InFlight {
+                _local: local,
+                fleet: Some((self.state.clone(), agent.to_string(), id)),
+            })),
+            Ok(Some(None)) => Err(self.too_many_in_flight(call, agent, cap).await),
+            Err(e) => Err(self.store_failed(call, e).await),
+        }
+    }
+
+    async fn too_many_in_flight(&self, call: &Call, agent: &str, cap: u32) -> ApiError {
+        let err = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_in_flight",
+            format!("agent `{agent}` has {cap} requests in flight (`serve.limits`)"),
+        )
+        .with_retry_after(1);
+        self.refuse(&call.live, &call.ctx, &call.who, &err, |_| {})
+            .await;
+        err
+    }
+
+    /// One of `agent`'s in-flight slots in this process.
+    async fn local_slot(
+        &self,
+        call: &Call,
+        agent: &str,
+        cap: u32,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
         let semaphore = self
             .inflight
             .lock()
@@ -383,20 +460,20 @@ impl App {
             .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(cap as usize)))
             .clone();
         match semaphore.try_acquire_owned() {
-            Ok(permit) => Ok(Some(permit)),
-            Err(_) => {
-                let err = ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too_many_in_flight",
-                    format!("agent `{agent}` has {cap} requests in flight (`serve.limits`)"),
-                )
-                .with_retry_after(1);
-                self.refuse(&call.live, &call.ctx, &call.who, &err, |_| {})
-                    .await;
-                Err(err)
-            }
+            Ok(permit) => Ok(permit),
+            Err(_) => Err(self.too_many_in_flight(call, agent, cap).await),
         }
     }
+}
+
+/// The refusal of anything that depends on an unreachable shared store.
+pub(crate) fn store_unavailable() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        "the shared store (serve.store) is unavailable; refusing what depends on it",
+    )
+    .with_retry_after(1)
 }
 
 /// The scope `want` asks for, if it only narrows `configured`.
@@ -666,7 +743,11 @@ async fn manifest(
     let call = app.call(&peer, &headers).await?;
     let agent = match &call.principal.agent {
         Some(id) => {
-            if app.state.is_blocked(id).await? {
+            let blocked = match app.state.is_blocked(id).await {
+                Ok(b) => b,
+                Err(e) => return Err(app.store_failed(&call, e).await),
+            };
+            if blocked {
                 let err = ApiError::new(
                     StatusCode::FORBIDDEN,
                     "agent_blocked",
@@ -696,10 +777,6 @@ async fn manifest(
             let Some(spec) = config.credential(&entry.credential) else {
                 continue;
             };
-            // Not offered to agents: they cannot obtain a `proxy_only` value.
-            if spec.proxy.is_some() {
-                continue;
-            }
             let request = PolicyRequest {
                 agent_id: Some(agent),
                 agent_tenant: &tenant,
@@ -797,6 +874,9 @@ async fn set_blocked(
     } else {
         app.state.unblock(&agent).await?
     };
+    if blocked {
+        app.proxies.stop_agent(&agent);
+    }
     // A blocked agent loses every live lease: revoked where the backend can, else marked.
     let mut revoked = Vec::new();
     let mut marked = Vec::new();

@@ -4,13 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use broker_core::{Credential, Delivery, DeliveryKind, Error, ErrorKind, Result};
+use broker_core::{Credential, Delivery, DeliveryKind, Error, ErrorKind, Result, SecretValue};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use zeroize::Zeroizing;
 
 use crate::api::{CredentialRequest, CredentialResponse};
+use crate::proxy::{ProxyGrant, ProxyRequest};
 
 /// The most an answer may hold.
 const ANSWER_LIMIT: usize = 1024 * 1024;
@@ -337,6 +338,18 @@ pub struct ManifestRow {
     pub delivered_as: String,
     /// Env or file.
     pub kind: DeliveryKind,
+    /// Placeholder mode: where the daemon's proxy sends the value (`proxy.hosts`). When
+    /// there are any, the value stays in the daemon; a run gets a placeholder and the daemon's
+    /// proxy (`POST /v1/proxy`).
+    #[serde(default)]
+    pub proxy_destinations: Vec<serde_json::Value>,
+}
+
+impl ManifestRow {
+    /// Whether the credential is in placeholder mode.
+    pub fn is_placeholder(&self) -> bool {
+        !self.proxy_destinations.is_empty()
+    }
 }
 
 /// The credentials the daemon at `to` lets the caller request (`GET /v1/manifest`).
@@ -359,10 +372,36 @@ pub async fn manifest(to: &Endpoint) -> Result<Vec<ManifestRow>> {
         })
 }
 
+/// Starts a proxy in the daemon at `to` for `credentials` (`POST /v1/proxy`).
+pub async fn start_proxy(to: &Endpoint, request: &ProxyRequest) -> Result<ProxyGrant> {
+    let body = serde_json::to_vec(request).map_err(|e| Error::internal(e.to_string()))?;
+    let answer = call(to.clone(), "POST", "/v1/proxy", body).await?;
+    if answer.status != 201 {
+        return Err(api_error(&answer));
+    }
+    serde_json::from_slice(&answer.body).map_err(|_| {
+        Error::new(
+            ErrorKind::UnexpectedAnswer,
+            "the daemon's answer is not a proxy grant",
+        )
+    })
+}
+
+/// Stops the daemon's proxy `id` (`DELETE /v1/proxy/{id}`).
+pub async fn stop_proxy(to: &Endpoint, id: &str) -> Result<()> {
+    let answer = call(to.clone(), "DELETE", &format!("/v1/proxy/{id}"), Vec::new()).await?;
+    if answer.status != 204 {
+        return Err(api_error(&answer));
+    }
+    Ok(())
+}
+
 /// Obtains `only` (every credential the manifest offers the caller when empty) from the daemon
 /// at `to` and prepares them for a child process, each under the variable and as the kind
 /// the manifest names ([`Delivery::from_credentials`]): what `broker run --from` delivers.
-pub async fn deliver(to: &Endpoint, only: &[String]) -> Result<Delivery> {
+/// Placeholder-mode credentials are delivered as their placeholders, with the daemon's proxy
+/// for them in the returned grant (stop it with [`stop_proxy`] when the run ends).
+pub async fn deliver(to: &Endpoint, only: &[String]) -> Result<(Delivery, Option<ProxyGrant>)> {
     let offered = manifest(to).await?;
     let rows: Vec<&ManifestRow> = if only.is_empty() {
         offered.iter().collect()
@@ -385,10 +424,49 @@ pub async fn deliver(to: &Endpoint, only: &[String]) -> Result<Delivery> {
             })
             .collect::<Result<_>>()?
     };
+    let proxied: Vec<String> = rows
+        .iter()
+        .filter(|r| r.is_placeholder())
+        .map(|r| r.credential.clone())
+        .collect();
+    let grant = if proxied.is_empty() {
+        None
+    } else {
+        let request = ProxyRequest {
+            credentials: proxied,
+            ..ProxyRequest::default()
+        };
+        Some(start_proxy(to, &request).await?)
+    };
+    let delivered = deliver_rows(to, &rows, grant.as_ref()).await;
+    if delivered.is_err()
+        && let Some(g) = &grant
+    {
+        // Best effort: the daemon stops it at the end of its lifetime otherwise.
+        let _ = stop_proxy(to, &g.id).await;
+    }
+    Ok((delivered?, grant))
+}
+
+async fn deliver_rows(
+    to: &Endpoint,
+    rows: &[&ManifestRow],
+    grant: Option<&ProxyGrant>,
+) -> Result<Delivery> {
     let mut obtained = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let answer = request_credential(to, &row.credential, &CredentialRequest::default()).await?;
-        obtained.push(credential_of(answer));
+    for row in rows {
+        let placeholder = grant.and_then(|g| {
+            g.placeholders
+                .iter()
+                .find(|p| p.credential == row.credential)
+        });
+        let credential = match placeholder {
+            Some(p) => Credential::new(SecretValue::from(p.placeholder.clone())),
+            None => credential_of(
+                request_credential(to, &row.credential, &CredentialRequest::default()).await?,
+            ),
+        };
+        obtained.push(credential);
     }
     Delivery::from_credentials(
         rows.iter()

@@ -114,7 +114,38 @@ struct RawDenials {
 #[serde(deny_unknown_fields)]
 struct RawStore {
     #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
     path: Option<String>,
+    #[serde(default)]
+    url_ref: Option<String>,
+    #[serde(default)]
+    ca_file: Option<String>,
+    #[serde(default)]
+    key_ref: Option<String>,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    replica_id: Option<String>,
+}
+
+/// `serve.store` with `kind: redis`: replicas sharing leases, limits and blocks through
+/// Redis (or Valkey). Secret settings are references, resolved when the daemon starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedStore {
+    /// A reference whose value is the server's URL (`redis://[:PASSWORD@]HOST:PORT[/DB]`,
+    /// `rediss://` for TLS); it may carry the AUTH password, hence a reference.
+    pub url_ref: broker_core::Reference,
+    /// Extra CA certificates (PEM) for a `rediss://` server.
+    pub ca_file: Option<PathBuf>,
+    /// A reference whose value is the key every replica shares to encrypt cached credentials
+    /// (at least 32 bytes: an `AGE-SECRET-KEY-...` line, or random bytes).
+    pub key_ref: broker_core::Reference,
+    /// The prefix of every key the daemon writes (default `broker:`).
+    pub prefix: String,
+    /// This replica's name: in its audit log's file name and its local record of blocks
+    /// (default: `$BROKER_REPLICA_ID`, else the host name and the process id).
+    pub replica_id: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -259,6 +290,9 @@ pub struct ServeConfig {
     /// Where blocks and issued leases are kept across restarts (`serve.store.path`; default
     /// `.broker/serve-state.json` beside the config).
     pub store_path: PathBuf,
+    /// The shared store (`serve.store.kind: redis`); `None`: this process's memory (and
+    /// `store_path`).
+    pub shared_store: Option<SharedStore>,
     /// Revoke the leases this daemon issued when it shuts down (`serve.revoke_on_shutdown`).
     pub revoke_on_shutdown: bool,
 }
@@ -442,11 +476,7 @@ impl ServeConfig {
             threshold: None,
             window: None,
         });
-        let store_path = base_dir.join(
-            raw.store
-                .and_then(|s| s.path)
-                .unwrap_or_else(|| ".broker/serve-state.json".into()),
-        );
+        let (store_path, shared_store) = store_settings(raw.store, base_dir)?;
         Ok(ServeConfig {
             limits: raw.limits,
             listen,
@@ -461,6 +491,7 @@ impl ServeConfig {
             denial_threshold: denials.threshold.unwrap_or(20),
             denial_window: duration("denials.window", denials.window, Duration::from_secs(60))?,
             store_path,
+            shared_store,
             revoke_on_shutdown: raw.revoke_on_shutdown,
         })
     }
@@ -498,6 +529,110 @@ impl ServeConfig {
                     a.id.as_deref() == Some(id) && a.method.as_deref() == Some(method.as_str())
                 })
         })
+    }
+}
+
+/// `serve.store`: the memory store's file, or the shared store's settings (then the file is
+/// the replica's own durable record of blocks, named by its replica id).
+fn store_settings(
+    raw: Option<RawStore>,
+    base_dir: &Path,
+) -> Result<(PathBuf, Option<SharedStore>)> {
+    let raw = raw.unwrap_or(RawStore {
+        kind: None,
+        path: None,
+        url_ref: None,
+        ca_file: None,
+        key_ref: None,
+        prefix: None,
+        replica_id: None,
+    });
+    let default_path = || base_dir.join(".broker/serve-state.json");
+    match raw.kind.as_deref() {
+        None | Some("memory") => {
+            if let Some(key) = [
+                ("url_ref", raw.url_ref.is_some()),
+                ("ca_file", raw.ca_file.is_some()),
+                ("key_ref", raw.key_ref.is_some()),
+                ("prefix", raw.prefix.is_some()),
+                ("replica_id", raw.replica_id.is_some()),
+            ]
+            .iter()
+            .find(|(_, set)| *set)
+            {
+                return Err(Error::invalid_config(format!(
+                    "`serve.store.{}` goes with `kind: redis`",
+                    key.0
+                )));
+            }
+            Ok((
+                raw.path.map_or_else(default_path, |p| base_dir.join(p)),
+                None,
+            ))
+        }
+        Some("redis") => {
+            let reference = |key: &str, v: Option<String>| -> Result<broker_core::Reference> {
+                let v = v.ok_or_else(|| {
+                    Error::invalid_config(format!(
+                        "`serve.store.kind: redis` needs `{key}` (a reference, e.g.                          `env:BROKER_STORE_{}`)",
+                        if key == "url_ref" { "URL" } else { "KEY" }
+                    ))
+                })?;
+                v.parse().map_err(|e: Error| {
+                    Error::invalid_config(format!("`serve.store.{key}`: {}", e.message()))
+                })
+            };
+            let url_ref = reference("url_ref", raw.url_ref)?;
+            let key_ref = reference("key_ref", raw.key_ref)?;
+            let from_env = std::env::var("BROKER_REPLICA_ID")
+                .ok()
+                .filter(|v| !v.is_empty());
+            let replica_id = match raw.replica_id.or(from_env) {
+                Some(id) => id,
+                None => {
+                    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string();
+                    let host = if host.is_empty() {
+                        "replica".into()
+                    } else {
+                        host
+                    };
+                    format!("{host}-{}", std::process::id())
+                }
+            };
+            if replica_id.is_empty()
+                || replica_id.len() > 64
+                || !replica_id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+                || replica_id.starts_with('.')
+            {
+                return Err(Error::invalid_config(format!(
+                    "`serve.store.replica_id: {}` must be 1-64 letters, digits, `-`, `_` or `.`                      (it names files)",
+                    broker_core::grammar::elide(&replica_id)
+                )));
+            }
+            let path = match raw.path {
+                Some(p) => base_dir.join(p),
+                None => base_dir.join(format!(".broker/serve-blocks.{replica_id}.json")),
+            };
+            Ok((
+                path,
+                Some(SharedStore {
+                    url_ref,
+                    ca_file: raw.ca_file.map(|c| base_dir.join(c)),
+                    key_ref,
+                    prefix: raw.prefix.unwrap_or_else(|| "broker:".into()),
+                    replica_id,
+                }),
+            ))
+        }
+        Some(other) => Err(Error::invalid_config(format!(
+            "`serve.store.kind: {}` is not one of `memory`, `redis`",
+            broker_core::grammar::elide(other)
+        ))),
     }
 }
 

@@ -4,6 +4,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use broker_core::ErrorKind;
 
+/// How the shared store's errors begin (`serve.store.kind: redis` out of reach).
+pub(crate) const STORE_UNAVAILABLE: &str = "the shared store (serve.store) is unavailable";
+
 /// An API error: an HTTP status, a stable `kind` and a message. Never holds a value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -39,6 +42,9 @@ impl ApiError {
 impl From<broker_core::Error> for ApiError {
     fn from(e: broker_core::Error) -> Self {
         let kind = e.kind();
+        if kind == ErrorKind::Transient && e.message().starts_with(STORE_UNAVAILABLE) {
+            return crate::api::store_unavailable();
+        }
         let status = match kind {
             ErrorKind::PolicyDenied | ErrorKind::EgressDenied => StatusCode::FORBIDDEN,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,

@@ -12,6 +12,10 @@
 //! - [`State`]: blocks and issued leases (and later rate limits) behind one small trait;
 //!   [`MemoryState`] is the default.
 //! - [`client`]: asks a daemon for a credential over its socket.
+//! - [`proxy`]: placeholder mode for `broker run --from`: the egress proxy runs in the daemon.
+//! - `RedisState` (feature `redis`; `serve.store.kind: redis`): many replicas sharing blocks,
+//!   rate limits, lease records and (encrypted) minted credentials through Redis or Valkey,
+//!   failing closed while the store is out of reach.
 //!
 //! See `docs/serve.md`.
 #![forbid(unsafe_code)]
@@ -26,17 +30,23 @@ pub mod identity;
 pub mod jwt;
 mod listen;
 pub mod metrics;
+pub mod proxy;
 mod state;
+#[cfg(feature = "redis")]
+mod store;
 mod tls;
 
 pub use api::{CredentialRequest, CredentialResponse, ScopeRequest, TtlValue};
 pub use config::{
-    AdminEntry, AgentEntry, ClientAuth, Limits, Rate, ServeConfig, TlsSettings, default_socket_path,
+    AdminEntry, AgentEntry, ClientAuth, Limits, Rate, ServeConfig, SharedStore, TlsSettings,
+    default_socket_path,
 };
 pub use error::ApiError;
 pub use identity::{ClientCert, Method, Peer, Principal};
 pub use listen::{Daemon, Reload, bind_socket, bind_socket_with_group};
 pub use state::{LeaseRecord, MemoryState, State};
+#[cfg(feature = "redis")]
+pub use store::RedisState;
 
 /// The most a request body may hold.
 pub const BODY_LIMIT: usize = 64 * 1024;

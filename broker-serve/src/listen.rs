@@ -100,6 +100,8 @@ pub struct Daemon {
     app: App,
     config: Arc<ServeConfig>,
     reload: Option<Arc<Reload>>,
+    /// The shared store is connected when serving starts.
+    pending_store: bool,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -324,7 +326,25 @@ impl Serving {
 impl Daemon {
     /// A daemon for `broker` with `config`; blocks and issued leases are kept in
     /// `serve.store.path` (read now), so they survive a restart.
+    ///
+    /// With `serve.store.kind: redis` the state is the shared store, connected when the
+    /// daemon starts serving ([`Daemon::serve`]), and the audit log's file name gets the
+    /// replica id (`audit.jsonl` → `audit.REPLICA.jsonl`): each replica keeps its own chain.
     pub fn new(broker: Broker, config: ServeConfig) -> Result<Daemon> {
+        if config.shared_store.is_some() {
+            #[cfg(not(feature = "redis"))]
+            return Err(Error::invalid_config(
+                "`serve.store.kind: redis` needs a broker built with the `redis` feature",
+            ));
+            #[cfg(feature = "redis")]
+            {
+                let broker = with_replica_audit(broker, &config);
+                let state = MemoryState::new(config.limits);
+                let mut daemon = Daemon::with_state_of(broker, config, Arc::new(state));
+                daemon.pending_store = true;
+                return Ok(daemon);
+            }
+        }
         let state = MemoryState::open(config.limits, &config.store_path)?;
         Ok(Daemon::with_state_of(broker, config, Arc::new(state)))
     }
@@ -341,14 +361,73 @@ impl Daemon {
             app: App::new(broker, (*config).clone(), state),
             config,
             reload: None,
+            pending_store: false,
         }
     }
 
     /// Replaces the state store.
     #[must_use]
     pub fn with_state(mut self, state: Arc<dyn State>) -> Daemon {
+        self.app
+            .live()
+            .broker
+            .cache()
+            .set_shared(state.shared_leases());
         self.app.state = state;
+        self.pending_store = false;
         self
+    }
+
+    /// Connects the shared store (`serve.store.kind: redis`), makes it the state and the
+    /// lease cache's shared store, and audits (and alerts on) its health changes.
+    #[cfg(feature = "redis")]
+    async fn connect_store(&mut self) -> Result<()> {
+        let Some(settings) = self.config.shared_store.clone() else {
+            return Ok(());
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let live = self.app.live();
+        let state = crate::store::RedisState::connect(
+            &settings,
+            self.config.limits,
+            self.config.store_path.clone(),
+            &live.broker,
+            tx,
+        )
+        .await?;
+        let app = self.app.clone();
+        tokio::spawn(async move {
+            while let Some(health) = rx.recv().await {
+                let live = app.live();
+                let ctx = broker_core::RequestContext::new();
+                if health.up {
+                    tracing::info!("{}", health.detail);
+                    if let Err(e) =
+                        live.broker
+                            .record_notice(&ctx, "store_available", &health.detail)
+                    {
+                        tracing::error!("cannot record the store's return: {e}");
+                    }
+                } else {
+                    tracing::error!("{}", health.detail);
+                    app.metrics.alert();
+                    let mut e = live.broker.context_event(
+                        broker_core::audit::EventKind::Failure,
+                        broker_core::audit::Severity::Alert,
+                        &ctx,
+                    );
+                    e.outcome = Some("store_unavailable".into());
+                    e.error_kind = Some("store_unavailable".into());
+                    e.reason = Some(health.detail);
+                    live.broker.alert(&e).await;
+                }
+            }
+        });
+        let state: Arc<dyn State> = Arc::new(state);
+        live.broker.cache().set_shared(state.shared_leases());
+        self.app.state = state;
+        self.pending_store = false;
+        Ok(())
     }
 
     /// What SIGHUP runs: a new broker and settings are put in force atomically when `reload`
@@ -415,13 +494,19 @@ impl Daemon {
         unix: Option<UnixListener>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<()> {
-        self.require_audit_log()?;
+        let mut this = self;
+        this.require_audit_log()?;
+        #[cfg(feature = "redis")]
+        if this.pending_store {
+            this.connect_store().await?;
+        }
+        let this = this;
         // Held for the daemon's lifetime: one writer, group-committed fsyncs; a CLI pointed at
         // the same file waits briefly, then is refused with a clear message.
-        if let Some(log) = self.app.live().broker.audit_log() {
+        if let Some(log) = this.app.live().broker.audit_log() {
             log.hold()?;
         }
-        let config = self.config.clone();
+        let config = this.config.clone();
         let tls = match &config.tls {
             Some(t) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(t)?);
@@ -451,7 +536,7 @@ impl Daemon {
             .header_read_timeout(config.header_timeout)
             .keep_alive(true);
         let serving = Serving {
-            app: self.app.clone(),
+            app: this.app.clone(),
             http,
             graceful: graceful.clone(),
             caps: ConnectionCaps::new(&config),
@@ -476,11 +561,12 @@ impl Daemon {
             }
             tasks.spawn(crate::admin::serve(
                 listener,
-                self.app.clone(),
+                this.app.clone(),
                 serving.http.clone(),
             ));
         }
-        let state = self.app.state.clone();
+        let state = this.app.state.clone();
+        let proxies = this.app.proxies.clone();
         tasks.spawn(async move {
             let mut every = tokio::time::interval(SWEEP);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -489,14 +575,15 @@ impl Daemon {
                 if let Err(e) = state.sweep().await {
                     tracing::warn!("sweeping the daemon's state failed: {e}");
                 }
+                proxies.sweep(&*state).await;
             }
         });
-        if let Some(reload) = self.reload.clone() {
-            tasks.spawn(reload_on_hangup(self.app.clone(), reload));
+        if let Some(reload) = this.reload.clone() {
+            tasks.spawn(reload_on_hangup(this.app.clone(), reload));
         }
-        self.app.metrics.set_ready(true);
+        this.app.metrics.set_ready(true);
         shutdown.await;
-        self.app.metrics.set_ready(false);
+        this.app.metrics.set_ready(false);
         // Stop accepting (the admin listener too), then drain.
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
@@ -511,7 +598,7 @@ impl Daemon {
             tracing::warn!("in-flight requests still running after {DRAIN:?}; stopping anyway");
         }
         if config.revoke_on_shutdown {
-            self.revoke_all().await;
+            this.revoke_all().await;
         }
         Ok(())
     }
@@ -540,6 +627,33 @@ impl Daemon {
     }
 }
 
+/// With a shared store, `broker`'s audit log renamed for this replica (`audit.jsonl` →
+/// `audit.REPLICA.jsonl`), so replicas sharing a directory never share a chain.
+fn with_replica_audit(broker: Broker, config: &ServeConfig) -> Broker {
+    let (Some(store), Some(path)) = (&config.shared_store, broker.config().audit_path.clone())
+    else {
+        return broker;
+    };
+    let stem = path
+        .file_stem()
+        .map_or_else(|| "audit".into(), |s| s.to_string_lossy().into_owned());
+    let named = match path.extension() {
+        Some(ext) => format!("{stem}.{}.{}", store.replica_id, ext.to_string_lossy()),
+        None => format!("{stem}.{}", store.replica_id),
+    };
+    let options = broker_core::audit::AuditOptions {
+        fsync: broker.config().audit_fsync,
+    };
+    let alert = broker
+        .config()
+        .alert
+        .as_ref()
+        .map(|a| broker_core::retry::AlertCommand::new(a.command.clone()));
+    let log = broker_core::audit::AuditLog::new(path.with_file_name(named), options)
+        .with_alert(alert.clone());
+    broker.with_audit_log(Some(log)).with_alert_command(alert)
+}
+
 /// Reloads on every SIGHUP until aborted.
 async fn reload_on_hangup(app: App, reload: Arc<Reload>) {
     let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -557,6 +671,7 @@ async fn reload_on_hangup(app: App, reload: Arc<Reload>) {
             .await
             .unwrap_or_else(|e| Err(Error::internal(format!("the reload panicked: {e}"))));
         let loaded = loaded.and_then(|(broker, config)| {
+            let broker = with_replica_audit(broker, &config);
             // The held audit log (its lock, writer and chain) carries over when its path does;
             // a new path is held now, or the reload fails.
             let path = |b: &Broker| b.audit_log().map(|l| l.path().to_path_buf());

@@ -88,6 +88,19 @@ pub trait State: Send + Sync + 'static {
     /// Forgets what no longer matters (full buckets, expired leases); the daemon calls it
     /// periodically so the maps do not grow without bound.
     async fn sweep(&self) -> Result<()>;
+    /// Takes one of `agent`'s in-flight slots counted across every replica (at most `cap`):
+    /// `None` when this state does not count them (the daemon's per-process cap is all there
+    /// is), `Some(None)` when all are taken, `Some(Some(id))` when one was taken (give it back
+    /// with [`State::give_slot`]; it lapses by itself if this process dies).
+    async fn take_slot(&self, _agent: &str, _cap: u32) -> Result<Option<Option<String>>> {
+        Ok(None)
+    }
+    /// Gives back a slot [`State::take_slot`] took.
+    async fn give_slot(&self, _agent: &str, _id: &str) {}
+    /// The lease cache this state shares with other replicas, if it is a shared store.
+    fn shared_leases(&self) -> Option<std::sync::Arc<dyn broker_core::lease::SharedLeases>> {
+        None
+    }
 }
 
 type Limiter = governor::DefaultKeyedRateLimiter<String>;
@@ -214,7 +227,7 @@ impl MemoryState {
     }
 }
 
-fn parse_time(text: &str) -> Option<SystemTime> {
+pub(crate) fn parse_time(text: &str) -> Option<SystemTime> {
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .ok()
         .map(SystemTime::from)

@@ -7,7 +7,11 @@
 //!   --all-features [ARGS]`, with the peers on the tests' search path.
 //! - `cargo xtask bench [ARGS]` runs the criterion benches and prints their figures, then (without
 //!   ARGS) the whole-process comparison. `cargo xtask bench serve` runs only the `broker serve`
-//!   load bench (`cargo bench -p broker-serve --bench load`).
+//!   load bench (`cargo bench -p broker-serve --bench load`); `cargo xtask bench replicas`
+//!   the replicas-on-Redis bench (`broker-serve/benches/replicas.rs`).
+//! - `cargo xtask bench run [--runs N] [--broker PATH]...` times `broker run`/`broker get`
+//!   side by side with fnox and `age -d` as whole processes (`side_by_side`);
+//!   `cargo xtask bench setup-fnox` installs that peer (bench setup only, never CI).
 //! - `cargo xtask bench-processes` times `broker get` against `sops decrypt --extract` and
 //!   `age -d` as whole processes on generated inputs, and prints the ratios.
 //! - `cargo xtask fuzz TARGET|all|smoke [--time SECONDS]` runs the libFuzzer targets in `fuzz/`
@@ -22,6 +26,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+mod side_by_side;
+
 const REQUIREMENTS: &str = include_str!("../peers-requirements.txt");
 /// Debian packages the tests need: the `age` CLI (interop) and `ssh-keygen` (agenix keys).
 const APT_PACKAGES: &[(&str, &str)] = &[
@@ -31,6 +37,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     // Real clients of the daemon and proxy tests, and the man-page renderer.
     ("curl", "curl"),
     ("man", "man-db"),
+    // The shared store of `broker serve` replicas (broker-serve/tests/replicas.rs).
+    ("redis-server", "redis-server"),
+    // `systemd-analyze verify` of the units in deploy/systemd (broker-serve/tests/deploy.rs).
+    ("systemd-analyze", "systemd"),
 ];
 
 fn main() -> ExitCode {
@@ -42,13 +52,16 @@ fn main() -> ExitCode {
     let result = match task {
         "setup" => setup().map(|_| ()),
         "test" => setup().and_then(|venv| test(&venv, rest)),
+        // Bench-only peers and whole-process timings: no test-peer setup needed.
+        "bench" if rest.first().is_some_and(|a| a == "run") => side_by_side::bench_run(&rest[1..]),
+        "bench" if rest.first().is_some_and(|a| a == "setup-fnox") => side_by_side::setup_fnox(),
         "bench" => setup().and_then(|venv| bench(&venv, rest)),
         "bench-processes" => setup().and_then(|venv| processes(&venv)),
         "fuzz" => fuzz(rest),
         "man" => man(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup | test [CARGO TEST ARGS] | bench [serve | CARGO BENCH ARGS] | fuzz TARGET|all|smoke [--time SECONDS] | man [--out DIR]>"
+                "usage: cargo xtask <setup | test [CARGO TEST ARGS] | bench [serve | replicas | run | setup-fnox | CARGO BENCH ARGS] | fuzz TARGET|all|smoke [--time SECONDS] | man [--out DIR]>"
             );
             return ExitCode::from(if task == "help" { 0 } else { 2 });
         }
@@ -114,6 +127,9 @@ fn setup() -> Result<PathBuf, String> {
     let venv = venv_dir();
     let bin = venv.join("bin");
     let stamp = venv.join(".broker-requirements");
+    if bin.join("python").is_file() {
+        node(&bin)?;
+    }
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(REQUIREMENTS)
         && bin.join("python").is_file()
     {
@@ -130,7 +146,37 @@ fn setup() -> Result<PathBuf, String> {
         .arg(&requirements))?;
     std::fs::write(&stamp, REQUIREMENTS)
         .map_err(|e| format!("cannot write {}: {e}", stamp.display()))?;
+    node(&bin)?;
     Ok(bin)
+}
+
+/// The Node release the proxy tests use as a real client (`fetch` with `NODE_USE_ENV_PROXY`
+/// needs Node ≥ 24; Debian's is 20).
+const NODE_PACKAGE: &str = "node@24";
+
+/// Installs Node 24 from the npm registry's `node` package under the cache dir and links it
+/// into the venv's bin dir as `node24`, where the tests look for peers.
+fn node(bin: &Path) -> Result<(), String> {
+    let link = bin.join("node24");
+    if link.is_file() {
+        return Ok(());
+    }
+    let prefix = venv_dir()
+        .parent()
+        .map_or_else(|| PathBuf::from("/tmp"), Path::to_path_buf)
+        .join("broker-node");
+    println!(
+        "xtask: installing {NODE_PACKAGE} (npm) into {}",
+        prefix.display()
+    );
+    run(Command::new("npm")
+        .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+        .arg(&prefix)
+        .arg(NODE_PACKAGE))?;
+    let target = prefix.join("node_modules/.bin/node");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&target, &link)
+        .map_err(|e| format!("cannot link {}: {e}", link.display()))
 }
 
 fn cargo() -> Command {
@@ -170,6 +216,18 @@ fn bench(peers: &Path, extra: &[String]) -> Result<(), String> {
         && first == "serve"
     {
         return bench_serve(peers, rest);
+    }
+    if let Some((first, rest)) = extra.split_first()
+        && first == "replicas"
+    {
+        // `broker serve` replicas sharing a Redis (broker-serve/benches/replicas.rs).
+        return run(with_peers(
+            cargo()
+                .args(["bench", "-p", "broker-serve", "--features", "redis"])
+                .args(["--bench", "replicas"])
+                .args(rest),
+            peers,
+        ));
     }
     // Includes broker-serve's `load` bench (harness = false: it prints its own figures).
     run(with_peers(

@@ -176,6 +176,28 @@ pub struct Event {
     /// Why the caller said it asked (free text from the request, elided).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purpose: Option<String>,
+    /// The HTTP exchange an egress proxy forwarded or refused (never a value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpExchange>,
+}
+
+/// What an egress proxy's audit record says about one request: where it went and what came
+/// back. Secret-free: the path is without its query and redacted of every delivered value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpExchange {
+    /// `host:port` the request went (or was to go) to: the CONNECT authority or absolute URI.
+    pub host: String,
+    /// The method.
+    pub method: String,
+    /// The path, without the query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The upstream's status, when it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Response body bytes relayed to the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
 }
 
 impl Event {
@@ -203,6 +225,7 @@ impl Event {
             attempts: None,
             identity: None,
             purpose: None,
+            http: None,
         }
     }
 }

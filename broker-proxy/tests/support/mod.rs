@@ -95,11 +95,97 @@ impl hyper::body::Body for ChannelBody {
     }
 }
 
+/// `/ws`: a websocket that sends the `Authorization` it was given in a text frame, then
+/// echoes the client's first text frame back (`echo: ...`) and closes.
+fn websocket(req: &mut Request<hyper::body::Incoming>, auth: String) -> Response<Body> {
+    use base64::Engine as _;
+    let key = req
+        .headers()
+        .get("sec-websocket-key")
+        .map(|v| v.as_bytes().to_vec())
+        .unwrap_or_default();
+    let mut sha = sha1_smol::Sha1::new();
+    sha.update(&key);
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let accept = base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes());
+    let on = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(upgraded) = on.await else { return };
+        let mut io = TokioIo::new(upgraded);
+        let _ = io
+            .write_all(&ws_frame(0x81, format!("auth: {auth}").as_bytes()))
+            .await;
+        // One masked client frame with a short payload.
+        let mut head = [0u8; 2];
+        if io.read_exact(&mut head).await.is_err() {
+            return;
+        }
+        let len = usize::from(head[1] & 0x7f);
+        let mut mask = [0u8; 4];
+        let mut payload = vec![0u8; len];
+        if io.read_exact(&mut mask).await.is_err() || io.read_exact(&mut payload).await.is_err() {
+            return;
+        }
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= mask[i % 4];
+        }
+        let mut echo = b"echo: ".to_vec();
+        echo.extend_from_slice(&payload);
+        let _ = io.write_all(&ws_frame(0x81, &echo)).await;
+        let _ = io.write_all(&ws_frame(0x88, &[0x03, 0xe8])).await;
+        let _ = io.shutdown().await;
+    });
+    Response::builder()
+        .status(101)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", accept)
+        .body(full(Bytes::new()))
+        .unwrap()
+}
+
+/// An unmasked frame (server to client) with `first` (FIN + opcode) and `payload`.
+pub fn ws_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    if payload.len() < 126 {
+        out.push(payload.len() as u8);
+    } else {
+        out.push(126);
+        out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    out.extend_from_slice(payload);
+    out
+}
+
 async fn handle(
     seen: Arc<Mutex<Vec<Seen>>>,
     gate: Arc<tokio::sync::Notify>,
-    req: Request<hyper::body::Incoming>,
+    mut req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    if req.uri().path() == "/ws" {
+        let auth = req
+            .headers()
+            .get("authorization")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default();
+        seen.lock().unwrap().push(Seen {
+            method: req.method().to_string(),
+            path: "/ws".into(),
+            headers: req
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            body: Vec::new(),
+        });
+        return Ok(websocket(&mut req, auth));
+    }
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -234,13 +320,19 @@ pub async fn upstream_with(names: &[&str], tls: bool) -> Upstream {
                 });
                 let http = hyper::server::conn::http1::Builder::new();
                 if !tls {
-                    let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                    let _ = http
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
                     return;
                 }
                 let Ok(stream) = acceptor.accept(stream).await else {
                     return;
                 };
-                let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                let _ = http
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
             });
         }
     });
