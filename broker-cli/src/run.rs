@@ -109,25 +109,18 @@ pub async fn run(broker: &Broker, args: &RunArgs, context: RequestContext) -> Re
         Plumbing::new().map_err(|e| Error::io("cannot set up the child's output", &e))?
     };
 
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(rest);
     // --isolate: the helper (crate::isolate) takes the command's place and runs it.
     #[cfg(feature = "proxy")]
-    let isolated = if args.isolate {
+    if args.isolate {
         // Never unisolated: no socket to relay to is an error, not a plain run.
         let (socket, port) = proxy
             .as_ref()
             .and_then(|p| Some((p.unix_socket()?, p.proxy().addr().port())))
             .ok_or_else(|| Error::internal("--isolate: the proxy has no unix socket"))?;
-        Some(crate::isolate::command(program, rest, socket, port))
-    } else {
-        None
-    };
-    #[cfg(not(feature = "proxy"))]
-    let isolated: Option<tokio::process::Command> = None;
-    let mut cmd = isolated.unwrap_or_else(|| {
-        let mut cmd = tokio::process::Command::new(program);
-        cmd.args(rest);
-        cmd
-    });
+        cmd = crate::isolate::command(program, rest, socket, port);
+    }
     session.delivery().apply_to_tokio(&mut cmd);
     #[cfg(feature = "proxy")]
     if let Some(proxy) = &proxy {
