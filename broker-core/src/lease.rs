@@ -392,7 +392,7 @@ impl LeaseCache {
         let previous = previous.filter(|e| !self.revoked_elsewhere(e));
         let mut token = None;
         if let Some(shared) = self.shared() {
-            match self.from_shared(&*shared, key).await? {
+            match self.ask_shared(&*shared, key).await? {
                 FromShared::Entry(entry) => {
                     let entry = Arc::new(entry);
                     let out = Self::lookup(&entry, Served::Cached);
@@ -477,7 +477,7 @@ impl LeaseCache {
 
     /// A fresh entry from the shared store, or its lock (waiting for another process's fetch
     /// while it holds the lock, up to [`SharedLeases::max_wait`]).
-    async fn from_shared(&self, shared: &dyn SharedLeases, key: &CacheKey) -> Result<FromShared> {
+    async fn ask_shared(&self, shared: &dyn SharedLeases, key: &CacheKey) -> Result<FromShared> {
         let deadline = std::time::Instant::now() + shared.max_wait();
         let mut round = 0;
         loop {

@@ -51,7 +51,7 @@ fn load_average() -> String {
         .unwrap_or_default()
 }
 
-struct Redis(Child, u16);
+struct Redis(Child);
 
 impl Drop for Redis {
     fn drop(&mut self) {
@@ -82,7 +82,7 @@ fn main() -> ExitCode {
                 println!("broker serve replicas: skipped: redis-server is not installed");
                 return ExitCode::SUCCESS;
             };
-            let _redis = Redis(child, port);
+            let _redis = Redis(child);
             let deadline = Instant::now() + Duration::from_secs(30);
             while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
                 assert!(Instant::now() < deadline, "redis-server did not start");
