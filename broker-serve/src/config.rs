@@ -798,6 +798,57 @@ mod tests {
     }
 
     #[test]
+    fn store_settings_by_kind() {
+        let store = |v: serde_json::Value| {
+            ServeConfig::validate(
+                raw(serde_json::json!({"listen": "s", "store": v})),
+                Path::new("/base"),
+                None,
+                1,
+            )
+        };
+        let c = store(serde_json::json!({"path": "state.json"})).expect("memory");
+        assert_eq!(c.store_path, Path::new("/base/state.json"));
+        assert!(c.shared_store.is_none());
+        let c = store(serde_json::json!({
+            "kind": "redis", "url_ref": "env:BROKER_STORE_URL", "key_ref": "env:BROKER_STORE_KEY",
+            "replica_id": "r-1", "ca_file": "ca.pem"
+        }))
+        .expect("redis");
+        let shared = c.shared_store.expect("shared");
+        assert_eq!(shared.replica_id, "r-1");
+        assert_eq!(shared.prefix, "broker:");
+        assert_eq!(shared.url_ref.to_string(), "env:BROKER_STORE_URL");
+        assert_eq!(shared.ca_file.as_deref(), Some(Path::new("/base/ca.pem")));
+        assert_eq!(
+            c.store_path,
+            Path::new("/base/.broker/serve-blocks.r-1.json")
+        );
+        for (bad, says) in [
+            (
+                serde_json::json!({"url_ref": "env:U"}),
+                "goes with `kind: redis`",
+            ),
+            (
+                serde_json::json!({"kind": "etcd"}),
+                "is not one of `memory`, `redis`",
+            ),
+            (
+                serde_json::json!({"kind": "redis", "key_ref": "env:K"}),
+                "needs `url_ref`",
+            ),
+            (
+                serde_json::json!({"kind": "redis", "url_ref": "env:U", "key_ref": "env:K",
+                                   "replica_id": "../x"}),
+                "must be 1-64 letters",
+            ),
+        ] {
+            let e = store(bad.clone()).expect_err("refused");
+            assert!(e.message().contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn bad_mode_and_duplicates_refused() {
         for bad in ["0666", "rw", "1777"] {
             let e = ServeConfig::validate(
