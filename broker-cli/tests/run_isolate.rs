@@ -3,9 +3,9 @@
 //! unprivileged uid: a client using the proxy variables reaches a local HTTPS upstream (its
 //! own test CA, on 127.0.0.1, recording what it receives) with the value put in by the
 //! proxy; a client ignoring them cannot connect and the upstream records nothing; the
-//! command sees only `lo`; exit codes and signals pass through; where user namespaces are
-//! unavailable (a nested namespace whose `user.max_user_namespaces` is 0), the run is refused
-//! before anything is resolved.
+//! command sees only `lo`; exit codes and signals pass through (on a terminal too, Ctrl-C
+//! included); where user namespaces are unavailable (a nested namespace whose
+//! `user.max_user_namespaces` is 0), the run is refused before anything is resolved.
 //!
 //! Only loopback is ever contacted.
 #![cfg(feature = "proxy")]
@@ -533,4 +533,102 @@ fn the_helper_is_not_part_of_the_documented_interface() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&run_help.stdout).contains("--isolate"));
+}
+
+/// Runs argv[1:] as the session leader of a new pty; copies everything the pty shows to
+/// stdout; writes `TTY_SEND` once `TTY_SEND_AFTER` has appeared. Exits with the command's
+/// status (128+n for a signal). Kills the command after 30 s so a hang fails instead of
+/// blocking.
+const TTY_DRIVER: &str = r#"
+import os, pty, select, sys, time
+after = os.environ.get("TTY_SEND_AFTER")
+send = os.environ.get("TTY_SEND", "").encode()
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+seen = b""
+sent = after is None
+deadline = time.time() + 30
+while True:
+    if time.time() > deadline:
+        os.kill(pid, 9)
+        break
+    if not sent and after.encode() in seen:
+        os.write(fd, send)
+        sent = True
+    r, _, _ = select.select([fd], [], [], 0.2)
+    if r:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+_, status = os.waitpid(pid, 0)
+sys.stdout.buffer.write(seen)
+sys.stdout.flush()
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"#;
+
+#[test]
+fn on_a_terminal_the_isolated_command_is_redacted_and_ctrl_c_interrupts_it() {
+    if users().is_none() {
+        return;
+    }
+    if Command::new("python3").arg("--version").output().is_err() {
+        record_skip("python3 is needed to drive a terminal");
+        return;
+    }
+    let f = Fixture::new(None, PLAIN_CONFIG);
+    // With a controlling terminal of its own (the helper leads the session), and sharing the
+    // user's terminal (--no-redact: the terminal signals the whole foreground group).
+    for extra in [&[][..], &["--no-redact"][..]] {
+        let mut args = vec!["run", "--isolate"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[
+            "--",
+            "sh",
+            "-c",
+            r#"printf 'tty:%s\n' "$API_KEY" > /dev/tty; grep -c : /proc/net/dev; echo ready; sleep 30; echo not-interrupted"#,
+        ]);
+        let out = f
+            .command(&["python3", "-c", TTY_DRIVER], &args)
+            .env("TTY_SEND_AFTER", "ready")
+            .env("TTY_SEND", "\x03")
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(out.status.code(), Some(130), "{extra:?}: {shown}");
+        assert!(!shown.contains("not-interrupted"), "{extra:?}: {shown:?}");
+        // `/proc/net/dev` lists one interface (`lo`; the header lines have no colon).
+        assert!(
+            shown.contains("1\r\nready") || shown.contains("1\nready"),
+            "{extra:?}: {shown:?}"
+        );
+        if extra.is_empty() {
+            assert!(shown.contains("tty:[REDACTED:api]"), "{shown:?}");
+            assert_no_canary("the terminal", &shown, &[CANARY]);
+        }
+    }
+}
+
+#[cfg(feature = "serve")]
+#[test]
+fn isolate_with_from_is_refused() {
+    let f = Fixture::new(None, PLAIN_CONFIG);
+    let out = f.run(&[
+        "run",
+        "--isolate",
+        "--from",
+        "/nonexistent/broker.sock",
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: --isolate cannot be used with --from yet: the daemon's proxy is not reachable from the command's network namespace\n"
+    );
 }
