@@ -27,8 +27,8 @@
 //!
 //! Before resolving anything, `broker run --isolate` runs the helper once with `--probe`: where
 //! namespaces cannot be created (user namespaces disabled, a limit reached, a seccomp filter),
-//! the run is refused with one line and exit code [`exit::OSERR`](crate::exit::OSERR), and the
-//! command never runs unisolated.
+//! the run is refused with one line and exit code [`exit::OSERR`], and the command never
+//! runs unisolated.
 
 use std::ffi::OsString;
 use std::io::Write;
