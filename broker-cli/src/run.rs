@@ -282,7 +282,8 @@ async fn session<'b>(
 #[cfg(feature = "serve")]
 struct DaemonProxy {
     daemon: broker_serve::client::Endpoint,
-    id: String,
+    /// `None` once stopped.
+    id: Option<String>,
     env: broker_proxy::RemoteProxy,
 }
 
@@ -295,7 +296,7 @@ impl DaemonProxy {
         match broker_proxy::RemoteProxy::new(&grant.url, &grant.ca_pem) {
             Ok(env) => Ok(DaemonProxy {
                 daemon,
-                id: grant.id.clone(),
+                id: Some(grant.id.clone()),
                 env,
             }),
             Err(e) => {
@@ -309,11 +310,49 @@ impl DaemonProxy {
         self.env.apply_to_tokio(cmd);
     }
 
-    /// Asks the daemon to stop the proxy (the run is over).
-    async fn stop(self) {
-        if let Err(e) = broker_serve::client::stop_proxy(&self.daemon, &self.id).await {
-            tracing::warn!("the daemon's proxy for this run was not stopped: {e}");
+    /// Asks the daemon to stop the proxy (the run is over): up to three tries.
+    async fn stop(mut self) {
+        if let Some(id) = self.id.take() {
+            stop_daemon_proxy(&self.daemon, &id).await;
         }
+    }
+}
+
+#[cfg(feature = "serve")]
+async fn stop_daemon_proxy(daemon: &broker_serve::client::Endpoint, id: &str) {
+    let mut wait = std::time::Duration::from_millis(100);
+    for attempt in 1..=3 {
+        match broker_serve::client::stop_proxy(daemon, id).await {
+            Ok(()) => return,
+            Err(e) if attempt == 3 => {
+                tracing::warn!("the daemon's proxy for this run was not stopped: {e}");
+            }
+            Err(_) => {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+        }
+    }
+}
+
+/// Every way out of a run that did not reach [`DaemonProxy::stop`] (an error after the
+/// proxy started) still stops it, from a thread of its own.
+#[cfg(feature = "serve")]
+impl Drop for DaemonProxy {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else {
+            return;
+        };
+        let daemon = self.daemon.clone();
+        let stopper = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(stop_daemon_proxy(&daemon, &id));
+            }
+        });
+        let _ = stopper.join();
     }
 }
 

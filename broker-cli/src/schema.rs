@@ -75,9 +75,9 @@ fn credential(registry: &Registry) -> Value {
             "properties": {
                 "hosts": strings("Hosts the value may be sent to (exact, or `*.suffix`)."),
                 "headers": strings("Request headers the placeholder is replaced in (default: Authorization, X-Api-Key)."),
-                "query": { "type": "boolean", "default": false, "description": "Replace the placeholder in the query string (percent-encoded)." },
-                "path": { "type": "boolean", "default": false, "description": "Replace the placeholder in the path (percent-encoded)." },
-                "body": { "type": "boolean", "default": false, "description": "Replace the placeholder in JSON and form request bodies up to 1 MiB." },
+                "query": strings("Query parameters whose value, when exactly the placeholder, becomes the value."),
+                "path": { "type": "boolean", "default": false, "description": "A path segment that is exactly the placeholder becomes the value (percent-encoded)." },
+                "body": strings("Form field names or JSON paths from the root (`auth.token`) whose value, when exactly the placeholder, becomes the value (bodies up to 1 MiB)."),
                 "methods": strings("Methods a request carrying the placeholder may use (default: any)."),
                 "paths": strings("Path prefixes a request carrying the placeholder may go to (default: any)."),
                 "allow_http": { "type": "boolean", "default": false, "description": "Allow the value in plain-HTTP (cleartext) requests." },

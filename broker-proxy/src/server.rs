@@ -53,10 +53,20 @@ use crate::audit::AuditSink;
 use crate::ca::RunCa;
 use crate::net::{Dialer, Egress, Resolver, Target};
 use crate::settings::{EgressPolicy, HostPattern, Rules, any_matches};
-use crate::substitute::{BodyType, Place, Placeholders};
+use crate::substitute::{BodyType, Placeholders};
 
 /// How long dialling one upstream address may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Client connections one proxy serves at once (a tunnel counts once); more are closed.
+pub const MAX_CONNECTIONS: usize = 512;
+/// Request bodies one proxy holds at once to scan or substitute (each up to
+/// [`BODY_SCAN_LIMIT`]); more wait.
+pub const MAX_BODY_BUFFERS: usize = 16;
+/// How long a client may take to send a request head.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest read buffer of a client connection: a request head much larger is refused
+/// (431; hyper checks between reads, so the bound is approximate).
+pub const MAX_HEAD: usize = 64 * 1024;
 /// The longest path kept in an audit record.
 const AUDIT_PATH_LIMIT: usize = 200;
 
@@ -145,6 +155,10 @@ pub(crate) struct Shared {
     /// Set when an audit record could not be written: from then on, no request that would
     /// use a credential is forwarded (fail closed).
     audit_failed: AtomicBool,
+    /// Client connections left ([`MAX_CONNECTIONS`]).
+    connections: Arc<tokio::sync::Semaphore>,
+    /// Request bodies that may be held for scanning at once ([`MAX_BODY_BUFFERS`]).
+    body_buffers: tokio::sync::Semaphore,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,6 +236,8 @@ impl Proxy {
             expected_auth,
             shutdown: rx,
             audit_failed: AtomicBool::new(false),
+            connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+            body_buffers: tokio::sync::Semaphore::new(MAX_BODY_BUFFERS),
         });
         let accept = Arc::clone(&shared);
         spawn_guarded(&shared, async move { accept_loop(accept, listener).await });
@@ -353,14 +369,19 @@ fn serve_connection<S>(shared: &Arc<Shared>, stream: S)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let Ok(permit) = Arc::clone(&shared.connections).try_acquire_owned() else {
+        tracing::warn!("proxy: {MAX_CONNECTIONS} client connections are open; refusing another");
+        return;
+    };
     let conn_shared = Arc::clone(shared);
     spawn_guarded(shared, async move {
+        let _permit = permit;
         let svc_shared = Arc::clone(&conn_shared);
         let service = hyper::service::service_fn(move |req| {
             let shared = Arc::clone(&svc_shared);
             async move { Ok::<_, Infallible>(front(shared, req).await) }
         });
-        if let Err(e) = hyper::server::conn::http1::Builder::new()
+        if let Err(e) = http_server()
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades()
             .await
@@ -368,6 +389,17 @@ where
             tracing::debug!(error = %e, "proxy: client connection ended");
         }
     });
+}
+
+/// The HTTP/1.1 server side of every client connection (the proxy's own and each
+/// intercepted tunnel): a request head must arrive within [`HEADER_TIMEOUT`] and fit in
+/// [`MAX_HEAD`] bytes.
+fn http_server() -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEAD);
+    b
 }
 
 pub(crate) fn text(status: StatusCode, body: &str) -> Response<ProxyBody> {
@@ -416,20 +448,31 @@ async fn front(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBod
     let Some(target) = Target::new(authority.host(), authority.port_u16().unwrap_or(80)) else {
         return text(StatusCode::BAD_REQUEST, "the URI's host is not a host");
     };
-    // A placeholder bound for the wrong host is caught before the egress check, so the
-    // attempt raises an alert even toward a host nothing allows.
+    // A placeholder in the head bound for the wrong host is caught before the egress check,
+    // so the attempt raises an alert even toward a host nothing allows; the body is read
+    // (and checked) only toward a host the egress check let through.
+    let mut in_head = BTreeSet::new();
+    shared
+        .placeholders
+        .scan_headers(req.headers(), &mut in_head);
+    if let Some(pq) = req.uri().path_and_query() {
+        shared
+            .placeholders
+            .scan(pq.as_str().as_bytes(), &mut in_head);
+    }
+    if let Err(r) = check_placeholders(&shared, &target, Scheme::Http, &req, &in_head).await {
+        return r;
+    }
+    let addrs = match shared.egress.check(&target).await {
+        Ok(a) => a,
+        Err(refusal) => return blocked(&shared, &target, req.method(), refusal.0).await,
+    };
     let inspected = match inspect(&shared, &target, Scheme::Http, req).await {
         Ok(i) => i,
         Err(r) => return r,
     };
-    let addrs = match shared.egress.check(&target).await {
-        Ok(a) => a,
-        Err(refusal) => {
-            return blocked(&shared, &target, inspected.req.method(), refusal.0).await;
-        }
-    };
-    let upstream = Upstream::default();
-    forward(&shared, &target, Scheme::Http, &addrs, &upstream, inspected).await
+    let upstream = Arc::new(Upstream::default());
+    forward(&shared, &target, Scheme::Http, &addrs, upstream, inspected).await
 }
 
 fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
@@ -515,12 +558,12 @@ async fn tunnel(
         async move {
             let response = match inspect(&shared, &target, Scheme::Https, req).await {
                 Err(r) => r,
-                Ok(i) => forward(&shared, &target, Scheme::Https, &addrs, &upstream, i).await,
+                Ok(i) => forward(&shared, &target, Scheme::Https, &addrs, upstream, i).await,
             };
             Ok::<_, Infallible>(response)
         }
     });
-    if let Err(e) = hyper::server::conn::http1::Builder::new()
+    if let Err(e) = http_server()
         .serve_connection(TokioIo::new(tls), service)
         .with_upgrades()
         .await
@@ -563,12 +606,14 @@ async fn inspect(
         .any(|c| !any_matches(&c.rules.hosts, &target.host) || !cleartext_allowed(c, scheme));
     let takes_body = BodyType::of(&parts.headers).is_some()
         && creds.iter().any(|c| {
-            c.rules.body
+            !c.rules.body.is_empty()
                 && any_matches(&c.rules.hosts, &target.host)
                 && cleartext_allowed(c, scheme)
         });
     let mut whole_body = None;
     let body: UpBody = if (foreign || takes_body) && placeholders.matcher.is_some() {
+        // At most MAX_BODY_BUFFERS bodies are held at once; the others wait.
+        let _buffer = shared.body_buffers.acquire().await;
         let mut head = Zeroizing::new(Vec::new());
         let mut done = false;
         while head.len() < BODY_SCAN_LIMIT {
@@ -647,11 +692,11 @@ fn cleartext_allowed(c: &ProxiedCredential, scheme: Scheme) -> bool {
 /// 403 and an alert when a placeholder is bound for a host its credential does not allow,
 /// would go out over plain HTTP without the credential's `allow_http`, or is used with a
 /// method or path outside the credential's `methods` and `paths`.
-async fn check_placeholders(
+async fn check_placeholders<B>(
     shared: &Shared,
     target: &Target,
     scheme: Scheme,
-    req: &Request<UpBody>,
+    req: &Request<B>,
     found: &BTreeSet<usize>,
 ) -> std::result::Result<(), Response<ProxyBody>> {
     let credentials = || found.iter().map(|i| &shared.placeholders.credentials[*i]);
@@ -660,7 +705,11 @@ async fn check_placeholders(
     };
     let wrong_host = pick(&|c| !any_matches(&c.rules.hosts, &target.host));
     let cleartext = pick(&|c| !cleartext_allowed(c, scheme));
-    let outside_rules = pick(&|c| !c.rules.allows_request(req.method(), req.uri().path()));
+    let target_path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let outside_rules = pick(&|c| {
+        !c.rules
+            .allows_request(req.method(), target_path, req.headers())
+    });
     let (refused, why, answer) = if !wrong_host.is_empty() {
         (
             wrong_host,
@@ -833,7 +882,7 @@ async fn forward(
     target: &Target,
     scheme: Scheme,
     addrs: &[SocketAddr],
-    upstream: &Upstream,
+    upstream: Arc<Upstream>,
     inspected: Inspected,
 ) -> Response<ProxyBody> {
     let Inspected {
@@ -917,58 +966,113 @@ async fn forward(
             .collect(),
         http: exchange(target, &method, Some(audit_path.clone())),
     });
-    if websocket {
-        let handshake = crate::websocket::Handshake {
+    // The exchange runs on its own: a client that goes away mid-request cannot stop the
+    // audit record of a request already sent (hyper drops this future then, not the task).
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task_shared = Arc::clone(shared);
+    let target = target.clone();
+    let addrs = addrs.to_vec();
+    spawn_guarded(shared, async move {
+        let shared = &task_shared;
+        let response = if websocket {
+            let handshake = crate::websocket::Handshake {
+                target: &target,
+                scheme,
+                addrs: &addrs,
+                audit_path: &audit_path,
+                used: &used,
+                credential_host,
+                record,
+            };
+            crate::websocket::relay(shared, handshake, request, client_upgrade).await
+        } else {
+            let exchange = Exchange {
+                target: &target,
+                scheme,
+                addrs: &addrs,
+                method: &method,
+                audit_path: &audit_path,
+                used: &used,
+                credential_host,
+            };
+            exchange.run(shared, &upstream, request, record).await
+        };
+        let _ = tx.send(response);
+    });
+    rx.await
+        .unwrap_or_else(|_| text(StatusCode::BAD_GATEWAY, "the proxy is stopping"))
+}
+
+/// One request's way to the upstream and back.
+struct Exchange<'a> {
+    target: &'a Target,
+    scheme: Scheme,
+    addrs: &'a [SocketAddr],
+    method: &'a Method,
+    audit_path: &'a str,
+    used: &'a BTreeSet<usize>,
+    credential_host: bool,
+}
+
+impl Exchange<'_> {
+    /// Sends `request` on the tunnel's upstream connection (dialled when there is none or
+    /// it closed) and returns the answer as the client gets it.
+    async fn run(
+        self,
+        shared: &Arc<Shared>,
+        upstream: &Upstream,
+        request: Request<UpBody>,
+        record: Option<RequestRecord>,
+    ) -> Response<ProxyBody> {
+        let Exchange {
             target,
             scheme,
             addrs,
-            audit_path: &audit_path,
-            used: &used,
+            method,
+            audit_path,
+            used,
             credential_host,
-            record,
+        } = self;
+        let mut slot = upstream.sender.lock().await;
+        let reusable = match slot.as_mut() {
+            Some(s) => s.ready().await.is_ok(),
+            None => false,
         };
-        return crate::websocket::relay(shared, handshake, request, client_upgrade).await;
-    }
-
-    let mut slot = upstream.sender.lock().await;
-    let reusable = match slot.as_mut() {
-        Some(s) => s.ready().await.is_ok(),
-        None => false,
-    };
-    if !reusable {
-        match dial(shared, target, scheme, addrs).await {
-            Ok(s) => *slot = Some(s),
-            Err(msg) => {
-                *slot = None;
-                drop(slot);
-                return upstream_failed(shared, target, &method, &audit_path, &used, msg).await;
+        if !reusable {
+            match dial(shared, target, scheme, addrs).await {
+                Ok(s) => *slot = Some(s),
+                Err(msg) => {
+                    *slot = None;
+                    drop(slot);
+                    return upstream_failed(shared, target, method, audit_path, used, msg).await;
+                }
             }
         }
+        let Some(sender) = slot.as_mut() else {
+            return text(StatusCode::BAD_GATEWAY, "no upstream connection");
+        };
+        let response = sender.send_request(request).await;
+        drop(slot);
+        let response = match response {
+            Ok(r) => r,
+            Err(e) => {
+                *upstream.sender.lock().await = None;
+                let msg = format!("upstream {} failed: {e}", target.authority());
+                return upstream_failed(shared, target, method, audit_path, used, msg).await;
+            }
+        };
+        respond(
+            shared,
+            target,
+            method,
+            audit_path,
+            used,
+            credential_host,
+            response,
+            record,
+        )
+        .await
     }
-    let Some(sender) = slot.as_mut() else {
-        return text(StatusCode::BAD_GATEWAY, "no upstream connection");
-    };
-    let response = sender.send_request(request).await;
-    drop(slot);
-    let response = match response {
-        Ok(r) => r,
-        Err(e) => {
-            *upstream.sender.lock().await = None;
-            let msg = format!("upstream {} failed: {e}", target.authority());
-            return upstream_failed(shared, target, &method, &audit_path, &used, msg).await;
-        }
-    };
-    respond(
-        shared,
-        target,
-        &method,
-        &audit_path,
-        &used,
-        credential_host,
-        response,
-        record,
-    )
-    .await
 }
 
 /// Puts the values in (headers, path, query, a whole JSON or form body) for the placeholders
@@ -990,24 +1094,39 @@ fn substitute(
             .collect()
     };
     let mut used = placeholders.substitute_headers(&mut parts.headers, eligible)?;
-    let mut pq = parts
+    let pq = parts
         .uri
         .path_and_query()
         .map_or("/", |pq| pq.as_str())
         .to_string();
-    for (place, allowed) in [
-        (Place::Path, creds(&|r| r.path)),
-        (Place::Query, creds(&|r| r.query)),
-    ] {
-        if let Some((new, u)) = placeholders.substitute_uri(&pq, place, &allowed)? {
-            pq = new;
-            used.extend(u);
+    let (path, query) = match pq.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (pq.clone(), None),
+    };
+    let mut path = Zeroizing::new(path.into_bytes());
+    if let Some((new, u)) = placeholders.substitute_path(
+        std::str::from_utf8(&path).unwrap_or_default(),
+        &creds(&|r| r.path),
+    ) {
+        path = new;
+        used.extend(u);
+    }
+    let mut target = path;
+    if let Some(q) = query {
+        let fields = |i: usize| placeholders.credentials[i].rules.query.as_slice();
+        target.push(b'?');
+        match placeholders.substitute_pairs(q.as_bytes(), &creds(&|r| !r.query.is_empty()), fields)
+        {
+            Some((new, u)) => {
+                target.extend_from_slice(&new);
+                used.extend(u);
+            }
+            None => target.extend_from_slice(q.as_bytes()),
         }
     }
-    parts.uri = pq
-        .parse()
+    parts.uri = hyper::Uri::try_from(target.as_slice())
         .map_err(|_| "the request path cannot carry the value".to_string())?;
-    let body_creds = creds(&|r| r.body);
+    let body_creds = creds(&|r| !r.body.is_empty());
     let body = match (whole_body, BodyType::of(&parts.headers)) {
         (Some(whole), Some(kind)) if !body_creds.is_empty() => {
             match placeholders.substitute_body(&whole, kind, &body_creds)? {
@@ -1042,6 +1161,9 @@ pub(crate) async fn respond(
     record: Option<RequestRecord>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
+    // hyper keeps a non-standard reason phrase here and writes it back out: it could carry
+    // a value. The client gets the standard phrase.
+    parts.extensions.remove::<hyper::ext::ReasonPhrase>();
     if (credential_host || !used.is_empty()) && compressed(&parts.headers) {
         let msg =
             "upstream sent a compressed response from a credential's host; it cannot be redacted"

@@ -158,11 +158,11 @@ struct RawRules {
     #[serde(default)]
     headers: Option<Vec<String>>,
     #[serde(default)]
-    query: bool,
+    query: Vec<String>,
     #[serde(default)]
     path: bool,
     #[serde(default)]
-    body: bool,
+    body: Vec<String>,
     #[serde(default)]
     methods: Option<Vec<String>>,
     #[serde(default)]
@@ -184,13 +184,16 @@ pub struct Rules {
     pub hosts: Vec<HostPattern>,
     /// The request headers the placeholder is replaced in (lower case).
     pub headers: Vec<HeaderName>,
-    /// Whether the placeholder is replaced in the query string (the value percent-encoded).
-    pub query: bool,
-    /// Whether the placeholder is replaced in the path (the value percent-encoded).
+    /// The query parameters whose value may be the placeholder (replaced by the value,
+    /// percent-encoded); a placeholder anywhere else in the query stays as it is.
+    pub query: Vec<String>,
+    /// Whether a path segment that is exactly the placeholder takes the value
+    /// (percent-encoded).
     pub path: bool,
-    /// Whether the placeholder is replaced in JSON and form request bodies (up to
-    /// [`crate::server::BODY_SCAN_LIMIT`]; the value encoded for the body's type).
-    pub body: bool,
+    /// The body fields whose value may be the placeholder: form field names, or JSON paths
+    /// from the root (`token`, `auth.token`) whose string is exactly the placeholder. Bodies
+    /// up to [`crate::server::BODY_SCAN_LIMIT`].
+    pub body: Vec<String>,
     /// The methods a request carrying the placeholder may use (upper case); empty: any.
     pub methods: Vec<hyper::Method>,
     /// The path prefixes a request carrying the placeholder may go to; empty: any.
@@ -241,7 +244,12 @@ impl Rules {
             }
             headers.push(name);
         }
-        if headers.is_empty() && !raw.query && !raw.path && !raw.body {
+        for field in raw.query.iter().chain(&raw.body) {
+            if field.is_empty() || field.split('.').any(str::is_empty) {
+                return Err(fail(format!("`{field}` is not a field name")));
+            }
+        }
+        if headers.is_empty() && raw.query.is_empty() && !raw.path && raw.body.is_empty() {
             return Err(fail(
                 "`headers` is empty and `query`, `path` and `body` are off: the value could go nowhere".into(),
             ));
@@ -284,16 +292,47 @@ impl Rules {
         })
     }
 
-    /// Whether a request with `method` to `path` (without the query) may carry the value.
-    /// With `paths:` set, a path holding a dot segment, a percent-encoded `.`, `/` or `\`,
-    /// or a backslash never matches (it could mean another path to the server).
-    pub fn allows_request(&self, method: &hyper::Method, path: &str) -> bool {
-        let method_ok = self.methods.is_empty() || self.methods.contains(method);
+    /// Whether a request with `method` to `target` (path and query) with `headers` may carry
+    /// the value. With `methods:` set, a request asking for another method (an
+    /// `X-HTTP-Method-Override`-style header, or `_method=` in the query) never matches. With
+    /// `paths:` set, a path a server might read as another one never matches (see
+    /// `ambiguous_path`).
+    pub fn allows_request(
+        &self,
+        method: &hyper::Method,
+        target: &str,
+        headers: &hyper::HeaderMap,
+    ) -> bool {
+        let path = target.split_once('?').map_or(target, |(p, _)| p);
+        let method_ok = self.methods.is_empty()
+            || (self.methods.contains(method)
+                && !overrides_method(target)
+                && !METHOD_OVERRIDE_HEADERS
+                    .iter()
+                    .any(|h| headers.contains_key(*h)));
         let path_ok = self.paths.is_empty()
             || (!ambiguous_path(path) && self.paths.iter().any(|p| prefix_matches(p, path)));
         method_ok && path_ok
     }
 }
+
+/// Whether a request target asks for another method through the query (`_method=`).
+fn overrides_method(path_and_query: &str) -> bool {
+    path_and_query.split_once('?').is_some_and(|(_, q)| {
+        q.split('&').any(|pair| {
+            pair.split('=')
+                .next()
+                .is_some_and(|k| k.eq_ignore_ascii_case("_method"))
+        })
+    })
+}
+
+/// The request headers that ask a server for another method than the request line's.
+pub const METHOD_OVERRIDE_HEADERS: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
 
 /// Whether `prefix` covers `path`: equal, or `path` goes on below it (`/v1` covers `/v1/x`,
 /// not `/v10`; `/v1/` covers `/v1/x`).
@@ -306,12 +345,17 @@ fn has_dot_segment(path: &str) -> bool {
     path.split('/').any(|seg| seg == "." || seg == "..")
 }
 
-/// A path a server might read as another one.
+/// A path a server might read as another one: dot segments, a backslash, encoded `.`, `/`
+/// or backslash, a `;` (path parameters: `/v1/..;/admin` is `/admin` to some servers), or an
+/// empty segment (`//`).
 fn ambiguous_path(path: &str) -> bool {
     let lower = path.to_ascii_lowercase();
     has_dot_segment(path)
-        || path.contains('\\')
-        || ["%2e", "%2f", "%5c"].iter().any(|e| lower.contains(e))
+        || path.contains(['\\', ';'])
+        || path.contains("//")
+        || ["%2e", "%2f", "%5c", "%3b"]
+            .iter()
+            .any(|e| lower.contains(e))
 }
 
 /// `egress.proxy.default`.

@@ -26,13 +26,6 @@ pub(crate) struct Placeholders {
 /// was replaced.
 type Replaced = (Zeroizing<Vec<u8>>, BTreeSet<usize>);
 
-/// Where in a request a placeholder is replaced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Place {
-    Path,
-    Query,
-}
-
 /// How a body is encoded, as far as substitution goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BodyType {
@@ -194,55 +187,132 @@ impl Placeholders {
         self.replace(value, creds, raw)
     }
 
-    /// Puts percent-encoded values in for the placeholders of `creds` in the path or the
-    /// query of `path_and_query`; `None` when nothing was replaced.
-    pub(crate) fn substitute_uri(
-        &self,
-        path_and_query: &str,
-        place: Place,
-        creds: &[usize],
-    ) -> Result<Option<(String, BTreeSet<usize>)>, String> {
-        let (path, query) = match path_and_query.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (path_and_query, None),
-        };
-        let part = match place {
-            Place::Path => path,
-            Place::Query => match query {
-                Some(q) => q,
-                None => return Ok(None),
-            },
-        };
-        let Some((new, used)) = self.replace(part.as_bytes(), creds, percent_encode)? else {
-            return Ok(None);
-        };
-        // Percent-encoding leaves ASCII only.
-        let new = String::from_utf8_lossy(&new).into_owned();
-        let out = match (place, query) {
-            (Place::Path, Some(q)) => format!("{new}?{q}"),
-            (Place::Path, None) => new,
-            (Place::Query, _) => format!("{path}?{new}"),
-        };
-        Ok(Some((out, used)))
+    /// The credential of `creds` whose placeholder is exactly `text`.
+    fn exactly(&self, text: &[u8], creds: &[usize]) -> Option<usize> {
+        creds
+            .iter()
+            .copied()
+            .find(|i| self.credentials[*i].placeholder.as_bytes() == text)
     }
 
-    /// Puts values in for the placeholders of `creds` in a whole body of `kind`.
+    /// Puts the percent-encoded value in for each path segment of `path` that is exactly
+    /// the placeholder of one of `creds`; `None` when nothing was replaced.
+    pub(crate) fn substitute_path(&self, path: &str, creds: &[usize]) -> Option<Replaced> {
+        let mut used = BTreeSet::new();
+        let mut out = Zeroizing::new(Vec::with_capacity(path.len() + 64));
+        for (n, segment) in path.split('/').enumerate() {
+            if n > 0 {
+                out.push(b'/');
+            }
+            match self.exactly(segment.as_bytes(), creds) {
+                Some(i) => {
+                    percent_encode(self.credentials[i].value.expose(), &mut out);
+                    used.insert(i);
+                }
+                None => out.extend_from_slice(segment.as_bytes()),
+            }
+        }
+        (!used.is_empty()).then_some((out, used))
+    }
+
+    /// Puts the percent-encoded value in for each `name=PLACEHOLDER` pair of a query or form
+    /// (`a=1&b=2`) whose name is one of that credential's `fields`; a placeholder in any
+    /// other pair stays as it is. `None` when nothing was replaced.
+    pub(crate) fn substitute_pairs<'f>(
+        &self,
+        text: &[u8],
+        creds: &[usize],
+        fields: impl Fn(usize) -> &'f [String],
+    ) -> Option<Replaced> {
+        let mut used = BTreeSet::new();
+        let mut out = Zeroizing::new(Vec::with_capacity(text.len() + 64));
+        for (n, pair) in text.split(|b| *b == b'&').enumerate() {
+            if n > 0 {
+                out.push(b'&');
+            }
+            let taken = pair.iter().position(|b| *b == b'=').and_then(|eq| {
+                let name = percent_decoded(&pair[..eq]);
+                let i = self.exactly(&pair[eq + 1..], creds)?;
+                fields(i)
+                    .iter()
+                    .any(|f| f.as_bytes() == name.as_slice())
+                    .then_some((eq, i))
+            });
+            match taken {
+                Some((eq, i)) => {
+                    out.extend_from_slice(&pair[..=eq]);
+                    percent_encode(self.credentials[i].value.expose(), &mut out);
+                    used.insert(i);
+                }
+                None => out.extend_from_slice(pair),
+            }
+        }
+        (!used.is_empty()).then_some((out, used))
+    }
+
+    /// Puts values in for the placeholders of `creds` in a whole body of `kind`, only in the
+    /// fields each credential's `body` names: a form's `name=PLACEHOLDER` pairs, or a JSON
+    /// document's strings at those paths from the root that are exactly the placeholder.
     pub(crate) fn substitute_body(
         &self,
         body: &[u8],
         kind: BodyType,
         creds: &[usize],
     ) -> Result<Option<Replaced>, String> {
+        let fields = |i: usize| self.credentials[i].rules.body.as_slice();
         match kind {
-            BodyType::Form => self.replace(body, creds, percent_encode),
-            BodyType::Json => self.replace(body, creds, json_string_content),
+            BodyType::Form => Ok(self.substitute_pairs(body, creds, fields)),
+            BodyType::Json => {
+                let Ok(mut doc) = serde_json::from_slice::<serde_json::Value>(body) else {
+                    return Ok(None);
+                };
+                let mut used = BTreeSet::new();
+                for &i in creds {
+                    for field in fields(i) {
+                        let Some(slot) =
+                            field.split('.').try_fold(&mut doc, |v, key| v.get_mut(key))
+                        else {
+                            continue;
+                        };
+                        if slot
+                            .as_str()
+                            .is_some_and(|s| self.exactly(s.as_bytes(), &[i]).is_some())
+                        {
+                            let text = self.credentials[i].value.expose_str().map_err(|_| {
+                                "a credential's value is not text and cannot go into JSON"
+                                    .to_string()
+                            })?;
+                            *slot = serde_json::Value::String(text.to_string());
+                            used.insert(i);
+                        }
+                    }
+                }
+                if used.is_empty() {
+                    return Ok(None);
+                }
+                let out = Zeroizing::new(
+                    serde_json::to_vec(&doc).map_err(|_| "cannot encode the body".to_string())?,
+                );
+                zeroize_strings(&mut doc);
+                Ok(Some((out, used)))
+            }
         }
+    }
+}
+
+/// Wipes every string of a JSON document (it held a value).
+fn zeroize_strings(doc: &mut serde_json::Value) {
+    match doc {
+        serde_json::Value::String(s) => s.zeroize(),
+        serde_json::Value::Array(a) => a.iter_mut().for_each(zeroize_strings),
+        serde_json::Value::Object(o) => o.values_mut().for_each(zeroize_strings),
+        _ => {}
     }
 }
 
 /// Every byte but the unreserved ones (`A-Z a-z 0-9 - _ . ~`) as `%XX`: safe in a path
 /// segment, a query and a form.
-fn percent_encode(value: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+fn percent_encode(value: &[u8], out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in value {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
@@ -251,20 +321,6 @@ fn percent_encode(value: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
             out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
         }
     }
-    Ok(())
-}
-
-/// The value as the inside of a JSON string (without the quotes).
-fn json_string_content(value: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-    let text = std::str::from_utf8(value)
-        .map_err(|_| "a credential's value is not text and cannot go into JSON".to_string())?;
-    let mut quoted = Zeroizing::new(
-        serde_json::to_string(text).map_err(|_| "cannot encode a value as JSON".to_string())?,
-    );
-    let inner = &quoted.as_bytes()[1..quoted.len() - 1];
-    out.extend_from_slice(inner);
-    quoted.zeroize();
-    Ok(())
 }
 
 /// The decoded user-pass of a `Basic` credential.
@@ -306,16 +362,20 @@ mod tests {
     use aho_corasick::MatchKind;
     use broker_core::SecretValue;
 
+    const PH: &str = "ph-AAAAAAAAAAAAAAAAAAAAAAAA";
+
     fn placeholders(value: &str) -> Placeholders {
         let rules = Rules::from_json(
             "api",
-            &serde_json::json!({ "hosts": ["api.test"], "query": true, "path": true, "body": true }),
+            &serde_json::json!({
+                "hosts": ["api.test"], "query": ["key"], "path": true, "body": ["key", "auth.token"]
+            }),
         )
         .unwrap();
         let credentials = vec![ProxiedCredential {
             name: "api".into(),
             rules,
-            placeholder: "ph-AAAAAAAAAAAAAAAAAAAAAAAA".into(),
+            placeholder: PH.into(),
             value: SecretValue::from(value.to_string()),
         }];
         let matcher = AhoCorasick::builder()
@@ -328,50 +388,65 @@ mod tests {
         }
     }
 
+    fn text(r: Option<Replaced>) -> String {
+        String::from_utf8(r.unwrap().0.to_vec()).unwrap()
+    }
+
     #[test]
-    fn values_are_encoded_for_where_they_go() {
+    fn values_go_only_into_the_named_fields_encoded_for_where_they_go() {
         let p = placeholders("a b/\"c\\d+é");
-        let (q, used) = p
-            .substitute_uri(
-                "/v1/ph-AAAAAAAAAAAAAAAAAAAAAAAA?key=ph-AAAAAAAAAAAAAAAAAAAAAAAA",
-                Place::Query,
-                &[0],
-            )
-            .unwrap()
-            .unwrap();
+        let enc = "a%20b%2F%22c%5Cd%2B%C3%A9";
+        let fields = |_| p.credentials[0].rules.query.as_slice();
+        // Query: only `key=`, and only when the whole value is the placeholder.
+        let q = format!("key={PH}&text={PH}&key=x{PH}");
         assert_eq!(
-            q,
-            "/v1/ph-AAAAAAAAAAAAAAAAAAAAAAAA?key=a%20b%2F%22c%5Cd%2B%C3%A9"
+            text(p.substitute_pairs(q.as_bytes(), &[0], fields)),
+            format!("key={enc}&text={PH}&key=x{PH}")
         );
-        assert_eq!(used.into_iter().collect::<Vec<_>>(), vec![0]);
-        let (path, _) = p
-            .substitute_uri("/v1/ph-AAAAAAAAAAAAAAAAAAAAAAAA", Place::Path, &[0])
-            .unwrap()
-            .unwrap();
-        assert_eq!(path, "/v1/a%20b%2F%22c%5Cd%2B%C3%A9");
+        assert!(p.substitute_pairs(b"text=x", &[0], fields).is_none());
+        // Path: a whole segment only.
+        assert_eq!(
+            text(p.substitute_path(&format!("/v1/{PH}/x{PH}"), &[0])),
+            format!("/v1/{enc}/x{PH}")
+        );
+        // JSON: the named paths from the root, exactly the placeholder.
+        let body = format!(
+            r#"{{"key":"{PH}","text":"say {PH}","auth":{{"token":"{PH}"}},"deep":{{"key":"{PH}"}}}}"#
+        );
+        let out = text(
+            p.substitute_body(body.as_bytes(), BodyType::Json, &[0])
+                .unwrap(),
+        );
+        let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(doc["key"], "a b/\"c\\d+é");
+        assert_eq!(doc["auth"]["token"], "a b/\"c\\d+é");
+        assert_eq!(
+            doc["text"],
+            format!("say {PH}"),
+            "other fields keep the placeholder"
+        );
+        assert_eq!(doc["deep"]["key"], PH, "a path is from the root");
+        assert!(out.starts_with(r#"{"key""#), "field order is kept: {out}");
+        // Form: like the query.
+        assert_eq!(
+            text(
+                p.substitute_body(
+                    format!("key={PH}&text={PH}").as_bytes(),
+                    BodyType::Form,
+                    &[0]
+                )
+                .unwrap()
+            ),
+            format!("key={enc}&text={PH}")
+        );
+        // Another credential's placeholders are left alone.
         assert!(
-            p.substitute_uri("/v1/x", Place::Query, &[0])
+            p.substitute_body(format!("key={PH}").as_bytes(), BodyType::Form, &[])
                 .unwrap()
                 .is_none()
         );
-        let (json, _) = p
-            .substitute_body(
-                br#"{"key":"ph-AAAAAAAAAAAAAAAAAAAAAAAA"}"#,
-                BodyType::Json,
-                &[0],
-            )
-            .unwrap()
-            .unwrap();
-        let parsed: serde_json::Value = serde_json::from_slice(&json).unwrap();
-        assert_eq!(parsed["key"], "a b/\"c\\d+é");
-        let (form, _) = p
-            .substitute_body(b"key=ph-AAAAAAAAAAAAAAAAAAAAAAAA&x=1", BodyType::Form, &[0])
-            .unwrap()
-            .unwrap();
-        assert_eq!(&form[..], b"key=a%20b%2F%22c%5Cd%2B%C3%A9&x=1");
-        // Another credential's placeholders are left alone.
         assert!(
-            p.substitute_body(b"ph-AAAAAAAAAAAAAAAAAAAAAAAA", BodyType::Form, &[])
+            p.substitute_body(b"not json", BodyType::Json, &[0])
                 .unwrap()
                 .is_none()
         );

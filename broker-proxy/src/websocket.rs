@@ -31,7 +31,7 @@ use crate::server::{
 };
 
 /// The largest frame relayed from the upstream (its payload is held whole to be redacted).
-pub const MAX_FRAME: u64 = 16 << 20;
+pub const MAX_FRAME: u64 = 4 << 20;
 
 /// What a websocket handshake needs besides the request.
 pub(crate) struct Handshake<'a> {
@@ -103,6 +103,7 @@ pub(crate) async fn relay(
     }
     let upstream_upgrade = hyper::upgrade::on(&mut response);
     let (mut parts, _) = response.into_parts();
+    parts.extensions.remove::<hyper::ext::ReasonPhrase>();
     strip_hop_by_hop(&mut parts.headers);
     parts
         .headers

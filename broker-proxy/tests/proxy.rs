@@ -796,13 +796,13 @@ async fn an_event_stream_reaches_the_client_before_it_ends() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn query_path_and_json_and_form_bodies_take_the_value_where_the_rules_say() {
+async fn query_path_and_json_and_form_bodies_take_the_value_only_in_the_named_fields() {
     let rules = json!({
         "hosts": ["api.test"],
         "headers": [],
-        "query": true,
+        "query": ["key"],
         "path": true,
-        "body": true,
+        "body": ["api_key", "auth.token"],
         "placeholder": { "prefix": "key-", "length": 30 },
     });
     let f = fixture_rules(
@@ -813,9 +813,10 @@ async fn query_path_and_json_and_form_bodies_take_the_value_where_the_rules_say(
     )
     .await;
     let p = &f.placeholder;
-    // JSON body, path and query at once.
-    let body = format!(r#"{{"api_key":"{p}","n":1}}"#);
-    let url = f.url("api.test", &format!("/v1/{p}/x?key={p}&other=1"));
+    // JSON body, path and query at once; `text` and `other` are not named: they keep the
+    // placeholder (a value there could be published or echoed back).
+    let body = format!(r#"{{"api_key":"{p}","text":"say {p}","auth":{{"token":"{p}"}}}}"#);
+    let url = f.url("api.test", &format!("/v1/{p}/x?key={p}&other={p}"));
     let (code, out, err) = curl(f.curl_args(&[
         "-H",
         "Content-Type: application/json",
@@ -829,7 +830,7 @@ async fn query_path_and_json_and_form_bodies_take_the_value_where_the_rules_say(
     assert_eq!(code, 0, "{err}");
     assert!(out.ends_with("200"), "{out}");
     // A form body, and a text body (which takes no value).
-    let form = format!("key={p}&a=b");
+    let form = format!("api_key={p}&text={p}");
     let (code, out, err) = curl(f.curl_args(&[
         "--data-binary",
         &form,
@@ -853,9 +854,14 @@ async fn query_path_and_json_and_form_bodies_take_the_value_where_the_rules_say(
     let seen = f.upstream.seen();
     assert_eq!(seen.len(), 3);
     // The canary has no characters that need encoding.
-    assert_eq!(seen[0].path, format!("/v1/{CANARY}/x?key={CANARY}&other=1"));
-    let json: serde_json::Value = serde_json::from_slice(&seen[0].body).unwrap();
-    assert_eq!(json["api_key"], CANARY);
+    assert_eq!(
+        seen[0].path,
+        format!("/v1/{CANARY}/x?key={CANARY}&other={p}")
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(doc["api_key"], CANARY);
+    assert_eq!(doc["auth"]["token"], CANARY);
+    assert_eq!(doc["text"], format!("say {p}"));
     assert_eq!(
         seen[0].header("content-length"),
         Some(seen[0].body.len().to_string().as_str())
@@ -865,7 +871,10 @@ async fn query_path_and_json_and_form_bodies_take_the_value_where_the_rules_say(
         Some(p.as_str()),
         "`headers: []`: no header takes the value"
     );
-    assert_eq!(seen[1].body, format!("key={CANARY}&a=b").as_bytes());
+    assert_eq!(
+        seen[1].body,
+        format!("api_key={CANARY}&text={p}").as_bytes()
+    );
     assert_eq!(
         seen[2].body,
         p.as_bytes(),
@@ -898,12 +907,25 @@ async fn methods_and_path_prefixes_bound_where_the_value_may_go() {
         curl(f.curl_args(&["-H", &bearer, &f.url("api.test", "/v1/items")])).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.ends_with("200"), "{out}");
-    let refused = [vec!["-X", "DELETE"], vec![], vec!["--path-as-is"], vec![]];
+    let refused = [
+        vec!["-X", "DELETE"],
+        vec![],
+        vec!["--path-as-is"],
+        vec![],
+        vec![],
+        vec!["--path-as-is"],
+        vec!["-H", "X-HTTP-Method-Override: DELETE"],
+        vec![],
+    ];
     let paths = [
         "/v1/items",
         "/v10/items",
         "/v1/../admin",
         "/v1/%2e%2e/admin",
+        "/v1/..;/admin",
+        "/v1//admin",
+        "/v1/items",
+        "/v1/items?_method=DELETE",
     ];
     for (extra, path) in refused.iter().zip(paths) {
         let mut args: Vec<&str> = extra.clone();
@@ -918,7 +940,7 @@ async fn methods_and_path_prefixes_bound_where_the_value_may_go() {
     // Only the first request reached the upstream; each refusal raised an alert.
     assert_eq!(f.upstream.seen().len(), 1);
     let alerts = f.alerts();
-    assert_eq!(alerts.len(), 4, "{alerts:?}");
+    assert_eq!(alerts.len(), 8, "{alerts:?}");
     assert!(
         alerts
             .iter()
@@ -1022,6 +1044,57 @@ async fn when_the_audit_log_fails_the_proxy_fails_closed() {
     assert_eq!(f.upstream.seen().len(), before, "nothing more was sent");
     // Requests without a value still pass.
     let (code, out, err) = curl(f.curl_args(&[&f.url("api.test", "/plain")])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.ends_with("200"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_request_head_is_refused() {
+    let f = fixture(json!({ "allow_private": true }), &loopback_names()).await;
+    // hyper checks the limit between reads, so a head a little over it may pass.
+    let big = "a".repeat(4 * broker_proxy::server::MAX_HEAD);
+    let status = raw(
+        f.proxy.addr(),
+        &format!(
+            "GET http://api.test/ HTTP/1.1\r\nHost: api.test\r\nX-Big: {big}\r\n{}\r\n\r\n",
+            f.auth()
+        ),
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 431"), "{status}");
+    f.assert_upstream_untouched();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_are_closed_and_the_rest_still_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = fixture(json!({ "allow_private": true }), &loopback_names()).await;
+    let mut held = Vec::new();
+    for _ in 0..broker_proxy::server::MAX_CONNECTIONS {
+        held.push(
+            tokio::net::TcpStream::connect(f.proxy.addr())
+                .await
+                .unwrap(),
+        );
+    }
+    // One more: accepted by the kernel, closed by the proxy without an answer.
+    let mut extra = tokio::net::TcpStream::connect(f.proxy.addr())
+        .await
+        .unwrap();
+    let _ = extra
+        .write_all(format!("GET http://api.test/ HTTP/1.1\r\n{}\r\n\r\n", f.auth()).as_bytes())
+        .await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(20), extra.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "{}", String::from_utf8_lossy(&buf[..n]));
+    // Freeing one lets the next in.
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let bearer = format!("Authorization: Bearer {}", f.placeholder);
+    let (code, out, err) = curl(f.curl_args(&["-H", &bearer, &f.url("api.test", "/after")])).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.ends_with("200"), "{out}");
 }

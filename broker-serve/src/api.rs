@@ -167,7 +167,7 @@ impl Drop for InFlight {
 /// One request's view: the live broker and settings, the verified caller and its context.
 pub(crate) struct Call {
     pub(crate) live: Arc<Live>,
-    principal: Principal,
+    pub(crate) principal: Principal,
     pub(crate) ctx: RequestContext,
     /// Whom refusals are counted against (denial storms): the agent id, else the peer (a
     /// unix uid, an IP address).
@@ -240,8 +240,34 @@ impl App {
             .clear();
     }
 
+    /// Records the lease of `credential` (issued to `agent`), if it has one, so that a block
+    /// or a revocation through the daemon reaches it.
+    pub(crate) async fn record_issued(
+        &self,
+        live: &Live,
+        spec: &broker_core::CredentialSpec,
+        credential: &broker_core::Credential,
+        agent: &str,
+    ) -> Result<(), ApiError> {
+        let Some(lease) = credential.lease() else {
+            return Ok(());
+        };
+        let backend = live.broker.registry().for_scheme(spec.reference.scheme());
+        self.state
+            .record_lease(LeaseRecord::new(
+                lease.id.clone(),
+                spec.name.clone(),
+                agent.to_string(),
+                backend.map_or("", |d| d.name).to_string(),
+                lease.expires_at,
+                backend.is_some_and(|d| d.capabilities.revoke),
+            ))
+            .await?;
+        Ok(())
+    }
+
     /// Verifies who is calling; a refusal is recorded (and counted toward a denial storm).
-    async fn call(&self, peer: &Peer, headers: &HeaderMap) -> Result<Call, ApiError> {
+    pub(crate) async fn call(&self, peer: &Peer, headers: &HeaderMap) -> Result<Call, ApiError> {
         let live = self.live();
         let mut ctx = RequestContext::new();
         ctx.identity = Some(peer.describe());
@@ -684,18 +710,8 @@ async fn credential(
         companions.insert(var.as_str(), v.expose_str().map_err(|_| not_text(var))?);
     }
     let lease = credential.lease();
-    if let (Some(lease), Some(spec), Some(agent)) = (lease, &spec, &ctx.agent_id) {
-        let backend = live.broker.registry().for_scheme(spec.reference.scheme());
-        app.state
-            .record_lease(LeaseRecord::new(
-                lease.id.clone(),
-                name.clone(),
-                agent.clone(),
-                backend.map_or("", |d| d.name).to_string(),
-                lease.expires_at,
-                backend.is_some_and(|d| d.capabilities.revoke),
-            ))
-            .await?;
+    if let (Some(spec), Some(agent)) = (&spec, &ctx.agent_id) {
+        app.record_issued(&live, spec, &credential, agent).await?;
     }
     let mut expires = lease.and_then(|l| l.expires_at).or_else(|| {
         spec.as_ref()

@@ -141,6 +141,14 @@ impl ProxySessions {
     }
 }
 
+fn too_many(agent: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_proxies",
+        format!("agent `{agent}` already has {MAX_PER_AGENT} proxies running"),
+    )
+}
+
 fn bad(kind: &'static str, message: String) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, kind, message)
 }
@@ -168,7 +176,7 @@ pub(crate) async fn start(
             "`credentials` is empty: name the `proxy:` credentials the run uses".into(),
         ));
     }
-    let ttl = match &req.ttl {
+    let mut ttl = match &req.ttl {
         None => DEFAULT_TTL,
         Some(t) => broker_core::config::parse_duration(t)
             .ok()
@@ -181,11 +189,7 @@ pub(crate) async fn start(
             })?,
     };
     if app.proxies.count(&agent) >= MAX_PER_AGENT {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_proxies",
-            format!("agent `{agent}` already has {MAX_PER_AGENT} proxies running"),
-        ));
+        return Err(too_many(&agent));
     }
     let live = call.live.clone();
     let mut ctx = call.ctx.clone();
@@ -216,8 +220,16 @@ pub(crate) async fn start(
         {
             broker.gate_destination(&dest)?;
         }
-        // Policy, egress gate, cache and audit: as for `/v1/credentials`.
+        // Policy, egress gate, cache and audit: as for `/v1/credentials`; a lease is
+        // recorded for the agent (a block revokes it) and bounds the proxy's life.
         let credential = broker.resolve(name, &ctx).await?;
+        app.record_issued(&live, spec, &credential, &agent).await?;
+        if let Some(expires) = credential.lease().and_then(|l| l.expires_at) {
+            let left = expires
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            ttl = ttl.min(left);
+        }
         if !credential.companions().is_empty() {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -255,6 +267,13 @@ pub(crate) async fn start(
         validity: ttl,
     })
     .await?;
+    if ttl.is_zero() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "expired",
+            "a credential of the run expired while the proxy was starting; try again",
+        ));
+    }
     let id = broker_core::provider::random_id();
     let grant = ProxyGrant {
         id: id.clone(),
@@ -263,14 +282,36 @@ pub(crate) async fn start(
         placeholders,
         expires_at: broker_core::audit::rfc3339(SystemTime::now() + ttl),
     };
-    app.proxies.lock().insert(
-        id,
-        Running {
-            agent,
-            expires: Instant::now() + ttl,
-            _proxy: proxy,
-        },
-    );
+    // Re-checked now that the values are here: a block, a reload or another start may have
+    // happened while they were resolved.
+    if !matches!(app.state.is_blocked(&agent).await, Ok(false)) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "agent_blocked",
+            format!("agent `{agent}` is blocked"),
+        ));
+    }
+    {
+        let mut running = app.proxies.lock();
+        if !Arc::ptr_eq(&app.live(), &live) {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "reloaded",
+                "the daemon's config was reloaded while the proxy was starting; try again",
+            ));
+        }
+        if running.values().filter(|r| r.agent == agent).count() >= MAX_PER_AGENT {
+            return Err(too_many(&agent));
+        }
+        running.insert(
+            id,
+            Running {
+                agent,
+                expires: Instant::now() + ttl,
+                _proxy: proxy,
+            },
+        );
+    }
     let body = Zeroizing::new(serde_json::to_vec(&grant).map_err(|_| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -286,14 +327,22 @@ pub(crate) async fn start(
         .into_response())
 }
 
-/// `DELETE /v1/proxy/{id}`: stops one of the calling agent's proxies.
+/// `DELETE /v1/proxy/{id}`: stops one of the calling agent's proxies. Not rate-limited and
+/// allowed to a blocked agent: stopping must always work.
 pub(crate) async fn stop(
     AxState(app): AxState<App>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let (_call, agent) = app.agent_call(&peer, &headers).await?;
+    let call = app.call(&peer, &headers).await?;
+    let Some(agent) = call.principal.agent.clone() else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "unknown_peer",
+            "the caller is an admin, not an agent",
+        ));
+    };
     let mut running = app.proxies.lock();
     match running.get(&id) {
         Some(r) if r.agent == agent => {
