@@ -60,17 +60,39 @@ pub(crate) fn lock_region(bytes: &[u8]) -> bool {
     }
     let (page, first, last) = pages_of(bytes);
     let mut pages = LOCKED_PAGES.lock().unwrap_or_else(|p| p.into_inner());
+    // Pages not locked yet, locked one run of consecutive pages per call (each call may
+    // split the mapping, so fewer calls cost less).
+    let mut run: Option<(usize, usize)> = None;
     for number in first..=last {
         let count = pages.entry(number).or_insert(0);
-        if *count == 0
-            && let Err(e) = crate::sys::mlock(on_page(bytes, page, number))
-            && !REFUSAL_LOGGED.swap(true, Ordering::Relaxed)
-        {
-            tracing::debug!(error = %e, "mlock refused; some values may be swapped out");
+        if *count == 0 {
+            run = match run {
+                Some((start, end)) if end + 1 == number => Some((start, number)),
+                Some((start, end)) => {
+                    mlock_pages(bytes, page, start, end);
+                    Some((number, number))
+                }
+                None => Some((number, number)),
+            };
         }
         *count += 1;
     }
+    if let Some((start, end)) = run {
+        mlock_pages(bytes, page, start, end);
+    }
     true
+}
+
+/// Locks the part of `bytes` on pages `start..=end`; a refusal is logged once.
+fn mlock_pages(bytes: &[u8], page: usize, start: usize, end: usize) {
+    let base = bytes.as_ptr() as usize;
+    let from = (start * page).max(base) - base;
+    let to = ((end + 1) * page).min(base + bytes.len()) - base;
+    if let Err(e) = crate::sys::mlock(&bytes[from..to])
+        && !REFUSAL_LOGGED.swap(true, Ordering::Relaxed)
+    {
+        tracing::debug!(error = %e, "mlock refused; some values may be swapped out");
+    }
 }
 
 /// Undoes [`lock_region`] for `bytes` (zeroize it first): pages no other locked buffer lies
@@ -412,6 +434,38 @@ mod tests {
             assert_eq!(v.expose(), CANARY.as_bytes());
         }
         assert!(SecretValue::new(Vec::with_capacity(8)).is_empty());
+    }
+
+    /// Locked pages are counted while a value lives on them and forgotten (unlocked) when
+    /// the last value on them is dropped; the value itself is unchanged.
+    #[test]
+    fn locked_pages_follow_the_values_on_them() {
+        let page = rustix::param::page_size();
+        let interior = |v: &SecretValue| (v.expose().as_ptr() as usize) / page + 1;
+        let count = |number: usize| {
+            LOCKED_PAGES
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&number)
+                .copied()
+        };
+        SecretValue::lock_memory(true);
+        // Three pages and more: the page after the first is this value's alone.
+        let big = SecretValue::new(vec![7u8; 3 * page]);
+        let copy = big.clone();
+        SecretValue::lock_memory(false);
+        assert_eq!(count(interior(&big)), Some(1));
+        assert_eq!(count(interior(&copy)), Some(1));
+        let (a, b) = (interior(&big), interior(&copy));
+        assert!(big.expose().iter().all(|&x| x == 7) && big == copy);
+        drop(big);
+        assert_eq!(count(a), None);
+        assert_eq!(count(b), Some(1));
+        drop(copy);
+        assert_eq!(count(b), None);
+        // Values made while locking is off are not counted.
+        let plain = SecretValue::new(vec![1u8; 3 * page]);
+        assert_eq!(count(interior(&plain)), None);
     }
 
     #[test]
