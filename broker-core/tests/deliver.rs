@@ -1,0 +1,104 @@
+//! `Broker::deliver` fetches stored values concurrently but writes their audit records in
+//! config order, and a failure leaves the records a one-at-a-time delivery would.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod runtime_support;
+
+use std::sync::Arc;
+
+use broker_core::{Error, RequestContext};
+use runtime_support::*;
+use tokio::sync::Semaphore;
+
+const CONFIG: &str = "credentials:\n  a: { ref: \"scripted:order-TAG-0\" }\n  b: { ref: \"scripted:order-TAG-1\" }\n  c: { ref: \"scripted:order-TAG-2\" }\naudit: { path: audit.jsonl }\n";
+
+/// Three scripted values whose fetches wait for a permit each; returns the gates.
+fn gated(tag: &str) -> (Vec<Arc<Semaphore>>, Vec<Arc<Script>>) {
+    let gates: Vec<Arc<Semaphore>> = (0..3).map(|_| Arc::new(Semaphore::new(0))).collect();
+    let scripts = gates
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            script(
+                &format!("order-{tag}-{i}"),
+                Script {
+                    gate: Some(g.clone()),
+                    ..Script::default()
+                },
+            )
+        })
+        .collect();
+    (gates, scripts)
+}
+
+/// `(event, credential)` of the issuance and failure records, in log order.
+fn outcomes(f: &Fixture) -> Vec<(String, String)> {
+    audit_lines(&f.path("audit.jsonl"))
+        .iter()
+        .filter(|r| r["event"] == "issuance" || r["event"] == "failure")
+        .map(|r| {
+            (
+                r["event"].as_str().unwrap().to_string(),
+                r["credential"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+async fn all_in_flight(scripts: &[Arc<Script>]) {
+    while scripts.iter().any(|s| s.calls() == 0) {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn stored_values_are_fetched_together_and_recorded_in_config_order() {
+    let (gates, scripts) = gated("ok");
+    let f = Fixture::new(&CONFIG.replace("TAG", "ok"));
+    let broker = Arc::new(f.broker().unwrap());
+    let task = tokio::spawn({
+        let broker = broker.clone();
+        async move {
+            broker
+                .deliver(&[], &RequestContext::new())
+                .await
+                .map(|d| d.env().len())
+        }
+    });
+    // Every fetch has started before any has returned; they finish last to first.
+    all_in_flight(&scripts).await;
+    for gate in gates.iter().rev() {
+        gate.add_permits(1);
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(task.await.unwrap().unwrap(), 3);
+    let issued = |c: &str| ("issuance".to_string(), c.to_string());
+    assert_eq!(outcomes(&f), [issued("a"), issued("b"), issued("c")]);
+}
+
+#[tokio::test]
+async fn a_failure_stops_the_delivery_with_the_records_of_a_sequential_one() {
+    let (gates, scripts) = gated("fail");
+    scripts[1].fail_next([Error::not_found("no such secret")]);
+    let f = Fixture::new(&CONFIG.replace("TAG", "fail"));
+    let broker = Arc::new(f.broker().unwrap());
+    let task = tokio::spawn({
+        let broker = broker.clone();
+        async move { broker.deliver(&[], &RequestContext::new()).await.err() }
+    });
+    all_in_flight(&scripts).await;
+    for gate in gates.iter().rev() {
+        gate.add_permits(1);
+        tokio::task::yield_now().await;
+    }
+    let err = task.await.unwrap().unwrap();
+    assert!(err.message().contains("no such secret"), "{err}");
+    // `c` was fetched alongside but never recorded or handed out.
+    assert_eq!(
+        outcomes(&f),
+        [
+            ("issuance".to_string(), "a".to_string()),
+            ("failure".to_string(), "b".to_string()),
+        ]
+    );
+}
