@@ -13,45 +13,18 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use broker_core::testkit::{assert_no_canary, record_skip, require_peer};
 
+mod proxy_upstream;
+mod pty_driver;
+
+use proxy_upstream::{read, start_upstream};
+
 const CANARY: &str = "sk-live-CANARY-isolate-7c41d09e2b58";
 const NOBODY: u32 = 65534;
-
-/// A small HTTPS server (Python's standard library) that logs every request as a JSON line.
-const UPSTREAM: &str = r#"
-import http.server, json, os, ssl, sys
-cert, key, port_file, log = sys.argv[1:5]
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self):
-        record = {"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}}
-        with open(log, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        out = b"hello from upstream\n"
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-
-    def log_message(self, *args):
-        pass
-
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-context.load_cert_chain(cert, key)
-server.socket = context.wrap_socket(server.socket, server_side=True)
-with open(port_file + ".tmp", "w") as f:
-    f.write(str(server.server_address[1]))
-os.rename(port_file + ".tmp", port_file)
-server.serve_forever()
-"#;
 
 /// What the isolated command does: looks at its network, calls the upstream through the
 /// proxy with the placeholder, then directly (ignoring the proxy variables).
@@ -74,21 +47,8 @@ echo $? > "$OUT/direct-ip.rc"
 echo "child done; it holds $API_KEY"
 "#;
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn mode(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-fn read(path: PathBuf) -> String {
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// The uids to run the broker as: root and an unprivileged uid (through `setpriv`) when the
@@ -193,56 +153,6 @@ impl Fixture {
     }
 }
 
-/// Writes the upstream's CA and leaf (SANs localhost, 127.0.0.1) into `dir`.
-fn upstream_certs(dir: &Path) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "broker isolate test upstream CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf_params =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    let leaf = leaf_params
-        .signed_by(&leaf_key, &rcgen::Issuer::new(ca_params, ca_key))
-        .unwrap();
-    std::fs::write(dir.join("upstream-ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("upstream.pem"), leaf.pem()).unwrap();
-    std::fs::write(dir.join("upstream-key.pem"), leaf_key.serialize_pem()).unwrap();
-}
-
-/// Starts the upstream (as the test's own user, outside any namespace) in `dir`.
-fn start_upstream(python: &Path, dir: &Path) -> (Killed, u16) {
-    upstream_certs(dir);
-    mode(&dir.join("upstream-ca.pem"), 0o644);
-    std::fs::write(dir.join("upstream.py"), UPSTREAM).unwrap();
-    let port_file = dir.join("upstream.port");
-    let child = Command::new(python)
-        .arg(dir.join("upstream.py"))
-        .arg(dir.join("upstream.pem"))
-        .arg(dir.join("upstream-key.pem"))
-        .arg(&port_file)
-        .arg(dir.join("upstream.jsonl"))
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let child = Killed(child);
-    let start = Instant::now();
-    loop {
-        if let Ok(p) = std::fs::read_to_string(&port_file) {
-            return (child, p.trim().parse().unwrap());
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the upstream did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The interface names in a `/proc/net/dev` listing.
 fn interfaces(netdev: &str) -> Vec<String> {
     netdev
@@ -276,6 +186,7 @@ fn an_isolated_child_reaches_the_upstream_only_through_the_proxy() {
         let f = Fixture::new(uid, PROXY_CONFIG);
         let who = f.who();
         let (upstream, port) = start_upstream(&python, f.dir.path());
+        mode(&f.path("upstream-ca.pem"), 0o644);
         std::fs::write(f.path("child.sh"), CHILD).unwrap();
         let output = f
             .command(&[], &["run", "--isolate", "--", "sh", "child.sh"])
@@ -296,7 +207,10 @@ fn an_isolated_child_reaches_the_upstream_only_through_the_proxy() {
             "{who}: {}",
             out("via-proxy.err")
         );
-        assert_eq!(out("via-proxy.txt"), "hello from upstream\n");
+        assert_eq!(
+            out("via-proxy.txt"),
+            r#"{"method": "GET", "path": "/via-proxy", "body": ""}"#
+        );
         let seen: Vec<serde_json::Value> = read(f.path("upstream.jsonl"))
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
@@ -535,43 +449,6 @@ fn the_helper_is_not_part_of_the_documented_interface() {
     assert!(String::from_utf8_lossy(&run_help.stdout).contains("--isolate"));
 }
 
-/// Runs argv[1:] as the session leader of a new pty; copies everything the pty shows to
-/// stdout; writes `TTY_SEND` once `TTY_SEND_AFTER` has appeared. Exits with the command's
-/// status (128+n for a signal). Kills the command after 30 s so a hang fails instead of
-/// blocking.
-const TTY_DRIVER: &str = r#"
-import os, pty, select, sys, time
-after = os.environ.get("TTY_SEND_AFTER")
-send = os.environ.get("TTY_SEND", "").encode()
-pid, fd = pty.fork()
-if pid == 0:
-    os.execv(sys.argv[1], sys.argv[1:])
-seen = b""
-sent = after is None
-deadline = time.time() + 30
-while True:
-    if time.time() > deadline:
-        os.kill(pid, 9)
-        break
-    if not sent and after.encode() in seen:
-        os.write(fd, send)
-        sent = True
-    r, _, _ = select.select([fd], [], [], 0.2)
-    if r:
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        seen += chunk
-_, status = os.waitpid(pid, 0)
-sys.stdout.buffer.write(seen)
-sys.stdout.flush()
-code = os.waitstatus_to_exitcode(status)
-sys.exit(code if code >= 0 else 128 - code)
-"#;
-
 #[test]
 fn on_a_terminal_the_isolated_command_is_redacted_and_ctrl_c_and_sigterm_reach_it() {
     if users().is_none() {
@@ -594,7 +471,7 @@ fn on_a_terminal_the_isolated_command_is_redacted_and_ctrl_c_and_sigterm_reach_i
             r#"printf 'tty:%s\n' "$API_KEY" > /dev/tty; grep -c : /proc/net/dev; echo ready; exec sleep 30"#,
         ]);
         let out = f
-            .command(&["python3", "-c", TTY_DRIVER], &args)
+            .command(&["python3", "-c", pty_driver::DRIVER], &args)
             .env("TTY_SEND_AFTER", "ready")
             .env("TTY_SEND", "\x03")
             .output()
@@ -623,7 +500,7 @@ fn on_a_terminal_the_isolated_command_is_redacted_and_ctrl_c_and_sigterm_reach_i
             r#"kill -TERM "$(cut -d' ' -f4 /proc/$PPID/stat)"; exec sleep 30"#,
         ]);
         let out = f
-            .command(&["python3", "-c", TTY_DRIVER], &args)
+            .command(&["python3", "-c", pty_driver::DRIVER], &args)
             .output()
             .unwrap();
         let shown = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -1,9 +1,14 @@
 //! A pty for CLI tests: a small Python `pty.fork` driver, run as `python3 -c DRIVER CMD ARGS...`.
 
 /// Runs argv[1:] on a new pty, copies what the pty shows to stdout; the command's stdout is
-/// the file `TTY_STDOUT` when set. Kills the command after 30 s.
+/// the file `TTY_STDOUT` when set; once the pty has shown `TTY_SEND_AFTER`, types
+/// `TTY_SEND` (a Ctrl-C, say). Exits with the command's status (128+n for a signal). Kills
+/// the command after 30 s.
 pub const DRIVER: &str = r#"
 import os, pty, select, sys, time
+after = os.environ.get("TTY_SEND_AFTER")
+send = os.environ.get("TTY_SEND", "").encode()
+sent = after is None
 pid, fd = pty.fork()
 if pid == 0:
     path = os.environ.get("TTY_STDOUT")
@@ -17,6 +22,9 @@ while True:
     if time.time() > deadline:
         os.kill(pid, 9)
         break
+    if not sent and after.encode() in seen:
+        os.write(fd, send)
+        sent = True
     r, _, _ = select.select([fd], [], [], 0.2)
     if r:
         try:
