@@ -833,6 +833,18 @@ fn http_refuses_non_loopback_addresses_and_configs_without_a_token_verifier() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // An issuer vouches for callers nobody listed: without a policy, refused.
+    let without_policy = CONFIG.replace("policy: policy.cedar\n", "")
+        + "serve:\n  jwt: { issuer: \"https://issuer.test\", audience: broker-mcp, jwks_file: jwks.json, algorithms: [ES256] }\n";
+    std::fs::write(sandbox.path(".broker.yml"), without_policy).unwrap();
+    std::fs::write(sandbox.path("jwks.json"), r#"{"keys": []}"#).unwrap();
+    let out = broker(&["mcp", "--listen", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: `broker mcp --listen` accepts any token `serve.jwt`'s issuer signs for the audience, and without a policy file each caller would get every credential\n\
+         hint: add `policy: FILE.cedar` that says which principals may have what (docs/serve.md, Identity)\n"
+    );
 }
 
 #[test]

@@ -42,6 +42,7 @@ struct ServeJwt {
     jwt: Option<JwtSettings>,
 }
 
+/// The token verifier of `serve.jwt`, which must be set, with a policy beside it.
 fn verifier(broker: &Broker) -> Result<JwtVerifier> {
     let settings = match &broker.config().serve {
         Some(section) => section.parse::<Option<ServeJwt>>()?.unwrap_or_default().jwt,
@@ -51,6 +52,14 @@ fn verifier(broker: &Broker) -> Result<JwtVerifier> {
         Error::invalid_config("`broker mcp --listen` needs bearer-token identity: `serve.jwt` is not set")
             .with_hint("configure `serve.jwt` (issuer, audience, jwks_file or jwks_url; see docs/serve.md), or use `broker mcp` over stdio")
     })?;
+    // The issuer vouches for callers nobody listed one by one: without a policy each of them
+    // would get every declared credential (as `broker serve` refuses too).
+    if broker.config().policy.is_none() {
+        return Err(Error::invalid_config(
+            "`broker mcp --listen` accepts any token `serve.jwt`'s issuer signs for the audience, and without a policy file each caller would get every credential",
+        )
+        .with_hint("add `policy: FILE.cedar` that says which principals may have what (docs/serve.md, Identity)"));
+    }
     JwtVerifier::new(settings, broker.config().base_dir())
 }
 

@@ -95,13 +95,61 @@ impl From<Error> for RunError {
     }
 }
 
-/// Runs `request` for `context`.
+/// Commands one agent may have running at once through this server; more are refused.
+pub const MAX_RUNS_PER_AGENT: usize = 4;
+
+/// The run slots of each agent (an agent with none running has no entry).
+fn slots() -> &'static std::sync::Mutex<std::collections::HashMap<String, usize>> {
+    static SLOTS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, usize>>> =
+        std::sync::OnceLock::new();
+    SLOTS.get_or_init(Default::default)
+}
+
+/// One of an agent's [`MAX_RUNS_PER_AGENT`] run slots, given back on drop.
+struct RunSlot(String);
+
+impl RunSlot {
+    fn take(agent: &str) -> Option<RunSlot> {
+        let mut slots = slots().lock().unwrap_or_else(|p| p.into_inner());
+        let n = slots.entry(agent.to_string()).or_insert(0);
+        if *n >= MAX_RUNS_PER_AGENT {
+            return None;
+        }
+        *n += 1;
+        Some(RunSlot(agent.to_string()))
+    }
+}
+
+impl Drop for RunSlot {
+    fn drop(&mut self) {
+        let mut slots = slots().lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = slots.get_mut(&self.0) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                slots.remove(&self.0);
+            }
+        }
+    }
+}
+
+/// Runs `request` for `context`; at most [`MAX_RUNS_PER_AGENT`] at once per agent.
 pub async fn run(
     broker: &Broker,
     config: &McpConfig,
     request: &RunRequest,
     context: &RequestContext,
 ) -> std::result::Result<RunOutput, RunError> {
+    let agent = context.agent_id.clone().unwrap_or_default();
+    let Some(_slot) = RunSlot::take(&agent) else {
+        return Err(Error::new(
+            ErrorKind::Transient,
+            format!(
+                "agent `{agent}` already has {MAX_RUNS_PER_AGENT} commands running through this server"
+            ),
+        )
+        .with_hint("wait for one to finish")
+        .into());
+    };
     let Some(program) = request.argv.first() else {
         return Err(
             Error::invalid_config("`argv` is empty: give the program and its arguments").into(),
@@ -386,5 +434,22 @@ impl GroupGuard {
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         let _ = rustix::process::kill_process_group(self.0, Signal::KILL);
+    }
+}
+
+#[cfg(test)]
+mod slot_tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_has_at_most_four_runs_at_once_and_others_are_not_held_up() {
+        let held: Vec<RunSlot> = (0..MAX_RUNS_PER_AGENT)
+            .map(|_| RunSlot::take("slot-test-a").unwrap())
+            .collect();
+        assert!(RunSlot::take("slot-test-a").is_none());
+        let other = RunSlot::take("slot-test-b");
+        assert!(other.is_some());
+        drop(held);
+        assert!(RunSlot::take("slot-test-a").is_some());
     }
 }
