@@ -494,6 +494,8 @@ impl Daemon {
         unix: Option<UnixListener>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<()> {
+        // Mutable only to connect a shared store (feature `redis`).
+        #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
         let mut this = self;
         this.require_audit_log()?;
         #[cfg(feature = "redis")]
