@@ -185,8 +185,10 @@ pub enum AuditCommand {
 /// `broker audit verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// The audit log (default: `audit.path` from the config).
-    pub path: Option<PathBuf>,
+    /// The audit log (default: `audit.path` from the config); several logs (the chains of
+    /// several `broker serve` replicas, say) are each verified on their own.
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,

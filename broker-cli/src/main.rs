@@ -203,7 +203,14 @@ async fn dispatch(cli: Cli, swept: Vec<PathBuf>) -> Result<u8, Error> {
             command: Some(cli::AuditCommand::Verify(v)),
             ..
         }) => {
-            let path = match v.path {
+            if v.paths.len() > 1 {
+                let mut verifications = Vec::new();
+                for path in &v.paths {
+                    verifications.push(broker_core::audit::verify(path)?);
+                }
+                return output::print_verifications(&verifications, v.json);
+            }
+            let path = match v.paths.into_iter().next() {
                 Some(p) => p,
                 None => {
                     let broker = load(config, None)?;

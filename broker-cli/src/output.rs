@@ -338,6 +338,35 @@ pub fn print_verification(
     Ok(0)
 }
 
+/// `broker audit verify LOG LOG...`: each log is its own chain (one per `broker serve`
+/// replica); an `ok:` line for each intact one, then the first broken one as the error. With
+/// `--json`: `{"ok", "verifications": [...]}`.
+pub fn print_verifications(
+    all: &[broker_core::audit::Verification],
+    as_json: bool,
+) -> Result<u8, Error> {
+    let ok = all.iter().all(broker_core::audit::Verification::is_ok);
+    if as_json {
+        let value = json!({ "ok": ok, "verifications": all });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
+        return Ok(if ok {
+            0
+        } else {
+            exit::for_kind(broker_core::ErrorKind::Integrity)
+        });
+    }
+    for v in all.iter().filter(|v| v.is_ok()) {
+        print_verification(v, false)?;
+    }
+    match all.iter().find(|v| !v.is_ok()) {
+        Some(broken) => print_verification(broken, false),
+        None => Ok(0),
+    }
+}
+
 /// What the user can do about a failing (or gated, unchecked) backend check, for `broker
 /// doctor`; `None` when there is nothing to do. Names the settings to look at and the
 /// backend's page; the check's own detail says what was found.

@@ -340,23 +340,52 @@ fn a_block_on_one_replica_holds_on_every_replica_and_survives_a_redis_restarted_
         assert_no_canary(&format!("{} logs", r.id), &r.logs(), &[PLAIN, STORE_KEY]);
         assert_no_canary(&format!("{} audit", r.id), &audit, &[PLAIN, STORE_KEY]);
     }
-    // Each replica keeps its own chain, and each verifies.
-    for r in &fleet {
-        let log = r.dir.join(format!("audit.{}.jsonl", r.id));
-        let out = Command::new(env!("CARGO_BIN_EXE_broker"))
+    // Each replica keeps its own chain; `broker audit verify` checks them all at once.
+    let logs: Vec<PathBuf> = fleet
+        .iter()
+        .map(|r| r.dir.join(format!("audit.{}.jsonl", r.id)))
+        .collect();
+    let verify = |logs: &[PathBuf]| {
+        Command::new(env!("CARGO_BIN_EXE_broker"))
             .args(["audit", "verify"])
-            .arg(&log)
-            .current_dir(&r.dir)
+            .args(logs)
+            .current_dir(work.path())
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    let out = verify(&logs);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(String::from_utf8(out.stderr).unwrap(), "");
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert_eq!(stdout.lines().count(), logs.len(), "{stdout}");
+    for (line, log) in stdout.lines().zip(&logs) {
         assert!(
-            out.status.success(),
-            "{}: {}{}",
-            r.id,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            line.starts_with(&format!("ok: {}: ", log.display())),
+            "{line}"
         );
     }
+    // A record dropped from one replica's log: the others still verify, that one is named.
+    let cut = work.path().join("audit.r2.cut.jsonl");
+    let text = std::fs::read_to_string(&logs[1]).unwrap();
+    let kept: Vec<&str> = text
+        .lines()
+        .enumerate()
+        .filter(|(i, _)| *i != 2)
+        .map(|(_, l)| l)
+        .collect();
+    std::fs::write(&cut, kept.join("\n") + "\n").unwrap();
+    let out = verify(&[logs[0].clone(), cut.clone(), logs[2].clone()]);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(69), "{stdout}{stderr}");
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    assert!(
+        stderr.starts_with(&format!(
+            "error: audit log {} is broken at seq ",
+            cut.display()
+        )),
+        "{stderr}"
+    );
 }
 
 #[test]
