@@ -588,3 +588,85 @@ fn a_burst_over_three_replicas_mints_once_and_redis_holds_no_value() {
         );
     }
 }
+
+const PASSWORD: &str = "canary-redis-password-91e4c2";
+
+#[test]
+fn a_replica_reaches_redis_over_tls_with_a_password() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let Some(bin) = require_peer("redis-server") else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "broker test Redis CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut leaf_params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    leaf_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "127.0.0.1");
+    let leaf = leaf_params
+        .signed_by(&key, &rcgen::Issuer::new(ca_params, ca_key))
+        .unwrap();
+    std::fs::write(w.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(w.join("redis.pem"), leaf.pem()).unwrap();
+    std::fs::write(w.join("redis-key.pem"), key.serialize_pem()).unwrap();
+    let port = free_port();
+    let path = |f: &str| w.join(f).display().to_string();
+    let child = Command::new(&bin)
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--tls-auth-clients",
+            "no",
+        ])
+        .args(["--tls-cert-file", &path("redis.pem")])
+        .args(["--tls-key-file", &path("redis-key.pem")])
+        .args(["--tls-ca-cert-file", &path("ca.pem")])
+        .args(["--requirepass", PASSWORD])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let redis = Redis { child, port, bin };
+    assert!(wait_for_port(port, Duration::from_secs(30)));
+    let url = format!("rediss://:{PASSWORD}@127.0.0.1:{port}");
+    let cfg =
+        config("", "{ rate: 1000, burst: 1000 }") + &format!("    ca_file: {}\n", path("ca.pem"));
+    let mut replica = Replica::start(w, "t1", &cfg, &redis, &[("BROKER_STORE_URL", &url)]);
+    assert_eq!(replica.credential("plain").0, 200, "{}", replica.logs());
+    assert_eq!(replica.post("/v1/agents/agent-a/block").0, 200);
+    assert_eq!(replica.credential("plain"), (403, BLOCKED.to_string()));
+    let member = Command::new(redis.bin.with_file_name("redis-cli"))
+        .args(["--tls", "--cacert", &path("ca.pem"), "-h", "127.0.0.1"])
+        .args(["-p", &port.to_string(), "--no-auth-warning", "-a", PASSWORD])
+        .args(["--raw", "SISMEMBER", "broker:blocked", "agent-a"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&member.stdout),
+        "1\n",
+        "{}",
+        String::from_utf8_lossy(&member.stderr)
+    );
+    replica.stop();
+    assert_no_canary("t1 logs", &replica.logs(), &[PASSWORD, STORE_KEY, PLAIN]);
+    assert_no_canary("t1 audit", &replica.audit(), &[PASSWORD, STORE_KEY, PLAIN]);
+}
