@@ -136,7 +136,8 @@ pub struct SharedStore {
     /// A reference whose value is the server's URL (`redis://[:PASSWORD@]HOST:PORT[/DB]`,
     /// `rediss://` for TLS); it may carry the AUTH password, hence a reference.
     pub url_ref: broker_core::Reference,
-    /// Extra CA certificates (PEM) for a `rediss://` server.
+    /// The CA certificates (PEM) a `rediss://` server must chain to, instead of the system's
+    /// roots.
     pub ca_file: Option<PathBuf>,
     /// A reference whose value is the key every replica shares to encrypt cached credentials
     /// (at least 32 bytes: an `AGE-SECRET-KEY-...` line, or random bytes).
