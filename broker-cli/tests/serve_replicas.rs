@@ -310,10 +310,17 @@ fn a_block_on_one_replica_holds_on_every_replica_and_survives_a_redis_restarted_
     // An unblock needs the store: refused while it is away.
     let (status, body) = fleet[1].post("/v1/agents/agent-a/unblock");
     assert_eq!((status, body.as_str()), (503, UNAVAILABLE));
+    // A block pressed while it is away holds here at once and reaches the store later.
+    let (status, body) = fleet[2].post("/v1/agents/agent-z/block");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"persisted\":false"), "{body}");
     // Redis back, empty: the replicas re-assert the block; it is never served.
     redis.restart_empty();
     until("the block is re-asserted in the new Redis", || {
         redis.cli(&["SISMEMBER", "broker:blocked", "agent-a"]) == b"1\n"
+    });
+    until("the block pressed during the outage reaches Redis", || {
+        redis.cli(&["SISMEMBER", "broker:blocked", "agent-z"]) == b"1\n"
     });
     for r in &fleet {
         assert_eq!(

@@ -888,7 +888,16 @@ async fn set_blocked(
             }
         }
     } else {
-        app.state.unblock(&agent).await?
+        match app.state.unblock(&agent).await {
+            Ok(changed) => changed,
+            Err(e) => {
+                // The block stays (fail closed); the refusal is recorded.
+                let err = ApiError::from(e);
+                app.refuse(&call.live, &call.ctx, &call.who, &err, |_| {})
+                    .await;
+                return Err(err);
+            }
+        }
     };
     if blocked {
         app.proxies.stop_agent(&agent);
@@ -898,7 +907,17 @@ async fn set_blocked(
     let mut marked = Vec::new();
     let mut failed = Vec::new();
     if blocked {
-        for lease in app.state.leases(Some(&agent)).await? {
+        // A store out of reach cannot list them: the block still holds (and is refused
+        // nowhere), the answer says it was not persisted and nothing was revoked.
+        let leases = match app.state.leases(Some(&agent)).await {
+            Ok(leases) => leases,
+            Err(e) => {
+                tracing::error!(agent = %agent, "cannot list the blocked agent's leases: {e}");
+                persisted = false;
+                Vec::new()
+            }
+        };
+        for lease in leases {
             if lease.revoked {
                 continue;
             }
