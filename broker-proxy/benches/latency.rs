@@ -70,6 +70,7 @@ async fn time(sender: &mut Sender, n: usize, auth: &str) -> Vec<Duration> {
             .body(Empty::new())
             .unwrap();
         let start = Instant::now();
+        sender.ready().await.unwrap();
         let response = sender.send_request(req).await.unwrap();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         out.push(start.elapsed());
@@ -99,20 +100,39 @@ async fn main() {
     .unwrap();
     let rules = Rules::from_json("api", &json!({ "hosts": ["api.test"] })).unwrap();
     let placeholder = broker_proxy::placeholder::generate(&rules.placeholder);
-    let proxy = Proxy::start(ProxyOptions {
-        credentials: vec![ProxiedCredential {
-            name: "api".into(),
-            rules,
-            placeholder: placeholder.clone(),
-            value: SecretValue::from(VALUE.to_string()),
-        }],
-        policy,
-        resolver: Arc::new(MapResolver::with(&[("api.test", &["127.0.0.1"][..])])),
-        dialer: Arc::new(RecordingDialer::default()),
-        audit: Arc::new(MemoryAudit::new()),
-        also_redact: Vec::new(),
-        validity: Duration::from_secs(3600),
-    })
+    let start = |audit: Arc<dyn broker_proxy::AuditSink>| {
+        Proxy::start(ProxyOptions {
+            credentials: vec![ProxiedCredential {
+                name: "api".into(),
+                rules: rules.clone(),
+                placeholder: placeholder.clone(),
+                value: SecretValue::from(VALUE.to_string()),
+            }],
+            policy: policy.clone(),
+            resolver: Arc::new(MapResolver::with(&[("api.test", &["127.0.0.1"][..])])),
+            dialer: Arc::new(RecordingDialer::default()),
+            audit,
+            also_redact: Vec::new(),
+            validity: Duration::from_secs(3600),
+        })
+    };
+    let proxy = start(Arc::new(MemoryAudit::new())).await.unwrap();
+    // The same with the broker's hash-chained log, held as `broker run` holds it.
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(broker_core::audit::AuditLog::new(
+        log_dir.path().join("audit.jsonl"),
+        broker_core::audit::AuditOptions::default(),
+    ));
+    log.hold().unwrap();
+    let template = broker_core::audit::Event::new(
+        broker_core::audit::EventKind::Decision,
+        broker_core::audit::Severity::Info,
+    );
+    let logged = start(Arc::new(broker_proxy::LogAudit::new(
+        Some(log),
+        None,
+        template,
+    )))
     .await
     .unwrap();
 
@@ -123,7 +143,35 @@ async fn main() {
     time(&mut direct, warm, &format!("Bearer {VALUE}")).await;
     let direct_times = time(&mut direct, n, &format!("Bearer {VALUE}")).await;
 
-    // Through the proxy: CONNECT, then TLS with the run's CA.
+    let proxied_times = through(&proxy, &up, &placeholder, n, warm).await;
+    let logged_times = through(&logged, &up, &placeholder, n / 10 + 1, 2).await;
+
+    let (d50, d99) = summary(direct_times);
+    let (p50, p99) = summary(proxied_times);
+    let (l50, l99) = summary(logged_times);
+    println!("broker-proxy latency, {n} sequential GETs on one keep-alive connection (loopback):");
+    println!("  direct to the upstream:  p50 {d50:>9.1?}  p99 {d99:>9.1?}");
+    println!("  through the proxy:       p50 {p50:>9.1?}  p99 {p99:>9.1?}");
+    println!(
+        "  added by the proxy:      p50 {:>9.1?}  p99 {:>9.1?}",
+        p50.saturating_sub(d50),
+        p99.saturating_sub(d99)
+    );
+    println!(
+        "  with the audit log file: p50 {l50:>9.1?}  p99 {l99:>9.1?}  ({} requests; each waits for its fsync)",
+        n / 10 + 1
+    );
+}
+
+/// `n` timed GETs (after `warm` untimed ones) through `proxy`: CONNECT, then TLS with the
+/// run's CA.
+async fn through(
+    proxy: &Proxy,
+    up: &support::Upstream,
+    placeholder: &str,
+    n: usize,
+    warm: usize,
+) -> Vec<Duration> {
     let mut tcp = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
     let userinfo = proxy
         .url()
@@ -148,16 +196,5 @@ async fn main() {
     }
     let mut proxied = handshake(tcp, tls_config(&[proxy.ca_pem().to_string()])).await;
     time(&mut proxied, warm, &format!("Bearer {placeholder}")).await;
-    let proxied_times = time(&mut proxied, n, &format!("Bearer {placeholder}")).await;
-
-    let (d50, d99) = summary(direct_times);
-    let (p50, p99) = summary(proxied_times);
-    println!("broker-proxy latency, {n} sequential GETs on one keep-alive connection (loopback):");
-    println!("  direct to the upstream:  p50 {d50:>9.1?}  p99 {d99:>9.1?}");
-    println!("  through the proxy:       p50 {p50:>9.1?}  p99 {p99:>9.1?}");
-    println!(
-        "  added by the proxy:      p50 {:>9.1?}  p99 {:>9.1?}",
-        p50.saturating_sub(d50),
-        p99.saturating_sub(d99)
-    );
+    time(&mut proxied, n, &format!("Bearer {placeholder}")).await
 }

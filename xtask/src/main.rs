@@ -8,7 +8,8 @@
 //! - `cargo xtask bench [ARGS]` runs the criterion benches and prints their figures, then (without
 //!   ARGS) the whole-process comparison. `cargo xtask bench serve` runs only the `broker serve`
 //!   load bench (`cargo bench -p broker-serve --bench load`); `cargo xtask bench replicas`
-//!   the replicas-on-Redis bench (`broker-serve/benches/replicas.rs`).
+//!   the replicas-on-Redis bench (`broker-serve/benches/replicas.rs`); `cargo xtask bench
+//!   proxy` what the egress proxy adds to a request (`broker-proxy/benches/latency.rs`).
 //! - `cargo xtask bench run [--runs N] [--broker PATH]...` times `broker run`/`broker get`
 //!   side by side with fnox and `age -d` as whole processes (`side_by_side`);
 //!   `cargo xtask bench setup-fnox` installs that peer (bench setup only, never CI).
@@ -61,7 +62,7 @@ fn main() -> ExitCode {
         "man" => man(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup | test [CARGO TEST ARGS] | bench [serve | replicas | run | setup-fnox | CARGO BENCH ARGS] | fuzz TARGET|all|smoke [--time SECONDS] | man [--out DIR]>"
+                "usage: cargo xtask <setup | test [CARGO TEST ARGS] | bench [serve | replicas | proxy | run | setup-fnox | CARGO BENCH ARGS] | fuzz TARGET|all|smoke [--time SECONDS] | man [--out DIR]>"
             );
             return ExitCode::from(if task == "help" { 0 } else { 2 });
         }
@@ -216,6 +217,14 @@ fn bench(peers: &Path, extra: &[String]) -> Result<(), String> {
         && first == "serve"
     {
         return bench_serve(peers, rest);
+    }
+    if let Some((first, rest)) = extra.split_first()
+        && first == "proxy"
+    {
+        // What the egress proxy adds to a request (broker-proxy/benches/latency.rs).
+        return run(cargo()
+            .args(["bench", "-p", "broker-proxy", "--bench", "latency"])
+            .args(rest));
     }
     if let Some((first, rest)) = extra.split_first()
         && first == "replicas"
