@@ -150,7 +150,7 @@ pub(crate) struct App {
 /// An in-flight slot: this process's, and the fleet's when the state is shared (given back
 /// on drop).
 struct InFlight {
-    _local: tokio::sync::OwnedSemaphorePermit,
+    _local: Option<tokio::sync::OwnedSemaphorePermit>,
     fleet: Option<(Arc<dyn State>, String, String)>,
 }
 
@@ -309,6 +309,16 @@ impl App {
 
     /// The agent checks of [`App::agent_call`] on a verified caller.
     async fn as_agent(&self, call: Call) -> Result<(Call, String), ApiError> {
+        self.admit(call, 0).await.map(|(call, id, _)| (call, id))
+    }
+
+    /// The agent checks, and with `cap` (not 0) one of the agent's fleet-wide in-flight slots
+    /// taken in the same store round trip (`None`: the state does not count them).
+    async fn admit(
+        &self,
+        call: Call,
+        cap: u32,
+    ) -> Result<(Call, String, Option<Option<String>>), ApiError> {
         let Some(id) = call.principal.agent.clone() else {
             let err = ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -333,7 +343,7 @@ impl App {
                 .await;
             return Err(err);
         }
-        let wait = match self.state.check_rate(&id).await {
+        let (wait, fleet) = match self.state.admit(&id, cap).await {
             Ok(w) => w,
             Err(e) => return Err(self.store_failed(&call, e).await),
         };
@@ -349,7 +359,7 @@ impl App {
                 .await;
             return Err(err);
         }
-        Ok((call, id))
+        Ok((call, id, fleet))
     }
 
     /// A request refused because the state store (a shared store out of reach) could not
@@ -437,26 +447,30 @@ impl App {
         }
     }
 
-    /// One of `agent`'s in-flight slots (in this process, and across the fleet when the state
-    /// is shared), or a refusal when all are taken.
-    async fn slot(&self, call: &Call, agent: &str) -> Result<Option<InFlight>, ApiError> {
+    /// One of `agent`'s in-flight slots in this process, with the fleet-wide one `fleet`
+    /// ([`App::admit`] took it, or found them all taken), or a refusal when all are taken.
+    async fn slot(
+        &self,
+        call: &Call,
+        agent: &str,
+        fleet: Option<Option<String>>,
+    ) -> Result<Option<InFlight>, ApiError> {
         let cap = call.live.config.limits.concurrency;
         if cap == 0 {
             return Ok(None);
         }
-        let local = self.local_slot(call, agent, cap).await?;
-        match self.state.take_slot(agent, cap).await {
-            Ok(None) => Ok(Some(InFlight {
-                _local: local,
-                fleet: None,
-            })),
-            Ok(Some(Some(id))) => Ok(Some(InFlight {
-                _local: local,
-                fleet: Some((self.state.clone(), agent.to_string(), id)),
-            })),
-            Ok(Some(None)) => Err(self.too_many_in_flight(call, agent, cap).await),
-            Err(e) => Err(self.store_failed(call, e).await),
-        }
+        let fleet = match fleet {
+            None => None,
+            Some(Some(id)) => Some((self.state.clone(), agent.to_string(), id)),
+            Some(None) => return Err(self.too_many_in_flight(call, agent, cap).await),
+        };
+        // Given back on drop, also when the local cap refuses below.
+        let mut held = InFlight {
+            _local: None,
+            fleet,
+        };
+        held._local = Some(self.local_slot(call, agent, cap).await?);
+        Ok(Some(held))
     }
 
     async fn too_many_in_flight(&self, call: &Call, agent: &str, cap: u32) -> ApiError {
@@ -606,8 +620,10 @@ async fn credential(
     Path(name): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (call, agent) = app.agent_call(&peer, &headers).await?;
-    let _slot = app.slot(&call, &agent).await?;
+    let call = app.call(&peer, &headers).await?;
+    let cap = call.live.config.limits.concurrency;
+    let (call, agent, fleet) = app.admit(call, cap).await?;
+    let _slot = app.slot(&call, &agent, fleet).await?;
     let Call {
         live, mut ctx, who, ..
     } = call;

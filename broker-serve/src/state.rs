@@ -95,6 +95,19 @@ pub trait State: Send + Sync + 'static {
     async fn take_slot(&self, _agent: &str, _cap: u32) -> Result<Option<Option<String>>> {
         Ok(None)
     }
+    /// [`State::check_rate`], then (when admitted and `cap` is not 0) [`State::take_slot`]: a
+    /// shared store answers both in one round trip.
+    async fn admit(
+        &self,
+        agent: &str,
+        cap: u32,
+    ) -> Result<(Option<Duration>, Option<Option<String>>)> {
+        let wait = self.check_rate(agent).await?;
+        if wait.is_some() || cap == 0 {
+            return Ok((wait, None));
+        }
+        Ok((None, self.take_slot(agent, cap).await?))
+    }
     /// Gives back a slot [`State::take_slot`] took.
     async fn give_slot(&self, _agent: &str, _id: &str) {}
     /// The lease cache this state shares with other replicas, if it is a shared store.

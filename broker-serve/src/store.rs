@@ -649,6 +649,31 @@ redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.ceil((new - no
 return 0
 ";
 
+/// [`RATE`], then (admitted, `ARGV[3]` > 0) [`TAKE_SLOT`]: `{wait µs, slot taken}`.
+const ADMIT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+if interval > 0 then
+  local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if tat < now then tat = now end
+  local new = tat + interval
+  if new - now > burst * interval then
+    return {new - now - burst * interval, 0}
+  end
+  redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.ceil((new - now) / 1000) + 1)
+end
+local cap = tonumber(ARGV[3])
+if cap == 0 then return {0, 0} end
+local ms = math.floor(now / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ms)
+if redis.call('ZCARD', KEYS[2]) >= cap then return {0, 0} end
+redis.call('ZADD', KEYS[2], ms + tonumber(ARGV[4]), ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return {0, 1}
+";
+
 const TAKE_SLOT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -1009,6 +1034,45 @@ impl State for RedisState {
             )
             .await?;
         Ok(Some((taken == 1).then_some(id)))
+    }
+    async fn admit(
+        &self,
+        agent: &str,
+        cap: u32,
+    ) -> Result<(Option<Duration>, Option<Option<String>>)> {
+        let rate = self.inner.limits.rate;
+        let interval = if rate.requests == 0 {
+            0
+        } else {
+            (rate.per.as_micros() / u128::from(rate.requests)).max(1) as u64
+        };
+        if interval == 0 && cap == 0 {
+            return Ok((None, None));
+        }
+        let id = broker_core::provider::random_id();
+        let mut conn = self.inner.conn();
+        let (wait, taken): (u64, i64) = self
+            .inner
+            .run(
+                "admitting a request",
+                redis::Script::new(ADMIT)
+                    .key(self.inner.key(&format!("rate:{agent}")))
+                    .key(self.inner.key(&format!("inflight:{agent}")))
+                    .arg(interval)
+                    .arg(self.inner.limits.burst.max(1))
+                    .arg(cap)
+                    .arg(SLOT_TTL.as_millis() as u64)
+                    .arg(&id)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        if wait > 0 {
+            return Ok((Some(Duration::from_micros(wait)), None));
+        }
+        if cap == 0 {
+            return Ok((None, None));
+        }
+        Ok((None, Some((taken == 1).then_some(id))))
     }
     async fn give_slot(&self, agent: &str, id: &str) {
         let mut conn = self.inner.conn();
