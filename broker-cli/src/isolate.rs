@@ -19,16 +19,26 @@
 //! 3. runs the command (which dies with the helper: `PR_SET_PDEATHSIG`), and exits with its
 //!    status: its exit code, or 128+n when signal n killed it.
 //!
+//! Before that (still single-threaded) it marks every descriptor but the standard streams
+//! close-on-exec ([`crate::sys::cloexec_above_stderr`]): a socket the broker inherited keeps
+//! the network namespace it was made in, and would be a way out. The relay carries at most
+//! [`MAX_CONNECTIONS`] connections at once, as many as the proxy takes.
+//!
 //! Signals: when the helper leads its own process group (the usual case) the broker signals
 //! that group, which the command is in too, so the helper only catches SIGINT, SIGTERM,
 //! SIGHUP and SIGQUIT (to outlive them and pass the command's status on). When it shares
 //! the terminal's foreground group, the terminal delivers SIGINT and SIGQUIT to the command
 //! itself and the broker forwards SIGTERM and SIGHUP to the helper, which passes them on.
+//! A command that left the helper's group (`setsid`, `setpgid`, an interactive shell) gets
+//! SIGTERM and SIGHUP from the helper, sent to its new group, and when it exits the helper
+//! kills what it left running in that group (SIGKILL). A signal that arrives before the
+//! command is started ends the helper with 128+n, and the command is not run.
 //!
 //! Before resolving anything, `broker run --isolate` runs the helper once with `--probe`: where
 //! namespaces cannot be created (user namespaces disabled, a limit reached, a seccomp filter),
 //! the run is refused with one line and exit code [`exit::OSERR`], and the command never
-//! runs unisolated.
+//! runs unisolated. So is a run whose scratch root is too long a path for the proxy's unix
+//! socket (exit code [`exit::CONFIG`]).
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -42,6 +52,9 @@ use std::time::Duration;
 use rustix::process::{Pid, Signal};
 use tokio::net::{TcpListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Semaphore;
+
+use broker_proxy::server::MAX_CONNECTIONS;
 
 use crate::cli::IsolateArgs;
 use crate::exit;
@@ -61,6 +74,10 @@ const LOOPBACK_INDEX: i32 = 1;
 /// the returned code.
 pub fn refuse_unless_available() -> Option<u8> {
     use std::os::unix::process::CommandExt;
+    if let Err(line) = socket_path_fits() {
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+        return Some(exit::CONFIG);
+    }
     let output = std::process::Command::new(SELF_EXE)
         .arg0("broker")
         .args([HELPER, "--probe"])
@@ -84,6 +101,43 @@ pub fn refuse_unless_available() -> Option<u8> {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
     Some(exit::OSERR)
 }
+
+/// The longest path a unix socket address holds (`sun_path`, 108 bytes with its NUL).
+const SUN_PATH_MAX: usize = 107;
+
+/// Checks that the proxy's unix socket, `ROOT/broker-scratch-PID-START-RANDOM/proxy.sock`
+/// under the scratch root the run will use, fits a socket address; the error is the line to
+/// print. Checked up front: the socket is made only after the credentials are resolved.
+fn socket_path_fits() -> Result<(), String> {
+    // No usable root: the run fails later with the scratch dir's own error.
+    let Some(root) = broker_core::scratch::scratch_roots().into_iter().next() else {
+        return Ok(());
+    };
+    let pid = std::process::id();
+    let start = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after_comm = stat.get(stat.rfind(')')? + 2..)?;
+            after_comm.split_whitespace().nth(19)?.parse::<u64>().ok()
+        })
+        .unwrap_or(u64::MAX); // unknown: assume the longest
+    let name = format!(
+        "{}{pid}-{start}-{:016x}",
+        broker_core::scratch::DIR_PREFIX,
+        0u64
+    );
+    let len = root.join(name).join(SOCKET_NAME).as_os_str().len();
+    if len <= SUN_PATH_MAX {
+        return Ok(());
+    }
+    Err(format!(
+        "error: --isolate: the proxy's socket under {} would have a path longer than a unix socket allows ({SUN_PATH_MAX} bytes); set XDG_RUNTIME_DIR or TMPDIR to a shorter directory; the command was not run",
+        root.display()
+    ))
+}
+
+/// The proxy socket's name in the run's scratch dir (`broker_proxy::RunProxy`).
+const SOCKET_NAME: &str = "proxy.sock";
 
 /// The command that runs `program` isolated: this binary as the helper, relaying
 /// `127.0.0.1:port` inside the namespace to `socket`.
@@ -137,6 +191,15 @@ fn helper(args: &IsolateArgs) -> ExitCode {
         );
         return ExitCode::from(exit::USAGE);
     };
+    // Nothing but the standard streams reaches the command: an inherited socket would keep
+    // the network namespace it was made in.
+    if let Err(e) = crate::sys::cloexec_above_stderr() {
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "error: --isolate: cannot keep inherited descriptors from the command: {e}; the command was not run"
+        );
+        return ExitCode::from(exit::OSERR);
+    }
     // Threads are allowed from here on.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -274,16 +337,24 @@ fn loopback_up() -> std::io::Result<()> {
 /// Steps 2 and 3 (see the module docs); returns the helper's exit code.
 async fn supervise(socket: PathBuf, port: u16, program: &OsString, rest: &[OsString]) -> u8 {
     // The helper leads its own group when the broker made one for the command; the broker
-    // then signals the whole group and the helper must not signal the command again.
+    // then signals the whole group, which reaches the command as long as it stays in it.
     let own_group = rustix::process::getpgrp() == rustix::process::getpid();
     let signals = [
         SignalKind::interrupt(),
         SignalKind::terminate(),
         SignalKind::hangup(),
         SignalKind::quit(),
+        SignalKind::child(),
     ]
     .map(signal);
-    let [Ok(mut int), Ok(mut term), Ok(mut hup), Ok(mut quit)] = signals else {
+    let [
+        Ok(mut int),
+        Ok(mut term),
+        Ok(mut hup),
+        Ok(mut quit),
+        Ok(mut chld),
+    ] = signals
+    else {
         let _ = writeln!(
             std::io::stderr().lock(),
             "error: --isolate: cannot install signal handlers; the command was not run"
@@ -301,6 +372,21 @@ async fn supervise(socket: PathBuf, port: u16, program: &OsString, rest: &[OsStr
         }
     };
     tokio::spawn(relay(listener, Arc::new(socket)));
+
+    // A signal that came before the command exists was meant for it: do not run it. (Let the
+    // runtime take in what the handlers caught first.)
+    tokio::task::yield_now().await;
+    let pending = tokio::select! {
+        biased;
+        Some(()) = int.recv() => Some(Signal::INT),
+        Some(()) = term.recv() => Some(Signal::TERM),
+        Some(()) = hup.recv() => Some(Signal::HUP),
+        Some(()) = quit.recv() => Some(Signal::QUIT),
+        () = std::future::ready(()) => None,
+    };
+    if let Some(sig) = pending {
+        return signal_status(sig.as_raw());
+    }
 
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(rest);
@@ -323,26 +409,46 @@ async fn supervise(socket: PathBuf, port: u16, program: &OsString, rest: &[OsStr
             };
         }
     };
-    let pid = child.id().and_then(|id| Pid::from_raw(id as i32));
+    let Some(pid) = child.id().and_then(|id| Pid::from_raw(id as i32)) else {
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "error: --isolate: the command has no process id"
+        );
+        return exit::SOFTWARE;
+    };
+    // The command's own process group, when it made one (`setsid`, `setpgid`, an interactive
+    // shell): the broker's signals to the helper's group do not reach it there.
+    let other_group = || {
+        rustix::process::getpgid(Some(pid))
+            .ok()
+            .filter(|g| *g != rustix::process::getpgrp())
+    };
     let pass_on = |sig: Signal| {
-        if let (false, Some(pid)) = (own_group, pid) {
+        if let Some(group) = other_group() {
+            let _ = rustix::process::kill_process_group(group, sig);
+        } else if !own_group {
             let _ = rustix::process::kill_process(pid, sig);
         }
     };
-    let status = loop {
+    loop {
         tokio::select! {
-            status = child.wait() => break status,
+            Some(()) = chld.recv() => if exited(pid) { break },
             _ = term.recv() => pass_on(Signal::TERM),
             _ = hup.recv() => pass_on(Signal::HUP),
             // The group's or the terminal's: the command has it already.
             _ = int.recv() => {}
             _ = quit.recv() => {}
         }
-    };
-    match status {
+    }
+    // The command has exited and is not reaped yet, so its group's id cannot be reused: end
+    // what it left running there.
+    if let Some(group) = other_group() {
+        let _ = rustix::process::kill_process_group(group, Signal::KILL);
+    }
+    match child.wait().await {
         Ok(s) => match (s.code(), s.signal()) {
             (Some(code), _) => code as u8,
-            (None, Some(sig)) => 128 + sig as u8,
+            (None, Some(sig)) => signal_status(sig),
             (None, None) => 1,
         },
         Err(e) => {
@@ -355,14 +461,36 @@ async fn supervise(socket: PathBuf, port: u16, program: &OsString, rest: &[OsStr
     }
 }
 
+/// The exit code for death by signal `n`: 128+n.
+fn signal_status(n: i32) -> u8 {
+    (128 + n) as u8
+}
+
+/// Whether `pid` (a child) has exited, without reaping it.
+fn exited(pid: Pid) -> bool {
+    use rustix::process::{WaitId, WaitIdOptions, waitid};
+    let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+    match waitid(WaitId::Pid(pid), options) {
+        Ok(status) => status.is_some(),
+        // Already reaped, or not ours: nothing left to wait for.
+        Err(_) => true,
+    }
+}
+
 /// Carries each connection to `127.0.0.1:PORT` inside the namespace to the proxy's unix
 /// socket outside, both ways, until either side closes.
 async fn relay(listener: TcpListener, socket: Arc<PathBuf>) {
+    // As many as the proxy takes ([`MAX_CONNECTIONS`]): further clients wait in the backlog.
+    let open = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(permit) = Arc::clone(&open).acquire_owned().await else {
+            return;
+        };
         match listener.accept().await {
             Ok((mut inside, _)) => {
                 let socket = Arc::clone(&socket);
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let _ = inside.set_nodelay(true);
                     // A failed connect closes `inside`: the client sees the proxy go away.
                     if let Ok(mut outside) = UnixStream::connect(&*socket).await {

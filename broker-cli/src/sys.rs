@@ -70,3 +70,38 @@ pub fn die_with_parent(cmd: &mut tokio::process::Command) {
         });
     }
 }
+
+/// Marks every descriptor above standard error close-on-exec, so the command the
+/// `broker run --isolate` helper runs inherits none of the helper's other descriptors — a
+/// socket a parent leaked to the broker keeps the network namespace it was made in, a way
+/// around the isolation. The helper's own descriptors stay open in the helper.
+///
+/// Call it while the process has a single thread. Returns how many descriptors were marked.
+#[cfg(feature = "proxy")]
+pub fn cloexec_above_stderr() -> std::io::Result<usize> {
+    use rustix::io::{FdFlags, fcntl_getfd, fcntl_setfd};
+    let mut marked = 0;
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let Some(raw) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if raw <= 2 {
+            continue;
+        }
+        // SAFETY: `raw` was just listed in /proc/self/fd, so it was open then; the process has
+        // a single thread and closes nothing while the listing is read (the listing's own
+        // descriptor stays open until the loop ends), so it is still open for this borrow,
+        // which ends within this iteration. Setting FD_CLOEXEC takes nothing from its owner.
+        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+        let flags = fcntl_getfd(fd)?;
+        if !flags.contains(FdFlags::CLOEXEC) {
+            fcntl_setfd(fd, flags | FdFlags::CLOEXEC)?;
+            marked += 1;
+        }
+    }
+    Ok(marked)
+}

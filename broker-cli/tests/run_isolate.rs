@@ -526,3 +526,195 @@ fn isolate_with_from_is_refused() {
         "error: --isolate cannot be used with --from yet: the daemon's proxy is not reachable from the command's network namespace\n"
     );
 }
+
+/// Whether process `pid` is running (a zombie is not).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat
+            .rfind(')')
+            .and_then(|end| stat[end + 1..].split_whitespace().next());
+        !matches!(state, Some("Z" | "X" | "x"))
+    })
+}
+
+/// Waits (at most 60 s) for `path` to exist.
+fn wait_for(path: &Path, who: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{who}: {} never came",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Execs `broker ARGS` with a UDP socket bound on 127.0.0.1 on descriptor 5, inheritable (as
+/// a careless parent would leave it).
+const LEAK_FD: &str = r#"
+import os, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 0))
+os.dup2(s.fileno(), 5, inheritable=True)
+os.execv(sys.argv[1], sys.argv[1:])
+"#;
+
+#[test]
+fn an_inherited_socket_does_not_reach_the_isolated_command() {
+    let Some(users) = users() else {
+        return;
+    };
+    // A python every uid can run (a user's own install may be private to it).
+    let python = "/usr/bin/python3";
+    if !Path::new(python).exists() {
+        record_skip("/usr/bin/python3 is needed to pass a descriptor on");
+        return;
+    }
+    for uid in users {
+        let f = Fixture::new(uid, PLAIN_CONFIG);
+        let who = f.who();
+        let check = r#"if [ -e /proc/self/fd/5 ]; then readlink /proc/self/fd/5; exit 9; fi"#;
+        // Without --isolate the descriptor reaches the command (the wrapper works)...
+        let out = f
+            .command(&[python, "-c", LEAK_FD], &["run", "--", "sh", "-c", check])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(9), "{who}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with("socket:["),
+            "{who}: {out:?}"
+        );
+        // ...with it, the command has none: a socket keeps the namespace it was made in.
+        let out = f
+            .command(
+                &[python, "-c", LEAK_FD],
+                &["run", "--isolate", "--", "sh", "-c", check],
+            )
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{who}: {out:?}");
+        assert!(
+            out.stdout.is_empty() && out.stderr.is_empty(),
+            "{who}: {out:?}"
+        );
+    }
+}
+
+/// The isolated command: moves to a process group of its own, starts a job there that
+/// ignores SIGTERM, and on SIGTERM writes `$OUT/term` and exits 0, leaving the job behind.
+const OWN_GROUP: &str = r#"
+import os, signal, subprocess, sys
+out = os.environ["OUT"]
+os.setpgid(0, 0)
+def on_term(*_):
+    with open(out + "/term", "w") as f:
+        f.write("got-term")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+job = subprocess.Popen(
+    ["sleep", "120"], preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN)
+)
+with open(out + "/pids.tmp", "w") as f:
+    f.write(f"{os.getpid()} {job.pid}")
+os.rename(out + "/pids.tmp", out + "/pids")
+while True:
+    signal.pause()
+"#;
+
+#[test]
+fn sigterm_reaches_an_isolated_command_in_a_group_of_its_own_and_its_jobs_end() {
+    let Some(users) = users() else {
+        return;
+    };
+    if Command::new("python3").arg("--version").output().is_err() {
+        record_skip("python3 is needed to change process groups");
+        return;
+    }
+    for uid in users {
+        let f = Fixture::new(uid, PLAIN_CONFIG);
+        let who = f.who();
+        let broker = f
+            .command(
+                &[],
+                &[
+                    "run",
+                    "--isolate",
+                    "--grace",
+                    "120",
+                    "--",
+                    "python3",
+                    "-c",
+                    OWN_GROUP,
+                ],
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pids = f.path("out").join("pids");
+        wait_for(&pids, &who);
+        let pids: Vec<i32> = read(pids)
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        let broker_pid = rustix::process::Pid::from_raw(broker.id() as i32).unwrap();
+        rustix::process::kill_process(broker_pid, rustix::process::Signal::TERM).unwrap();
+        // (Were SIGTERM not passed on, the broker would wait out the grace period: a hang.)
+        let out = broker.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(143), "{who}: {out:?}");
+        assert_eq!(read(f.path("out").join("term")), "got-term", "{who}");
+        // The job that ignored SIGTERM was killed with the helper's exit.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while pids.iter().any(|&p| alive(p)) {
+            assert!(
+                Instant::now() < deadline,
+                "{who}: {pids:?} outlived the run"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn a_scratch_root_too_long_for_the_socket_is_refused_before_anything_is_resolved() {
+    let Some(users) = users() else {
+        return;
+    };
+    for uid in users {
+        let f = Fixture::new(
+            uid,
+            "credentials:\n  api: { ref: \"env:ISOLATE_TEST_SOURCE\", as: API_KEY }\naudit: { path: audit.jsonl }\n",
+        );
+        let who = f.who();
+        let long = f.path("runtime").join("r".repeat(90));
+        std::fs::create_dir(&long).unwrap();
+        mode(&long, 0o700);
+        if let Some(uid) = uid {
+            std::os::unix::fs::chown(&long, Some(uid), Some(uid)).unwrap();
+        }
+        let out = f
+            .command(
+                &[],
+                &["run", "--isolate", "--", "sh", "-c", r#"touch "$OUT/ran""#],
+            )
+            .env("XDG_RUNTIME_DIR", &long)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(78), "{who}: {out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!(
+                "error: --isolate: the proxy's socket under {} would have a path longer than a unix socket allows (107 bytes); set XDG_RUNTIME_DIR or TMPDIR to a shorter directory; the command was not run\n",
+                long.canonicalize().unwrap().display()
+            ),
+            "{who}"
+        );
+        assert!(out.stdout.is_empty(), "{who}");
+        assert!(
+            !f.path("out").join("ran").exists(),
+            "{who}: the command ran"
+        );
+        assert!(!f.path("audit.jsonl").exists(), "{who}");
+    }
+}
