@@ -29,9 +29,11 @@
 //! SIGHUP and SIGQUIT (to outlive them and pass the command's status on). When it shares
 //! the terminal's foreground group, the terminal delivers SIGINT and SIGQUIT to the command
 //! itself and the broker forwards SIGTERM and SIGHUP to the helper, which passes them on.
-//! A command that left the helper's group (`setsid`, `setpgid`, an interactive shell) gets
-//! SIGTERM and SIGHUP from the helper, sent to its new group, and when it exits the helper
-//! kills what it left running in that group (SIGKILL). A signal that arrives before the
+//! A command that left the helper's group for one of its own (`setsid`, `setpgid`, an
+//! interactive shell) gets SIGTERM and SIGHUP from the helper, sent to that group, and when it
+//! exits the helper kills what it left running there (SIGKILL); one that joined another
+//! group gets them alone. (A job it moves to a session of its own is out of reach: there is
+//! no pid namespace.) A signal that arrives before the
 //! command is started ends the helper with 128+n, and the command is not run.
 //!
 //! Before resolving anything, `broker run --isolate` runs the helper once with `--probe`: where
@@ -416,17 +418,19 @@ async fn supervise(socket: PathBuf, port: u16, program: &OsString, rest: &[OsStr
         );
         return exit::SOFTWARE;
     };
-    // The command's own process group, when it made one (`setsid`, `setpgid`, an interactive
-    // shell): the broker's signals to the helper's group do not reach it there.
-    let other_group = || {
+    // Where the command is: in the helper's group (the broker's signals to that group reach
+    // it), in a group of its own (`setsid`, `setpgid(0, 0)`, an interactive shell: they do
+    // not), or in another process's group (theirs, not to be signalled).
+    let own_group_of_command = || {
         rustix::process::getpgid(Some(pid))
             .ok()
-            .filter(|g| *g != rustix::process::getpgrp())
+            .filter(|g| *g == pid && *g != rustix::process::getpgrp())
     };
     let pass_on = |sig: Signal| {
-        if let Some(group) = other_group() {
+        let group = rustix::process::getpgid(Some(pid)).ok();
+        if let Some(group) = own_group_of_command() {
             let _ = rustix::process::kill_process_group(group, sig);
-        } else if !own_group {
+        } else if !own_group || group != Some(rustix::process::getpgrp()) {
             let _ = rustix::process::kill_process(pid, sig);
         }
     };
@@ -440,9 +444,9 @@ async fn supervise(socket: PathBuf, port: u16, program: &OsString, rest: &[OsStr
             _ = quit.recv() => {}
         }
     }
-    // The command has exited and is not reaped yet, so its group's id cannot be reused: end
-    // what it left running there.
-    if let Some(group) = other_group() {
+    // The command has exited and is not reaped yet, so its group's id (its pid) cannot be
+    // reused: end what it left running in the group it made.
+    if let Some(group) = own_group_of_command() {
         let _ = rustix::process::kill_process_group(group, Signal::KILL);
     }
     match child.wait().await {
