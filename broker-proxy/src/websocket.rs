@@ -220,39 +220,70 @@ fn frame(head: &FrameHead, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
+/// Frames in, frames out: bytes of an upstream's frame stream are pushed in any split, and
+/// each complete frame comes out with its payload redacted and its length rewritten.
+pub struct FrameRedactor<'r> {
+    redactor: &'r Redactor,
+    held: Zeroizing<Vec<u8>>,
+}
+
+impl<'r> FrameRedactor<'r> {
+    /// A relay redacting with `redactor`.
+    pub fn new(redactor: &'r Redactor) -> Self {
+        FrameRedactor {
+            redactor,
+            held: Zeroizing::new(Vec::with_capacity(16 * 1024)),
+        }
+    }
+
+    /// Takes `data` and appends every frame it completes, redacted, to `out`. An error (a
+    /// masked or RSV-flagged frame, a malformed control frame, one over [`MAX_FRAME`]) ends
+    /// the relay: nothing more may be pushed.
+    pub fn push(&mut self, data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+        self.held.extend_from_slice(data);
+        let mut start = 0;
+        while let Some(head) = parse_head(&self.held[start..])? {
+            let end = start + head.header_len + head.payload_len;
+            if self.held.len() < end {
+                break;
+            }
+            let payload = &self.held[start + head.header_len..end];
+            match self.redactor.redact(payload) {
+                std::borrow::Cow::Borrowed(_) => out.extend_from_slice(&self.held[start..end]),
+                std::borrow::Cow::Owned(mut redacted) => {
+                    frame(&head, &redacted, out);
+                    redacted.zeroize();
+                }
+            }
+            start = end;
+        }
+        if start > 0 {
+            self.held.drain(..start);
+        }
+        Ok(())
+    }
+}
+
 /// Reads frames from `from` and writes each, its payload redacted, to `to`.
 async fn relay_frames<R, W>(from: &mut R, to: &mut W, redactor: &Redactor) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = Zeroizing::new(Vec::with_capacity(16 * 1024));
+    let mut frames = FrameRedactor::new(redactor);
     let mut chunk = Zeroizing::new(vec![0u8; 16 * 1024]);
     let mut out = Zeroizing::new(Vec::with_capacity(16 * 1024));
     loop {
-        while let Some(head) = parse_head(&buf)? {
-            let end = head.header_len + head.payload_len;
-            if buf.len() < end {
-                break;
-            }
-            let payload = &buf[head.header_len..end];
-            out.clear();
-            match redactor.redact(payload) {
-                std::borrow::Cow::Borrowed(_) => out.extend_from_slice(&buf[..end]),
-                std::borrow::Cow::Owned(mut redacted) => {
-                    frame(&head, &redacted, &mut out);
-                    redacted.zeroize();
-                }
-            }
-            to.write_all(&out).await?;
-            out.zeroize();
-            buf.drain(..end);
-        }
         let n = from.read(&mut chunk).await?;
         if n == 0 {
             return Ok(());
         }
-        buf.extend_from_slice(&chunk[..n]);
+        out.clear();
+        frames.push(&chunk[..n], &mut out)?;
+        if !out.is_empty() {
+            to.write_all(&out).await?;
+            out.zeroize();
+        }
     }
 }
 

@@ -427,6 +427,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "age_decrypt",
     "audit_verify",
     "redact",
+    "ws_frames",
 ];
 /// Seconds per target for `cargo xtask fuzz smoke`.
 const SMOKE_SECONDS: u64 = 5;
