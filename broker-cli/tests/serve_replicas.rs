@@ -11,7 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use broker_core::testkit::{OpenBao, assert_no_canary, free_port, require_peer, wait_for_port};
@@ -175,11 +175,17 @@ impl Replica {
 
     /// `POST path` over the socket: (status, body).
     fn post(&self, path: &str) -> (u16, String) {
+        self.post_body(path, "")
+    }
+
+    /// `POST path` with a JSON `body`: (status, body).
+    fn post_body(&self, path: &str, body: &str) -> (u16, String) {
         let mut s = UnixStream::connect(self.socket()).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
         write!(
             s,
-            "POST {path} HTTP/1.1\r\nHost: broker\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "POST {path} HTTP/1.1\r\nHost: broker\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
         )
         .unwrap();
         let mut raw = String::new();
@@ -676,4 +682,113 @@ fn a_replica_reaches_redis_over_tls_with_a_password() {
     replica.stop();
     assert_no_canary("t1 logs", &replica.logs(), &[PASSWORD, STORE_KEY, PLAIN]);
     assert_no_canary("t1 audit", &replica.audit(), &[PASSWORD, STORE_KEY, PLAIN]);
+}
+
+/// A relay in front of OpenBao that holds every token-creation request until `open` is set,
+/// counting the ones held in `arrived`: requests stay in flight for as long as the test wants.
+fn gated_relay(upstream: u16) -> (String, Arc<AtomicUsize>, Arc<AtomicBool>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(AtomicBool::new(false));
+    let (arrivals, gate) = (arrived.clone(), open.clone());
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                return;
+            };
+            let (mut c_read, mut s_write) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut s_read, mut c_write) = (server, client);
+            let (arrivals, gate) = (arrivals.clone(), gate.clone());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16384];
+                while let Ok(n) = c_read.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let line: &[u8] = b"POST /v1/auth/token/create";
+                    if buf[..n].windows(line.len()).any(|w| w == line) {
+                        arrivals.fetch_add(1, Ordering::SeqCst);
+                        while !gate.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                    }
+                    if s_write.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = s_write.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s_read, &mut c_write);
+                let _ = c_write.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (format!("http://127.0.0.1:{port}"), arrived, open)
+}
+
+#[test]
+fn the_in_flight_cap_counts_requests_on_every_replica() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let Some(bao) = OpenBao::start(ROOT, "bao-replicas-inflight") else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let (relay, arrived, open) = gated_relay(bao.peer.port);
+    let cfg = config(
+        "  tok: { mint: \"vault:auth/token/create\", ttl: 15m, as: BAO_TOKEN }",
+        "{ rate: 1000, burst: 1000, concurrency: 2 }",
+    )
+    .replace(
+        "audit: {",
+        &format!("backends:\n  vault: {{ address: \"{relay}\" }}\naudit: {{"),
+    );
+    let env = [("VAULT_TOKEN", ROOT), ("HOME", "/nonexistent")];
+    let mut fleet: Vec<Replica> = ["c1", "c2", "c3"]
+        .iter()
+        .map(|id| Replica::start(work.path(), id, &cfg, &redis, &env))
+        .collect();
+    // Two requests (distinct lifetimes: two mints) held in flight on c1 and c2...
+    std::thread::scope(|s| {
+        let held: Vec<_> = [(0, "10m"), (1, "11m")]
+            .into_iter()
+            .map(|(i, ttl)| {
+                let r = &fleet[i];
+                s.spawn(move || {
+                    r.post_body("/v1/credentials/tok", &format!("{{\"ttl\":\"{ttl}\"}}"))
+                })
+            })
+            .collect();
+        until("two mints held at the relay", || {
+            arrived.load(Ordering::SeqCst) == 2
+        });
+        // ...so the agent's third, on c3, is over the cap the fleet shares.
+        assert_eq!(
+            fleet[2].post_body("/v1/credentials/tok", "{\"ttl\":\"12m\"}"),
+            (
+                429,
+                r#"{"error":{"kind":"too_many_in_flight","message":"agent `agent-a` has 2 requests in flight (`serve.limits`)"}}"#
+                    .to_string()
+            )
+        );
+        open.store(true, Ordering::SeqCst);
+        for h in held {
+            assert_eq!(h.join().unwrap().0, 200);
+        }
+    });
+    // The slots are given back: c3 is served now.
+    until("c3 admits the agent again", || {
+        fleet[2]
+            .post_body("/v1/credentials/tok", "{\"ttl\":\"12m\"}")
+            .0
+            == 200
+    });
+    for r in &mut fleet {
+        r.stop();
+    }
 }
