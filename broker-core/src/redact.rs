@@ -437,9 +437,12 @@ impl Scanner {
             .clamp(1, 255);
         let block = m.min(4);
         let max_shift = m - block + 1;
-        // Room for about 4× the blocks the prefixes hold, between 1 KiB and 256 KiB.
+        // Room for 2× (a task's few hundred patterns: quick to build and wipe) to 4× (larger
+        // sets, where the output volume pays for it) the blocks the prefixes hold, between
+        // 1 KiB and 256 KiB, so most slots keep the full jump.
         let blocks = sorted.len().saturating_mul(max_shift).max(1);
-        let bits = (usize::BITS - (blocks * 4).leading_zeros()).clamp(10, 18);
+        let room = if sorted.len() <= 512 { 2 } else { 4 };
+        let bits = (usize::BITS - (blocks * room).leading_zeros()).clamp(10, 18);
         let mut shift = Zeroizing::new(vec![u8::try_from(max_shift).unwrap_or(u8::MAX); 1 << bits]);
         let mut ends = Zeroizing::new(Vec::with_capacity(sorted.len()));
         for (id, p) in sorted.iter().enumerate() {
