@@ -114,6 +114,7 @@ async fn main() {
             audit,
             also_redact: Vec::new(),
             validity: Duration::from_secs(3600),
+            admit: None,
         })
     };
     let proxy = start(Arc::new(MemoryAudit::new())).await.unwrap();

@@ -31,5 +31,5 @@ pub mod websocket;
 pub use audit::{AuditSink, LogAudit, MemoryAudit};
 pub use net::{Dialer, Egress, Resolver, SystemResolver, Target, TcpDialer};
 pub use run::{RemoteProxy, RunProxy};
-pub use server::{ProxiedCredential, Proxy, ProxyOptions};
+pub use server::{Admit, ProxiedCredential, Proxy, ProxyOptions};
 pub use settings::{EgressPolicy, HostPattern, Rules};

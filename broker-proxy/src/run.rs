@@ -182,6 +182,7 @@ impl RunProxy {
             audit,
             also_redact: delivery.secrets().to_vec(),
             validity: CA_VALIDITY,
+            admit: None,
         })
         .await?;
         let scratch = ScratchDir::create()?;

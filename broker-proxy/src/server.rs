@@ -117,6 +117,16 @@ pub struct ProxyOptions {
     pub also_redact: Vec<(String, SecretValue)>,
     /// How long the run's CA certificate is valid.
     pub validity: Duration,
+    /// Asked before each request that would use a credential (the daemon: is the agent still
+    /// allowed?); a refusal is answered 403 with nothing sent. `None`: always admitted.
+    pub admit: Option<Arc<dyn Admit>>,
+}
+
+/// Whether requests that use a credential may still go out (see [`ProxyOptions::admit`]).
+#[broker_core::async_trait]
+pub trait Admit: Send + Sync {
+    /// `Err(why)` to refuse; must fail closed when it cannot tell.
+    async fn admit(&self) -> std::result::Result<(), String>;
 }
 
 /// A running proxy. Dropping it stops the listener and every connection.
@@ -157,6 +167,8 @@ pub(crate) struct Shared {
     audit_failed: AtomicBool,
     /// Client connections left ([`MAX_CONNECTIONS`]).
     connections: Arc<tokio::sync::Semaphore>,
+    /// [`ProxyOptions::admit`].
+    admit: Option<Arc<dyn Admit>>,
     /// Request bodies that may be held for scanning at once ([`MAX_BODY_BUFFERS`]).
     body_buffers: tokio::sync::Semaphore,
 }
@@ -178,6 +190,7 @@ impl Proxy {
             audit,
             also_redact,
             validity,
+            admit,
         } = options;
         let ca = RunCa::generate(validity)?;
         let client_tls = client_tls(&policy)?;
@@ -236,6 +249,7 @@ impl Proxy {
             expected_auth,
             shutdown: rx,
             audit_failed: AtomicBool::new(false),
+            admit,
             connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
             body_buffers: tokio::sync::Semaphore::new(MAX_BODY_BUFFERS),
         });
@@ -909,6 +923,12 @@ async fn forward(
             StatusCode::SERVICE_UNAVAILABLE,
             "the audit log cannot be written: requests that use a credential are refused",
         );
+    }
+    if !eligible.is_empty()
+        && let Some(admit) = &shared.admit
+        && let Err(why) = admit.admit().await
+    {
+        return blocked(shared, target, &parts.method, why).await;
     }
     let method = parts.method.clone();
     let audit_path = record_path(shared, parts.uri.path());

@@ -28,6 +28,8 @@ struct Fixture {
     dialer: Arc<RecordingDialer>,
     resolver: Arc<MapResolver>,
     ca: PathBuf,
+    /// What the proxy's `admit` hook answers (a daemon: the agent is not blocked).
+    allowed: Arc<std::sync::atomic::AtomicBool>,
     _dir: tempfile::TempDir,
 }
 
@@ -96,6 +98,20 @@ impl Fixture {
     }
 }
 
+/// An `admit` hook answering what the test sets.
+struct Switch(Arc<std::sync::atomic::AtomicBool>);
+
+#[broker_core::async_trait]
+impl broker_proxy::Admit for Switch {
+    async fn admit(&self) -> Result<(), String> {
+        if self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err("agent `agent-a` is blocked".into())
+        }
+    }
+}
+
 async fn fixture(policy: serde_json::Value, names: &[(&str, &[&str])]) -> Fixture {
     fixture_with(policy, names, true, false).await
 }
@@ -122,6 +138,7 @@ async fn fixture_rules(
     rules: serde_json::Value,
 ) -> Fixture {
     let upstream = upstream_with(&["api.test", "other.test", "127.0.0.1"], tls).await;
+    let allowed = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let mut policy = policy;
     policy["upstream_ca"] = json!(upstream.ca_path.display().to_string());
     let policy = EgressPolicy::parse(Some(&policy), upstream.dir.path()).unwrap();
@@ -143,6 +160,7 @@ async fn fixture_rules(
         audit: Arc::new(audit.clone()),
         also_redact: vec![("other".into(), SecretValue::from(OTHER_CANARY.to_string()))],
         validity: Duration::from_secs(3600),
+        admit: Some(Arc::new(Switch(Arc::clone(&allowed)))),
     })
     .await
     .unwrap();
@@ -157,6 +175,7 @@ async fn fixture_rules(
         dialer,
         resolver,
         ca,
+        allowed,
         _dir: dir,
     }
 }
@@ -1095,6 +1114,31 @@ async fn connections_beyond_the_cap_are_closed_and_the_rest_still_served() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let bearer = format!("Authorization: Bearer {}", f.placeholder);
     let (code, out, err) = curl(f.curl_args(&["-H", &bearer, &f.url("api.test", "/after")])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.ends_with("200"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_of_the_admit_hook_stops_requests_that_would_use_a_value() {
+    let f = fixture(json!({ "allow_private": true }), &loopback_names()).await;
+    let bearer = format!("Authorization: Bearer {}", f.placeholder);
+    f.allowed.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (code, out, err) =
+        curl(f.curl_args(&["-H", &bearer, &f.url("api.test", "/blocked")])).await;
+    assert_eq!(code, 0, "{err}");
+    let (text, status) = split_status(&out);
+    assert_eq!(status, "403", "{out}");
+    assert!(
+        text.contains("blocked: agent `agent-a` is blocked"),
+        "{text}"
+    );
+    assert!(f.upstream.seen().is_empty(), "nothing was sent");
+    // Without a value the request is no business of the hook.
+    let (code, out, err) = curl(f.curl_args(&[&f.url("api.test", "/plain")])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.ends_with("200"), "{out}");
+    f.allowed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (code, out, err) = curl(f.curl_args(&["-H", &bearer, &f.url("api.test", "/again")])).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.ends_with("200"), "{out}");
 }

@@ -141,6 +141,25 @@ impl ProxySessions {
     }
 }
 
+/// The daemon's answer to "may this agent's proxy still use its credentials?": not while the
+/// agent is blocked (on any replica: a shared store's mirror knows within its notification
+/// delay), nor while that cannot be told (fail closed).
+struct StillAllowed {
+    state: Arc<dyn State>,
+    agent: String,
+}
+
+#[broker_core::async_trait]
+impl broker_proxy::Admit for StillAllowed {
+    async fn admit(&self) -> std::result::Result<(), String> {
+        match self.state.is_blocked(&self.agent).await {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(format!("agent `{}` is blocked", self.agent)),
+            Err(_) => Err("the daemon cannot tell whether the agent is blocked".to_string()),
+        }
+    }
+}
+
 fn too_many(agent: &str) -> ApiError {
     ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
@@ -265,6 +284,10 @@ pub(crate) async fn start(
         audit: Arc::new(LogAudit::new(broker.shared_audit_log(), alert, template)),
         also_redact: Vec::new(),
         validity: ttl,
+        admit: Some(Arc::new(StillAllowed {
+            state: app.state.clone(),
+            agent: agent.clone(),
+        })),
     })
     .await?;
     if ttl.is_zero() {
