@@ -97,6 +97,8 @@ impl Redis {
                 "list" => self.cli(&["LRANGE", key, "0", "-1"]),
                 "zset" => self.cli(&["ZRANGE", key, "0", "-1", "WITHSCORES"]),
                 "stream" => self.cli(&["XRANGE", key, "-", "+"]),
+                // Expired between the scan and now (a rate-limit bucket, say).
+                "none" => continue,
                 other => panic!("unexpected type {other} of {key}"),
             };
             all.extend_from_slice(key.as_bytes());
