@@ -241,29 +241,55 @@ impl App {
     }
 
     /// Records the lease of `credential` (issued to `agent`), if it has one, so that a block
-    /// or a revocation through the daemon reaches it.
+    /// or a revocation through the daemon reaches it; returns the record.
     pub(crate) async fn record_issued(
         &self,
         live: &Live,
         spec: &broker_core::CredentialSpec,
         credential: &broker_core::Credential,
         agent: &str,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Option<LeaseRecord>, ApiError> {
         let Some(lease) = credential.lease() else {
-            return Ok(());
+            return Ok(None);
         };
         let backend = live.broker.registry().for_scheme(spec.reference.scheme());
-        self.state
-            .record_lease(LeaseRecord::new(
-                lease.id.clone(),
-                spec.name.clone(),
-                agent.to_string(),
-                backend.map_or("", |d| d.name).to_string(),
-                lease.expires_at,
-                backend.is_some_and(|d| d.capabilities.revoke),
-            ))
-            .await?;
-        Ok(())
+        let record = LeaseRecord::new(
+            lease.id.clone(),
+            spec.name.clone(),
+            agent.to_string(),
+            backend.map_or("", |d| d.name).to_string(),
+            lease.expires_at,
+            backend.is_some_and(|d| d.capabilities.revoke),
+        );
+        self.state.record_lease(record.clone()).await?;
+        Ok(Some(record))
+    }
+
+    /// After a credential was obtained for `agent`: refused (and its lease revoked, or marked)
+    /// when the agent was blocked meanwhile — a request can wait long on a mint, on another
+    /// replica's lock — or when that cannot be told.
+    pub(crate) async fn still_allowed(
+        &self,
+        live: &Live,
+        agent: &str,
+        issued: Option<&LeaseRecord>,
+        ctx: &RequestContext,
+    ) -> Result<(), ApiError> {
+        let refusal = match self.state.is_blocked(agent).await {
+            Ok(false) => return Ok(()),
+            Ok(true) => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "agent_blocked",
+                format!("agent `{agent}` is blocked"),
+            ),
+            Err(e) => e.into(),
+        };
+        if let Some(record) = issued
+            && let Err(e) = revoke_lease(self, live, record, ctx).await
+        {
+            tracing::error!(lease = %record.lease_id, "a lease issued to a blocked agent was not revoked: {}", e.message);
+        }
+        Err(refusal)
     }
 
     /// Verifies who is calling; a refusal is recorded (and counted toward a denial storm).
@@ -727,7 +753,14 @@ async fn credential(
     }
     let lease = credential.lease();
     if let (Some(spec), Some(agent)) = (&spec, &ctx.agent_id) {
-        app.record_issued(&live, spec, &credential, agent).await?;
+        let issued = app.record_issued(&live, spec, &credential, agent).await?;
+        if let Err(err) = app.still_allowed(&live, agent, issued.as_ref(), &ctx).await {
+            app.refuse(&live, &ctx, &who, &err, |e| {
+                e.credential = Some(name.clone())
+            })
+            .await;
+            return Err(err);
+        }
     }
     let mut expires = lease.and_then(|l| l.expires_at).or_else(|| {
         spec.as_ref()

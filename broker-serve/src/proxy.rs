@@ -242,7 +242,9 @@ pub(crate) async fn start(
         // Policy, egress gate, cache and audit: as for `/v1/credentials`; a lease is
         // recorded for the agent (a block revokes it) and bounds the proxy's life.
         let credential = broker.resolve(name, &ctx).await?;
-        app.record_issued(&live, spec, &credential, &agent).await?;
+        let issued = app.record_issued(&live, spec, &credential, &agent).await?;
+        app.still_allowed(&live, &agent, issued.as_ref(), &ctx)
+            .await?;
         if let Some(expires) = credential.lease().and_then(|l| l.expires_at) {
             let left = expires
                 .duration_since(SystemTime::now())
