@@ -2,7 +2,7 @@
 //!
 //! Thin by design: parsing, output and process handling live here; everything else is
 //! `broker-core` and the backend crates linked through cargo features (see `backends.rs`).
-// `unsafe` only in `sys` (pre-exec setup of the child), nowhere else.
+// `unsafe` only in `sys` (pre-exec setup of the child, `--isolate`'s namespace), nowhere else.
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 #![allow(clippy::print_stdout, clippy::print_stderr)]

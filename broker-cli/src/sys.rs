@@ -1,5 +1,6 @@
-//! The broker's only `unsafe` code: registering what the child does between `fork` and
-//! `exec`, and `unshare` for `broker run --isolate`. Kept to this one module (the crate root
+//! This crate's only `unsafe` code (the other is broker-core's `sys`, `mlock` of secret
+//! pages): registering what the child does between `fork` and `exec`, and `unshare` and
+//! descriptor flags for `broker run --isolate`. Kept to this one module (the crate root
 //! denies `unsafe_code` and allows it here only), each block with a `SAFETY:` comment.
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
