@@ -404,6 +404,52 @@ fn a_block_on_one_replica_holds_on_every_replica_and_survives_a_redis_restarted_
 }
 
 #[test]
+fn a_block_survives_redis_and_every_replica_restarting_together() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let cfg = config("", "{ rate: 1000, burst: 1000 }");
+    let mut r1 = Replica::start(work.path(), "r1", &cfg, &redis, &[]);
+    let (status, body) = r1.post("/v1/agents/agent-a/block");
+    assert_eq!(status, 200, "{body}");
+    // A block pressed during an outage is in the durable record too.
+    redis.kill();
+    let (status, body) = r1.post("/v1/agents/agent-z/block");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"persisted\":false"), "{body}");
+    r1.stop();
+
+    // Redis back empty; a replica WITHOUT a record (a fresh dir) reconnects first and writes
+    // a new epoch; then the replica with the record starts again.
+    redis.restart_empty();
+    let fresh = Replica::start(work.path(), "fresh", &cfg, &redis, &[]);
+    until("the fresh replica writes a new epoch", || {
+        !redis.cli(&["GET", "broker:epoch"]).trim_ascii().is_empty()
+    });
+    let r1 = Replica::start(work.path(), "r1", &cfg, &redis, &[]);
+    for agent in ["agent-a", "agent-z"] {
+        until(&format!("{agent}'s block is re-asserted"), || {
+            redis.cli(&["SISMEMBER", "broker:blocked", agent]) == b"1\n"
+        });
+    }
+    for r in [&fresh, &r1] {
+        until(&format!("{} refuses the blocked agent", r.id), || {
+            r.credential("plain") == (403, BLOCKED.to_string())
+        });
+    }
+    // An unblock is then respected: the record is at the store's epoch again.
+    until("the unblock", || {
+        fresh.post("/v1/agents/agent-a/unblock").0 == 200
+    });
+    for r in [&fresh, &r1] {
+        until(&format!("{} serves the unblocked agent", r.id), || {
+            r.credential("plain").0 == 200
+        });
+    }
+}
+
+#[test]
 fn redis_killed_mid_run_refuses_with_a_clear_error_and_service_resumes() {
     let Some(mut redis) = Redis::start() else {
         return;

@@ -227,6 +227,19 @@ impl App {
         self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// What evicts a lease revoked anywhere in the fleet from the cache of the broker in force
+    /// (holding the settings weakly: the store that calls it belongs to this app).
+    #[cfg(feature = "redis")]
+    pub(crate) fn evictor(&self) -> impl Fn(&str) + Send + Sync + 'static {
+        let live = Arc::downgrade(&self.live);
+        move |lease_id| {
+            if let Some(live) = live.upgrade() {
+                let live = live.read().unwrap_or_else(|p| p.into_inner()).clone();
+                live.broker.cache().evict_lease(lease_id);
+            }
+        }
+    }
+
     /// Puts a reloaded broker and settings in force.
     pub(crate) fn replace(&self, live: Live) {
         // A reloaded broker's cache is shared with the other replicas as the old one was.

@@ -145,8 +145,12 @@ pub struct SharedStore {
     /// The prefix of every key the daemon writes (default `broker:`).
     pub prefix: String,
     /// This replica's name: in its audit log's file name and its local record of blocks
-    /// (default: `$BROKER_REPLICA_ID`, else the host name and the process id).
+    /// (default: `$BROKER_REPLICA_ID`, else the host name, so that a restarted process finds
+    /// its record; two replicas on one host need distinct names).
     pub replica_id: String,
+    /// Whether the name was given (`replica_id` or `$BROKER_REPLICA_ID`) rather than taken
+    /// from the host name.
+    pub replica_id_configured: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -588,6 +592,7 @@ fn store_settings(
             let from_env = std::env::var("BROKER_REPLICA_ID")
                 .ok()
                 .filter(|v| !v.is_empty());
+            let replica_id_configured = raw.replica_id.is_some() || from_env.is_some();
             let replica_id = match raw.replica_id.or(from_env) {
                 Some(id) => id,
                 None => {
@@ -600,7 +605,8 @@ fn store_settings(
                     } else {
                         host
                     };
-                    format!("{host}-{}", std::process::id())
+                    // Stable across restarts: the record of blocks must be found again.
+                    host
                 }
             };
             if replica_id.is_empty()
@@ -627,6 +633,7 @@ fn store_settings(
                     key_ref,
                     prefix: raw.prefix.unwrap_or_else(|| "broker:".into()),
                     replica_id,
+                    replica_id_configured,
                 }),
             ))
         }

@@ -395,6 +395,8 @@ impl Daemon {
             tx,
         )
         .await?;
+        // A lease revoked on any replica leaves this replica's cache too.
+        state.on_revoke(Arc::new(self.app.evictor()));
         let app = self.app.clone();
         tokio::spawn(async move {
             while let Some(health) = rx.recv().await {

@@ -12,7 +12,8 @@
 //! | `lock:{sha256}` | string | the fetch lock of that entry (a fencing token), expiring |
 //! | `fence` | string | the fencing-token counter |
 //! | `epoch` | string | written once; its absence tells a replica the store lost its data |
-//! | `events` | channel | `block`, `unblock`, `revoke` and `lease` notifications |
+//! | `gen` | string | the block generation: raised by every block and unblock, never lowered |
+//! | `events` | channel | `block`, `unblock` (with their generation), `revoke` and `lease` notifications |
 //!
 //! Cached credentials are encrypted with a key derived (HKDF-SHA256) from `serve.store.key_ref`'s
 //! value; the Redis key name and the fencing token are the associated data, so an entry moved
@@ -21,8 +22,16 @@
 //! Each replica mirrors the blocked set and the revoked leases in memory, refreshed by the
 //! `events` subscription. The mirror is trusted only while that subscription is up (after a
 //! full re-read on every (re)connect); otherwise every request that depends on the store is
-//! refused (`store_unavailable`). A store found without its `epoch` (restarted empty) gets the
-//! blocks this replica knew (its mirror and its durable local record) written back first.
+//! refused (`store_unavailable`).
+//!
+//! Each replica keeps a durable local record: the blocks it knows, the `epoch` and the highest
+//! block generation it saw, and the blocks pressed here that the store has not taken yet. A
+//! store found without an `epoch`, with another `epoch` than the record's (it restarted empty,
+//! and another replica wrote a new one first), or with a generation below the one the record
+//! saw (a failover lost writes) has lost data: the blocks this replica knows are written back
+//! (and announced) before its mirror is re-read. A block and an unblock are one script each
+//! (change the set, raise the generation, announce), so every replica applies them in the
+//! store's order.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
@@ -63,6 +72,48 @@ pub(crate) struct Health {
     pub(crate) detail: String,
 }
 
+/// The generation of the last full re-read, and per agent the generation and outcome
+/// (blocked?) of the last change applied since.
+type Applied = (u64, HashMap<String, (u64, bool)>);
+
+/// What the daemon does when a lease is revoked anywhere in the fleet.
+pub(crate) type RevokeHook = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// This replica's durable record (`serve.store.path`).
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Record {
+    /// The store's `epoch` when the record was written.
+    #[serde(default)]
+    epoch: Option<String>,
+    /// The highest block generation seen.
+    #[serde(default)]
+    generation: u64,
+    /// The blocks known.
+    #[serde(default)]
+    blocked: BTreeSet<String>,
+    /// Blocks pressed here that the store has not taken yet.
+    #[serde(default)]
+    pending: BTreeSet<String>,
+}
+
+impl Record {
+    /// A record from its bytes; an earlier version's plain list of blocks counts as blocks
+    /// from an unknown epoch (re-asserted).
+    fn parse(bytes: &[u8]) -> Option<Record> {
+        // (A struct would also deserialize from a list: tell them apart first.)
+        match serde_json::from_slice::<serde_json::Value>(bytes).ok()? {
+            v @ serde_json::Value::Object(_) => serde_json::from_value(v).ok(),
+            v @ serde_json::Value::Array(_) => serde_json::from_value::<BTreeSet<String>>(v)
+                .ok()
+                .map(|blocked| Record {
+                    blocked,
+                    ..Record::default()
+                }),
+            _ => None,
+        }
+    }
+}
+
 /// The shared [`State`] and [`SharedLeases`] on Redis.
 pub struct RedisState {
     inner: Arc<Inner>,
@@ -81,8 +132,15 @@ struct Inner {
     healthy: AtomicBool,
     /// Blocks pressed here that the store has not taken yet (it was away).
     pending: Mutex<BTreeSet<String>>,
-    /// The store's `epoch` as last seen.
+    /// The store's `epoch` as last seen (here or, after a restart, in the durable record).
     epoch: Mutex<Option<String>>,
+    /// The highest block generation seen (likewise).
+    generation: Mutex<u64>,
+    /// Per agent, the generation and outcome (blocked?) of the last block or unblock applied
+    /// to the mirror since the last full re-read, which was at generation `floor`.
+    applied: Mutex<Applied>,
+    /// Called with a lease id when any replica revokes it (evicts it from the local cache).
+    on_revoke: Mutex<Option<RevokeHook>>,
     /// Waiters for `cache:{h}` changes, by `h`.
     waiters: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
     /// This replica's durable record of the blocks it knows.
@@ -130,6 +188,11 @@ fn cipher_from(key: &SecretValue) -> Result<XChaCha20Poly1305> {
 }
 
 impl RedisState {
+    /// Sets what to do when any replica revokes a lease (evict it from this replica's cache).
+    pub(crate) fn on_revoke(&self, hook: RevokeHook) {
+        *lock(&self.inner.on_revoke) = Some(hook);
+    }
+
     /// Resolves `settings`' references through `broker`, connects, and starts the
     /// subscription that keeps this replica's mirror of blocks and revocations. Health changes
     /// are sent to `health`.
@@ -198,16 +261,41 @@ impl RedisState {
             revoked: Mutex::default(),
             healthy: AtomicBool::new(false),
             epoch: Mutex::default(),
+            generation: Mutex::default(),
+            applied: Mutex::default(),
+            on_revoke: Mutex::default(),
             pending: Mutex::default(),
             waiters: Mutex::default(),
             record,
             health,
         });
-        // The blocks this replica recorded before: re-asserted if the store lost its data.
-        if let Ok(bytes) = broker_core::localfile::read(&inner.record, 16 << 20)
-            && let Ok(list) = serde_json::from_slice::<Vec<String>>(&bytes)
-        {
-            lock(&inner.blocked).extend(list);
+        // What this replica recorded before: its blocks are re-asserted if the store lost its
+        // data since (no epoch, another epoch, or a lower generation than recorded); blocks
+        // pressed during an outage are written first.
+        if let Ok(bytes) = broker_core::localfile::read(&inner.record, 16 << 20) {
+            match Record::parse(&bytes) {
+                Some(r) => {
+                    // A record of an earlier version has no epoch: its blocks are re-asserted.
+                    let epoch = r.epoch.unwrap_or_else(|| "(unknown)".into());
+                    *lock(&inner.epoch) = Some(epoch);
+                    *lock(&inner.generation) = r.generation;
+                    lock(&inner.blocked).extend(r.blocked);
+                    lock(&inner.blocked).extend(r.pending.iter().cloned());
+                    lock(&inner.pending).extend(r.pending);
+                }
+                None => tracing::warn!(
+                    "the local record of blocks {} does not parse; ignored",
+                    inner.record.display()
+                ),
+            }
+        } else if !settings.replica_id_configured {
+            tracing::warn!(
+                "no local record of blocks at {}: if this replica ran before, set \
+                 `serve.store.replica_id` (or BROKER_REPLICA_ID) to a stable name and keep \
+                 the record on a persistent volume, or blocks can be lost when Redis restarts \
+                 empty",
+                inner.record.display()
+            );
         }
         let (first, ready) = tokio::sync::oneshot::channel();
         tokio::spawn(subscribe(Arc::downgrade(&inner), Some(first)));
@@ -343,16 +431,24 @@ impl Inner {
             return;
         };
         match what {
-            "block" => {
-                lock(&self.blocked).insert(arg.to_string());
-                self.save_record();
-            }
-            "unblock" => {
-                lock(&self.blocked).remove(arg);
+            "block" | "unblock" => {
+                // `{generation}\n{agent}`; an earlier version's `{agent}` applies as it comes.
+                let (generation, agent) = match arg.split_once('\n') {
+                    Some((g, a)) => match g.parse::<u64>() {
+                        Ok(g) => (Some(g), a),
+                        Err(_) => (None, arg),
+                    },
+                    None => (None, arg),
+                };
+                self.apply_change(agent, what == "block", generation);
                 self.save_record();
             }
             "revoke" => {
                 lock(&self.revoked).insert(arg.to_string());
+                let hook = lock(&self.on_revoke).clone();
+                if let Some(hook) = hook {
+                    hook(arg);
+                }
             }
             "lease" => {
                 if let Some(n) = lock(&self.waiters).get(arg) {
@@ -363,34 +459,114 @@ impl Inner {
         }
     }
 
-    /// Re-reads the blocked set and revoked leases; re-asserts the blocks this replica knows
-    /// when the store lost its data (no `epoch`).
+    /// Applies a block (`blocked`) or unblock of `agent` at `generation` (none: an earlier
+    /// version's event, applied as it comes) unless a later change of that agent was applied.
+    /// A block pressed here and not yet in the store is not undone by an earlier unblock.
+    fn apply_change(&self, agent: &str, blocked: bool, generation: Option<u64>) {
+        let mut applied = lock(&self.applied);
+        if let Some(g) = generation {
+            {
+                let mut seen = lock(&self.generation);
+                *seen = (*seen).max(g);
+            }
+            if g <= applied.0 || applied.1.get(agent).is_some_and(|(at, _)| *at >= g) {
+                return;
+            }
+            applied.1.insert(agent.to_string(), (g, blocked));
+        }
+        if blocked {
+            lock(&self.blocked).insert(agent.to_string());
+        } else if !lock(&self.pending).contains(agent) {
+            lock(&self.blocked).remove(agent);
+        }
+    }
+
+    /// Runs the block or unblock script for `agent`: `(changed, generation)`.
+    async fn change(&self, agent: &str, blocked: bool) -> Result<(bool, u64)> {
+        let mut conn = self.conn();
+        let (changed, generation): (i64, u64) = self
+            .run(
+                if blocked { "blocking" } else { "unblocking" },
+                redis::Script::new(CHANGE)
+                    .key(self.key("blocked"))
+                    .key(self.key("gen"))
+                    .arg(if blocked { "block" } else { "unblock" })
+                    .arg(agent)
+                    .arg(&self.channel)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok((changed == 1, generation))
+    }
+
+    /// After this replica's own block (`blocked`) or unblock of `agent` landed at `generation`:
+    /// the mirror follows unless a later change of that agent was applied already.
+    fn landed(&self, agent: &str, blocked: bool, generation: u64) {
+        lock(&self.pending).remove(agent);
+        let mut applied = lock(&self.applied);
+        {
+            let mut seen = lock(&self.generation);
+            *seen = (*seen).max(generation);
+        }
+        match applied.1.get(agent) {
+            Some(&(at, state)) if at > generation => {
+                // A later change was applied (or, for an agent pending here, recorded only).
+                if state {
+                    lock(&self.blocked).insert(agent.to_string());
+                } else {
+                    lock(&self.blocked).remove(agent);
+                }
+            }
+            _ => {
+                applied.1.insert(agent.to_string(), (generation, blocked));
+                if blocked {
+                    lock(&self.blocked).insert(agent.to_string());
+                } else {
+                    lock(&self.blocked).remove(agent);
+                }
+            }
+        }
+    }
+
+    /// Re-reads the blocked set and revoked leases; first re-asserts the blocks this replica
+    /// knows when the store lost data (no `epoch`, another `epoch` than this replica saw, or a
+    /// lower block generation), and writes the blocks pressed here during an outage.
     async fn resync(&self) -> Result<()> {
         let mut conn = self.conn();
         let found: Option<String> = self
             .run("reading the epoch", conn.get(self.key("epoch")))
             .await?;
-        // The store lost its data when it has no epoch, or another one than this replica saw
-        // (another replica found it empty first): write back the blocks this replica knows
-        // (its mirror and, after a restart, its durable record). An unblock cannot have
-        // happened meanwhile: it needs the store.
+        let found_gen: Option<u64> = self
+            .run("reading the block generation", conn.get(self.key("gen")))
+            .await?;
+        // The store lost data when it has no epoch, another one than this replica saw (in this
+        // process or its durable record: another replica found it empty first), or a lower
+        // block generation (a failover lost writes): write back and announce the blocks this
+        // replica knows, and raise the generation to at least the one it saw. An unblock
+        // lost with the data comes back as a block: failing closed.
         let last = lock(&self.epoch).clone();
-        let lost = found.is_none() || (last.is_some() && last != found);
+        let seen = *lock(&self.generation);
+        let lost =
+            found.is_none() || (last.is_some() && last != found) || found_gen.unwrap_or(0) < seen;
         if lost {
             let known: Vec<String> = lock(&self.blocked).iter().cloned().collect();
-            if !known.is_empty() {
-                tracing::warn!(
-                    blocks = known.len(),
-                    "the shared store is new or lost its data: re-asserting the blocks this \
-                     replica knows"
-                );
-                let _: () = self
-                    .run(
-                        "re-asserting blocks",
-                        conn.sadd(self.key("blocked"), &known),
-                    )
-                    .await?;
+            tracing::warn!(
+                blocks = known.len(),
+                "the shared store is new or lost data: re-asserting the blocks this replica knows"
+            );
+            let reassert = redis::Script::new(REASSERT);
+            let mut script = reassert.prepare_invoke();
+            script
+                .key(self.key("blocked"))
+                .key(self.key("gen"))
+                .arg(seen)
+                .arg(&self.channel);
+            for agent in &known {
+                script.arg(agent);
             }
+            let _: u64 = self
+                .run("re-asserting blocks", script.invoke_async(&mut conn))
+                .await?;
         }
         let epoch = match found {
             Some(e) => e,
@@ -406,43 +582,55 @@ impl Inner {
             }
         };
         *lock(&self.epoch) = Some(epoch);
+        self.save_record();
         // Blocks pressed here while the store was away go in first.
         let pending: Vec<String> = lock(&self.pending).iter().cloned().collect();
-        if !pending.is_empty() {
-            let _: () = self
-                .run(
-                    "writing pending blocks",
-                    conn.sadd(self.key("blocked"), &pending),
-                )
-                .await?;
-            for agent in &pending {
-                self.publish("block", agent).await?;
-            }
-            let mut still = lock(&self.pending);
-            for agent in &pending {
-                still.remove(agent);
-            }
+        for agent in &pending {
+            let (_, generation) = self.change(agent, true).await?;
+            self.landed(agent, true, generation);
         }
-        let blocked: BTreeSet<String> = self
-            .run("reading blocks", conn.smembers(self.key("blocked")))
+        // The blocked set and the generation it is at, together.
+        let (generation, blocked): (u64, BTreeSet<String>) = self
+            .run(
+                "reading blocks",
+                redis::Script::new(SNAPSHOT)
+                    .key(self.key("blocked"))
+                    .key(self.key("gen"))
+                    .invoke_async(&mut conn),
+            )
             .await?;
         let leases: HashMap<String, String> = self
             .run("reading leases", conn.hgetall(self.key("leases")))
             .await?;
-        let revoked = leases
+        let revoked: Vec<String> = leases
             .into_iter()
             .filter(|(_, json)| serde_json::from_str::<LeaseRecord>(json).is_ok_and(|l| l.revoked))
             .map(|(id, _)| id)
             .collect();
-        *lock(&self.blocked) = blocked;
-        *lock(&self.revoked) = revoked;
+        {
+            // Events up to `generation` are in the snapshot; a block still pending here stays.
+            let mut applied = lock(&self.applied);
+            *applied = (generation, HashMap::new());
+            let mut seen = lock(&self.generation);
+            *seen = (*seen).max(generation);
+            let mut mirror = lock(&self.blocked);
+            *mirror = blocked;
+            mirror.extend(lock(&self.pending).iter().cloned());
+        }
+        // Revocations are kept: a store that lost `leases` must not serve a revoked lease again.
+        lock(&self.revoked).extend(revoked);
         self.save_record();
         Ok(())
     }
 
-    /// Writes this replica's durable record of blocks (best effort: the store is the truth).
+    /// Writes this replica's durable record (best effort: the store is the truth).
     fn save_record(&self) {
-        let list: Vec<String> = lock(&self.blocked).iter().cloned().collect();
+        let record = Record {
+            epoch: lock(&self.epoch).clone(),
+            generation: *lock(&self.generation),
+            blocked: lock(&self.blocked).clone(),
+            pending: lock(&self.pending).clone(),
+        };
         let write = || -> Result<()> {
             if let Some(dir) = self.record.parent().filter(|d| !d.as_os_str().is_empty()) {
                 use std::os::unix::fs::DirBuilderExt;
@@ -452,7 +640,7 @@ impl Inner {
                     .create(dir)
                     .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
             }
-            let bytes = serde_json::to_vec(&list)
+            let bytes = serde_json::to_vec(&record)
                 .map_err(|e| Error::internal(format!("encoding blocks: {e}")))?;
             broker_core::localfile::write_atomically(&self.record, &bytes)
         };
@@ -708,6 +896,40 @@ redis.call('PUBLISH', ARGV[4], ARGV[5])
 return ok
 ";
 
+/// Block (`ARGV[1]` = `block`) or unblock `ARGV[2]`, raise the generation, announce
+/// `{what}\n{generation}\n{agent}` on `ARGV[3]`: `{changed, generation}`.
+const CHANGE: &str = r"
+local changed
+if ARGV[1] == 'block' then
+  changed = redis.call('SADD', KEYS[1], ARGV[2])
+else
+  changed = redis.call('SREM', KEYS[1], ARGV[2])
+end
+local g = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[3], ARGV[1] .. '\n' .. g .. '\n' .. ARGV[2])
+return {changed, g}
+";
+
+/// Re-assert blocks `ARGV[3..]` after a data loss: the generation becomes one above both the
+/// store's and `ARGV[1]` (the highest this replica saw); each block is announced on `ARGV[2]`.
+const REASSERT: &str = r"
+local g = tonumber(redis.call('GET', KEYS[2]) or '0')
+local seen = tonumber(ARGV[1])
+if seen > g then g = seen end
+g = g + 1
+redis.call('SET', KEYS[2], g)
+for i = 3, #ARGV do
+  redis.call('SADD', KEYS[1], ARGV[i])
+  redis.call('PUBLISH', ARGV[2], 'block\n' .. g .. '\n' .. ARGV[i])
+end
+return g
+";
+
+/// `{generation, blocked agents}`, read together.
+const SNAPSHOT: &str = r"
+return {tonumber(redis.call('GET', KEYS[2]) or '0'), redis.call('SMEMBERS', KEYS[1])}
+";
+
 const UNLOCK: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 redis.call('PUBLISH', ARGV[2], ARGV[3])
@@ -877,30 +1099,22 @@ impl State for RedisState {
     async fn block(&self, agent: &str) -> Result<bool> {
         // The kill switch holds here at once, whatever the store says.
         // Until the store has it, it is pending: written first when the store is back.
+        // The pending block is in the durable record before the store is asked, and leaves
+        // it only once the store has it (set, generation and announcement in one script).
         let new_here = lock(&self.inner.blocked).insert(agent.to_string());
         lock(&self.inner.pending).insert(agent.to_string());
         self.inner.save_record();
-        let mut conn = self.inner.conn();
-        let added: i64 = self
-            .inner
-            .run("blocking", conn.sadd(self.inner.key("blocked"), agent))
-            .await?;
-        lock(&self.inner.pending).remove(agent);
-        self.inner.publish("block", agent).await?;
-        Ok(added == 1 || new_here)
+        let (added, generation) = self.inner.change(agent, true).await?;
+        self.inner.landed(agent, true, generation);
+        self.inner.save_record();
+        Ok(added || new_here)
     }
     async fn unblock(&self, agent: &str) -> Result<bool> {
         self.inner.require_healthy()?;
-        let mut conn = self.inner.conn();
-        let removed: i64 = self
-            .inner
-            .run("unblocking", conn.srem(self.inner.key("blocked"), agent))
-            .await?;
-        lock(&self.inner.blocked).remove(agent);
-        lock(&self.inner.pending).remove(agent);
+        let (removed, generation) = self.inner.change(agent, false).await?;
+        self.inner.landed(agent, false, generation);
         self.inner.save_record();
-        self.inner.publish("unblock", agent).await?;
-        Ok(removed == 1)
+        Ok(removed)
     }
     async fn is_blocked(&self, agent: &str) -> Result<bool> {
         // A block pressed here counts even while the store is away.
@@ -1110,6 +1324,104 @@ mod tests {
     use super::*;
 
     const CANARY: &str = "canary-store-7c1e55";
+
+    /// An `Inner` that never connects (the connection is lazy), recording to `record`.
+    fn offline(record: PathBuf) -> Inner {
+        let client = redis::Client::open("redis://127.0.0.1:1").expect("url");
+        let conn = redis::aio::ConnectionManager::new_lazy_with_config(
+            client.clone(),
+            redis::aio::ConnectionManagerConfig::new(),
+        )
+        .expect("lazy");
+        let (health, _) = tokio::sync::mpsc::unbounded_channel();
+        Inner {
+            client,
+            conn,
+            cipher: cipher_from(&SecretValue::from("k".repeat(40))).expect("key"),
+            prefix: "broker:".into(),
+            channel: "broker:events".into(),
+            limits: Limits::default(),
+            blocked: Mutex::default(),
+            revoked: Mutex::default(),
+            healthy: AtomicBool::new(true),
+            pending: Mutex::default(),
+            epoch: Mutex::default(),
+            generation: Mutex::default(),
+            applied: Mutex::default(),
+            on_revoke: Mutex::default(),
+            waiters: Mutex::default(),
+            record,
+            health,
+        }
+    }
+
+    fn is_blocked(inner: &Inner, agent: &str) -> bool {
+        lock(&inner.blocked).contains(agent)
+    }
+
+    #[tokio::test]
+    async fn the_mirror_follows_the_stores_order_of_blocks_and_unblocks() {
+        let dir = tempfile::tempdir().expect("dir");
+        let inner = offline(dir.path().join("record.json"));
+        // Admin B's unblock (generation 1) then admin A's block (2), as the store ordered them;
+        // B's own unblock returns last: the agent stays blocked.
+        inner.apply("unblock\n1\nagent-a");
+        inner.apply("block\n2\nagent-a");
+        inner.landed("agent-a", false, 1);
+        assert!(is_blocked(&inner, "agent-a"));
+        // An event older than the last full re-read is in it already.
+        *lock(&inner.applied) = (10, HashMap::new());
+        inner.apply("unblock\n9\nagent-a");
+        assert!(is_blocked(&inner, "agent-a"));
+        inner.apply("unblock\n11\nagent-a");
+        assert!(!is_blocked(&inner, "agent-a"));
+        // A block pressed here and not yet in the store is not undone by an earlier unblock...
+        lock(&inner.blocked).insert("agent-b".into());
+        lock(&inner.pending).insert("agent-b".into());
+        inner.apply("unblock\n12\nagent-b");
+        assert!(is_blocked(&inner, "agent-b"));
+        inner.landed("agent-b", true, 13);
+        assert!(is_blocked(&inner, "agent-b"));
+        // ...but a later one (the store took the block at 14, then an unblock at 15) is.
+        lock(&inner.pending).insert("agent-b".into());
+        inner.apply("unblock\n15\nagent-b");
+        inner.landed("agent-b", true, 14);
+        assert!(!is_blocked(&inner, "agent-b"));
+        assert_eq!(*lock(&inner.generation), 15);
+    }
+
+    #[tokio::test]
+    async fn the_record_keeps_epoch_generation_and_pending_blocks() {
+        let dir = tempfile::tempdir().expect("dir");
+        let inner = offline(dir.path().join("d/record.json"));
+        *lock(&inner.epoch) = Some("e1".into());
+        *lock(&inner.generation) = 7;
+        lock(&inner.blocked).insert("agent-a".into());
+        lock(&inner.pending).insert("agent-z".into());
+        inner.save_record();
+        let bytes = std::fs::read(dir.path().join("d/record.json")).expect("written");
+        let r = Record::parse(&bytes).expect("parses");
+        assert_eq!(r.epoch.as_deref(), Some("e1"));
+        assert_eq!(r.generation, 7);
+        assert_eq!(r.blocked, BTreeSet::from(["agent-a".to_string()]));
+        assert_eq!(r.pending, BTreeSet::from(["agent-z".to_string()]));
+        // An earlier version's record: blocks of an unknown epoch.
+        let old = Record::parse(br#"["agent-a"]"#).expect("parses");
+        assert_eq!(old.epoch, None);
+        assert!(old.blocked.contains("agent-a"));
+    }
+
+    #[tokio::test]
+    async fn a_revocation_anywhere_reaches_the_hook() {
+        let dir = tempfile::tempdir().expect("dir");
+        let inner = offline(dir.path().join("record.json"));
+        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+        let to = seen.clone();
+        *lock(&inner.on_revoke) = Some(Arc::new(move |id: &str| lock(&to).push(id.into())));
+        inner.apply("revoke\ntoken-accessor:abc");
+        assert!(inner.revoked("token-accessor:abc"));
+        assert_eq!(*lock(&seen), ["token-accessor:abc".to_string()]);
+    }
 
     #[test]
     fn entries_round_trip_and_seal() {
