@@ -224,6 +224,35 @@ pub trait SharedLeases: Send + Sync {
     fn max_wait(&self) -> Duration;
     /// Whether lease `lease_id` was revoked anywhere in the fleet (a local check: no I/O).
     fn revoked(&self, lease_id: &str) -> bool;
+    /// The fetch holding `key`'s lock (`token`) was dropped before it stored or released
+    /// anything (its caller went away): release the lock without waiting (from a spawned
+    /// task, say), so that waiters need not wait for it to lapse. The default does nothing.
+    fn abandon(&self, key: &CacheKey, token: u64) {
+        let _ = (key, token);
+    }
+}
+
+/// Hands a held shared fetch lock back ([`SharedLeases::abandon`]) when dropped armed, that is
+/// when the future holding it was dropped mid-way.
+struct Held<'a> {
+    shared: &'a dyn SharedLeases,
+    key: &'a CacheKey,
+    token: u64,
+    armed: bool,
+}
+
+impl Held<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.abandon(self.key, self.token);
+        }
+    }
 }
 
 /// What a fetch hands the cache.
@@ -402,6 +431,13 @@ impl LeaseCache {
                 FromShared::Locked(t) => token = Some((shared, t)),
             }
         }
+        // Released at once if this future is dropped before it stored or released anything.
+        let held = token.as_ref().map(|(shared, t)| Held {
+            shared: &**shared,
+            key,
+            token: *t,
+            armed: true,
+        });
         let result = fetch().await;
         if let Some((shared, t)) = &token {
             let put = match &result {
@@ -437,6 +473,9 @@ impl LeaseCache {
                     }
                 }
             }
+        }
+        if let Some(held) = held {
+            held.disarm();
         }
         match result {
             Ok(fetched) => {
@@ -485,9 +524,17 @@ impl LeaseCache {
                 return Ok(FromShared::Entry(entry));
             }
             if let Some(token) = shared.try_lock(key).await? {
+                let held = Held {
+                    shared,
+                    key,
+                    token,
+                    armed: true,
+                };
                 // Double check under the lock: the previous holder may have stored a value
                 // between our read and our lock.
-                return match self.fresh_shared(shared, key).await {
+                let checked = self.fresh_shared(shared, key).await;
+                held.disarm();
+                return match checked {
                     Ok(Some(entry)) => {
                         shared.unlock(key, token).await?;
                         Ok(FromShared::Entry(entry))
@@ -621,6 +668,7 @@ mod tests {
         fence: AtomicU64,
         notify: tokio::sync::Notify,
         revoked: Mutex<Vec<String>>,
+        abandoned: AtomicU32,
     }
 
     #[async_trait::async_trait]
@@ -684,6 +732,14 @@ mod tests {
         }
         fn revoked(&self, lease_id: &str) -> bool {
             self.revoked.lock().unwrap().iter().any(|r| r == lease_id)
+        }
+        fn abandon(&self, key: &CacheKey, token: u64) {
+            self.abandoned.fetch_add(1, Ordering::SeqCst);
+            let mut locks = self.locks.lock().unwrap();
+            if locks.get(key) == Some(&token) {
+                locks.remove(key);
+            }
+            self.notify.notify_waiters();
         }
     }
 
@@ -758,6 +814,41 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(l.credential.value().expose(), b"v3");
+    }
+
+    #[tokio::test]
+    async fn a_fetch_dropped_mid_way_hands_its_lock_back() {
+        let clock: Arc<ManualClock> = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH));
+        let shared = Arc::new(FakeShared::default());
+        let cache = LeaseCache::new(clock.clone(), RefreshPolicy::default());
+        cache.set_shared(Some(shared.clone()));
+        let key = CacheKey::new("db", "");
+        // The caller goes away while its fetch holds the fleet's lock.
+        let (started, entered) = tokio::sync::oneshot::channel::<()>();
+        let mut started = Some(started);
+        {
+            let fetch = cache.get(&key, || async {
+                if let Some(tx) = started.take() {
+                    let _ = tx.send(());
+                }
+                std::future::pending::<Result<Fetched>>().await
+            });
+            tokio::pin!(fetch);
+            tokio::select! {
+                _ = &mut fetch => unreachable!("the fetch never ends"),
+                _ = entered => {}
+            }
+        }
+        assert_eq!(shared.abandoned.load(Ordering::SeqCst), 1);
+        assert!(shared.locks.lock().unwrap().is_empty());
+        // The next caller takes the lock at once and fetches.
+        let l = cache
+            .get(&key, || async { Ok(minted(1, &*clock)) })
+            .await
+            .unwrap();
+        assert_eq!(l.credential.value().expose(), b"v1");
+        // A fetch that ends normally hands nothing back twice.
+        assert_eq!(shared.abandoned.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

@@ -56,8 +56,11 @@ use crate::state::{LeaseRecord, State};
 /// The message of every refusal caused by the store being out of reach.
 pub(crate) const UNAVAILABLE: &str = crate::error::STORE_UNAVAILABLE;
 
-/// How long a fetch lock lives: a replica that dies mid-fetch blocks the key this long.
+/// How long a fetch lock lives: a replica that dies mid-fetch blocks the key this long. A
+/// fetch that runs longer renews it every third of this, up to [`LOCK_HOLD`].
 const LOCK_TTL: Duration = Duration::from_secs(30);
+/// The longest a fetch keeps renewing its lock (a hung fetch does not hold the key forever).
+const LOCK_HOLD: Duration = Duration::from_secs(300);
 /// How long one command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the subscription is pinged.
@@ -141,6 +144,8 @@ struct Inner {
     applied: Mutex<Applied>,
     /// Called with a lease id when any replica revokes it (evicts it from the local cache).
     on_revoke: Mutex<Option<RevokeHook>>,
+    /// The renewal tasks of the fetch locks held here, by `(h, token)`.
+    renewing: Mutex<HashMap<(String, u64), tokio::task::AbortHandle>>,
     /// Waiters for `cache:{h}` changes, by `h`.
     waiters: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
     /// This replica's durable record of the blocks it knows.
@@ -265,6 +270,7 @@ impl RedisState {
             applied: Mutex::default(),
             on_revoke: Mutex::default(),
             pending: Mutex::default(),
+            renewing: Mutex::default(),
             waiters: Mutex::default(),
             record,
             health,
@@ -660,6 +666,12 @@ impl Inner {
         Ok(())
     }
 
+    fn stop_renewing(&self, h: &str, token: u64) {
+        if let Some(task) = lock(&self.renewing).remove(&(h.to_string(), token)) {
+            task.abort();
+        }
+    }
+
     fn hash(key: &CacheKey) -> String {
         let mut h = Sha256::new();
         for part in [
@@ -930,6 +942,12 @@ const SNAPSHOT: &str = r"
 return {tonumber(redis.call('GET', KEYS[2]) or '0'), redis.call('SMEMBERS', KEYS[1])}
 ";
 
+/// Extends the lock `KEYS[1]` by `ARGV[2]` ms if it is still held with token `ARGV[1]`.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+";
+
 const UNLOCK: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 redis.call('PUBLISH', ARGV[2], ARGV[3])
@@ -994,6 +1012,7 @@ impl SharedLeases for Inner {
 
     async fn put(&self, key: &CacheKey, token: u64, entry: &SharedEntry) -> Result<bool> {
         let h = Self::hash(key);
+        self.stop_renewing(&h, token);
         let name = self.key(&format!("cache:{h}"));
         let plain = encode(entry);
         let nonce: [u8; 24] = rand::random();
@@ -1031,6 +1050,7 @@ impl SharedLeases for Inner {
 
     async fn unlock(&self, key: &CacheKey, token: u64) -> Result<()> {
         let h = Self::hash(key);
+        self.stop_renewing(&h, token);
         let mut conn = self.conn();
         let _: i64 = self
             .run(
@@ -1075,7 +1095,38 @@ impl SharedLeases for Leases {
         self.0.get(key).await
     }
     async fn try_lock(&self, key: &CacheKey) -> Result<Option<u64>> {
-        self.0.try_lock(key).await
+        let token = self.0.try_lock(key).await?;
+        if let Some(token) = token {
+            // Renewed while the fetch runs (a slow mint must not let another replica mint).
+            let h = Inner::hash(key);
+            let inner = Arc::downgrade(&self.0);
+            let name = self.0.key(&format!("lock:{h}"));
+            let task = tokio::spawn(async move {
+                let until = tokio::time::Instant::now() + LOCK_HOLD;
+                while tokio::time::Instant::now() < until {
+                    tokio::time::sleep(LOCK_TTL / 3).await;
+                    let Some(inner) = inner.upgrade() else {
+                        return;
+                    };
+                    let mut conn = inner.conn();
+                    let renewed: Result<i64> = inner
+                        .run(
+                            "renewing a fetch lock",
+                            redis::Script::new(RENEW)
+                                .key(&name)
+                                .arg(token)
+                                .arg(LOCK_TTL.as_millis() as u64)
+                                .invoke_async(&mut conn),
+                        )
+                        .await;
+                    if !matches!(renewed, Ok(1)) {
+                        return;
+                    }
+                }
+            });
+            lock(&self.0.renewing).insert((h, token), task.abort_handle());
+        }
+        Ok(token)
     }
     async fn put(&self, key: &CacheKey, token: u64, entry: &SharedEntry) -> Result<bool> {
         self.0.put(key, token, entry).await
@@ -1091,6 +1142,19 @@ impl SharedLeases for Leases {
     }
     fn revoked(&self, lease_id: &str) -> bool {
         self.0.revoked(lease_id)
+    }
+    fn abandon(&self, key: &CacheKey, token: u64) {
+        let h = Inner::hash(key);
+        self.0.stop_renewing(&h, token);
+        let inner = self.0.clone();
+        let key = key.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = inner.unlock(&key, token).await {
+                    tracing::warn!("cannot release an abandoned fetch lock: {e}");
+                }
+            });
+        }
     }
 }
 
@@ -1349,6 +1413,7 @@ mod tests {
             generation: Mutex::default(),
             applied: Mutex::default(),
             on_revoke: Mutex::default(),
+            renewing: Mutex::default(),
             waiters: Mutex::default(),
             record,
             health,
