@@ -653,6 +653,62 @@ fn a_burst_over_three_replicas_mints_once_and_redis_holds_no_value() {
 const PASSWORD: &str = "canary-redis-password-91e4c2";
 
 #[test]
+fn a_lease_revoked_on_one_replica_is_never_served_again_even_after_redis_restarts_empty() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let Some(bao) = OpenBao::start(ROOT, "bao-revoke-replicas") else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let cfg = config(
+        "  tok: { mint: \"vault:auth/token/create\", ttl: 600s, as: BAO_TOKEN }",
+        "{ rate: 1000, burst: 1000 }",
+    )
+    .replace(
+        "audit: {",
+        &format!(
+            "backends:\n  vault: {{ address: \"http://127.0.0.1:{}\" }}\naudit: {{",
+            bao.peer.port
+        ),
+    );
+    let env = [("VAULT_TOKEN", ROOT), ("HOME", "/nonexistent")];
+    let v1 = Replica::start(work.path(), "v1", &cfg, &redis, &env);
+    let v2 = Replica::start(work.path(), "v2", &cfg, &redis, &env);
+    let value = |r: &Replica| -> (String, String) {
+        let (status, body) = r.credential("tok");
+        assert_eq!(status, 200, "{}: {body}", r.id);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        (
+            v["value"].as_str().unwrap().to_string(),
+            v["lease_id"].as_str().unwrap().to_string(),
+        )
+    };
+    // Both replicas hold the same token in their caches.
+    let (token, lease) = value(&v1);
+    assert_eq!(value(&v2).0, token);
+    let (status, body) = v1.post(&format!("/v1/leases/{lease}/revoke"));
+    assert_eq!(status, 200, "{body}");
+    until("v2 hears of the revocation", || {
+        v2.logs()
+            .contains("a lease revoked in the fleet leaves this cache")
+    });
+    // Redis loses every lease record: the revoked token is still never served.
+    redis.restart_empty();
+    let mut after = None;
+    until("v2 serves again", || {
+        let (status, body) = v2.credential("tok");
+        if status == 200 {
+            after = Some(body);
+        }
+        status == 200
+    });
+    let body = after.unwrap();
+    assert!(!body.contains(&token), "v2 served a revoked token again");
+    assert_ne!(value(&v1).0, token);
+}
+
+#[test]
 fn a_replica_reaches_redis_over_tls_with_a_password() {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
     let Some(bin) = require_peer("redis-server") else {

@@ -450,6 +450,10 @@ impl Inner {
                 self.save_record();
             }
             "revoke" => {
+                tracing::warn!(
+                    lease = arg,
+                    "a lease revoked in the fleet leaves this cache"
+                );
                 lock(&self.revoked).insert(arg.to_string());
                 let hook = lock(&self.on_revoke).clone();
                 if let Some(hook) = hook {
