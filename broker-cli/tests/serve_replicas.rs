@@ -450,6 +450,39 @@ fn a_block_survives_redis_and_every_replica_restarting_together() {
 }
 
 #[test]
+fn a_failover_that_lost_a_block_is_detected_by_the_generation_and_the_block_comes_back() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let cfg = config("", "{ rate: 1000, burst: 1000 }");
+    let r1 = Replica::start(work.path(), "g1", &cfg, &redis, &[]);
+    let r2 = Replica::start(work.path(), "g2", &cfg, &redis, &[]);
+    let (status, body) = r1.post("/v1/agents/agent-a/block");
+    assert_eq!(status, 200, "{body}");
+    until("g2 refuses the blocked agent", || {
+        r2.credential("plain") == (403, BLOCKED.to_string())
+    });
+    // A failover to a server that missed the block: the epoch was replicated, the block and
+    // the generation it raised were not. Then the replicas' subscriptions drop (as in a
+    // failover) and they re-read the store.
+    let epoch = redis.cli(&["GET", "broker:epoch"]);
+    assert!(!epoch.trim_ascii().is_empty());
+    redis.cli(&["SREM", "broker:blocked", "agent-a"]);
+    redis.cli(&["SET", "broker:gen", "0"]);
+    redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    until("the block is re-asserted", || {
+        redis.cli(&["SISMEMBER", "broker:blocked", "agent-a"]) == b"1\n"
+    });
+    assert_eq!(redis.cli(&["GET", "broker:epoch"]), epoch);
+    for r in [&r1, &r2] {
+        until(&format!("{} refuses the blocked agent", r.id), || {
+            r.credential("plain") == (403, BLOCKED.to_string())
+        });
+    }
+}
+
+#[test]
 fn redis_killed_mid_run_refuses_with_a_clear_error_and_service_resumes() {
     let Some(mut redis) = Redis::start() else {
         return;
