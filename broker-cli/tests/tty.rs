@@ -10,46 +10,9 @@ use std::process::{Command, Output, Stdio};
 
 const CANARY: &str = "canary-tty-4b7f19e2d0c6";
 
-/// Runs argv[1:] as the session leader of a new pty; copies everything the pty shows to
-/// stdout; writes `TTY_SEND` once `TTY_SEND_AFTER` has appeared; with `TTY_STDOUT` set the
-/// command's stdout is that file instead of the pty. Exits with the command's status
-/// (128+n for a signal). Kills the command after 30 s so a hang fails instead of blocking.
-const DRIVER: &str = r#"
-import os, pty, select, sys, time
-after = os.environ.get("TTY_SEND_AFTER")
-send = os.environ.get("TTY_SEND", "").encode()
-pid, fd = pty.fork()
-if pid == 0:
-    path = os.environ.get("TTY_STDOUT")
-    if path:
-        out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.dup2(out, 1)
-    os.execv(sys.argv[1], sys.argv[1:])
-seen = b""
-sent = after is None
-deadline = time.time() + 30
-while True:
-    if time.time() > deadline:
-        os.kill(pid, 9)
-        break
-    if not sent and after.encode() in seen:
-        os.write(fd, send)
-        sent = True
-    r, _, _ = select.select([fd], [], [], 0.2)
-    if r:
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        seen += chunk
-_, status = os.waitpid(pid, 0)
-sys.stdout.buffer.write(seen)
-sys.stdout.flush()
-code = os.waitstatus_to_exitcode(status)
-sys.exit(code if code >= 0 else 128 - code)
-"#;
+mod pty_driver;
+
+use pty_driver::DRIVER;
 
 struct Sandbox {
     dir: tempfile::TempDir,
