@@ -418,20 +418,25 @@ impl Broker {
             secrets: Vec::new(),
             scratch: None,
         };
-        // Stored values (`resolve`) are fetched concurrently, all started at once (a backend
-        // can then do their work in parallel: age decrypts on the blocking pool); minted ones
-        // one at a time, in order, since minting has effects outside. Either way the audit
-        // records are written in config order, each before the next credential is used, and
-        // the first failure stops the delivery with the same records a sequential run writes
-        // (fetches still in flight are dropped unrecorded, their values never used).
-        let mut reads: futures::stream::FuturesOrdered<_> = specs
-            .iter()
-            .filter(|spec| spec.source == Source::Resolve)
-            .map(|spec| self.fetch_unrecorded(spec, context))
-            .collect();
+        // Stored values (`resolve`) are fetched concurrently and all to the end first (a
+        // backend can then do their work in parallel: age decrypts on the blocking pool);
+        // minted ones after them, one at a time, in order, since minting has effects outside.
+        // Not interleaved: a stored fetch paused mid-way while a mint runs could hold a lock
+        // the mint needs (a backend's login session). Either way the audit records are
+        // written in config order, each before the next credential is used, and the first
+        // failure stops the delivery with the same records a sequential run writes (values
+        // fetched after it are dropped unrecorded, never used).
+        let mut reads = futures::future::join_all(
+            specs
+                .iter()
+                .filter(|spec| spec.source == Source::Resolve)
+                .map(|spec| self.fetch_unrecorded(spec, context)),
+        )
+        .await
+        .into_iter();
         for spec in specs {
             let fetched = match spec.source {
-                Source::Resolve => match futures::StreamExt::next(&mut reads).await {
+                Source::Resolve => match reads.next() {
                     Some(fetched) => fetched,
                     None => return Err(Error::internal("a concurrent fetch went missing")),
                 },

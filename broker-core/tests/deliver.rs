@@ -102,3 +102,57 @@ async fn a_failure_stops_the_delivery_with_the_records_of_a_sequential_one() {
         ]
     );
 }
+
+#[tokio::test]
+async fn no_mint_starts_while_a_stored_fetch_is_unfinished() {
+    // A stored fetch paused while a mint runs could hold what the mint needs (a backend's
+    // login session): every stored fetch ends before the first mint begins.
+    let gate = Arc::new(Semaphore::new(0));
+    let stored = script(
+        "order-mint-stored",
+        Script {
+            gate: Some(gate.clone()),
+            ..Script::default()
+        },
+    );
+    let minted = script(
+        "order-mint-minted",
+        Script {
+            ttl: Some(std::time::Duration::from_secs(600)),
+            ..Script::default()
+        },
+    );
+    let f = Fixture::new(
+        "credentials:\n  first: { ref: \"scripted:order-mint-first\" }\n  \
+         m: { mint: \"scripted:order-mint-minted\", ttl: 10m }\n  \
+         later: { ref: \"scripted:order-mint-stored\" }\naudit: { path: audit.jsonl }\n",
+    );
+    let _first = script("order-mint-first", Script::default());
+    let broker = Arc::new(f.broker().unwrap());
+    let task = tokio::spawn({
+        let broker = broker.clone();
+        async move {
+            broker
+                .deliver(&[], &RequestContext::new())
+                .await
+                .map(|d| d.env().len())
+        }
+    });
+    all_in_flight(std::slice::from_ref(&stored)).await;
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        minted.calls(),
+        0,
+        "a mint started while a stored fetch was paused"
+    );
+    gate.add_permits(1);
+    assert_eq!(task.await.unwrap().unwrap(), 3);
+    assert_eq!(minted.calls(), 1);
+    let issued = |c: &str| ("issuance".to_string(), c.to_string());
+    assert_eq!(
+        outcomes(&f),
+        [issued("first"), issued("m"), issued("later")]
+    );
+}
