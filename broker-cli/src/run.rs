@@ -284,7 +284,7 @@ struct DaemonProxy {
     daemon: broker_serve::client::Endpoint,
     /// `None` once stopped.
     id: Option<String>,
-    env: broker_proxy::RemoteProxy,
+    env: broker_proxy::ProxyEnv,
 }
 
 #[cfg(feature = "serve")]
@@ -293,7 +293,7 @@ impl DaemonProxy {
         daemon: broker_serve::client::Endpoint,
         grant: broker_serve::proxy::ProxyGrant,
     ) -> Result<DaemonProxy, Error> {
-        match broker_proxy::RemoteProxy::new(&grant.url, &grant.ca_pem) {
+        match broker_proxy::ProxyEnv::new(&grant.url, &grant.ca_pem) {
             Ok(env) => Ok(DaemonProxy {
                 daemon,
                 id: Some(grant.id.clone()),

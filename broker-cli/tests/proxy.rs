@@ -15,7 +15,7 @@ use broker_core::testkit::{assert_no_canary, require_peer};
 
 mod proxy_upstream;
 
-use proxy_upstream::{read, start_upstream};
+use proxy_upstream::{forwarded, json_lines, read, start_upstream};
 
 const CANARY: &str = "sk-live-CANARY-5e1f0a9b3c7d2e48";
 const FILE_CANARY: &str = "file-CANARY-0d9c8b7a6f5e4d3c";
@@ -185,10 +185,7 @@ audit: { path: audit.jsonl }
     );
 
     // The upstream's view: the values, in the configured headers.
-    let seen: Vec<serde_json::Value> = read(dir.path().join("upstream.jsonl"))
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let seen = json_lines(&read(dir.path().join("upstream.jsonl")));
     let request = |path: &str| {
         seen.iter()
             .find(|r| r["path"].as_str().unwrap().starts_with(path))
@@ -242,14 +239,8 @@ audit: { path: audit.jsonl }
     // The audit log: one record per request that used a value, the alert, never a value.
     let audit = read(dir.path().join("audit.jsonl"));
     assert_no_canary("audit log", &audit, &canaries);
-    let records: Vec<serde_json::Value> = audit
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let proxied: Vec<&serde_json::Value> = records
-        .iter()
-        .filter(|r| r["action"] == "proxy" && r["outcome"] == "forwarded")
-        .collect();
+    let records = json_lines(&audit);
+    let proxied = forwarded(&records);
     assert_eq!(proxied.len(), 8, "{proxied:?}");
     let curl_record = proxied
         .iter()

@@ -21,7 +21,7 @@ use broker_core::testkit::{assert_no_canary, record_skip, require_peer};
 mod proxy_upstream;
 mod pty_driver;
 
-use proxy_upstream::{read, start_upstream};
+use proxy_upstream::{json_lines, read, start_upstream};
 
 const CANARY: &str = "sk-live-CANARY-isolate-7c41d09e2b58";
 const NOBODY: u32 = 65534;
@@ -211,10 +211,7 @@ fn an_isolated_child_reaches_the_upstream_only_through_the_proxy() {
             out("via-proxy.txt"),
             r#"{"method": "GET", "path": "/via-proxy", "body": ""}"#
         );
-        let seen: Vec<serde_json::Value> = read(f.path("upstream.jsonl"))
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let seen = json_lines(&read(f.path("upstream.jsonl")));
         assert_eq!(seen.len(), 1, "{who}: {seen:?}");
         assert_eq!(seen[0]["path"], "/via-proxy");
         assert_eq!(

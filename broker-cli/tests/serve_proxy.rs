@@ -13,7 +13,7 @@ use broker_core::testkit::{assert_no_canary, require_peer};
 mod proxy_upstream;
 mod serve_daemon;
 
-use proxy_upstream::{read, start_upstream};
+use proxy_upstream::{forwarded, json_lines, read, start_upstream};
 use serve_daemon::Daemon;
 
 const CANARY: &str = "sk-live-CANARY-remote-9a8b7c6d5e4f";
@@ -98,10 +98,7 @@ fn a_run_from_the_daemon_gets_a_placeholder_and_the_daemons_proxy() {
     assert!(stdout.contains("child holds [REDACTED:api]"), "{stdout}");
 
     // The upstream saw the value; the wrong host got nothing.
-    let seen: Vec<serde_json::Value> = read(upstream_log)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let seen = json_lines(&read(upstream_log));
     let echo = seen
         .iter()
         .find(|r| r["path"] == "/remote/echo?q=1")
@@ -124,14 +121,8 @@ fn a_run_from_the_daemon_gets_a_placeholder_and_the_daemons_proxy() {
 
     // The daemon's audit log: the resolve, each proxied request and the alert, by agent-a.
     let (logs, audit) = daemon.stop();
-    let records: Vec<serde_json::Value> = audit
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let proxied: Vec<&serde_json::Value> = records
-        .iter()
-        .filter(|r| r["action"] == "proxy" && r["outcome"] == "forwarded")
-        .collect();
+    let records = json_lines(&audit);
+    let proxied = forwarded(&records);
     assert_eq!(proxied.len(), 2, "{proxied:?}");
     assert!(proxied.iter().all(|r| r["agent_id"] == "agent-a"));
     assert_eq!(proxied[0]["http"]["path"], "/remote/echo");

@@ -30,6 +30,6 @@ pub mod websocket;
 
 pub use audit::{AuditSink, LogAudit, MemoryAudit};
 pub use net::{Dialer, Egress, Resolver, SystemResolver, Target, TcpDialer};
-pub use run::{RemoteProxy, RunProxy};
+pub use run::{ProxyEnv, RunProxy};
 pub use server::{Admit, ProxiedCredential, Proxy, ProxyOptions};
 pub use settings::{EgressPolicy, HostPattern, Rules};

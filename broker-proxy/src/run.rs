@@ -47,7 +47,8 @@ pub struct RunProxy {
     credentials: Vec<String>,
     /// The proxy's unix socket, for `broker run --isolate` ([`RunProxy::start_isolated`]).
     unix_socket: Option<std::path::PathBuf>,
-    _scratch: ScratchDir,
+    /// The CA bundle's scratch dir (and the unix socket's), wiped on drop.
+    _proxy_env: ProxyEnv,
 }
 
 impl std::fmt::Debug for RunProxy {
@@ -185,35 +186,22 @@ impl RunProxy {
             admit: None,
         })
         .await?;
-        let scratch = ScratchDir::create()?;
-        let bundle = scratch.write_secret(
-            "ca-bundle.pem",
-            &SecretValue::from(ca_bundle(proxy.ca_pem())),
-        )?;
+        let proxy_env = ProxyEnv::new(&proxy.url(), proxy.ca_pem())?;
         let unix_socket = if isolated {
-            let path = scratch.path().join("proxy.sock");
+            let path = proxy_env.scratch.path().join("proxy.sock");
             proxy.listen_unix(&path)?;
             Some(path)
         } else {
             None
         };
-        let url = proxy.url();
-        for var in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] {
-            env.push((var.to_string(), OsString::from(url.as_str())));
-        }
-        env.push(("NO_PROXY".into(), OsString::new()));
-        env.push(("no_proxy".into(), OsString::new()));
-        env.push(("NODE_USE_ENV_PROXY".into(), OsString::from("1")));
-        for var in CA_VARS {
-            env.push((var.to_string(), bundle.clone().into_os_string()));
-        }
+        env.extend(proxy_env.env.iter().cloned());
         let run = RunProxy {
             proxy,
             env,
             remove,
             credentials: names,
             unix_socket,
-            _scratch: scratch,
+            _proxy_env: proxy_env,
         };
         tracing::debug!(credentials = ?run.credentials, addr = %run.proxy.addr(), "proxy started for the run");
         Ok(Some(run))
@@ -261,25 +249,26 @@ impl RunProxy {
     }
 }
 
-/// `broker run --from` with placeholder-mode credentials: the daemon runs the proxy (the
-/// values never reach this machine's broker); the child gets the daemon's proxy URL and a CA
-/// bundle with the run's CA, exactly as [`RunProxy`] gives its own.
-pub struct RemoteProxy {
+/// What a child needs to use a proxy: `HTTPS_PROXY` and friends (the URL carries the run's
+/// token), `NO_PROXY` empty, `NODE_USE_ENV_PROXY=1`, and a CA bundle — the system's roots plus
+/// the run's CA, 0600 in a scratch dir of its own, wiped on drop — in [`CA_VARS`]. Part of
+/// every [`RunProxy`]; on its own for `broker run --from` with placeholder-mode credentials,
+/// whose proxy runs in the daemon (the values never reach this machine's broker).
+pub struct ProxyEnv {
     env: Vec<(String, OsString)>,
-    _scratch: ScratchDir,
+    scratch: ScratchDir,
 }
 
-impl std::fmt::Debug for RemoteProxy {
+impl std::fmt::Debug for ProxyEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RemoteProxy").finish_non_exhaustive()
+        f.debug_struct("ProxyEnv").finish_non_exhaustive()
     }
 }
 
-impl RemoteProxy {
-    /// The child's proxy variables for the proxy at `url` (`http://broker:TOKEN@HOST:PORT`)
-    /// whose run CA is `ca_pem`; the CA bundle is written to a 0600 scratch file, wiped on
-    /// drop.
-    pub fn new(url: &str, ca_pem: &str) -> Result<RemoteProxy> {
+impl ProxyEnv {
+    /// The variables for the proxy at `url` (`http://broker:TOKEN@HOST:PORT`) whose run CA
+    /// is `ca_pem`.
+    pub fn new(url: &str, ca_pem: &str) -> Result<ProxyEnv> {
         let scratch = ScratchDir::create()?;
         let bundle =
             scratch.write_secret("ca-bundle.pem", &SecretValue::from(ca_bundle(ca_pem)))?;
@@ -293,10 +282,7 @@ impl RemoteProxy {
         for var in CA_VARS {
             env.push((var.to_string(), bundle.clone().into_os_string()));
         }
-        Ok(RemoteProxy {
-            env,
-            _scratch: scratch,
-        })
+        Ok(ProxyEnv { env, scratch })
     }
 
     /// Sets the proxy variables in `cmd` (after [`Delivery::apply_to_tokio`]).

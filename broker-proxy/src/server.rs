@@ -465,15 +465,7 @@ async fn front(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBod
     // A placeholder in the head bound for the wrong host is caught before the egress check,
     // so the attempt raises an alert even toward a host nothing allows; the body is read
     // (and checked) only toward a host the egress check let through.
-    let mut in_head = BTreeSet::new();
-    shared
-        .placeholders
-        .scan_headers(req.headers(), &mut in_head);
-    if let Some(pq) = req.uri().path_and_query() {
-        shared
-            .placeholders
-            .scan(pq.as_str().as_bytes(), &mut in_head);
-    }
+    let in_head = shared.placeholders.scan_head(&req);
     if let Err(r) = check_placeholders(&shared, &target, Scheme::Http, &req, &in_head).await {
         return r;
     }
@@ -481,7 +473,7 @@ async fn front(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBod
         Ok(a) => a,
         Err(refusal) => return blocked(&shared, &target, req.method(), refusal.0).await,
     };
-    let inspected = match inspect(&shared, &target, Scheme::Http, req).await {
+    let inspected = match inspect(&shared, &target, Scheme::Http, req, in_head).await {
         Ok(i) => i,
         Err(r) => return r,
     };
@@ -570,7 +562,8 @@ async fn tunnel(
             Arc::clone(&upstream),
         );
         async move {
-            let response = match inspect(&shared, &target, Scheme::Https, req).await {
+            let in_head = shared.placeholders.scan_head(&req);
+            let response = match inspect(&shared, &target, Scheme::Https, req, in_head).await {
                 Err(r) => r,
                 Ok(i) => forward(&shared, &target, Scheme::Https, &addrs, upstream, i).await,
             };
@@ -596,24 +589,22 @@ pub(crate) struct Inspected {
     found: BTreeSet<usize>,
 }
 
-/// Finds the placeholders in a request and refuses it ([`check_placeholders`]) when one is
-/// bound where its credential does not allow. The body's first [`BODY_SCAN_LIMIT`] bytes are
-/// read when a placeholder in them could be refused (some credential's `hosts` do not match
-/// the target, or the request is plain HTTP and some credential lacks `allow_http`) or could
-/// take a value (a JSON or form body toward a credential with `body: true`).
+/// Finds the placeholders in a request (`in_head`: those of its head, found already) and
+/// refuses it ([`check_placeholders`]) when one is bound where its credential does not allow.
+/// The body's first [`BODY_SCAN_LIMIT`] bytes are read when a placeholder in them could be
+/// refused (some credential's `hosts` do not match the target, or the request is plain HTTP
+/// and some credential lacks `allow_http`) or could take a value (a JSON or form body toward
+/// a credential with `body` fields).
 async fn inspect(
     shared: &Shared,
     target: &Target,
     scheme: Scheme,
     req: Request<Incoming>,
+    in_head: BTreeSet<usize>,
 ) -> std::result::Result<Inspected, Response<ProxyBody>> {
+    let mut found = in_head;
     let (parts, mut body) = req.into_parts();
     let placeholders = &shared.placeholders;
-    let mut found = BTreeSet::new();
-    placeholders.scan_headers(&parts.headers, &mut found);
-    if let Some(pq) = parts.uri.path_and_query() {
-        placeholders.scan(pq.as_str().as_bytes(), &mut found);
-    }
     let creds = &placeholders.credentials;
     let foreign = creds
         .iter()

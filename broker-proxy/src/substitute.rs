@@ -72,6 +72,17 @@ impl Placeholders {
         decoded.zeroize();
     }
 
+    /// The credentials whose placeholder appears in a request's head: its headers (`Basic`
+    /// credentials decoded), path and query (as they are and percent-decoded).
+    pub(crate) fn scan_head<B>(&self, req: &hyper::Request<B>) -> BTreeSet<usize> {
+        let mut found = BTreeSet::new();
+        self.scan_headers(req.headers(), &mut found);
+        if let Some(pq) = req.uri().path_and_query() {
+            self.scan(pq.as_str().as_bytes(), &mut found);
+        }
+        found
+    }
+
     /// The credentials whose placeholder appears in `headers` (`Basic` credentials decoded).
     pub(crate) fn scan_headers(&self, headers: &HeaderMap, found: &mut BTreeSet<usize>) {
         let Some(matcher) = &self.matcher else {

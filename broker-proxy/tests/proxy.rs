@@ -54,6 +54,11 @@ impl Fixture {
         args
     }
 
+    /// `Authorization: Bearer PLACEHOLDER`, as a curl `-H` argument.
+    fn bearer(&self) -> String {
+        format!("Authorization: Bearer {}", self.placeholder)
+    }
+
     fn auth(&self) -> String {
         format!(
             "Proxy-Authorization: Basic {}",
@@ -202,7 +207,7 @@ async fn the_upstream_gets_the_value_and_the_client_only_the_placeholder() {
         &loopback_names(),
     )
     .await;
-    let bearer = format!("Authorization: Bearer {}", f.placeholder);
+    let bearer = f.bearer();
     let body = r#"{"query":"hello","n":[1,2,3]}"#;
     let (code, out, err) = curl(f.curl_args(&[
         "-H",
@@ -282,7 +287,7 @@ async fn basic_credentials_are_substituted_inside_their_encoding() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reflected_value_is_redacted_in_body_headers_and_across_chunks() {
     let f = fixture(json!({ "allow_private": true }), &loopback_names()).await;
-    let bearer = format!("Authorization: Bearer {}", f.placeholder);
+    let bearer = f.bearer();
     for path in ["/reflect", "/chunked"] {
         let (code, out, err) =
             curl(f.curl_args(&["-i", "-H", &bearer, &f.url("api.test", path)])).await;
@@ -298,7 +303,7 @@ async fn a_reflected_value_is_redacted_in_body_headers_and_across_chunks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compressed_answer_to_a_request_with_a_value_is_refused() {
     let f = fixture(json!({ "allow_private": true }), &loopback_names()).await;
-    let bearer = format!("Authorization: Bearer {}", f.placeholder);
+    let bearer = f.bearer();
     let (_, out, _) = curl(f.curl_args(&["-H", &bearer, &f.url("api.test", "/gzip")])).await;
     assert!(out.ends_with("502"), "{out}");
 }
@@ -322,7 +327,7 @@ async fn the_placeholder_toward_another_host_is_blocked_and_raises_an_alert() {
     let (_, out, _) = curl(f.curl_args(&[&url])).await;
     assert!(out.ends_with("403"), "{out}");
     // Host header naming the credential's host changes nothing: the CONNECT target decides.
-    let bearer = format!("Authorization: Bearer {}", f.placeholder);
+    let bearer = f.bearer();
     let (_, out, _) = curl(f.curl_args(&[
         "-H",
         &bearer,
@@ -352,7 +357,7 @@ async fn the_connect_target_decides_not_the_host_header() {
         &loopback_names(),
     )
     .await;
-    let bearer = format!("Authorization: Bearer {}", f.placeholder);
+    let bearer = f.bearer();
     let (code, out, err) = curl(f.curl_args(&[
         "-H",
         &bearer,
@@ -510,7 +515,7 @@ async fn plain_http_absolute_form_follows_the_same_rules_with_allow_http() {
     )
     .await;
     let port = f.upstream.addr.port();
-    let bearer = format!("Authorization: Bearer {}", f.placeholder);
+    let bearer = f.bearer();
     let url = format!("http://api.test:{port}/plain?x=1");
     let (code, out, err) = curl(f.curl_args(&["-H", &bearer, &url])).await;
     assert_eq!(code, 0, "{err}");
@@ -547,7 +552,7 @@ async fn a_placeholder_over_plain_http_is_refused_without_allow_http() {
     )
     .await;
     let port = f.upstream.addr.port();
-    let bearer = format!("Authorization: Bearer {}", f.placeholder);
+    let bearer = f.bearer();
     let url = format!("http://api.test:{port}/plain");
     let (code, out, err) = curl(f.curl_args(&["-H", &bearer, &url])).await;
     assert_eq!(code, 0, "{err}");
@@ -618,7 +623,7 @@ async fn a_credential_host_is_always_asked_for_identity_and_compression_is_refus
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_in_one_tunnel_share_one_upstream_connection() {
     let f = fixture(json!({ "allow_private": true }), &loopback_names()).await;
-    let bearer = format!("Authorization: Bearer {}", f.placeholder);
+    let bearer = f.bearer();
     let (code, out, err) = curl(f.curl_args(&[
         "-H",
         &bearer,
@@ -921,7 +926,7 @@ async fn methods_and_path_prefixes_bound_where_the_value_may_go() {
         rules,
     )
     .await;
-    let bearer = format!("Authorization: Bearer {}", f.placeholder);
+    let bearer = f.bearer();
     let (code, out, err) =
         curl(f.curl_args(&["-H", &bearer, &f.url("api.test", "/v1/items")])).await;
     assert_eq!(code, 0, "{err}");
@@ -982,7 +987,7 @@ async fn a_jwt_shaped_placeholder_is_replaced_like_any_other() {
     )
     .await;
     assert_eq!(f.placeholder.split('.').count(), 3, "{}", f.placeholder);
-    let bearer = format!("Authorization: Bearer {}", f.placeholder);
+    let bearer = f.bearer();
     let (code, out, err) = curl(f.curl_args(&["-H", &bearer, &f.url("api.test", "/jwt")])).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.ends_with("200"), "{out}");
@@ -1048,7 +1053,7 @@ async fn a_websocket_handshake_takes_the_value_and_reflected_frames_are_redacted
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_audit_log_fails_the_proxy_fails_closed() {
     let f = fixture(json!({ "allow_private": true }), &loopback_names()).await;
-    let bearer = format!("Authorization: Bearer {}", f.placeholder);
+    let bearer = f.bearer();
     f.audit.fail_from_now_on();
     // The request in flight: its answer is cut short, never completed.
     let (code, out, _) = curl(f.curl_args(&["-H", &bearer, &f.url("api.test", "/first")])).await;
@@ -1112,7 +1117,7 @@ async fn connections_beyond_the_cap_are_closed_and_the_rest_still_served() {
     // Freeing one lets the next in.
     drop(held.pop());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let bearer = format!("Authorization: Bearer {}", f.placeholder);
+    let bearer = f.bearer();
     let (code, out, err) = curl(f.curl_args(&["-H", &bearer, &f.url("api.test", "/after")])).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.ends_with("200"), "{out}");
@@ -1121,7 +1126,7 @@ async fn connections_beyond_the_cap_are_closed_and_the_rest_still_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_of_the_admit_hook_stops_requests_that_would_use_a_value() {
     let f = fixture(json!({ "allow_private": true }), &loopback_names()).await;
-    let bearer = format!("Authorization: Bearer {}", f.placeholder);
+    let bearer = f.bearer();
     f.allowed.store(false, std::sync::atomic::Ordering::SeqCst);
     let (code, out, err) =
         curl(f.curl_args(&["-H", &bearer, &f.url("api.test", "/blocked")])).await;

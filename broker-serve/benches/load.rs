@@ -34,9 +34,12 @@ use std::time::{Duration, Instant};
 
 use broker_env as _;
 use broker_vault as _;
-use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
+
+#[path = "support/mod.rs"]
+mod support;
+
+use support::{Connection, env_num, fmt, percentile};
 
 /// The `env:` variable the cached credential reads (set by the re-execution).
 const VALUE_VAR: &str = "BROKER_BENCH_VALUE";
@@ -46,13 +49,6 @@ const VALUE: &str = "bench-value-0123456789abcdef";
 const ROOT: &str = "bench-root-token";
 const WARM_UP: u64 = 1_000;
 const COLD_MINTS: u32 = 50;
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
 
 /// `true` unless the variable says `false` or `0`.
 fn env_flag(name: &str) -> bool {
@@ -202,52 +198,6 @@ impl Running {
         let _ = self.stop.take().unwrap().send(());
         self.done.join().unwrap()?;
         Ok(self.audit.take().map_or(0, |log| log.flushes()))
-    }
-}
-
-/// One keep-alive HTTP/1.1 connection to the daemon's socket.
-struct Connection {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-}
-
-impl Connection {
-    async fn open(socket: &Path) -> Result<Connection, String> {
-        let stream = tokio::net::UnixStream::connect(socket)
-            .await
-            .map_err(|e| format!("connecting: {e}"))?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(Connection { sender })
-    }
-
-    /// `POST path body`: the status and the answer's body.
-    async fn post(&mut self, path: &str, body: &str) -> Result<(u16, Bytes), String> {
-        let request = hyper::Request::post(path)
-            .header("host", "broker")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
-            .unwrap();
-        self.sender
-            .ready()
-            .await
-            .map_err(|e| format!("connection: {e}"))?;
-        let response = self
-            .sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("request: {e}"))?;
-        let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("answer: {e}"))?
-            .to_bytes();
-        Ok((status, body))
     }
 }
 
@@ -446,24 +396,6 @@ async fn generate(
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// The `p`th percentile of sorted `values` (nearest rank).
-fn percentile(values: &[Duration], p: f64) -> Duration {
-    if values.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
-    values[rank.clamp(1, values.len()) - 1]
-}
-
-fn fmt(d: Duration) -> String {
-    let us = d.as_secs_f64() * 1e6;
-    if us >= 1000.0 {
-        format!("{:.2} ms", us / 1000.0)
-    } else {
-        format!("{us:.0} µs")
-    }
 }
 
 fn mean(values: &[Duration]) -> Duration {

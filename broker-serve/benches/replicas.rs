@@ -29,21 +29,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use broker_env as _;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
+
+#[path = "support/mod.rs"]
+mod support;
+
+use support::{Connection, env_num, fmt, percentile};
 
 const VALUE_VAR: &str = "BROKER_BENCH_VALUE";
 const VALUE: &str = "bench-value-0123456789abcdef";
 const KEY: &str = "bench-store-key-0123456789abcdef0123456789abcdef";
 const WARM_UP: u64 = 500;
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
 
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -144,22 +139,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn fmt(d: Duration) -> String {
-    if d < Duration::from_millis(1) {
-        format!("{} µs", d.as_micros())
-    } else {
-        format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() - 1) as f64 * p / 100.0).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 fn config(uid: u32, id: &str, shared: bool) -> String {
     let store = if shared {
         format!(
@@ -247,45 +226,6 @@ impl Drop for Running {
     }
 }
 
-struct Connection {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-}
-
-impl Connection {
-    async fn open(socket: &Path) -> Result<Connection, String> {
-        let stream = tokio::net::UnixStream::connect(socket)
-            .await
-            .map_err(|e| format!("connecting: {e}"))?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(Connection { sender })
-    }
-
-    async fn post(&mut self) -> Result<u16, String> {
-        let request = hyper::Request::post("/v1/credentials/token")
-            .header("host", "broker")
-            .body(Full::new(Bytes::from_static(b"{}")))
-            .unwrap();
-        self.sender.ready().await.map_err(|e| e.to_string())?;
-        let response = self
-            .sender
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status().as_u16();
-        response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(status)
-    }
-}
-
 /// `replicas` daemons; the load spread over them. (all ok, requests/s, p50, p99)
 fn scenario(
     replicas: usize,
@@ -319,13 +259,20 @@ fn scenario(
             tasks.push(tokio::spawn(async move {
                 let mut conn = Connection::open(&socket).await.unwrap();
                 for _ in 0..WARM_UP / concurrency + 1 {
-                    let _ = conn.post().await;
+                    let _ = conn
+                        .post("/v1/credentials/token", "{}")
+                        .await
+                        .map(|(status, _)| status);
                 }
                 barrier.wait().await;
                 let mut took = Vec::new();
                 while claimed.fetch_add(1, Ordering::Relaxed) < requests {
                     let started = Instant::now();
-                    match conn.post().await {
+                    match conn
+                        .post("/v1/credentials/token", "{}")
+                        .await
+                        .map(|(status, _)| status)
+                    {
                         Ok(200) => took.push(started.elapsed()),
                         Ok(_) => {
                             errors.fetch_add(1, Ordering::Relaxed);

@@ -38,7 +38,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     // Real clients of the daemon and proxy tests, and the man-page renderer.
     ("curl", "curl"),
     ("man", "man-db"),
-    // The shared store of `broker serve` replicas (broker-serve/tests/replicas.rs).
+    // The shared store of `broker serve` replicas (broker-cli/tests/serve_replicas.rs).
     ("redis-server", "redis-server"),
     // `systemd-analyze verify` of the units in deploy/systemd (broker-serve/tests/deploy.rs).
     ("systemd-analyze", "systemd"),

@@ -129,3 +129,18 @@ pub fn start_upstream(python: &Path, dir: &Path) -> (Killed, u16) {
 pub fn read(path: PathBuf) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
+
+/// The JSON lines of `text` (the upstream's log, an audit log).
+pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The audit records of requests the proxy forwarded with a value.
+pub fn forwarded(records: &[serde_json::Value]) -> Vec<&serde_json::Value> {
+    records
+        .iter()
+        .filter(|r| r["action"] == "proxy" && r["outcome"] == "forwarded")
+        .collect()
+}
