@@ -76,8 +76,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// The workspace root: `cargo run` (the `cargo xtask` alias) names xtask's manifest dir at run
+/// time. The compile-time value is only a fallback: a target dir shared by two clones can hand
+/// one clone an xtask binary built in the other, which would then work on the wrong tree.
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default()

@@ -181,7 +181,8 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), String> {
 /// `cargo xtask bench run [--runs N] [--features LIST] [--broker PATH]...`.
 pub fn bench_run(args: &[String]) -> Result<(), String> {
     let usage = || {
-        "usage: cargo xtask bench run [--runs N] [--features LIST] [--broker PATH]...".to_string()
+        "usage: cargo xtask bench run [--runs N] [--features LIST] [--broker PATH]... | --inputs DIR"
+            .to_string()
     };
     let mut runs = 30usize;
     let mut features: Option<String> = None;
@@ -191,6 +192,8 @@ pub fn bench_run(args: &[String]) -> Result<(), String> {
         match a.as_str() {
             "--runs" => runs = it.next().and_then(|n| n.parse().ok()).ok_or_else(usage)?,
             "--features" => features = Some(it.next().ok_or_else(usage)?.clone()),
+            // Only write the inputs (for profiling one command by hand) and stop.
+            "--inputs" => return inputs(Path::new(it.next().ok_or_else(usage)?)),
             "--broker" => brokers.push(
                 std::path::absolute(it.next().ok_or_else(usage)?).map_err(|e| e.to_string())?,
             ),
