@@ -107,12 +107,13 @@ pub fn refuse_unless_available() -> Option<u8> {
 /// The longest path a unix socket address holds (`sun_path`, 108 bytes with its NUL).
 const SUN_PATH_MAX: usize = 107;
 
-/// Checks that the proxy's unix socket, `ROOT/broker-scratch-PID-START-RANDOM/proxy.sock`
-/// under the scratch root the run will use, fits a socket address; the error is the line to
-/// print. Checked up front: the socket is made only after the credentials are resolved.
+/// Checks that the proxy's unix socket, `ROOT/broker-UID/broker-scratch-PID-START-RANDOM/
+/// proxy.sock` in the per-user parent the run will use, fits a socket address; the error is
+/// the line to print. Checked up front: the socket is made only after the credentials are
+/// resolved.
 fn socket_path_fits() -> Result<(), String> {
     // No usable root: the run fails later with the scratch dir's own error.
-    let Some(root) = broker_core::scratch::scratch_roots().into_iter().next() else {
+    let Some(root) = broker_core::scratch::scratch_parent() else {
         return Ok(());
     };
     let pid = std::process::id();

@@ -1,18 +1,33 @@
 //! Per-task scratch directories: where `kind: file` credentials are written.
 //!
-//! A scratch dir is created 0700 under the first usable root: `$XDG_RUNTIME_DIR` (when it is a
-//! directory we own with mode 0700), else `/dev/shm`, else the system temp dir. A shared root
-//! is used only when it is owned by us or root and, if group- or other-writable, has the sticky
-//! bit: otherwise another user could rename our dir and put a symlink in its place. Each root
-//! is first canonicalised, and every directory above it, from `/` down, must pass the same
-//! rule (walked with `O_NOFOLLOW`): the root is then used by its canonical path, so the path
-//! given to the child has no symlink and no component another user could rename. Every
-//! operation of the broker itself (creating, replacing and wiping files, reading the marker,
-//! removing the dir) goes through an open directory fd (`openat`/`renameat`/`unlinkat` with
-//! `O_NOFOLLOW`), never through the path; [`ScratchDir::path`] is only for the child.
+//! A scratch dir is created 0700 in a private per-user parent, `ROOT/broker-UID` (UID: the
+//! numeric real uid), under the first usable root: `$XDG_RUNTIME_DIR` (when it is a directory
+//! we own with mode 0700), else `/dev/shm`, else the system temp dir. A shared root is used only
+//! when it is owned by us or root and, if group- or other-writable, has the sticky bit:
+//! otherwise another user could rename our dir and put a symlink in its place. Each root is
+//! first canonicalised, and every directory above it, from `/` down, must pass the same rule
+//! (walked with `O_NOFOLLOW`): the root is then used by its canonical path, so the path given to
+//! the child has no symlink and no component another user could rename.
+//!
+//! The parent `broker-UID` is made with `mkdirat` 0700 when missing (an existing one is fine),
+//! then opened through the root's fd with `O_NOFOLLOW|O_DIRECTORY`, never by path. It must be a
+//! directory owned by us with mode exactly 0700: a parent the broker has just created is set to
+//! 0700 with `fchmod` through its fd (the umask may have cleared bits); an existing parent with
+//! any other owner or mode, or a symlink or file in its place (another user squatting
+//! `/tmp/broker-1000`), is never changed: that root is unusable, with a reason naming the
+//! parent and what is wrong, and the next root is tried. The parent stays when its scratch dirs
+//! are gone (removing it could race with a parallel run creating its dir in it).
+//!
+//! Every operation of the broker itself (creating, replacing and wiping files, reading the
+//! marker, removing the dir) goes through an open directory fd (`openat`/`renameat`/`unlinkat`
+//! with `O_NOFOLLOW`), never through the path; [`ScratchDir::path`] (`CANON_ROOT/broker-UID/
+//! broker-scratch-...`) is only for the child.
 //!
 //! Files are created 0600 with `O_EXCL|O_NOFOLLOW`. [`ScratchDir`] wipes everything on drop,
-//! and [`sweep_stale`] removes dirs left by a process that is gone (SIGKILL, power loss).
+//! and [`sweep_stale`] removes dirs left by a process that is gone (SIGKILL, power loss). The
+//! sweep lists only the per-user parents (a handful of entries), never the roots themselves,
+//! so its cost does not grow with `/tmp`; a parent that fails the checks above is skipped, and
+//! dirs left directly under a root by versions before the per-user parent are no longer swept.
 //!
 //! Which process owns a dir is recorded twice, so a live dir is never taken for a dead one: in
 //! its name (`broker-scratch-PID-START-RANDOM`, atomic with `mkdir`) and in its marker file
@@ -152,13 +167,126 @@ fn open_root(path: &Path, private: bool) -> std::result::Result<(OwnedFd, PathBu
     Ok((fd, canon))
 }
 
-/// The usable parent directories (canonical paths), most private first.
+/// The usable roots (canonical paths), most private first. Scratch dirs are not made in a root
+/// itself but in its per-user parent: see [`scratch_parent`].
 pub fn scratch_roots() -> Vec<PathBuf> {
     candidates()
         .into_iter()
         .filter_map(|c| open_root(&c.path, c.private).ok())
         .map(|(_, path)| path)
         .collect()
+}
+
+/// The name of the per-user parent in a root: `broker-UID`, UID the numeric real uid.
+pub fn user_dir_name() -> String {
+    format!("broker-{}", rustix::process::getuid().as_raw())
+}
+
+/// The directory [`ScratchDir::create`] would make its dir in now: `CANON_ROOT/broker-UID`
+/// under the first usable root whose per-user parent is usable or not there yet (it is not
+/// created here). `None` when no root is usable.
+pub fn scratch_parent() -> Option<PathBuf> {
+    candidates().into_iter().find_map(|c| {
+        let (root, canon) = open_root(&c.path, c.private).ok()?;
+        open_parent(root.as_fd(), &canon)
+            .ok()
+            .map(|_| canon.join(user_dir_name()))
+    })
+}
+
+/// The rule for the per-user parent: a directory owned by us, mode exactly 0700.
+fn check_parent(st: &rustix::fs::Stat, me: u32) -> std::result::Result<(), String> {
+    let mode = st.st_mode & 0o7777;
+    if st.st_uid != me {
+        return Err("owned by another user".into());
+    }
+    if mode != 0o700 {
+        return Err(format!("mode {mode:04o}, not 0700"));
+    }
+    Ok(())
+}
+
+/// Opens the per-user parent in `root` (through its fd, not following a symlink) and checks it.
+/// `Ok(None)` when there is none; the error names the parent and what is wrong with it.
+fn open_parent(
+    root: BorrowedFd<'_>,
+    root_path: &Path,
+) -> std::result::Result<Option<(OwnedFd, PathBuf)>, String> {
+    let name = user_dir_name();
+    let path = root_path.join(&name);
+    let fd = match rustix::fs::openat(root, name.as_str(), DIR_FLAGS, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(e) => {
+            return Err(format!(
+                "{}: {}",
+                path.display(),
+                parent_open_error(root, name.as_str(), e)
+            ));
+        }
+    };
+    let st = rustix::fs::fstat(&fd)
+        .map_err(|e| format!("{}: {}", path.display(), io::Error::from(e)))?;
+    check_parent(&st, rustix::process::getuid().as_raw())
+        .map_err(|reason| format!("{}: {reason}", path.display()))?;
+    Ok(Some((fd, path)))
+}
+
+/// Why opening the parent `name` in `root` failed, in words. With `O_NOFOLLOW|O_DIRECTORY`,
+/// a symlink and anything else that is not a directory both fail with `ENOTDIR` (or `ELOOP`):
+/// the entry itself is looked at (not followed) to say which.
+fn parent_open_error(root: BorrowedFd<'_>, name: &str, e: Errno) -> String {
+    match e {
+        Errno::NOTDIR | Errno::LOOP => {
+            match rustix::fs::statat(root, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
+                    "a symlink, not a directory".into()
+                }
+                _ => "not a directory".into(),
+            }
+        }
+        e => io::Error::from(e).to_string(),
+    }
+}
+
+/// Opens the per-user parent in `root`, creating it 0700 when missing, and checks it.
+fn make_parent(
+    root: BorrowedFd<'_>,
+    root_path: &Path,
+) -> std::result::Result<(OwnedFd, PathBuf), String> {
+    let name = user_dir_name();
+    let path = root_path.join(&name);
+    let created = match rustix::fs::mkdirat(root, name.as_str(), Mode::from_raw_mode(0o700)) {
+        Ok(()) => true,
+        Err(Errno::EXIST) => false,
+        Err(e) => {
+            return Err(format!(
+                "cannot create {}: {}",
+                path.display(),
+                io::Error::from(e)
+            ));
+        }
+    };
+    let fd = rustix::fs::openat(root, name.as_str(), DIR_FLAGS, Mode::empty()).map_err(|e| {
+        format!(
+            "{}: {}",
+            path.display(),
+            parent_open_error(root, name.as_str(), e)
+        )
+    })?;
+    let me = rustix::process::getuid().as_raw();
+    let mut st = rustix::fs::fstat(&fd)
+        .map_err(|e| format!("{}: {}", path.display(), io::Error::from(e)))?;
+    // Only a parent we have just made, and only through its fd: the umask may have cleared
+    // bits of 0700. An existing parent with another mode is refused, never changed.
+    if created && st.st_uid == me && st.st_mode & 0o7777 != 0o700 {
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700))
+            .map_err(|e| format!("{}: {}", path.display(), io::Error::from(e)))?;
+        st = rustix::fs::fstat(&fd)
+            .map_err(|e| format!("{}: {}", path.display(), io::Error::from(e)))?;
+    }
+    check_parent(&st, me).map_err(|reason| format!("{}: {reason}", path.display()))?;
+    Ok((fd, path))
 }
 
 fn io_error(what: impl std::fmt::Display, e: impl Into<io::Error>) -> Error {
@@ -168,7 +296,8 @@ fn io_error(what: impl std::fmt::Display, e: impl Into<io::Error>) -> Error {
 /// A 0700 directory for one task's files; wiped on drop.
 pub struct ScratchDir {
     path: PathBuf,
-    root: OwnedFd,
+    /// The per-user parent the dir is in.
+    parent: OwnedFd,
     name: String,
     dir: OwnedFd,
     wiped: bool,
@@ -184,13 +313,15 @@ impl std::fmt::Debug for ScratchDir {
 }
 
 impl ScratchDir {
-    /// Creates a scratch dir under the first usable root; an [`ErrorKind::Io`] error naming
-    /// every root and why it was not used when none is.
+    /// Creates a scratch dir in the per-user parent of the first usable root; an
+    /// [`ErrorKind::Io`] error naming every root and why it was not used when none is (the
+    /// root's own checks, or its parent `broker-UID`: not ours, not 0700, not a directory).
     pub fn create() -> Result<ScratchDir> {
         let mut why = Vec::new();
         for c in candidates() {
             let made = open_root(&c.path, c.private).and_then(|(root, canon)| {
-                Self::create_at(root, &canon).map_err(|e| e.message().to_owned())
+                let (parent, path) = make_parent(root.as_fd(), &canon)?;
+                Self::create_at(parent, &path).map_err(|e| e.message().to_owned())
             });
             match made {
                 Ok(dir) => return Ok(dir),
@@ -204,38 +335,43 @@ impl ScratchDir {
         .with_hint("set XDG_RUNTIME_DIR or TMPDIR to a directory only you can write (mode 0700)"))
     }
 
-    /// Creates a scratch dir under `root`, which (and every directory above it) must pass the
-    /// checks for a shared root. [`ScratchDir::path`] is then under `root`'s canonical path.
+    /// Creates a scratch dir in the per-user parent of `root`, as [`ScratchDir::create`] does
+    /// for each candidate root: `root` (and every directory above it) must pass the checks for a
+    /// shared root, and `root/broker-UID` (created when missing) those for the parent.
+    /// [`ScratchDir::path`] is then `CANON_ROOT/broker-UID/broker-scratch-...`.
     pub fn create_in(root: &Path) -> Result<ScratchDir> {
-        let (fd, canon) = open_root(root, false).map_err(|reason| {
-            Error::new(
-                ErrorKind::Io,
-                format!("cannot create a scratch dir: {}: {reason}", root.display()),
-            )
-        })?;
-        Self::create_at(fd, &canon)
+        let (parent, path) = open_root(root, false)
+            .and_then(|(fd, canon)| make_parent(fd.as_fd(), &canon))
+            .map_err(|reason| {
+                Error::new(
+                    ErrorKind::Io,
+                    format!("cannot create a scratch dir: {}: {reason}", root.display()),
+                )
+            })?;
+        Self::create_at(parent, &path)
     }
 
-    fn create_at(root: OwnedFd, root_path: &Path) -> Result<ScratchDir> {
+    /// Creates the scratch dir in `parent` (open, checked), whose path is `parent_path`.
+    fn create_at(parent: OwnedFd, parent_path: &Path) -> Result<ScratchDir> {
         let pid = std::process::id();
         let start = process_start_time(pid).unwrap_or(0);
         // The owner is in the name from the first instant: a sweep running before the marker
         // is in place sees a live owner.
         let name = format!("{DIR_PREFIX}{pid}-{start}-{:016x}", rand::random::<u64>());
-        let path = root_path.join(&name);
+        let path = parent_path.join(&name);
         let failed = |e: Errno| io_error(format_args!("cannot create {}", path.display()), e);
-        rustix::fs::mkdirat(&root, name.as_str(), Mode::from_raw_mode(0o700)).map_err(failed)?;
-        let dir = rustix::fs::openat(&root, name.as_str(), DIR_FLAGS, Mode::empty());
+        rustix::fs::mkdirat(&parent, name.as_str(), Mode::from_raw_mode(0o700)).map_err(failed)?;
+        let dir = rustix::fs::openat(&parent, name.as_str(), DIR_FLAGS, Mode::empty());
         let dir = match dir {
             Ok(dir) => dir,
             Err(e) => {
-                let _ = rustix::fs::unlinkat(&root, name.as_str(), AtFlags::REMOVEDIR);
+                let _ = rustix::fs::unlinkat(&parent, name.as_str(), AtFlags::REMOVEDIR);
                 return Err(failed(e));
             }
         };
         let scratch = ScratchDir {
             path: path.clone(),
-            root,
+            parent,
             name,
             dir,
             wiped: false,
@@ -247,7 +383,8 @@ impl ScratchDir {
     }
 
     /// The directory, for handing paths to the child. The broker itself never uses it. It is
-    /// under the root's canonical path: no symlink in it, and every directory in it checked.
+    /// `CANON_ROOT/broker-UID/broker-scratch-...`: no symlink in it, and every directory in it
+    /// checked.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -323,7 +460,7 @@ impl ScratchDir {
     /// Overwrites every file with zeros, removes them, then removes the directory. Idempotent.
     ///
     /// Works on the directory the broker created even if it was renamed meanwhile: the files
-    /// are wiped through the open fd, and the entry under the root is removed only if it is
+    /// are wiped through the open fd, and the entry in the parent is removed only if it is
     /// still that directory (never whatever was put in its place).
     pub fn wipe(&mut self) -> io::Result<()> {
         if self.wiped {
@@ -331,7 +468,7 @@ impl ScratchDir {
         }
         self.wiped = true;
         wipe_contents(self.dir.as_fd(), 0)?;
-        if !remove_entry(self.root.as_fd(), &self.name, self.dir.as_fd())? {
+        if !remove_entry(self.parent.as_fd(), &self.name, self.dir.as_fd())? {
             tracing::warn!(
                 dir = %self.path.display(),
                 "the scratch dir was moved or replaced while in use; its files were wiped through the open directory"
@@ -509,28 +646,39 @@ fn in_use(marker: Option<&str>, name: &str) -> bool {
         .any(|(pid, started)| process_alive(pid, started))
 }
 
-/// Removes scratch dirs under every usable root whose owner process is gone; returns what it
-/// removed.
+/// Removes scratch dirs whose owner process is gone from the per-user parent of every usable
+/// root; returns what it removed. Lists only those parents, never a root itself; a parent
+/// that is missing or fails its checks (not ours, not 0700, a symlink) is skipped silently.
 pub fn sweep_stale() -> Vec<PathBuf> {
     candidates()
         .iter()
         .filter_map(|c| open_root(&c.path, c.private).ok())
-        .flat_map(|(fd, path)| sweep_root(fd.as_fd(), &path))
+        .flat_map(|(fd, path)| sweep_user_dir(fd.as_fd(), &path))
         .collect()
 }
 
-/// [`sweep_stale`] for one root (nothing when `root` fails the checks for a shared root); the
-/// paths returned are under `root`'s canonical path.
+/// [`sweep_stale`] for one root: its per-user parent `root/broker-UID` (nothing when `root`
+/// fails the checks for a shared root, or the parent those for a parent); the paths returned
+/// are under `root`'s canonical path.
 pub fn sweep_stale_in(root: &Path) -> Vec<PathBuf> {
     match open_root(root, false) {
-        Ok((fd, canon)) => sweep_root(fd.as_fd(), &canon),
+        Ok((fd, canon)) => sweep_user_dir(fd.as_fd(), &canon),
         Err(_) => Vec::new(),
     }
 }
 
-fn sweep_root(root: BorrowedFd<'_>, root_path: &Path) -> Vec<PathBuf> {
+/// Sweeps the per-user parent of `root`, if there is one and it passes the checks.
+fn sweep_user_dir(root: BorrowedFd<'_>, root_path: &Path) -> Vec<PathBuf> {
+    match open_parent(root, root_path) {
+        Ok(Some((parent, path))) => sweep_parent(parent.as_fd(), &path),
+        Ok(None) | Err(_) => Vec::new(),
+    }
+}
+
+/// Removes the dead owners' scratch dirs in `parent` (a checked per-user parent).
+fn sweep_parent(parent: BorrowedFd<'_>, parent_path: &Path) -> Vec<PathBuf> {
     let mut removed = Vec::new();
-    let Ok(names) = entries(root) else {
+    let Ok(names) = entries(parent) else {
         return removed;
     };
     let me = rustix::process::getuid().as_raw();
@@ -542,7 +690,7 @@ fn sweep_root(root: BorrowedFd<'_>, root_path: &Path) -> Vec<PathBuf> {
             continue;
         }
         // A symlink in the dir's place fails here; nothing is ever followed.
-        let Ok(dir) = rustix::fs::openat(root, name.as_str(), DIR_FLAGS, Mode::empty()) else {
+        let Ok(dir) = rustix::fs::openat(parent, name.as_str(), DIR_FLAGS, Mode::empty()) else {
             continue;
         };
         if !rustix::fs::fstat(&dir).is_ok_and(|st| st.st_uid == me) {
@@ -552,9 +700,9 @@ fn sweep_root(root: BorrowedFd<'_>, root_path: &Path) -> Vec<PathBuf> {
             continue;
         }
         if wipe_contents(dir.as_fd(), 0).is_ok()
-            && remove_entry(root, &name, dir.as_fd()).unwrap_or(false)
+            && remove_entry(parent, &name, dir.as_fd()).unwrap_or(false)
         {
-            removed.push(root_path.join(std::ffi::OsStr::from_bytes(name.as_bytes())));
+            removed.push(parent_path.join(std::ffi::OsStr::from_bytes(name.as_bytes())));
         }
     }
     removed
@@ -628,7 +776,9 @@ mod tests {
     fn sweep_removes_dead_owners_only() {
         let root = tempfile::tempdir().unwrap();
         let live = ScratchDir::create_in(root.path()).unwrap();
-        let dead = root.path().join(format!("{DIR_PREFIX}999999999-0"));
+        let parent = root.path().join(user_dir_name());
+        assert_eq!(live.path().parent().unwrap(), parent);
+        let dead = parent.join(format!("{DIR_PREFIX}999999999-0"));
         fs::create_dir(&dead).unwrap();
         fs::write(dead.join(MARKER), "999999999 1\n").unwrap();
         fs::write(dead.join("token"), "canary").unwrap();
