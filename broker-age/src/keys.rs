@@ -5,8 +5,10 @@
 
 use std::fmt;
 
+use age::secrecy::ExposeSecret;
 use age::{ssh, x25519};
 use broker_core::{Error, ErrorKind, Result};
+use zeroize::Zeroizing;
 
 /// The armor line of an age file; an identity that starts with it is passphrase-protected.
 const AGE_ARMOR_BEGIN: &str = "-----BEGIN AGE ENCRYPTED FILE-----";
@@ -122,9 +124,16 @@ fn parse_x25519_file(text: &str, source: &str) -> Result<Vec<Identity>> {
         }
         if let Ok(identity) = line.parse::<x25519::Identity>() {
             let recipient = identity.to_public().to_string();
+            // Unwrapped by our own identity (aws-lc, key imported once): see `crate::x25519`.
+            let inner = x25519_secret(&identity)
+                .as_ref()
+                .and_then(crate::x25519::Identity::from_secret_bytes)
+                .ok_or_else(|| {
+                    Error::internal(format!("identity {source} line {n}: cannot import the key"))
+                })?;
             out.push(Identity {
                 source: source.to_string(),
-                inner: Box::new(identity),
+                inner: Box::new(inner),
                 recipient,
             });
             continue;
@@ -164,6 +173,25 @@ fn parse_x25519_file(text: &str, source: &str) -> Result<Vec<Identity>> {
         )));
     }
     Ok(out)
+}
+
+/// The 32 secret bytes of a parsed X25519 identity (from its `AGE-SECRET-KEY-1...` text,
+/// which the parse has already checked).
+pub(crate) fn x25519_secret(identity: &x25519::Identity) -> Option<Zeroizing<[u8; 32]>> {
+    let text = identity.to_string();
+    age_core::primitives::bech32_decode(
+        text.expose_secret(),
+        |_| (),
+        |_| Ok(()),
+        |_, mut bytes| {
+            let mut out = Zeroizing::new([0u8; 32]);
+            for slot in out.iter_mut() {
+                *slot = bytes.next().ok_or(())?;
+            }
+            bytes.next().is_none().then_some(out).ok_or(())
+        },
+    )
+    .ok()
 }
 
 /// A parsed recipient.

@@ -29,6 +29,7 @@ pub mod fuzzing;
 mod keys;
 mod provider;
 mod settings;
+mod x25519;
 
 use std::sync::Arc;
 
