@@ -41,11 +41,32 @@ impl Fixture {
         self.cmd(args).output().unwrap()
     }
 
+    /// The per-user parent the scratch dirs go in: `RUNTIME/broker-UID`.
+    fn user_dir(&self) -> PathBuf {
+        self.runtime
+            .path()
+            .join(format!("broker-{}", rustix::process::getuid().as_raw()))
+    }
+
+    /// The scratch dirs in the per-user parent. The runtime dir holds nothing but that parent,
+    /// and the parent, once made, is 0700.
     fn scratch_dirs(&self) -> Vec<PathBuf> {
-        std::fs::read_dir(self.runtime.path())
+        let parent = self.user_dir();
+        let others: Vec<PathBuf> = std::fs::read_dir(self.runtime.path())
             .unwrap()
             .map(|e| e.unwrap().path())
-            .collect()
+            .filter(|p| *p != parent)
+            .collect();
+        assert_eq!(others, Vec::<PathBuf>::new(), "outside the per-user parent");
+        let Ok(entries) = std::fs::read_dir(&parent) else {
+            return Vec::new();
+        };
+        let mode = std::fs::symlink_metadata(&parent)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o700, "{}", parent.display());
+        entries.map(|e| e.unwrap().path()).collect()
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -126,10 +147,8 @@ fn run_delivers_env_and_file_and_wipes() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_clean(&out);
     let path = std::fs::read_to_string(f.path("delivered-path")).unwrap();
-    assert!(
-        path.trim().starts_with(f.runtime.path().to_str().unwrap()),
-        "{path}"
-    );
+    let scratch = Path::new(path.trim()).parent().unwrap();
+    assert_eq!(scratch.parent().unwrap(), f.user_dir(), "{path}");
     assert!(!Path::new(path.trim()).exists());
     assert_eq!(f.scratch_dirs(), Vec::<PathBuf>::new());
 }

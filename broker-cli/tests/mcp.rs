@@ -184,9 +184,17 @@ impl Sandbox {
         .unwrap();
         std::fs::write(dir.path().join("policy.cedar"), POLICY).unwrap();
         std::fs::write(dir.path().join("client.py"), CLIENT).unwrap();
+        // 0700, or the broker skips it as `XDG_RUNTIME_DIR` (a temp dir is made 0755) and
+        // its scratch dirs land in `/dev/shm`, where `scratch_dirs` does not look.
+        let runtime = tempfile::tempdir().unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(runtime.path(), std::fs::Permissions::from_mode(0o700))
+                .unwrap();
+        }
         Some(Sandbox {
             dir,
-            runtime: tempfile::tempdir().unwrap(),
+            runtime,
             python,
         })
     }
@@ -237,9 +245,26 @@ impl Sandbox {
             .collect()
     }
 
+    /// The scratch dirs in the per-user parent `RUNTIME/broker-UID` (0700 once made), and any
+    /// directly under the runtime dir (where none belongs).
     fn scratch_dirs(&self) -> Vec<PathBuf> {
+        let parent = self
+            .runtime
+            .path()
+            .join(format!("broker-{}", rustix::process::getuid().as_raw()));
+        if let Ok(meta) = std::fs::symlink_metadata(&parent) {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                meta.permissions().mode() & 0o7777,
+                0o700,
+                "{}",
+                parent.display()
+            );
+        }
+        let in_parent = std::fs::read_dir(&parent).into_iter().flatten();
         std::fs::read_dir(self.runtime.path())
             .unwrap()
+            .chain(in_parent)
             .flatten()
             .map(|e| e.path())
             .filter(|p| {

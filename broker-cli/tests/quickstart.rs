@@ -26,6 +26,27 @@ fn broker(args: &[&str], runtime: &Path) -> std::process::Output {
         .unwrap()
 }
 
+/// What the runs left in `runtime`: anything but the per-user parent `broker-UID`, and anything
+/// in that parent (which, once made, is 0700).
+fn scratch_left(runtime: &Path) -> Vec<std::path::PathBuf> {
+    let parent = runtime.join(format!("broker-{}", rustix::process::getuid().as_raw()));
+    if let Ok(meta) = std::fs::symlink_metadata(&parent) {
+        assert_eq!(
+            meta.permissions().mode() & 0o7777,
+            0o700,
+            "{}",
+            parent.display()
+        );
+    }
+    let in_parent = std::fs::read_dir(&parent).into_iter().flatten();
+    std::fs::read_dir(runtime)
+        .unwrap()
+        .chain(in_parent)
+        .map(|e| e.unwrap().path())
+        .filter(|p| *p != parent)
+        .collect()
+}
+
 #[test]
 fn quickstart_audit_then_run() {
     let runtime = tempfile::tempdir().unwrap();
@@ -66,8 +87,8 @@ fn quickstart_audit_then_run() {
         assert!(!out.contains(value), "run printed a value: {out}");
     }
     assert_eq!(
-        std::fs::read_dir(runtime.path()).unwrap().count(),
-        0,
+        scratch_left(runtime.path()),
+        Vec::<std::path::PathBuf>::new(),
         "scratch dir left behind"
     );
 }

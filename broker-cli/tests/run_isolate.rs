@@ -109,6 +109,27 @@ impl Fixture {
         self.dir.path().join(name)
     }
 
+    /// What the runs left in the runtime dir: anything but the per-user parent
+    /// `runtime/broker-UID` (UID the broker's), and anything in that parent (which, once made,
+    /// is the broker uid's and 0700).
+    fn scratch_left(&self) -> Vec<PathBuf> {
+        use std::os::unix::fs::MetadataExt;
+        let uid = self
+            .uid
+            .unwrap_or_else(|| rustix::process::getuid().as_raw());
+        let parent = self.path("runtime").join(format!("broker-{uid}"));
+        if let Ok(meta) = std::fs::symlink_metadata(&parent) {
+            assert_eq!((meta.uid(), meta.mode() & 0o7777), (uid, 0o700));
+        }
+        let in_parent = std::fs::read_dir(&parent).into_iter().flatten();
+        std::fs::read_dir(self.path("runtime"))
+            .unwrap()
+            .chain(in_parent)
+            .map(|e| e.unwrap().path())
+            .filter(|p| *p != parent)
+            .collect()
+    }
+
     /// `wrapper... broker ARGS` as the fixture's uid, with a clean environment.
     fn command(&self, wrapper: &[&str], args: &[&str]) -> Command {
         let mut argv: Vec<std::ffi::OsString> = Vec::new();
@@ -273,7 +294,7 @@ fn an_isolated_child_reaches_the_upstream_only_through_the_proxy() {
             "{who}: the proxied request is audited: {audit}"
         );
         // The run's scratch dirs (the proxy's socket among them) are gone.
-        let left: Vec<_> = std::fs::read_dir(f.path("runtime")).unwrap().collect();
+        let left = f.scratch_left();
         assert!(left.is_empty(), "{who}: {left:?}");
     }
 }
@@ -377,7 +398,7 @@ fn exit_codes_and_signals_pass_through_the_isolation() {
             !key_path.exists(),
             "{who}: the scratch file outlived the run"
         );
-        let left: Vec<_> = std::fs::read_dir(f.path("runtime")).unwrap().collect();
+        let left = f.scratch_left();
         assert!(left.is_empty(), "{who}: {left:?}");
     }
 }
@@ -703,7 +724,13 @@ fn a_scratch_root_too_long_for_the_socket_is_refused_before_anything_is_resolved
             String::from_utf8_lossy(&out.stderr),
             format!(
                 "error: --isolate: the proxy's socket under {} would have a path longer than a unix socket allows (107 bytes); set XDG_RUNTIME_DIR or TMPDIR to a shorter directory; the command was not run\n",
-                long.canonicalize().unwrap().display()
+                long.canonicalize()
+                    .unwrap()
+                    .join(format!(
+                        "broker-{}",
+                        uid.unwrap_or_else(|| rustix::process::getuid().as_raw())
+                    ))
+                    .display()
             ),
             "{who}"
         );

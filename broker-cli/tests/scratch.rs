@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 const CANARY: &str = "canary-cli-scratch-29f1c6";
@@ -27,6 +27,35 @@ fn broker(dir: &Path, shm: &Path, tmp: &Path, args: &[&str]) -> Command {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The per-user parent scratch dirs go in: `root/broker-UID`.
+fn user_dir(root: &Path) -> PathBuf {
+    root.join(format!("broker-{}", rustix::process::getuid().as_raw()))
+}
+
+fn mode_of(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// Asserts that `root` holds only the per-user parent, 0700 and empty: every scratch dir wiped.
+fn assert_only_an_empty_parent(root: &Path) {
+    let parent = user_dir(root);
+    let names: Vec<PathBuf> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(names, vec![parent.clone()]);
+    assert_eq!(mode_of(&parent), 0o700);
+    let left: Vec<PathBuf> = std::fs::read_dir(&parent)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(left, Vec::<PathBuf>::new(), "scratch dirs left behind");
 }
 
 #[test]
@@ -88,9 +117,10 @@ fn a_sticky_temp_dir_is_used_when_nothing_else_is() {
     .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(Path::new(&path).starts_with(tmp.path()), "{path}");
+    let scratch = Path::new(&path).parent().unwrap();
+    assert_eq!(scratch.parent().unwrap(), user_dir(tmp.path()), "{path}");
     assert!(!Path::new(&path).exists());
-    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+    assert_only_an_empty_parent(tmp.path());
 }
 
 #[test]
@@ -141,7 +171,7 @@ fn parallel_runs_and_a_check_loop_never_sweep_a_live_dir() {
         }
         assert!(codes.iter().all(|c| *c == Some(0)), "{codes:?}");
     });
-    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+    assert_only_an_empty_parent(tmp.path());
 }
 
 /// Waits (bounded) until `pid` has exited: no `/proc` entry, or a zombie nobody reaped.
@@ -230,5 +260,84 @@ fn an_orphaned_child_keeps_its_files_until_it_exits() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+    assert_eq!(parent.parent().unwrap(), user_dir(tmp.path()));
+    assert_only_an_empty_parent(tmp.path());
+}
+
+#[test]
+fn a_squatted_per_user_parent_makes_its_root_unusable_and_the_next_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(".broker.yml"), CONFIG).unwrap();
+    // `/dev/shm` stand-in: a good root (sticky, world-writable like the real one), but its
+    // `broker-UID` is 0755 (someone made it, and it is not ours to fix).
+    let shm = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(shm.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let squatted = user_dir(shm.path());
+    std::fs::create_dir(&squatted).unwrap();
+    std::fs::set_permissions(&squatted, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let script = "test \"$(cat \"$KEY_FILE\")\" = \"$DEMO_TOKEN\" && echo \"$KEY_FILE\"";
+    let out = broker(
+        dir.path(),
+        shm.path(),
+        tmp.path(),
+        &["run", "--", "sh", "-c", script],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let scratch = Path::new(&path).parent().unwrap();
+    assert_eq!(scratch.parent().unwrap(), user_dir(tmp.path()), "{path}");
+    assert_only_an_empty_parent(tmp.path());
+    assert_eq!(mode_of(&squatted), 0o755, "left as it was");
+    assert_eq!(std::fs::read_dir(&squatted).unwrap().count(), 0);
+
+    // The temp dir's parent a symlink too: no root is usable, and each reason names the parent.
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::remove_dir(user_dir(tmp.path())).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, user_dir(tmp.path())).unwrap();
+    let out = broker(dir.path(), shm.path(), tmp.path(), &["run", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: cannot create a scratch dir: {}: {}: mode 0755, not 0700; {}: {}: a symlink, not a directory\n\
+             hint: set XDG_RUNTIME_DIR or TMPDIR to a directory only you can write (mode 0700)\n",
+            shm.path().display(),
+            squatted.display(),
+            tmp.path().display(),
+            user_dir(tmp.path()).display()
+        )
+    );
+    assert_eq!(out.status.code(), Some(74));
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+}
+
+#[test]
+fn the_per_user_parent_is_0700_whatever_the_umask() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(".broker.yml"), CONFIG).unwrap();
+    let shm = dir.path().join("no-shm");
+    let tmp = tempfile::tempdir().unwrap();
+    // A umask that clears the owner's write bit: mkdir makes 0500, the broker sets 0700.
+    let out = Command::new("sh")
+        .args(["-c", "umask 277; exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_broker"))
+        .args(["run", "--", "sh", "-c", "cat \"$KEY_FILE\" >/dev/null"])
+        .current_dir(dir.path())
+        .env_remove("XDG_RUNTIME_DIR")
+        .env("BROKER_TEST_SHM_DIR", &shm)
+        .env("TMPDIR", tmp.path())
+        .env("DEMO_TOKEN", CANARY)
+        .env_remove("BROKER_CONFIG")
+        .env_remove("BROKER_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_only_an_empty_parent(tmp.path());
 }

@@ -64,6 +64,27 @@ fn runtime_dir() -> tempfile::TempDir {
     runtime
 }
 
+/// What the runs left in `runtime`: anything but the per-user parent `broker-UID`, and anything
+/// in that parent (which, once made, is 0700).
+fn scratch_left(runtime: &Path) -> Vec<std::path::PathBuf> {
+    let parent = runtime.join(format!("broker-{}", rustix::process::getuid().as_raw()));
+    if let Ok(meta) = std::fs::symlink_metadata(&parent) {
+        assert_eq!(
+            meta.permissions().mode() & 0o7777,
+            0o700,
+            "{}",
+            parent.display()
+        );
+    }
+    let in_parent = std::fs::read_dir(&parent).into_iter().flatten();
+    std::fs::read_dir(runtime)
+        .unwrap()
+        .chain(in_parent)
+        .map(|e| e.unwrap().path())
+        .filter(|p| *p != parent)
+        .collect()
+}
+
 #[test]
 fn a_run_from_the_daemon_delivers_redacts_and_wipes() {
     let d = start();
@@ -97,9 +118,15 @@ fn a_run_from_the_daemon_delivers_redacts_and_wipes() {
         .lines()
         .find_map(|l| l.strip_prefix("path="))
         .unwrap();
-    assert!(path.starts_with(runtime.path().to_str().unwrap()), "{path}");
+    let user_dir = runtime
+        .path()
+        .join(format!("broker-{}", rustix::process::getuid().as_raw()));
+    assert!(path.starts_with(user_dir.to_str().unwrap()), "{path}");
     assert!(!Path::new(path).exists());
-    assert_eq!(std::fs::read_dir(runtime.path()).unwrap().count(), 0);
+    assert_eq!(
+        scratch_left(runtime.path()),
+        Vec::<std::path::PathBuf>::new()
+    );
 
     // --only: just those; a name the daemon does not offer is refused before anything runs.
     let out = client(
