@@ -75,39 +75,93 @@ impl std::fmt::Debug for SharedIdentities {
     }
 }
 
-/// Decryptions running at once on the blocking pool: one per core.
-fn decrypt_permits() -> &'static tokio::sync::Semaphore {
-    static PERMITS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
-    PERMITS.get_or_init(|| {
-        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
-    })
+/// What a decryption gives back: the ciphertext, and the plaintext or why not.
+type Decrypted = (Vec<u8>, std::result::Result<Zeroizing<Vec<u8>>, Failure>);
+
+/// One decryption waiting for a worker.
+struct Job {
+    ciphertext: Vec<u8>,
+    loaded: Arc<Loaded>,
+    reply: tokio::sync::oneshot::Sender<Decrypted>,
+}
+
+/// Decryptions waiting, and how many workers are draining them (at most one per core).
+///
+/// A worker is a task on tokio's blocking pool that decrypts jobs until none is left. Handing
+/// each decryption to `spawn_blocking` on its own made a new thread for almost every one (the
+/// thread that had just finished was not yet idle when the next was handed over): ten threads
+/// for twenty files instead of two.
+struct Workers {
+    queue: std::collections::VecDeque<Job>,
+    running: usize,
+}
+
+fn workers() -> &'static Mutex<Workers> {
+    static WORKERS: Mutex<Workers> = Mutex::new(Workers {
+        queue: std::collections::VecDeque::new(),
+        running: 0,
+    });
+    &WORKERS
+}
+
+fn max_workers() -> usize {
+    static MAX: OnceLock<usize> = OnceLock::new();
+    *MAX.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Decrypts jobs from the queue until it is empty.
+fn drain() {
+    loop {
+        let job = {
+            let mut w = workers().lock().unwrap_or_else(|p| p.into_inner());
+            match w.queue.pop_front() {
+                Some(job) => job,
+                None => {
+                    w.running -= 1;
+                    return;
+                }
+            }
+        };
+        let result = crypto::decrypt(&job.ciphertext, &job.loaded.identities);
+        // The requester may be gone (its future dropped): the plaintext is dropped here.
+        let _ = job.reply.send((job.ciphertext, result));
+    }
 }
 
 /// Decrypts on tokio's blocking pool when there is a runtime (so concurrent requests, as
 /// `deliver` makes them, use every core), else here. Gives the ciphertext back.
-async fn decrypt_offloaded(
-    ciphertext: Vec<u8>,
-    loaded: Arc<Loaded>,
-) -> (Vec<u8>, std::result::Result<Zeroizing<Vec<u8>>, Failure>) {
-    if tokio::runtime::Handle::try_current().is_ok() {
-        let permit = decrypt_permits().acquire().await;
-        let task = tokio::task::spawn_blocking(move || {
-            let result = crypto::decrypt(&ciphertext, &loaded.identities);
-            (ciphertext, result)
+async fn decrypt_offloaded(ciphertext: Vec<u8>, loaded: Arc<Loaded>) -> Decrypted {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        let result = crypto::decrypt(&ciphertext, &loaded.identities);
+        return (ciphertext, result);
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let start_worker = {
+        let mut w = workers().lock().unwrap_or_else(|p| p.into_inner());
+        w.queue.push_back(Job {
+            ciphertext,
+            loaded,
+            reply,
         });
-        let joined = task.await;
-        drop(permit);
-        return match joined {
-            Ok(done) => done,
-            // The task panicked (a bug): no plaintext, and no ciphertext to give back.
-            Err(_) => (
-                Vec::new(),
-                Err(Failure::Integrity("decryption failed unexpectedly")),
-            ),
-        };
+        let start = w.running < max_workers();
+        if start {
+            w.running += 1;
+        }
+        start
+    };
+    if start_worker {
+        // A worker that cannot start (the runtime is shutting down) leaves its count: the
+        // queue is then drained by the workers already running, or by nobody (shutdown).
+        drop(runtime.spawn_blocking(drain));
     }
-    let result = crypto::decrypt(&ciphertext, &loaded.identities);
-    (ciphertext, result)
+    match answer.await {
+        Ok(done) => done,
+        // The worker panicked (a bug) or never ran: no plaintext, no ciphertext to give back.
+        Err(_) => (
+            Vec::new(),
+            Err(Failure::Integrity("decryption failed unexpectedly")),
+        ),
+    }
 }
 
 impl AgeProvider {
