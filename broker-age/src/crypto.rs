@@ -36,10 +36,21 @@ pub(crate) fn decrypt(
     bytes: &[u8],
     identities: &[Identity],
 ) -> Result<Zeroizing<Vec<u8>>, Failure> {
-    if bytes.is_empty() {
+    decrypt_from(bytes, bytes.len(), identities)
+}
+
+/// Decrypts the age file of `len` bytes that `input` reads (read as it is decrypted, never
+/// held whole), with `identities`. `input` must stop after `len` bytes: the plaintext buffer
+/// is sized from it and must never grow.
+pub(crate) fn decrypt_from(
+    input: impl std::io::BufRead,
+    len: usize,
+    identities: &[Identity],
+) -> Result<Zeroizing<Vec<u8>>, Failure> {
+    if len == 0 {
         return Err(Failure::Integrity("the file is empty (truncated)"));
     }
-    let reader = ArmoredReader::new(bytes);
+    let reader = ArmoredReader::new(input);
     let decryptor = age::Decryptor::new_buffered(reader).map_err(header_failure)?;
     if decryptor.is_scrypt() {
         return Err(Failure::Passphrase);
@@ -49,7 +60,7 @@ pub(crate) fn decrypt(
         .map_err(header_failure)?;
     // Plaintext is shorter than the ciphertext, so this never reallocates (a reallocation
     // would leave an unzeroized copy behind).
-    let mut out = Zeroizing::new(Vec::with_capacity(bytes.len()));
+    let mut out = Zeroizing::new(Vec::with_capacity(len));
     match stream.read_to_end(&mut out) {
         Ok(_) => Ok(out),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {

@@ -75,12 +75,45 @@ impl std::fmt::Debug for SharedIdentities {
     }
 }
 
-/// What a decryption gives back: the ciphertext, and the plaintext or why not.
+/// What a decryption gives back: the ciphertext (empty when it was streamed from the file),
+/// and the plaintext or why not.
 type Decrypted = (Vec<u8>, std::result::Result<Zeroizing<Vec<u8>>, Failure>);
+
+/// An age file to decrypt: read whole (kept for a rotation's checks), or an open file read as
+/// it is decrypted (a value that is only resolved: no second buffer the size of the file).
+enum Ciphertext {
+    Bytes(Vec<u8>),
+    File(std::fs::File, u64),
+}
+
+impl Ciphertext {
+    fn decrypt(self, identities: &[Identity]) -> Decrypted {
+        match self {
+            Ciphertext::Bytes(bytes) => {
+                let result = crypto::decrypt(&bytes, identities);
+                (bytes, result)
+            }
+            Ciphertext::File(file, len) => {
+                // At most the length seen when it was opened: the plaintext buffer is sized
+                // from it (a file that grows meanwhile reads as truncated).
+                let Ok(size) = usize::try_from(len) else {
+                    return (Vec::new(), Err(Failure::Integrity("the file is too large")));
+                };
+                let capacity = size.clamp(1, STREAM_BUFFER);
+                let input =
+                    std::io::BufReader::with_capacity(capacity, std::io::Read::take(file, len));
+                (Vec::new(), crypto::decrypt_from(input, size, identities))
+            }
+        }
+    }
+}
+
+/// The read buffer of a streamed decryption (age encrypts in 64 KiB chunks).
+const STREAM_BUFFER: usize = 64 << 10;
 
 /// One decryption waiting for a worker.
 struct Job {
-    ciphertext: Vec<u8>,
+    ciphertext: Ciphertext,
     loaded: Arc<Loaded>,
     reply: tokio::sync::oneshot::Sender<Decrypted>,
 }
@@ -122,18 +155,17 @@ fn drain() {
                 }
             }
         };
-        let result = crypto::decrypt(&job.ciphertext, &job.loaded.identities);
+        let decrypted = job.ciphertext.decrypt(&job.loaded.identities);
         // The requester may be gone (its future dropped): the plaintext is dropped here.
-        let _ = job.reply.send((job.ciphertext, result));
+        let _ = job.reply.send(decrypted);
     }
 }
 
 /// Decrypts on tokio's blocking pool when there is a runtime (so concurrent requests, as
 /// `deliver` makes them, use every core), else here. Gives the ciphertext back.
-async fn decrypt_offloaded(ciphertext: Vec<u8>, loaded: Arc<Loaded>) -> Decrypted {
+async fn decrypt_offloaded(ciphertext: Ciphertext, loaded: Arc<Loaded>) -> Decrypted {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        let result = crypto::decrypt(&ciphertext, &loaded.identities);
-        return (ciphertext, result);
+        return ciphertext.decrypt(&loaded.identities);
     };
     let (reply, answer) = tokio::sync::oneshot::channel();
     let start_worker = {
@@ -387,9 +419,10 @@ impl AgeProvider {
         Ok(loaded)
     }
 
-    /// Reads and decrypts the file behind `request`; returns the ciphertext, plaintext,
-    /// identities and the labels of the identity sources tried.
-    async fn open(&self, request: &Request<'_>) -> Result<Opened> {
+    /// Reads and decrypts the file behind `request`; returns the plaintext, the identities,
+    /// and the ciphertext when `keep_ciphertext` (a rotation checks it), else the file is
+    /// decrypted as it is read and `ciphertext` is empty.
+    async fn open(&self, request: &Request<'_>, keep_ciphertext: bool) -> Result<Opened> {
         if request.reference.field().is_some() {
             return Err(Error::new(
                 ErrorKind::InvalidReference,
@@ -398,8 +431,7 @@ impl AgeProvider {
         }
         let path = self.file(request.reference, request.base_dir);
         let label = path.display().to_string();
-        // Never blocks (a FIFO is refused, not opened for reading) and is bounded in size.
-        let mut read = localfile::read(&path, localfile::MAX_SECRET_FILE).map_err(|e| {
+        let unreadable = |e: localfile::ReadError| {
             if e.is_not_found() {
                 Error::not_found(format!("age file {label} does not exist"))
             } else {
@@ -408,11 +440,20 @@ impl AgeProvider {
                     ErrorKind::Unsupported,
                 )
             }
-        })?;
-        // Ciphertext is not secret: taken out of the zeroizing buffer (no copy, no wipe).
-        let ciphertext = std::mem::take(&mut *read);
+        };
+        // Never blocks (a FIFO is refused, not opened for reading) and is bounded in size.
+        let input = if keep_ciphertext {
+            let mut read =
+                localfile::read(&path, localfile::MAX_SECRET_FILE).map_err(unreadable)?;
+            // Ciphertext is not secret: taken out of the zeroizing buffer (no copy, no wipe).
+            Ciphertext::Bytes(std::mem::take(&mut *read))
+        } else {
+            let (file, len) =
+                localfile::open(&path, localfile::MAX_SECRET_FILE).map_err(unreadable)?;
+            Ciphertext::File(file, len)
+        };
         let loaded = self.identities_for(request).await?;
-        let (ciphertext, plaintext) = decrypt_offloaded(ciphertext, Arc::clone(&loaded)).await;
+        let (ciphertext, plaintext) = decrypt_offloaded(input, Arc::clone(&loaded)).await;
         let plaintext = plaintext.map_err(|f| crypto::failure_error(f, &label, &loaded.tried))?;
         Ok(Opened {
             path,
@@ -480,7 +521,7 @@ impl CredentialProvider for AgeProvider {
 
     async fn resolve(&self, request: &Request<'_>) -> Result<Credential> {
         let opened = self
-            .open(request)
+            .open(request, false)
             .await
             .map_err(|e| e.with_reference(request.reference))?;
         Ok(Credential::new(SecretValue::from(opened.plaintext)))
@@ -489,7 +530,7 @@ impl CredentialProvider for AgeProvider {
     async fn rotate(&self, request: &Request<'_>) -> Result<Rotation> {
         let attach = |e: Error| e.with_reference(request.reference);
         let configured = self.configured_recipients(request).map_err(attach)?;
-        let opened = self.open(request).await.map_err(attach)?;
+        let opened = self.open(request, true).await.map_err(attach)?;
         // Rotate the real file, not a symlink pointing at it.
         let path = std::fs::canonicalize(&opened.path).unwrap_or(opened.path.clone());
         let label = path.display().to_string();

@@ -1,7 +1,7 @@
 //! The one way the broker reads a local file: age and sops files, key and identity files,
 //! the config and the policy.
 //!
-//! [`read`] opens with `O_NONBLOCK | O_CLOEXEC | O_NOCTTY`, so opening a FIFO returns at once
+//! [`read`] (and [`open`], for a caller that streams the file) opens with `O_NONBLOCK | O_CLOEXEC | O_NOCTTY`, so opening a FIFO returns at once
 //! instead of waiting for a writer; refuses anything that `fstat` does not call a regular file
 //! (FIFO, socket, device, directory), so `age:/dev/zero` or `age:/dev/stdin` cannot block the
 //! broker or exhaust its memory; and reads at most `max + 1` bytes, failing when the file is
@@ -111,9 +111,11 @@ fn describe(file_type: FileType) -> &'static str {
     }
 }
 
-/// Reads the regular file at `path`, at most `max` bytes, into a zeroizing buffer (see the
-/// module docs). Symbolic links are followed; what they point to must be a regular file.
-pub fn read(path: &Path, max: u64) -> Result<Zeroizing<Vec<u8>>, ReadError> {
+/// Opens the regular file at `path` for reading, with the checks of [`read`]: returns it and
+/// its length, at most `max` (a FIFO, device or directory is refused without blocking).
+/// Symbolic links are followed; what they point to must be a regular file. A caller that
+/// streams it should read no more than the length returned (the file may grow meanwhile).
+pub fn open(path: &Path, max: u64) -> Result<(std::fs::File, u64), ReadError> {
     let fd = rustix::fs::open(
         path,
         OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
@@ -128,11 +130,16 @@ pub fn read(path: &Path, max: u64) -> Result<Zeroizing<Vec<u8>>, ReadError> {
     if len > max {
         return Err(ReadError::TooLarge(max));
     }
+    Ok((std::fs::File::from(fd), len))
+}
+
+/// Reads the regular file at `path`, at most `max` bytes, into a zeroizing buffer (see the
+/// module docs). Symbolic links are followed; what they point to must be a regular file.
+pub fn read(path: &Path, max: u64) -> Result<Zeroizing<Vec<u8>>, ReadError> {
+    let (file, len) = open(path, max)?;
     let mut buf = Zeroizing::new(Vec::with_capacity(len as usize + 1));
     // The file may grow after fstat: read one byte past the cap to notice.
-    std::fs::File::from(fd)
-        .take(max + 1)
-        .read_to_end(&mut buf)?;
+    file.take(max + 1).read_to_end(&mut buf)?;
     if buf.len() as u64 > max {
         return Err(ReadError::TooLarge(max));
     }
