@@ -142,8 +142,28 @@ fn max_workers() -> usize {
     *MAX.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// Decrypts jobs from the queue until it is empty.
-fn drain() {
+/// One running worker's place in [`Workers::running`]. A worker gives it back itself when it
+/// finds the queue empty (under the lock, so a job queued meanwhile starts a new worker); the
+/// `Drop` covers a worker that never ran (its task dropped by a runtime shutting down) or
+/// ended otherwise: the place is given back and jobs whose requester is gone are dropped (with
+/// them their keys and open files), so nothing lingers in the queue for want of a worker.
+struct WorkerSlot {
+    held: bool,
+}
+
+impl Drop for WorkerSlot {
+    fn drop(&mut self) {
+        if self.held {
+            let mut w = workers().lock().unwrap_or_else(|p| p.into_inner());
+            w.running -= 1;
+            w.queue.retain(|job| !job.reply.is_closed());
+        }
+    }
+}
+
+/// Decrypts jobs from the queue until it is empty. A job whose requester is gone is skipped;
+/// a decryption that panics (a bug) fails its own job only.
+fn drain(mut slot: WorkerSlot) {
     loop {
         let job = {
             let mut w = workers().lock().unwrap_or_else(|p| p.into_inner());
@@ -151,13 +171,30 @@ fn drain() {
                 Some(job) => job,
                 None => {
                     w.running -= 1;
+                    slot.held = false;
                     return;
                 }
             }
         };
-        let decrypted = job.ciphertext.decrypt(&job.loaded.identities);
+        if job.reply.is_closed() {
+            continue;
+        }
+        let Job {
+            ciphertext,
+            loaded,
+            reply,
+        } = job;
+        let decrypted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            ciphertext.decrypt(&loaded.identities)
+        }))
+        .unwrap_or_else(|_| {
+            (
+                Vec::new(),
+                Err(Failure::Integrity("decryption failed unexpectedly")),
+            )
+        });
         // The requester may be gone (its future dropped): the plaintext is dropped here.
-        let _ = job.reply.send(decrypted);
+        let _ = reply.send(decrypted);
     }
 }
 
@@ -182,9 +219,9 @@ async fn decrypt_offloaded(ciphertext: Ciphertext, loaded: Arc<Loaded>) -> Decry
         start
     };
     if start_worker {
-        // A worker that cannot start (the runtime is shutting down) leaves its count: the
-        // queue is then drained by the workers already running, or by nobody (shutdown).
-        drop(runtime.spawn_blocking(drain));
+        // A task dropped unrun (the runtime is shutting down) gives its place back.
+        let slot = WorkerSlot { held: true };
+        drop(runtime.spawn_blocking(move || drain(slot)));
     }
     match answer.await {
         Ok(done) => done,

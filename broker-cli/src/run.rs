@@ -14,8 +14,8 @@
 //!   broker's own stdout/stderr, redacted. A held-back tail (the beginning of what may be a
 //!   secret) is released after [`FLUSH_AFTER`](broker_core::session::FLUSH_AFTER) of quiet.
 //!   `--no-redact` hands the broker's own stdout/stderr to the child and records that in the
-//!   audit log (the run is refused if it cannot be recorded). A run that delivers nothing to
-//!   redact (no credentials, or only proxy placeholders) does the same without a record.
+//!   audit log (the run is refused if it cannot be recorded). A run that delivers no value at
+//!   all (an empty config) does the same without a record.
 //! - Controlling terminal: when the broker has one (`/dev/tty` opens), the child gets the
 //!   broker's pseudo-terminal as *its* controlling terminal (its own session, `setsid` +
 //!   `TIOCSCTTY` in [`crate::sys`]), so what it writes to `/dev/tty` is redacted too (shown on
@@ -26,8 +26,8 @@
 //! - Signals: the child gets a process group of its own (with a controlling terminal: a
 //!   session) and SIGINT, SIGTERM, SIGHUP and SIGQUIT are forwarded to that group. Ctrl-C and
 //!   Ctrl-\ typed on the terminal are relayed as bytes; the pty's line discipline signals the
-//!   child. Only without a controlling terminal to give (or with `--no-redact`, or nothing to
-//!   redact) and stdin a
+//!   child. Only without a controlling terminal to give (or with `--no-redact`, or no value
+//!   delivered) and stdin a
 //!   terminal does the child stay in the terminal's foreground group: then the terminal
 //!   delivers Ctrl-C and Ctrl-\ to it, the broker ignores SIGINT and SIGQUIT and keeps
 //!   waiting, and forwards SIGTERM and SIGHUP to the child. After a
@@ -105,13 +105,13 @@ pub async fn run(broker: &Broker, args: &RunArgs, context: RequestContext) -> Re
     #[cfg(debug_assertions)]
     test_hooks::maybe_panic(session.delivery());
 
-    // Nothing delivered that could be redacted (no credentials, or placeholders only): the
+    // No value delivered at all (an empty config, say), and none to come from a re-mint: the
     // child writes straight to the broker's outputs, as with --no-redact, and no pipe, pty or
     // output thread is set up for nothing.
-    let nothing_to_redact = {
-        let redactor = session.redactor().current();
-        redactor.is_empty() && redactor.skipped().is_empty()
-    };
+    let nothing_to_redact = session.delivery().secrets().is_empty()
+        && session.delivery().env().is_empty()
+        && session.delivery().scratch().is_none()
+        && session.redactor().current().is_empty();
     let plumbing = if args.no_redact || nothing_to_redact {
         Plumbing::inherit()
     } else {

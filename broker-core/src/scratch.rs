@@ -14,9 +14,12 @@
 //! directory owned by us with mode exactly 0700: a parent the broker has just created is set to
 //! 0700 with `fchmod` through its fd (the umask may have cleared bits); an existing parent with
 //! any other owner or mode, or a symlink or file in its place (another user squatting
-//! `/tmp/broker-1000`), is never changed: that root is unusable, with a reason naming the
-//! parent and what is wrong, and the next root is tried. The parent stays when its scratch dirs
-//! are gone (removing it could race with a parallel run creating its dir in it).
+//! `/dev/shm/broker-1000`), is never changed: in a shared root the dir then goes directly in
+//! the root, as before the per-user parent (a warning names the parent and what is wrong; a
+//! random name in a sticky root cannot be taken, and falling through to the next root would
+//! let the squatter push files from a tmpfs onto disk); in `$XDG_RUNTIME_DIR` the next root
+//! is tried. The parent stays when its scratch dirs are gone (removing it could race with a
+//! parallel run creating its dir in it).
 //!
 //! Every operation of the broker itself (creating, replacing and wiping files, reading the
 //! marker, removing the dir) goes through an open directory fd (`openat`/`renameat`/`unlinkat`
@@ -25,9 +28,10 @@
 //!
 //! Files are created 0600 with `O_EXCL|O_NOFOLLOW`. [`ScratchDir`] wipes everything on drop,
 //! and [`sweep_stale`] removes dirs left by a process that is gone (SIGKILL, power loss). The
-//! sweep lists only the per-user parents (a handful of entries), never the roots themselves,
-//! so its cost does not grow with `/tmp`; a parent that fails the checks above is skipped, and
-//! dirs left directly under a root by versions before the per-user parent are no longer swept.
+//! sweep lists only the per-user parents (a handful of entries), so its cost does not grow
+//! with `/tmp`; a root is listed only when its parent is squatted (the dirs are then in the
+//! root), and once when its parent is created (dirs left directly in the root by versions
+//! before the per-user parent).
 //!
 //! Which process owns a dir is recorded twice, so a live dir is never taken for a dead one: in
 //! its name (`broker-scratch-PID-START-RANDOM`, atomic with `mkdir`) and in its marker file
@@ -184,13 +188,17 @@ pub fn user_dir_name() -> String {
 
 /// The directory [`ScratchDir::create`] would make its dir in now: `CANON_ROOT/broker-UID`
 /// under the first usable root whose per-user parent is usable or not there yet (it is not
-/// created here). `None` when no root is usable.
+/// created here), or that shared root itself when its parent is squatted. `None` when no
+/// root is usable.
 pub fn scratch_parent() -> Option<PathBuf> {
     candidates().into_iter().find_map(|c| {
         let (root, canon) = open_root(&c.path, c.private).ok()?;
-        open_parent(root.as_fd(), &canon)
-            .ok()
-            .map(|_| canon.join(user_dir_name()))
+        match open_parent(root.as_fd(), &canon) {
+            Ok(_) => Some(canon.join(user_dir_name())),
+            // Squatted in a shared root: the dir goes directly in the root.
+            Err(_) if !c.private => Some(canon),
+            Err(_) => None,
+        }
     })
 }
 
@@ -249,44 +257,64 @@ fn parent_open_error(root: BorrowedFd<'_>, name: &str, e: Errno) -> String {
     }
 }
 
+/// Why the per-user parent cannot be used.
+enum ParentError {
+    /// Something is in its place that is not ours, not 0700, or not a directory.
+    Squatted(String),
+    /// It could not be created or opened (a read-only root, say).
+    Failed(String),
+}
+
+impl ParentError {
+    fn into_reason(self) -> String {
+        match self {
+            ParentError::Squatted(r) | ParentError::Failed(r) => r,
+        }
+    }
+}
+
 /// Opens the per-user parent in `root`, creating it 0700 when missing, and checks it.
+/// Returns it, its path, and whether it was created now.
 fn make_parent(
     root: BorrowedFd<'_>,
     root_path: &Path,
-) -> std::result::Result<(OwnedFd, PathBuf), String> {
+) -> std::result::Result<(OwnedFd, PathBuf, bool), ParentError> {
     let name = user_dir_name();
     let path = root_path.join(&name);
     let created = match rustix::fs::mkdirat(root, name.as_str(), Mode::from_raw_mode(0o700)) {
         Ok(()) => true,
         Err(Errno::EXIST) => false,
         Err(e) => {
-            return Err(format!(
+            return Err(ParentError::Failed(format!(
                 "cannot create {}: {}",
                 path.display(),
                 io::Error::from(e)
-            ));
+            )));
         }
     };
     let fd = rustix::fs::openat(root, name.as_str(), DIR_FLAGS, Mode::empty()).map_err(|e| {
-        format!(
-            "{}: {}",
-            path.display(),
-            parent_open_error(root, name.as_str(), e)
-        )
+        let reason = parent_open_error(root, name.as_str(), e);
+        let squatted = matches!(e, Errno::NOTDIR | Errno::LOOP | Errno::ACCESS);
+        let reason = format!("{}: {reason}", path.display());
+        if squatted {
+            ParentError::Squatted(reason)
+        } else {
+            ParentError::Failed(reason)
+        }
     })?;
+    let failed =
+        |e: Errno| ParentError::Failed(format!("{}: {}", path.display(), io::Error::from(e)));
     let me = rustix::process::getuid().as_raw();
-    let mut st = rustix::fs::fstat(&fd)
-        .map_err(|e| format!("{}: {}", path.display(), io::Error::from(e)))?;
+    let mut st = rustix::fs::fstat(&fd).map_err(failed)?;
     // Only a parent we have just made, and only through its fd: the umask may have cleared
     // bits of 0700. An existing parent with another mode is refused, never changed.
     if created && st.st_uid == me && st.st_mode & 0o7777 != 0o700 {
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700))
-            .map_err(|e| format!("{}: {}", path.display(), io::Error::from(e)))?;
-        st = rustix::fs::fstat(&fd)
-            .map_err(|e| format!("{}: {}", path.display(), io::Error::from(e)))?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700)).map_err(failed)?;
+        st = rustix::fs::fstat(&fd).map_err(failed)?;
     }
-    check_parent(&st, me).map_err(|reason| format!("{}: {reason}", path.display()))?;
-    Ok((fd, path))
+    check_parent(&st, me)
+        .map_err(|reason| ParentError::Squatted(format!("{}: {reason}", path.display())))?;
+    Ok((fd, path, created))
 }
 
 fn io_error(what: impl std::fmt::Display, e: impl Into<io::Error>) -> Error {
@@ -320,7 +348,25 @@ impl ScratchDir {
         let mut why = Vec::new();
         for c in candidates() {
             let made = open_root(&c.path, c.private).and_then(|(root, canon)| {
-                let (parent, path) = make_parent(root.as_fd(), &canon)?;
+                let (parent, path) = match make_parent(root.as_fd(), &canon) {
+                    Ok((parent, path, created)) => {
+                        if created {
+                            // The first parent in this root (after an upgrade, or a reboot):
+                            // dirs an older version left directly in the root are swept once.
+                            sweep_parent(root.as_fd(), &canon);
+                        }
+                        (parent, path)
+                    }
+                    // Another user put something in the parent's place in a shared root: the
+                    // dir goes directly in the root, as a random name there cannot be taken
+                    // (the root's sticky bit); falling through to the next root would let
+                    // them push files from a tmpfs onto disk. Swept from there too.
+                    Err(ParentError::Squatted(reason)) if !c.private => {
+                        tracing::warn!("{reason}: scratch dirs go directly in {}", canon.display());
+                        (root, canon)
+                    }
+                    Err(e) => return Err(e.into_reason()),
+                };
                 Self::create_at(parent, &path).map_err(|e| e.message().to_owned())
             });
             match made {
@@ -341,7 +387,11 @@ impl ScratchDir {
     /// [`ScratchDir::path`] is then `CANON_ROOT/broker-UID/broker-scratch-...`.
     pub fn create_in(root: &Path) -> Result<ScratchDir> {
         let (parent, path) = open_root(root, false)
-            .and_then(|(fd, canon)| make_parent(fd.as_fd(), &canon))
+            .and_then(|(fd, canon)| {
+                make_parent(fd.as_fd(), &canon)
+                    .map(|(parent, path, _)| (parent, path))
+                    .map_err(ParentError::into_reason)
+            })
             .map_err(|reason| {
                 Error::new(
                     ErrorKind::Io,
@@ -667,11 +717,13 @@ pub fn sweep_stale_in(root: &Path) -> Vec<PathBuf> {
     }
 }
 
-/// Sweeps the per-user parent of `root`, if there is one and it passes the checks.
+/// Sweeps the per-user parent of `root` when it passes the checks; when something else is in
+/// its place, the root itself (where [`ScratchDir::create`] then puts the dirs).
 fn sweep_user_dir(root: BorrowedFd<'_>, root_path: &Path) -> Vec<PathBuf> {
     match open_parent(root, root_path) {
         Ok(Some((parent, path))) => sweep_parent(parent.as_fd(), &path),
-        Ok(None) | Err(_) => Vec::new(),
+        Ok(None) => Vec::new(),
+        Err(_) => sweep_parent(root, root_path),
     }
 }
 
