@@ -123,7 +123,6 @@ fn parse_x25519_file(text: &str, source: &str) -> Result<Vec<Identity>> {
             continue;
         }
         if let Ok(identity) = line.parse::<x25519::Identity>() {
-            let recipient = identity.to_public().to_string();
             // Unwrapped by our own identity (aws-lc, key imported once): see `crate::x25519`.
             let inner = x25519_secret(&identity)
                 .as_ref()
@@ -133,8 +132,8 @@ fn parse_x25519_file(text: &str, source: &str) -> Result<Vec<Identity>> {
                 })?;
             out.push(Identity {
                 source: source.to_string(),
+                recipient: inner.recipient(),
                 inner: Box::new(inner),
-                recipient,
             });
             continue;
         }

@@ -48,7 +48,16 @@ impl Identity {
     pub fn public_key(&self) -> &[u8; KEY_BYTES] {
         &self.public
     }
+
+    /// The recipient, `age1...`: the public key computed at import, bech32-encoded (the age
+    /// crate's `to_public` would compute it a second time).
+    pub fn recipient(&self) -> String {
+        age_core::primitives::bech32_encode(RECIPIENT_HRP, &self.public)
+    }
 }
+
+/// The human-readable part of an `age1...` recipient.
+const RECIPIENT_HRP: bech32::Hrp = bech32::Hrp::parse_unchecked("age");
 
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -126,20 +135,13 @@ mod tests {
         Identity::from_secret_bytes(&secret).unwrap()
     }
 
-    fn recipient_text(public: &[u8; 32]) -> String {
-        age_core::primitives::bech32_encode(bech32::Hrp::parse("age").unwrap(), public)
-    }
-
     #[test]
     fn public_key_matches_the_age_crate() {
         let theirs: age::x25519::Identity = TEST_SK.parse().unwrap();
-        assert_eq!(recipient_text(ours(&theirs).public_key()), TEST_PK);
+        assert_eq!(ours(&theirs).recipient(), TEST_PK);
         for _ in 0..64 {
             let theirs = age::x25519::Identity::generate();
-            assert_eq!(
-                recipient_text(ours(&theirs).public_key()),
-                theirs.to_public().to_string()
-            );
+            assert_eq!(ours(&theirs).recipient(), theirs.to_public().to_string());
         }
     }
 
@@ -151,10 +153,7 @@ mod tests {
         let file = format!("# created: now\n{}\n", theirs.to_string().expose_secret());
         let parsed = crate::keys::parse_identities(file.as_bytes(), "test").unwrap();
         assert_eq!(parsed.len(), 1);
-        assert_eq!(
-            parsed[0].recipient,
-            recipient_text(ours(&theirs).public_key())
-        );
+        assert_eq!(parsed[0].recipient, ours(&theirs).recipient());
     }
 
     #[test]
