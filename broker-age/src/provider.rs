@@ -654,3 +654,58 @@ impl CredentialProvider for AgeProvider {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Requests dropped while queued or decrypting leave no worker place and no job behind.
+    #[test]
+    fn workers_give_their_places_back() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let loaded = Arc::new(Loaded {
+            identities: Vec::new(),
+            tried: Vec::new(),
+        });
+        runtime.block_on(async {
+            let mut tasks = Vec::new();
+            for i in 0..64u8 {
+                let loaded = Arc::clone(&loaded);
+                // Not an age file: each decryption fails at once.
+                let bytes = vec![i; 64 + usize::from(i)];
+                tasks.push(tokio::spawn(decrypt_offloaded(
+                    Ciphertext::Bytes(bytes),
+                    loaded,
+                )));
+            }
+            for (i, task) in tasks.iter().enumerate() {
+                if i % 3 == 0 {
+                    task.abort();
+                }
+            }
+            for task in tasks {
+                if let Ok((_, result)) = task.await {
+                    assert!(result.is_err());
+                }
+            }
+        });
+        drop(runtime);
+        // Other tests may be decrypting too: wait for every worker to finish.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let idle = {
+                let w = workers().lock().unwrap_or_else(|p| p.into_inner());
+                w.running == 0 && w.queue.is_empty()
+            };
+            if idle {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "a worker place leaked");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(Arc::strong_count(&loaded), 1, "a job kept the identities");
+    }
+}

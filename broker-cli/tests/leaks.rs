@@ -11,6 +11,8 @@
 //! message), and the scratch dir after every exit path, with exact exit codes.
 #![allow(clippy::unwrap_used, clippy::print_stderr, missing_docs)]
 
+mod scratch_dirs;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -82,33 +84,9 @@ impl Sandbox {
         finish(child)
     }
 
-    /// The scratch dirs in the per-user parent `RUNTIME/broker-UID` (0700 once made), and any
-    /// directly under the runtime dir (where none belongs).
+    /// The scratch dirs the runs left (see the shared `scratch_dirs` module).
     fn scratch_dirs(&self) -> Vec<PathBuf> {
-        let parent = self
-            .runtime
-            .path()
-            .join(format!("broker-{}", rustix::process::getuid().as_raw()));
-        if let Ok(meta) = std::fs::symlink_metadata(&parent) {
-            use std::os::unix::fs::PermissionsExt;
-            assert_eq!(
-                meta.permissions().mode() & 0o7777,
-                0o700,
-                "{}",
-                parent.display()
-            );
-        }
-        let in_parent = std::fs::read_dir(&parent).into_iter().flatten();
-        std::fs::read_dir(self.runtime.path())
-            .unwrap()
-            .chain(in_parent)
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("broker-scratch-"))
-            })
-            .collect()
+        scratch_dirs::scratch_dirs(self.runtime.path())
     }
 }
 

@@ -12,6 +12,8 @@
 //! while requests without one, or with a foreign `Host` or an `Origin`, are refused.
 #![allow(clippy::unwrap_used, clippy::print_stderr, missing_docs)]
 
+mod scratch_dirs;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -245,33 +247,9 @@ impl Sandbox {
             .collect()
     }
 
-    /// The scratch dirs in the per-user parent `RUNTIME/broker-UID` (0700 once made), and any
-    /// directly under the runtime dir (where none belongs).
+    /// The scratch dirs the runs left (see the shared `scratch_dirs` module).
     fn scratch_dirs(&self) -> Vec<PathBuf> {
-        let parent = self
-            .runtime
-            .path()
-            .join(format!("broker-{}", rustix::process::getuid().as_raw()));
-        if let Ok(meta) = std::fs::symlink_metadata(&parent) {
-            use std::os::unix::fs::PermissionsExt;
-            assert_eq!(
-                meta.permissions().mode() & 0o7777,
-                0o700,
-                "{}",
-                parent.display()
-            );
-        }
-        let in_parent = std::fs::read_dir(&parent).into_iter().flatten();
-        std::fs::read_dir(self.runtime.path())
-            .unwrap()
-            .chain(in_parent)
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("broker-scratch-"))
-            })
-            .collect()
+        scratch_dirs::scratch_dirs(self.runtime.path())
     }
 }
 

@@ -2,6 +2,8 @@
 #![cfg(all(feature = "age", feature = "sops"))]
 #![allow(clippy::unwrap_used)]
 
+mod scratch_dirs;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -24,27 +26,6 @@ fn broker(args: &[&str], runtime: &Path) -> std::process::Output {
         .env_remove("AGE_IDENTITY_FILE")
         .output()
         .unwrap()
-}
-
-/// What the runs left in `runtime`: anything but the per-user parent `broker-UID`, and anything
-/// in that parent (which, once made, is 0700).
-fn scratch_left(runtime: &Path) -> Vec<std::path::PathBuf> {
-    let parent = runtime.join(format!("broker-{}", rustix::process::getuid().as_raw()));
-    if let Ok(meta) = std::fs::symlink_metadata(&parent) {
-        assert_eq!(
-            meta.permissions().mode() & 0o7777,
-            0o700,
-            "{}",
-            parent.display()
-        );
-    }
-    let in_parent = std::fs::read_dir(&parent).into_iter().flatten();
-    std::fs::read_dir(runtime)
-        .unwrap()
-        .chain(in_parent)
-        .map(|e| e.unwrap().path())
-        .filter(|p| *p != parent)
-        .collect()
 }
 
 #[test]
@@ -87,7 +68,7 @@ fn quickstart_audit_then_run() {
         assert!(!out.contains(value), "run printed a value: {out}");
     }
     assert_eq!(
-        scratch_left(runtime.path()),
+        scratch_dirs::scratch_left(runtime.path()),
         Vec::<std::path::PathBuf>::new(),
         "scratch dir left behind"
     );

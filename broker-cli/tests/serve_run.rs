@@ -4,6 +4,8 @@
 #![cfg(feature = "serve")]
 #![allow(clippy::unwrap_used)]
 
+mod scratch_dirs;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -64,27 +66,6 @@ fn runtime_dir() -> tempfile::TempDir {
     runtime
 }
 
-/// What the runs left in `runtime`: anything but the per-user parent `broker-UID`, and anything
-/// in that parent (which, once made, is 0700).
-fn scratch_left(runtime: &Path) -> Vec<std::path::PathBuf> {
-    let parent = runtime.join(format!("broker-{}", rustix::process::getuid().as_raw()));
-    if let Ok(meta) = std::fs::symlink_metadata(&parent) {
-        assert_eq!(
-            meta.permissions().mode() & 0o7777,
-            0o700,
-            "{}",
-            parent.display()
-        );
-    }
-    let in_parent = std::fs::read_dir(&parent).into_iter().flatten();
-    std::fs::read_dir(runtime)
-        .unwrap()
-        .chain(in_parent)
-        .map(|e| e.unwrap().path())
-        .filter(|p| *p != parent)
-        .collect()
-}
-
 #[test]
 fn a_run_from_the_daemon_delivers_redacts_and_wipes() {
     let d = start();
@@ -124,7 +105,7 @@ fn a_run_from_the_daemon_delivers_redacts_and_wipes() {
     assert!(path.starts_with(user_dir.to_str().unwrap()), "{path}");
     assert!(!Path::new(path).exists());
     assert_eq!(
-        scratch_left(runtime.path()),
+        scratch_dirs::scratch_left(runtime.path()),
         Vec::<std::path::PathBuf>::new()
     );
 
