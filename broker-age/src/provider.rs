@@ -703,7 +703,10 @@ mod tests {
             if idle {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "a worker place leaked");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a worker place leaked"
+            );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert_eq!(Arc::strong_count(&loaded), 1, "a job kept the identities");
