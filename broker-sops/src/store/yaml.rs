@@ -11,7 +11,9 @@ enum Open {
         key: Option<String>,
         indent: Option<usize>,
     },
-    List(Vec<Node>),
+    /// A sequence's items, and the column it starts at (its first `-`): a comment after
+    /// its last item at a smaller column belongs to the enclosing mapping.
+    List { items: Vec<Node>, indent: usize },
 }
 
 fn resolve_plain(s: &str) -> Node {
@@ -80,7 +82,7 @@ pub(crate) fn parse(text: &str) -> Result<Node, String> {
     fn attach(stack: &mut [Open], root: &mut Option<Node>, node: Node) -> Result<(), String> {
         match stack.last_mut() {
             None => *root = Some(node),
-            Some(Open::List(list)) => list.push(node),
+            Some(Open::List { items, .. }) => items.push(node),
             Some(Open::Map { items, key, .. }) => match key.take() {
                 // As Go sops (yaml.v3) does: a key given twice is an error, not a second entry
                 // whose comments and encryption context (the key path) would be ambiguous.
@@ -119,7 +121,7 @@ pub(crate) fn parse(text: &str) -> Result<Node, String> {
         let rest = pending.split_off(keep_from);
         for (c, _) in pending.drain(..) {
             match top {
-                Open::List(list) => list.push(Node::Comment(c)),
+                Open::List { items, .. } => items.push(Node::Comment(c)),
                 Open::Map { items, .. } => items.push(Item::Comment(c)),
             }
         }
@@ -153,7 +155,10 @@ pub(crate) fn parse(text: &str) -> Result<Node, String> {
                 flush(&mut stack, &mut pending, None);
             }
             Event::SequenceStart(..) => {
-                stack.push(Open::List(Vec::new()));
+                stack.push(Open::List {
+                    items: Vec::new(),
+                    indent: col,
+                });
                 flush(&mut stack, &mut pending, None);
             }
             Event::MappingEnd => {
@@ -167,9 +172,13 @@ pub(crate) fn parse(text: &str) -> Result<Node, String> {
                 }
             }
             Event::SequenceEnd => {
-                flush(&mut stack, &mut pending, None);
-                if let Some(Open::List(list)) = stack.pop() {
-                    attach(&mut stack, &mut root, Node::List(list))?;
+                let indent = match stack.last() {
+                    Some(Open::List { indent, .. }) => Some(*indent),
+                    _ => None,
+                };
+                flush(&mut stack, &mut pending, indent);
+                if let Some(Open::List { items, .. }) = stack.pop() {
+                    attach(&mut stack, &mut root, Node::List(items))?;
                 }
             }
             Event::Scalar(value, style, _, tag) => {
@@ -177,7 +186,7 @@ pub(crate) fn parse(text: &str) -> Result<Node, String> {
                 if expecting_key && let Some(Open::Map { indent, .. }) = stack.last_mut() {
                     indent.get_or_insert(col);
                 }
-                if expecting_key || matches!(stack.last(), Some(Open::List(_))) {
+                if expecting_key || matches!(stack.last(), Some(Open::List { .. })) {
                     flush(&mut stack, &mut pending, None);
                 }
                 let tag_suffix = tag.as_ref().map(|t| t.suffix().to_string());
@@ -399,5 +408,30 @@ mod tests {
         assert!(matches!(again.get("empty"), Some(Node::Null)));
         assert!(out.starts_with("# head\n"));
         assert!(out.contains("    # inner\n"));
+    }
+
+    #[test]
+    fn a_comment_after_a_sequence_stays_with_the_mapping_it_is_indented_under() {
+        // Fuzz finding (CI smoke): the comment was taken into the list, so a document
+        // emitted again moved it under the sequence's items.
+        let text = "a:
+    b:
+        - 1
+        - 2
+    # about b
+    c: 3
+    # last in a
+# top
+d: 4
+";
+        let tree = parse(text).unwrap();
+        let out = emit(&tree);
+        assert_eq!(out, text);
+        let Some(Node::List(b)) = tree.get("a").and_then(|a| a.get("b")) else {
+            panic!()
+        };
+        assert!(!b.iter().any(|n| matches!(n, Node::Comment(_))));
+        let again = parse(&out).unwrap();
+        assert_eq!(emit(&again), out);
     }
 }
