@@ -31,15 +31,7 @@ fn decrypt(c: &mut Criterion) {
         age::encrypt_and_armor(&recipient, &plaintext).unwrap(),
     )
     .unwrap();
-    let provider = AgeProvider::new(Settings {
-        identity: IdentityList(vec![IdentitySpec::Path("key.txt".into())]),
-        ..Settings::default()
-    })
-    .unwrap()
-    .with_environment(None, None);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let (provider, rt) = provider_and_runtime();
 
     let mut group = c.benchmark_group("age");
     group.throughput(Throughput::Bytes(plaintext.len() as u64));
@@ -56,6 +48,21 @@ fn decrypt(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// A provider reading the identity `key.txt` (relative to each request's base dir), and a
+/// runtime to drive it.
+fn provider_and_runtime() -> (AgeProvider, tokio::runtime::Runtime) {
+    let provider = AgeProvider::new(Settings {
+        identity: IdentityList(vec![IdentitySpec::Path("key.txt".into())]),
+        ..Settings::default()
+    })
+    .unwrap()
+    .with_environment(None, None);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    (provider, rt)
 }
 
 fn decrypt_small(c: &mut Criterion) {
@@ -77,15 +84,7 @@ fn decrypt_small(c: &mut Criterion) {
             file.into_bytes()
         })
         .collect();
-    let provider = AgeProvider::new(Settings {
-        identity: IdentityList(vec![IdentitySpec::Path("key.txt".into())]),
-        ..Settings::default()
-    })
-    .unwrap()
-    .with_environment(None, None);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let (provider, rt) = provider_and_runtime();
     let references: Vec<Reference> = (0..FILES)
         .map(|i| format!("age:s{i}.age").parse().unwrap())
         .collect();
