@@ -187,7 +187,7 @@ async fn single_values_by_path() {
 async fn generated_cases_round_trip_through_rotate() {
     let Some(bin) = sops() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let yaml = "# top comment\nnested:\n    deeper:\n        list:\n            - one\n            - 2\n            - 3.5\n            - true\n            - {inner: value}\n        multi: |\n            first\n            second\n# between\nunicode_ключ: значение ✓\nempty: \"\"\nnumbers:\n    int: 42\n    neg: -7\n    float: 1.25\n    big: 1234567890\nbools: [true, false]\nnull_value: null\npublic_unencrypted: visible\n";
+    let yaml = "# top comment\nnested:\n    deeper:\n        list:\n            - one\n            - 2\n            - 3.5\n            - true\n            - {inner: value}\n        # after the list, in the map\n        multi: |\n            first\n            second\n# between\nunicode_ключ: значение ✓\nempty: \"\"\nnumbers:\n    int: 42\n    neg: -7\n    float: 1.25\n    big: 1234567890\nbools: [true, false]\nnull_value: null\npublic_unencrypted: visible\n";
     let json = "{\n\t\"a\": {\"b\": [1, 2.5, \"three\", false, null]},\n\t\"empty\": \"\",\n\t\"uni\": \"ü✓\",\n\t\"n\": 5432\n}\n";
     let env_text = "# comment\nA=1\nB=with spaces\nC=multi\\nline\nEMPTY=\n";
     let ini = "; head\n[s1]\nk1 = v1\nk2 = 2\n\n[s2]\nk = x y z\n";
