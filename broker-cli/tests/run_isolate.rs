@@ -195,6 +195,9 @@ credentials:
 audit: { path: audit.jsonl }
 "#;
 
+/// One env credential (the canary) and an audit log: for the tests refused before a run.
+const ONE_ENV_CREDENTIAL: &str = "credentials:\n  api: { ref: \"env:ISOLATE_TEST_SOURCE\", as: API_KEY }\naudit: { path: audit.jsonl }\n";
+
 #[test]
 fn an_isolated_child_reaches_the_upstream_only_through_the_proxy() {
     let Some(users) = users() else {
@@ -409,10 +412,7 @@ fn isolate_is_refused_where_user_namespaces_are_unavailable() {
         return;
     };
     for uid in users {
-        let f = Fixture::new(
-            uid,
-            "credentials:\n  api: { ref: \"env:ISOLATE_TEST_SOURCE\", as: API_KEY }\naudit: { path: audit.jsonl }\n",
-        );
+        let f = Fixture::new(uid, ONE_ENV_CREDENTIAL);
         let who = f.who();
         // A user namespace of the test's own in which no further one may be created: the
         // limit is per namespace and applies to everything nested in it.
@@ -700,10 +700,7 @@ fn a_scratch_root_too_long_for_the_socket_is_refused_before_anything_is_resolved
         return;
     };
     for uid in users {
-        let f = Fixture::new(
-            uid,
-            "credentials:\n  api: { ref: \"env:ISOLATE_TEST_SOURCE\", as: API_KEY }\naudit: { path: audit.jsonl }\n",
-        );
+        let f = Fixture::new(uid, ONE_ENV_CREDENTIAL);
         let who = f.who();
         let long = f.path("runtime").join("r".repeat(90));
         std::fs::create_dir(&long).unwrap();

@@ -256,6 +256,27 @@ serve:
     )
 }
 
+/// [`config`] with a `vault` backend at `address` (OpenBao, or a relay in front of it).
+fn vault_config(extra_credentials: &str, limits: &str, address: &str) -> String {
+    config(extra_credentials, limits).replace(
+        "audit: {",
+        &format!("backends:\n  vault: {{ address: \"{address}\" }}\naudit: {{"),
+    )
+}
+
+/// One replica per id, all with `cfg` and `env`, sharing `redis`.
+fn fleet(
+    work: &Path,
+    ids: &[&str],
+    cfg: &str,
+    redis: &Redis,
+    env: &[(&str, &str)],
+) -> Vec<Replica> {
+    ids.iter()
+        .map(|id| Replica::start(work, id, cfg, redis, env))
+        .collect()
+}
+
 /// Polls `f` until it is true (a delivery assertion, not a time bound: the deadline only
 /// keeps a broken build from hanging); returns how long it took.
 fn until(what: &str, mut f: impl FnMut() -> bool) -> Duration {
@@ -281,10 +302,7 @@ fn a_block_on_one_replica_holds_on_every_replica_and_survives_a_redis_restarted_
     };
     let work = tempfile::tempdir().unwrap();
     let cfg = config("", "{ rate: 1000, burst: 1000 }");
-    let mut fleet: Vec<Replica> = ["r1", "r2", "r3"]
-        .iter()
-        .map(|id| Replica::start(work.path(), id, &cfg, &redis, &[]))
-        .collect();
+    let mut fleet = fleet(work.path(), &["r1", "r2", "r3"], &cfg, &redis, &[]);
     for r in &fleet {
         assert_eq!(r.credential("plain").0, 200, "{}", r.logs());
     }
@@ -490,10 +508,7 @@ fn redis_killed_mid_run_refuses_with_a_clear_error_and_service_resumes() {
     let work = tempfile::tempdir().unwrap();
     let cfg = config("", "{ rate: 1000, burst: 1000 }")
         + "alert: { command: \"cat >> alerts.jsonl; echo >> alerts.jsonl\" }\n";
-    let mut fleet: Vec<Replica> = ["k1", "k2", "k3"]
-        .iter()
-        .map(|id| Replica::start(work.path(), id, &cfg, &redis, &[]))
-        .collect();
+    let mut fleet = fleet(work.path(), &["k1", "k2", "k3"], &cfg, &redis, &[]);
     for r in &fleet {
         assert_eq!(r.credential("plain").0, 200);
     }
@@ -538,10 +553,7 @@ fn the_rate_limit_is_spent_across_replicas() {
     let work = tempfile::tempdir().unwrap();
     // One request an hour after a burst of 6: the burst is all there is in this test.
     let cfg = config("", "{ rate: \"1/h\", burst: 6 }");
-    let mut fleet: Vec<Replica> = ["l1", "l2", "l3"]
-        .iter()
-        .map(|id| Replica::start(work.path(), id, &cfg, &redis, &[]))
-        .collect();
+    let mut fleet = fleet(work.path(), &["l1", "l2", "l3"], &cfg, &redis, &[]);
     let mut admitted = 0;
     let mut limited = 0;
     for i in 0..12 {
@@ -617,19 +629,13 @@ fn a_burst_over_three_replicas_mints_once_and_redis_holds_no_value() {
     let work = tempfile::tempdir().unwrap();
     let (relay, minted) = counting_relay(bao.peer.port);
     let mints = || minted.load(Ordering::SeqCst);
-    let cfg = config(
+    let cfg = vault_config(
         "  tok: { mint: \"vault:auth/token/create\", ttl: 12s, as: BAO_TOKEN }",
         "{ rate: 1000, burst: 1000, concurrency: 200 }",
-    )
-    .replace(
-        "audit: {",
-        &format!("backends:\n  vault: {{ address: \"{relay}\" }}\naudit: {{"),
+        &relay,
     );
     let env = [("VAULT_TOKEN", ROOT), ("HOME", "/nonexistent")];
-    let mut fleet: Vec<Replica> = ["m1", "m2", "m3"]
-        .iter()
-        .map(|id| Replica::start(work.path(), id, &cfg, &redis, &env))
-        .collect();
+    let mut fleet = fleet(work.path(), &["m1", "m2", "m3"], &cfg, &redis, &env);
     let before = mints();
 
     let burst = |fleet: &[Replica]| -> Vec<String> {
@@ -694,16 +700,10 @@ fn a_lease_revoked_on_one_replica_is_never_served_again_even_after_redis_restart
         return;
     };
     let work = tempfile::tempdir().unwrap();
-    let cfg = config(
+    let cfg = vault_config(
         "  tok: { mint: \"vault:auth/token/create\", ttl: 600s, as: BAO_TOKEN }",
         "{ rate: 1000, burst: 1000 }",
-    )
-    .replace(
-        "audit: {",
-        &format!(
-            "backends:\n  vault: {{ address: \"http://127.0.0.1:{}\" }}\naudit: {{",
-            bao.peer.port
-        ),
+        &format!("http://127.0.0.1:{}", bao.peer.port),
     );
     let env = [("VAULT_TOKEN", ROOT), ("HOME", "/nonexistent")];
     let v1 = Replica::start(work.path(), "v1", &cfg, &redis, &env);
@@ -877,19 +877,13 @@ fn the_in_flight_cap_counts_requests_on_every_replica() {
     };
     let work = tempfile::tempdir().unwrap();
     let (relay, arrived, open) = gated_relay(bao.peer.port);
-    let cfg = config(
+    let cfg = vault_config(
         "  tok: { mint: \"vault:auth/token/create\", ttl: 15m, as: BAO_TOKEN }",
         "{ rate: 1000, burst: 1000, concurrency: 2 }",
-    )
-    .replace(
-        "audit: {",
-        &format!("backends:\n  vault: {{ address: \"{relay}\" }}\naudit: {{"),
+        &relay,
     );
     let env = [("VAULT_TOKEN", ROOT), ("HOME", "/nonexistent")];
-    let mut fleet: Vec<Replica> = ["c1", "c2", "c3"]
-        .iter()
-        .map(|id| Replica::start(work.path(), id, &cfg, &redis, &env))
-        .collect();
+    let mut fleet = fleet(work.path(), &["c1", "c2", "c3"], &cfg, &redis, &env);
     // Two requests (distinct lifetimes: two mints) held in flight on c1 and c2...
     std::thread::scope(|s| {
         let held: Vec<_> = [(0, "10m"), (1, "11m")]

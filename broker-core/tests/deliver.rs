@@ -6,7 +6,7 @@ mod runtime_support;
 
 use std::sync::Arc;
 
-use broker_core::{Error, RequestContext};
+use broker_core::{Broker, Error, RequestContext};
 use runtime_support::*;
 use tokio::sync::Semaphore;
 
@@ -51,20 +51,23 @@ async fn all_in_flight(scripts: &[Arc<Script>]) {
     }
 }
 
+/// `deliver` of every credential on a task of its own; gives the number of env values.
+fn spawn_delivery(broker: &Arc<Broker>) -> tokio::task::JoinHandle<Result<usize, Error>> {
+    let broker = Arc::clone(broker);
+    tokio::spawn(async move {
+        broker
+            .deliver(&[], &RequestContext::new())
+            .await
+            .map(|d| d.env().len())
+    })
+}
+
 #[tokio::test]
 async fn stored_values_are_fetched_together_and_recorded_in_config_order() {
     let (gates, scripts) = gated("ok");
     let f = Fixture::new(&CONFIG.replace("TAG", "ok"));
     let broker = Arc::new(f.broker().unwrap());
-    let task = tokio::spawn({
-        let broker = broker.clone();
-        async move {
-            broker
-                .deliver(&[], &RequestContext::new())
-                .await
-                .map(|d| d.env().len())
-        }
-    });
+    let task = spawn_delivery(&broker);
     // Every fetch has started before any has returned; they finish last to first.
     all_in_flight(&scripts).await;
     for gate in gates.iter().rev() {
@@ -129,15 +132,7 @@ async fn no_mint_starts_while_a_stored_fetch_is_unfinished() {
     );
     let _first = script("order-mint-first", Script::default());
     let broker = Arc::new(f.broker().unwrap());
-    let task = tokio::spawn({
-        let broker = broker.clone();
-        async move {
-            broker
-                .deliver(&[], &RequestContext::new())
-                .await
-                .map(|d| d.env().len())
-        }
-    });
+    let task = spawn_delivery(&broker);
     all_in_flight(std::slice::from_ref(&stored)).await;
     for _ in 0..50 {
         tokio::task::yield_now().await;
