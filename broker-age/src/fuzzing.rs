@@ -10,9 +10,7 @@ pub use crate::x25519::Identity as X25519Identity;
 /// The crate's own X25519 identity for the same key as `identity` (the `age` crate's), built
 /// the way an identity file's line is.
 pub fn x25519_identity(identity: &age::x25519::Identity) -> Option<X25519Identity> {
-    keys::x25519_secret(identity)
-        .as_ref()
-        .and_then(X25519Identity::from_secret_bytes)
+    keys::x25519_secret(identity).and_then(|secret| X25519Identity::from_secret_bytes(&secret))
 }
 
 /// Identities parsed as the provider parses an identity file or key.

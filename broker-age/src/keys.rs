@@ -125,8 +125,7 @@ fn parse_x25519_file(text: &str, source: &str) -> Result<Vec<Identity>> {
         if let Ok(identity) = line.parse::<x25519::Identity>() {
             // Unwrapped by our own identity (aws-lc, key imported once): see `crate::x25519`.
             let inner = x25519_secret(&identity)
-                .as_ref()
-                .and_then(crate::x25519::Identity::from_secret_bytes)
+                .and_then(|secret| crate::x25519::Identity::from_secret_bytes(&secret))
                 .ok_or_else(|| {
                     Error::internal(format!("identity {source} line {n}: cannot import the key"))
                 })?;
@@ -175,15 +174,16 @@ fn parse_x25519_file(text: &str, source: &str) -> Result<Vec<Identity>> {
 }
 
 /// The 32 secret bytes of a parsed X25519 identity (from its `AGE-SECRET-KEY-1...` text,
-/// which the parse has already checked).
-pub(crate) fn x25519_secret(identity: &x25519::Identity) -> Option<Zeroizing<[u8; 32]>> {
+/// which the parse has already checked). On the heap, filled in place: moving the result
+/// moves a pointer, not a copy of the key that would stay on the stack unwiped.
+pub(crate) fn x25519_secret(identity: &x25519::Identity) -> Option<Box<Zeroizing<[u8; 32]>>> {
     let text = identity.to_string();
     age_core::primitives::bech32_decode(
         text.expose_secret(),
         |_| (),
         |_| Ok(()),
         |_, mut bytes| {
-            let mut out = Zeroizing::new([0u8; 32]);
+            let mut out = Box::new(Zeroizing::new([0u8; 32]));
             for slot in out.iter_mut() {
                 *slot = bytes.next().ok_or(())?;
             }

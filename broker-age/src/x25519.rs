@@ -37,7 +37,7 @@ pub struct Identity {
 impl Identity {
     /// Imports the 32-byte secret scalar (as age stores it, before clamping) and computes its
     /// public key. `None` only if aws-lc refuses the key, which it does for no 32-byte value.
-    pub fn from_secret_bytes(secret: &Zeroizing<[u8; KEY_BYTES]>) -> Option<Identity> {
+    pub fn from_secret_bytes(secret: &[u8; KEY_BYTES]) -> Option<Identity> {
         let secret = PrivateKey::from_private_key(&agreement::X25519, &secret[..]).ok()?;
         let public = secret.compute_public_key().ok()?;
         let public = public.as_ref().try_into().ok()?;
@@ -168,7 +168,7 @@ mod tests {
 
     #[test]
     fn debug_shows_no_key_material() {
-        let ours = Identity::from_secret_bytes(&Zeroizing::new([0x41; 32])).unwrap();
+        let ours = Identity::from_secret_bytes(&[0x41; 32]).unwrap();
         let shown = format!("{ours:?} {ours:#?}");
         assert_eq!(format!("{ours:?}"), "X25519Identity { .. }");
         assert!(!shown.contains("41"), "{shown}");
