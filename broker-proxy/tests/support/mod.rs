@@ -407,6 +407,15 @@ impl Dialer for RecordingDialer {
     }
 }
 
+/// [`curl`] that must succeed with status 200 (curl's `-w %{http_code}` ends its stdout);
+/// returns stdout.
+pub async fn curl_ok(args: Vec<String>) -> String {
+    let (code, out, err) = curl(args).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.ends_with("200"), "{out}");
+    out
+}
+
 /// Runs curl (blocking, in a thread) with `args`; returns (exit code, stdout, stderr).
 pub async fn curl(args: Vec<String>) -> (i32, String, String) {
     tokio::task::spawn_blocking(move || {
